@@ -1,0 +1,246 @@
+//! Admin handlers: parse the body and query, call `creds`, shape the JSON answer.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::router::Endpoint;
+use super::{AdminState, MAX_ADMIN_BODY};
+use crate::error::PublicError;
+use crate::ids::TenantId;
+
+type Answer = Result<(StatusCode, Value), PublicError>;
+
+fn ok(v: Value) -> Answer {
+    Ok((StatusCode::OK, v))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// Reads the whole body (bounded) into a buffer that is wiped on drop: admin bodies carry
+/// secrets.
+pub(crate) async fn read_body(
+    req: Request<Incoming>,
+    limit: u64,
+) -> Result<Zeroizing<Vec<u8>>, PublicError> {
+    if let Some(len) = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit {
+            return Err(PublicError::too_large(limit));
+        }
+    }
+    let limited = Limited::new(
+        req.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    );
+    let collected = limited.collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            PublicError::too_large(limit)
+        } else {
+            PublicError::bad_request("the request body could not be read")
+        }
+    })?;
+    let bytes = collected.to_bytes();
+    Ok(Zeroizing::new(bytes.to_vec()))
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, PublicError> {
+    if body.is_empty() {
+        return Err(PublicError::bad_request(
+            "the body is empty; send a JSON object",
+        ));
+    }
+    // serde_json's syntax errors give line and column, never the input.
+    serde_json::from_slice(body).map_err(|e| {
+        PublicError::bad_request(format!(
+            "the body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .into_owned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn q_u64(
+    q: &HashMap<String, String>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, PublicError> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().map(|n| n.min(max)).map_err(|_| {
+            PublicError::bad_request(format!(
+                "query parameter {name} must be a non-negative integer"
+            ))
+        }),
+    }
+}
+
+fn q_bool(q: &HashMap<String, String>, name: &str) -> Result<bool, PublicError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(_) => Err(PublicError::bad_request(format!(
+            "query parameter {name} must be true or false"
+        ))),
+    }
+}
+
+/// Runs a routed request and renders the answer.
+pub(crate) async fn dispatch(
+    state: &AdminState,
+    actor: &str,
+    route: Endpoint,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    match run(state, actor, route, req).await {
+        Ok((status, v)) => {
+            let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Incoming>) -> Answer {
+    let creds = &state.creds;
+    let q = query(&req);
+    match route {
+        Endpoint::ListTenants => {
+            let limit = q_u64(&q, "limit", 100, 1000)? as usize;
+            let after = match q.get("after") {
+                Some(a) => {
+                    Some(TenantId::parse(a).map_err(|e| PublicError::bad_request(e.to_string()))?)
+                }
+                None => None,
+            };
+            let tenants = creds
+                .tenants(after.as_ref().map(TenantId::as_str), limit)
+                .await?;
+            let next = if tenants.len() == limit {
+                tenants.last().cloned()
+            } else {
+                None
+            };
+            ok(json!({"tenants": tenants, "next": next}))
+        }
+        Endpoint::DeleteTenant(t) => {
+            let deleted = creds.delete_tenant(actor, &t).await?;
+            ok(json!({"tenant": t, "deleted": deleted}))
+        }
+        Endpoint::ListCredentials(t) => {
+            let list = creds.list(&t, q_bool(&q, "include_deleted")?).await?;
+            ok(json!({"tenant": t, "credentials": list}))
+        }
+        Endpoint::PutCredential(t, p) => {
+            if q_bool(&q, "verify")? {
+                return Err(PublicError::bad_request("?verify=true needs live verification, which this build does not have yet; store without it"));
+            }
+            let body = read_body(req, MAX_ADMIN_BODY).await?;
+            let fields = parse_json(&body)?;
+            drop(body);
+            let (status, warnings) = creds.put(actor, &t, p.as_str(), fields).await?;
+            for w in &warnings {
+                tracing::warn!(tenant = %t, provider = %p, warning = %w, "credential stored with a warning");
+            }
+            let mut v = to_json(&status);
+            if !warnings.is_empty() {
+                v["warnings"] = json!(warnings);
+            }
+            ok(v)
+        }
+        Endpoint::GetCredential(t, p) => ok(to_json(&creds.status(&t, p.as_str()).await?)),
+        Endpoint::DeleteCredential(t, p) => {
+            ok(to_json(&creds.delete(actor, &t, p.as_str()).await?))
+        }
+        Endpoint::RestoreCredential(t, p) => {
+            ok(to_json(&creds.restore(actor, &t, p.as_str()).await?))
+        }
+        Endpoint::PutRoute(k, i) => {
+            let body = read_body(req, MAX_ADMIN_BODY).await?;
+            let v = parse_json(&body)?;
+            let tenant = v
+                .get("tenant")
+                .and_then(Value::as_str)
+                .ok_or_else(|| PublicError::bad_request("send {\"tenant\": \"<tenant id>\"}"))?;
+            let tenant =
+                TenantId::parse(tenant).map_err(|e| PublicError::bad_request(e.to_string()))?;
+            creds.put_route(actor, &k, &i, &tenant, false).await?;
+            ok(json!({"kind": k, "id": i, "tenant": tenant}))
+        }
+        Endpoint::GetRoute(k, i) => match creds.route(k.as_str(), i.as_str()).await? {
+            Some(t) => ok(json!({"kind": k, "id": i, "tenant": t})),
+            None => Err(PublicError::not_found(format!("no route {k}/{i}"))),
+        },
+        Endpoint::DeleteRoute(k, i) => {
+            if creds.delete_route(actor, &k, &i).await? {
+                ok(json!({"kind": k, "id": i, "deleted": true}))
+            } else {
+                Err(PublicError::not_found(format!("no route {k}/{i}")))
+            }
+        }
+        Endpoint::Audit => {
+            let after = q_u64(&q, "after", 0, u64::MAX)?;
+            let limit = q_u64(&q, "limit", 100, 1000)? as usize;
+            let (entries, head) = creds.audit(after, limit).await?;
+            ok(json!({"entries": entries, "head": head.seq}))
+        }
+        Endpoint::AuditVerify => {
+            let report = creds.audit_verify().await?;
+            let status = if report.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
+            Ok((status, to_json(&report)))
+        }
+        Endpoint::RotateKeys => {
+            let limit = q_u64(&q, "limit", u64::MAX, u64::MAX)?;
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
+            ok(to_json(&creds.rotate_keys(actor, limit).await?))
+        }
+        Endpoint::SetLogLevel => {
+            let body = read_body(req, MAX_ADMIN_BODY).await?;
+            let v = parse_json(&body)?;
+            let level = v
+                .get("level")
+                .and_then(Value::as_str)
+                .ok_or_else(|| PublicError::bad_request("send {\"level\": \"debug\"}"))?;
+            state
+                .log
+                .set_level(level)
+                .map_err(PublicError::bad_request)?;
+            tracing::warn!(level, actor, "log level changed");
+            ok(json!({"level": level}))
+        }
+    }
+}

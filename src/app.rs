@@ -1,0 +1,299 @@
+//! The composition root: `App::build(config)` loads keys, opens the store and binds every
+//! listener; `App::run(shutdown)` serves until the shutdown signal, then drains.
+//! Nothing is bound before the configuration and the master key have been checked.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::admin::{self, AdminState};
+use crate::config::{Config, Env};
+use crate::creds::{CredError, Credentials};
+use crate::listen::{self, Bound, ConnLimits, ListenError};
+use crate::ops::{self, Readiness};
+use crate::providers::Providers;
+use crate::shutdown::Shutdown;
+use crate::store::{SledStore, Store, StoreError};
+use crate::telemetry::LogHandle;
+use crate::vault::{Keyring, VaultError};
+
+/// Why the daemon could not start. Every variant's message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Master key problems.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// Store problems.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The key does not open the store, or similar.
+    #[error("{0}")]
+    Credentials(String),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The admin token file is unusable.
+    #[error("admin.token_file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl From<CredError> for StartError {
+    fn from(e: CredError) -> Self {
+        match e {
+            CredError::Vault(VaultError::UnknownKey(id)) => StartError::Credentials(format!(
+                "the store was sealed under master key {id}, which is not loaded: configure that key as master_key (or list it in master_key.previous); nothing was changed"
+            )),
+            CredError::Vault(VaultError::Integrity(id)) => StartError::Credentials(format!(
+                "the loaded master key does not open this store (check value sealed under key {id} fails to open): wrong key file? nothing was changed"
+            )),
+            other => StartError::Credentials(other.to_string()),
+        }
+    }
+}
+
+struct Listener {
+    name: &'static str,
+    bound: Bound,
+}
+
+/// A built, bound, not yet serving daemon.
+pub struct App {
+    config: Config,
+    creds: Arc<Credentials>,
+    readiness: Arc<Readiness>,
+    log: LogHandle,
+    token_digest: Option<[u8; 32]>,
+    listeners: Vec<Listener>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("listeners", &self.addresses())
+            .finish()
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
+    let err = |reason: String| StartError::Token {
+        path: path.display().to_string(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:04o} lets other users read it; chmod 600 it",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let token = text.trim_end_matches(['\n', '\r']);
+    if token.len() < 16 {
+        return Err(err("the token must be at least 16 characters".into()));
+    }
+    Ok(Sha256::digest(token.as_bytes()).into())
+}
+
+impl App {
+    /// Loads the master key, opens the store, checks the key against it, and binds every
+    /// configured listener.
+    pub async fn build(config: Config, env: &dyn Env, log: LogHandle) -> Result<App, StartError> {
+        let readiness = Arc::new(Readiness::default());
+        let (keyring, key_source) = Keyring::load(
+            &config.master_key,
+            env,
+            config.danger.create_missing_master_key,
+        )?;
+        if key_source.created {
+            tracing::warn!(
+                source = %key_source.description,
+                "!!! CREATED A NEW DEVELOPMENT MASTER KEY. Anything sealed under it is lost if the file is lost. Never use [danger] create_missing_master_key in production !!!"
+            );
+        }
+        tracing::info!(source = %key_source.description, key_id = %keyring.active_id(), previous = keyring.previous_ids().len(), "master key loaded");
+
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
+        readiness.store_open.store(true, Ordering::SeqCst);
+        let providers = Providers::from_config(&config.providers);
+        let creds = Arc::new(
+            Credentials::open(store, keyring, providers, config.store.deleted_retention).await?,
+        );
+        readiness.key_loaded.store(true, Ordering::SeqCst);
+
+        let token_digest = config
+            .admin
+            .token_file
+            .as_deref()
+            .map(read_token)
+            .transpose()?;
+
+        let mut listeners = Vec::new();
+        if let Some(p) = &config.admin.unix {
+            listeners.push(Listener {
+                name: "admin",
+                bound: Bound::Unix(listen::bind_unix(p, 0o600)?),
+            });
+        }
+        if let Some(a) = config.admin.tcp {
+            listeners.push(Listener {
+                name: "admin-tcp",
+                bound: Bound::Tcp(listen::bind_tcp(a)?),
+            });
+        }
+        if let Some(o) = &config.ops {
+            listeners.push(Listener {
+                name: "ops",
+                bound: Bound::Tcp(listen::bind_tcp(o.listen)?),
+            });
+        }
+        Ok(App {
+            config,
+            creds,
+            readiness,
+            log,
+            token_digest,
+            listeners,
+        })
+    }
+
+    /// `(listener name, address)` of every bound listener.
+    pub fn addresses(&self) -> Vec<(&'static str, String)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name, l.bound.describe()))
+            .collect()
+    }
+
+    /// The credential service (tests and benchmarks).
+    pub fn credentials(&self) -> Arc<Credentials> {
+        self.creds.clone()
+    }
+
+    /// Serves until `shutdown` fires, then drains and returns.
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+        let App {
+            config,
+            creds,
+            readiness,
+            log,
+            token_digest,
+            listeners,
+        } = self;
+        let limits = ConnLimits::default();
+        let admin_state = Arc::new(AdminState {
+            creds: creds.clone(),
+            log,
+            token_digest,
+        });
+        let mut tasks = Vec::new();
+        for l in listeners {
+            tracing::info!(listener = l.name, addr = %l.bound.describe(), "listening");
+            let sd = shutdown.clone();
+            match l.name {
+                "admin" | "admin-tcp" => {
+                    let st = admin_state.clone();
+                    tasks.push(tokio::spawn(listen::serve(
+                        l.name,
+                        l.bound,
+                        None,
+                        limits,
+                        sd,
+                        move |peer| {
+                            let st = st.clone();
+                            hyper::service::service_fn(move |req| {
+                                admin::handle(st.clone(), peer.clone(), req)
+                            })
+                        },
+                    )));
+                }
+                _ => {
+                    let r = readiness.clone();
+                    tasks.push(tokio::spawn(listen::serve(
+                        l.name,
+                        l.bound,
+                        None,
+                        limits,
+                        sd,
+                        move |_peer| {
+                            let r = r.clone();
+                            hyper::service::service_fn(move |req| ops::handle(r.clone(), req))
+                        },
+                    )));
+                }
+            }
+        }
+        readiness.listeners_bound.store(true, Ordering::SeqCst);
+        tasks.push(tokio::spawn(purge_loop(
+            creds.clone(),
+            config.store.deleted_retention,
+            shutdown.clone(),
+        )));
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready");
+
+        let mut sd = shutdown;
+        sd.wait().await;
+        readiness.draining.store(true, Ordering::SeqCst);
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        for t in tasks {
+            let _ = t.await;
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Purges expired soft-deleted credentials, at a quarter of the retention (between 1 s
+/// and 10 min) so nothing outlives its retention by much.
+async fn purge_loop(creds: Arc<Credentials>, retention: Duration, mut shutdown: Shutdown) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        match creds.purge_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purge pass done"),
+            Err(e) => tracing::warn!(error = %e, "purge pass failed; will retry"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT: build, serve, drain.
+pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), StartError> {
+    let app = App::build(config, env, log).await?;
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let run = tokio::spawn(app.run(shutdown));
+    loop {
+        match crate::shutdown::next_signal().await {
+            Ok(crate::shutdown::SignalEvent::Terminate) => {
+                tracing::info!("termination signal received");
+                trigger.fire();
+                break;
+            }
+            Ok(crate::shutdown::SignalEvent::Reload) => {
+                tracing::warn!("SIGHUP received: configuration reload is not supported by this build; restart to apply changes");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for signals; shutting down");
+                trigger.fire();
+                break;
+            }
+        }
+    }
+    match run.await {
+        Ok(r) => r,
+        Err(e) => Err(StartError::Credentials(format!(
+            "the server task failed: {e}"
+        ))),
+    }
+}

@@ -1,0 +1,164 @@
+//! Command-line types (clap). Secrets are read from stdin or files, never from argv.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// keyward: a sidecar secrets proxy.
+#[derive(Debug, Parser)]
+#[command(name = "keyward", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Admin socket of the daemon (client commands). Else $KEYWARD_ADMIN, else the
+    /// config's admin.unix. `http://host:port` uses admin TCP with the token in
+    /// $KEYWARD_ADMIN_TOKEN_FILE.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub admin: Option<String>,
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Parse and validate a configuration file; print a summary.
+    CheckConfig,
+    /// Write a new master key (32 random bytes, base64) with mode 0600.
+    Keygen {
+        /// Where to write it; never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Credentials.
+    #[command(subcommand)]
+    Cred(CredCmd),
+    /// Routing index (webhook tenant lookup).
+    #[command(subcommand)]
+    Route(RouteCmd),
+    /// Audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Master keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Logging of the running daemon.
+    #[command(subcommand)]
+    Log(LogCmd),
+}
+
+/// `keyward cred …`
+#[derive(Debug, Subcommand)]
+pub enum CredCmd {
+    /// Store fields read as a JSON object from stdin (or --file).
+    Put {
+        /// Tenant id.
+        tenant: String,
+        /// Provider name.
+        provider: String,
+        /// Check against the provider before storing.
+        #[arg(long)]
+        verify: bool,
+        /// Read the JSON from this file instead of stdin.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// List a tenant's credentials (masked).
+    Ls {
+        /// Tenant id.
+        tenant: String,
+        /// Include soft-deleted credentials.
+        #[arg(long)]
+        deleted: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one credential's status (masked).
+    Get(CredTarget),
+    /// Soft-delete a credential.
+    Rm(CredTarget),
+    /// Undo a soft delete.
+    Restore(CredTarget),
+}
+
+/// A tenant and provider.
+#[derive(Debug, Args)]
+pub struct CredTarget {
+    /// Tenant id.
+    pub tenant: String,
+    /// Provider name.
+    pub provider: String,
+}
+
+/// `keyward route …`
+#[derive(Debug, Subcommand)]
+pub enum RouteCmd {
+    /// Map (kind, id) to a tenant.
+    Put {
+        /// Route kind, e.g. twilio-account.
+        kind: String,
+        /// Route id, e.g. an Account SID.
+        id: String,
+        /// Tenant id.
+        tenant: String,
+    },
+    /// Show where (kind, id) points.
+    Get {
+        /// Route kind.
+        kind: String,
+        /// Route id.
+        id: String,
+    },
+    /// Remove a route.
+    Rm {
+        /// Route kind.
+        kind: String,
+        /// Route id.
+        id: String,
+    },
+}
+
+/// `keyward audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Print audit entries (the last 20, or those after --after).
+    Tail {
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// Only entries with a larger sequence number.
+        #[arg(long, value_name = "SEQ")]
+        after: Option<u64>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// Check the hash chain.
+    Verify,
+}
+
+/// `keyward key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Re-wrap every tenant key under the active master key (safe to interrupt and rerun).
+    Rotate {
+        /// Tenant keys per batch.
+        #[arg(long, default_value_t = 100)]
+        batch: u64,
+    },
+}
+
+/// `keyward log …`
+#[derive(Debug, Subcommand)]
+pub enum LogCmd {
+    /// Change the daemon's log filter, e.g. `debug` or `keyward=trace,info`.
+    Level {
+        /// The filter.
+        level: String,
+    },
+}

@@ -1,0 +1,399 @@
+//! Admin-API client for the CLI. Never opens the database: the CLI talks to the daemon.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use crate::config::{Config, ProcessEnv};
+
+/// Where the daemon's admin API is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// Admin Unix socket.
+    Unix(PathBuf),
+    /// Admin TCP (`host:port`) with a bearer token.
+    Tcp(String, String),
+}
+
+/// A failed admin call, with the daemon's code and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Public code.
+    pub code: String,
+    /// Message.
+    pub message: String,
+}
+
+/// Resolves the endpoint: `--admin`, else `$KEYWARD_ADMIN`, else the config's admin.unix.
+pub fn endpoint(admin: Option<&str>, config: Option<&Path>) -> Result<Endpoint> {
+    let chosen = admin
+        .map(str::to_string)
+        .or_else(|| std::env::var("KEYWARD_ADMIN").ok());
+    if let Some(a) = chosen {
+        if let Some(hostport) = a.strip_prefix("http://") {
+            let file = std::env::var("KEYWARD_ADMIN_TOKEN_FILE")
+                .context("admin over TCP needs $KEYWARD_ADMIN_TOKEN_FILE naming the token file")?;
+            let token =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
+            return Ok(Endpoint::Tcp(
+                hostport.trim_end_matches('/').to_string(),
+                token.trim_end().to_string(),
+            ));
+        }
+        return Ok(Endpoint::Unix(PathBuf::from(a)));
+    }
+    if let Some(c) = config {
+        let cfg = Config::load(c, &ProcessEnv)?;
+        if let Some(p) = cfg.admin.unix {
+            return Ok(Endpoint::Unix(p));
+        }
+        bail!("{} has no admin.unix; pass --admin", c.display());
+    }
+    bail!("no admin socket: pass --admin PATH, set KEYWARD_ADMIN, or pass --config FILE")
+}
+
+/// Sends one request and returns the JSON answer, or the daemon's error.
+pub async fn call(
+    ep: &Endpoint,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Value> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "keyward-admin");
+    if let Endpoint::Tcp(_, token) = ep {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = match ep {
+        Endpoint::Unix(p) => {
+            let stream = tokio::net::UnixStream::connect(p).await.with_context(|| {
+                format!(
+                    "cannot reach the daemon at {} (is `keyward serve` running?)",
+                    p.display()
+                )
+            })?;
+            send(TokioIo::new(stream), req).await?
+        }
+        Endpoint::Tcp(hp, _) => {
+            let stream = tokio::net::TcpStream::connect(hp.as_str())
+                .await
+                .with_context(|| format!("cannot reach the daemon at {hp}"))?;
+            send(TokioIo::new(stream), req).await?
+        }
+    };
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| anyhow!("the daemon answered {status} with a body that is not JSON"))?;
+    if status.is_success() {
+        return Ok(v);
+    }
+    if v.get("error").is_some() {
+        return Err(ApiError {
+            status,
+            code: v["error"]["code"].as_str().unwrap_or("unknown").to_string(),
+            message: v["error"]["message"].as_str().unwrap_or("").to_string(),
+        }
+        .into());
+    }
+    Ok(v)
+}
+
+async fn send<I>(io: I, req: Request<Full<Bytes>>) -> Result<http::Response<hyper::body::Incoming>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+/// Percent-encodes one path segment.
+pub fn seg(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+// ---------------------------------------------------------------------------------------
+// Client commands
+// ---------------------------------------------------------------------------------------
+
+use crate::cli::{AuditCmd, CredCmd, KeyCmd, LogCmd, RouteCmd};
+use std::io::Read;
+use zeroize::Zeroizing;
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn read_fields(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::new());
+    match file {
+        Some(f) => {
+            let mut fh =
+                std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?;
+            fh.read_to_end(&mut buf)?;
+        }
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+        }
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        bail!("no credential fields given: pipe a JSON object on stdin or pass --file");
+    }
+    Ok(buf)
+}
+
+fn cred_path(t: &str, p: &str) -> String {
+    format!("/v1/tenants/{}/credentials/{}", seg(t), seg(p))
+}
+
+/// `keyward cred …`
+pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
+    match cmd {
+        CredCmd::Put {
+            tenant,
+            provider,
+            verify,
+            file,
+        } => {
+            let body = read_fields(file.as_deref())?;
+            let q = if verify { "?verify=true" } else { "" };
+            let v = call(
+                ep,
+                Method::PUT,
+                &format!("{}{q}", cred_path(&tenant, &provider)),
+                Some(body.to_vec()),
+            )
+            .await?;
+            if let Some(w) = v.get("warnings").and_then(Value::as_array) {
+                for w in w {
+                    eprintln!("warning: {}", w.as_str().unwrap_or_default());
+                }
+            }
+            print_json(&v);
+        }
+        CredCmd::Ls {
+            tenant,
+            deleted,
+            json,
+        } => {
+            let q = if deleted { "?include_deleted=true" } else { "" };
+            let v = call(
+                ep,
+                Method::GET,
+                &format!("/v1/tenants/{}/credentials{q}", seg(&tenant)),
+                None,
+            )
+            .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{:<12} {:<9} {:>4}  {:<25} {:<25} HINTS",
+                    "PROVIDER", "STATUS", "VER", "UPDATED", "VERIFIED"
+                );
+                for c in v["credentials"].as_array().into_iter().flatten() {
+                    let hints: Vec<String> = c["hints"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, h)| format!("{k}={}", h.as_str().unwrap_or("")))
+                        .collect();
+                    let status = if c.get("deleted_at").is_some() {
+                        "deleted"
+                    } else {
+                        c["status"].as_str().unwrap_or("")
+                    };
+                    println!(
+                        "{:<12} {:<9} {:>4}  {:<25} {:<25} {}",
+                        c["provider"].as_str().unwrap_or(""),
+                        status,
+                        c["version"],
+                        c["updated_at"].as_str().unwrap_or(""),
+                        c["last_verified_at"].as_str().unwrap_or("-"),
+                        hints.join(" ")
+                    );
+                }
+            }
+        }
+        CredCmd::Get(t) => {
+            print_json(&call(ep, Method::GET, &cred_path(&t.tenant, &t.provider), None).await?)
+        }
+        CredCmd::Rm(t) => {
+            print_json(&call(ep, Method::DELETE, &cred_path(&t.tenant, &t.provider), None).await?)
+        }
+        CredCmd::Restore(t) => print_json(
+            &call(
+                ep,
+                Method::POST,
+                &format!("{}/restore", cred_path(&t.tenant, &t.provider)),
+                None,
+            )
+            .await?,
+        ),
+    }
+    Ok(())
+}
+
+/// `keyward route …`
+pub async fn route(ep: &Endpoint, cmd: RouteCmd) -> Result<()> {
+    let v = match cmd {
+        RouteCmd::Put { kind, id, tenant } => {
+            let body = serde_json::to_vec(&serde_json::json!({"tenant": tenant}))?;
+            call(
+                ep,
+                Method::PUT,
+                &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)),
+                Some(body),
+            )
+            .await?
+        }
+        RouteCmd::Get { kind, id } => {
+            call(
+                ep,
+                Method::GET,
+                &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)),
+                None,
+            )
+            .await?
+        }
+        RouteCmd::Rm { kind, id } => {
+            call(
+                ep,
+                Method::DELETE,
+                &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)),
+                None,
+            )
+            .await?
+        }
+    };
+    print_json(&v);
+    Ok(())
+}
+
+/// `keyward audit …`. Returns false when `verify` finds the chain broken.
+pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
+    match cmd {
+        AuditCmd::Tail { json, after, limit } => {
+            let after = match after {
+                Some(a) => a,
+                None => {
+                    let head = call(ep, Method::GET, "/v1/audit?limit=0", None).await?;
+                    head["head"].as_u64().unwrap_or(0).saturating_sub(limit)
+                }
+            };
+            let v = call(
+                ep,
+                Method::GET,
+                &format!("/v1/audit?after={after}&limit={limit}"),
+                None,
+            )
+            .await?;
+            for e in v["entries"].as_array().into_iter().flatten() {
+                if json {
+                    println!("{e}");
+                } else {
+                    let ts = e["ts"]
+                        .as_i64()
+                        .map(crate::creds::rfc3339)
+                        .unwrap_or_default();
+                    let scope = [
+                        e["tenant"].as_str(),
+                        e["provider"].as_str(),
+                        e["target"].as_str(),
+                    ]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                    println!(
+                        "{:>6} {ts} {:<18} {:<24} {:<20} {}",
+                        e["seq"],
+                        e["actor"].as_str().unwrap_or(""),
+                        e["action"].as_str().unwrap_or(""),
+                        e["result"].as_str().unwrap_or(""),
+                        scope
+                    );
+                }
+            }
+            Ok(true)
+        }
+        AuditCmd::Verify => {
+            let v = match call(ep, Method::GET, "/v1/audit/verify", None).await {
+                Ok(v) => v,
+                Err(e) => return Err(e),
+            };
+            if v["ok"].as_bool() == Some(true) {
+                println!("audit chain ok: {} entries", v["entries"]);
+                Ok(true)
+            } else {
+                println!(
+                    "audit chain BROKEN at entry {}: {}",
+                    v["first_bad_seq"],
+                    v["problem"].as_str().unwrap_or("")
+                );
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// `keyward key rotate`: batches until nothing remains, with a progress bar.
+pub async fn key(ep: &Endpoint, cmd: KeyCmd) -> Result<()> {
+    let KeyCmd::Rotate { batch } = cmd;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "re-wrapping tenant keys {bar:40} {pos}/{len} ({eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let v = call(
+            ep,
+            Method::POST,
+            &format!("/v1/keys/rotate?limit={}", batch.max(1)),
+            None,
+        )
+        .await?;
+        let total = v["total"].as_u64().unwrap_or(0);
+        let remaining = v["remaining"].as_u64().unwrap_or(0);
+        bar.set_length(total);
+        bar.set_position(total - remaining.min(total));
+        if remaining == 0 {
+            bar.finish();
+            println!(
+                "every tenant key is wrapped under master key {}",
+                v["active_key_id"].as_str().unwrap_or("?")
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// `keyward log level`
+pub async fn log(ep: &Endpoint, cmd: LogCmd) -> Result<()> {
+    let LogCmd::Level { level } = cmd;
+    let body = serde_json::to_vec(&serde_json::json!({"level": level}))?;
+    print_json(&call(ep, Method::PUT, "/v1/log/level", Some(body)).await?);
+    Ok(())
+}

@@ -1,0 +1,130 @@
+//! The `keyward` binary: parse the command line, set up telemetry, dispatch, and map
+//! errors to exit codes (0 ok, 1 failed, 2 usage, 64 bad configuration). No logic here.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use keyward::cli::{Cli, Command};
+use keyward::config::{Config, ConfigError, ProcessEnv};
+use keyward::{app, ctl, hardening, telemetry, vault};
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keyward: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match cli.command {
+        Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::CheckConfig => check_config(cli.config),
+        Command::Keygen { out } => match vault::write_new_key_file(&out) {
+            Ok(()) => {
+                println!("wrote a new master key to {} (mode 0600)", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.to_string()),
+        },
+        command => {
+            telemetry::init_cli();
+            runtime.block_on(client(cli.admin, cli.config, command))
+        }
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("keyward: {msg}");
+    ExitCode::from(EXIT_FAILED)
+}
+
+fn load_config(path: Option<std::path::PathBuf>) -> Result<Config, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("keyward: --config FILE is required");
+        return Err(ExitCode::from(2));
+    };
+    Config::load(&path, &ProcessEnv).map_err(|e: ConfigError| {
+        eprintln!("keyward: bad configuration: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn check_config(path: Option<std::path::PathBuf>) -> ExitCode {
+    match load_config(path) {
+        Ok(c) => {
+            print!("{}", c.summary());
+            println!("configuration ok");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let hygiene = hardening::apply();
+    let log = telemetry::init(&config.log);
+    tracing::info!(
+        core_dumps_off = hygiene.core_dumps_off,
+        not_dumpable = hygiene.not_dumpable,
+        memory_locked = hygiene.memory_locked,
+        "memory hygiene"
+    );
+    if let Some(note) = &hygiene.mlock_note {
+        tracing::warn!("{note}");
+    }
+    for w in config.danger_warnings() {
+        tracing::warn!("{w}");
+    }
+    match app::serve(config, &ProcessEnv, log).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "keyward could not start");
+            eprintln!("keyward: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn client(
+    admin: Option<String>,
+    config: Option<std::path::PathBuf>,
+    command: Command,
+) -> ExitCode {
+    let ep = match ctl::endpoint(admin.as_deref(), config.as_deref()) {
+        Ok(ep) => ep,
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                EXIT_CONFIG
+            } else {
+                EXIT_FAILED
+            };
+            eprintln!("keyward: {e:#}");
+            return ExitCode::from(code);
+        }
+    };
+    let result = match command {
+        Command::Cred(c) => ctl::cred(&ep, c).await.map(|()| true),
+        Command::Route(c) => ctl::route(&ep, c).await.map(|()| true),
+        Command::Audit(c) => ctl::audit(&ep, c).await,
+        Command::Key(c) => ctl::key(&ep, c).await.map(|()| true),
+        Command::Log(c) => ctl::log(&ep, c).await.map(|()| true),
+        Command::Serve | Command::CheckConfig | Command::Keygen { .. } => Ok(true),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(EXIT_FAILED),
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}

@@ -1,0 +1,82 @@
+//! Ops listener (CONTRACT.md §7): `/healthz` (process alive), `/readyz` (store open, key
+//! loaded, listeners bound). Nothing secret is served here.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::json;
+
+/// Readiness flags, set by the composition root as start-up progresses.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The store is open.
+    pub store_open: AtomicBool,
+    /// The master key opened the store's check value.
+    pub key_loaded: AtomicBool,
+    /// Every configured listener is bound and serving.
+    pub listeners_bound: AtomicBool,
+    /// Shutdown has begun: stop sending traffic here.
+    pub draining: AtomicBool,
+}
+
+impl Readiness {
+    /// Whether every check passes.
+    pub fn is_ready(&self) -> bool {
+        self.store_open.load(Ordering::SeqCst)
+            && self.key_loaded.load(Ordering::SeqCst)
+            && self.listeners_bound.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Handles one ops request.
+pub async fn handle(
+    ready: Arc<Readiness>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            json!({"error": {"code": "method_not_allowed", "message": "use GET"}}),
+        ));
+    }
+    let resp = match req.uri().path() {
+        "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
+        "/readyz" => {
+            let checks = json!({
+                "store_open": ready.store_open.load(Ordering::SeqCst),
+                "key_loaded": ready.key_loaded.load(Ordering::SeqCst),
+                "listeners_bound": ready.listeners_bound.load(Ordering::SeqCst),
+                "draining": ready.draining.load(Ordering::SeqCst),
+            });
+            if ready.is_ready() {
+                json_response(StatusCode::OK, json!({"status": "ready", "checks": checks}))
+            } else {
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"status": "not_ready", "checks": checks}),
+                )
+            }
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": {"code": "not_found", "message": "ops serves /healthz, /readyz and /metrics"}}),
+        ),
+    };
+    Ok(resp)
+}

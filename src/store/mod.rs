@@ -1,0 +1,286 @@
+//! The persistence boundary: sealed records, metadata, routes and the audit chain, behind
+//! one trait ([`Store`]) so the embedded sled backend and a shared backend are
+//! interchangeable.
+//!
+//! The store never sees plaintext and never imports `vault`: secret fields arrive already
+//! sealed, as opaque bytes. Every mutation is committed together with its audit entry in
+//! one atomic, durable step ([`Store::commit`]); if the audit entry cannot be written the
+//! mutation does not happen (fail closed).
+
+mod audit;
+mod sled_store;
+
+pub use audit::{verify_chain, ChainReport, ChainVerifier};
+pub use sled_store::SledStore;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// The current time in [`Millis`].
+pub fn now_millis() -> Millis {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Serde helper: bytes as standard base64 text.
+pub(crate) mod b64 {
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(v))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// A tenant and its wrapped data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    /// Tenant id.
+    pub tenant: String,
+    /// The data key, sealed under a master key.
+    #[serde(with = "b64")]
+    pub wrapped_key: Vec<u8>,
+    /// When the tenant was first seen.
+    pub created_at: Millis,
+}
+
+/// Credential status (CONTRACT.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredStatus {
+    /// Usable.
+    Active,
+    /// Stored but not usable yet (e.g. Google without a refresh token).
+    Inactive,
+    /// The provider rejected it; outbound calls answer `credential_revoked`.
+    Revoked,
+}
+
+/// One tenant's credential for one provider: public metadata plus the sealed secrets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialRecord {
+    /// Owner.
+    pub tenant: String,
+    /// Provider name.
+    pub provider: String,
+    /// Monotonic version; part of the sealed blob's AAD.
+    pub version: u64,
+    /// Status.
+    pub status: CredStatus,
+    /// Non-secret fields, echoed in status objects.
+    pub fields: BTreeMap<String, serde_json::Value>,
+    /// `…` + last four characters of each secret field.
+    pub hints: BTreeMap<String, String>,
+    /// The secret fields as JSON, sealed by the tenant's data key.
+    #[serde(with = "b64")]
+    pub sealed: Vec<u8>,
+    /// First stored.
+    pub created_at: Millis,
+    /// Last changed.
+    pub updated_at: Millis,
+    /// Last live check that reached the provider.
+    pub last_verified_at: Option<Millis>,
+    /// Last error from a live check or a token refresh.
+    pub last_error: Option<String>,
+    /// Set while soft-deleted.
+    pub deleted_at: Option<Millis>,
+}
+
+/// A precondition on the current version of a credential, for optimistic concurrency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No record may exist.
+    Absent,
+    /// The stored record must have this version.
+    Version(u64),
+}
+
+/// One change in a [`Store::commit`] batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Create or replace a tenant record.
+    PutTenant(TenantRecord),
+    /// Destroy a tenant's data key (crypto-shredding).
+    DeleteTenant(String),
+    /// Create or replace a credential.
+    PutCredential {
+        /// The new record.
+        record: CredentialRecord,
+        /// Precondition on the stored one.
+        expect: Expect,
+    },
+    /// Remove a credential for good (purge).
+    PurgeCredential {
+        /// Owner.
+        tenant: String,
+        /// Provider.
+        provider: String,
+        /// Precondition.
+        expect_version: u64,
+    },
+    /// Map a route to a tenant.
+    PutRoute {
+        /// Route kind.
+        kind: String,
+        /// Route id.
+        id: String,
+        /// Owner.
+        tenant: String,
+        /// Refuse when the route already belongs to another tenant.
+        keep_other_owner: bool,
+    },
+    /// Remove a route.
+    DeleteRoute {
+        /// Route kind.
+        kind: String,
+        /// Route id.
+        id: String,
+    },
+    /// Set a metadata value.
+    PutMeta {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
+}
+
+/// What an audit entry records, before the store numbers and chains it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditDraft {
+    /// Who: `uid:1000`, `token:ab12…`, or `keyward` for the daemon itself.
+    pub actor: String,
+    /// What, e.g. `credential.put`.
+    pub action: String,
+    /// Tenant concerned.
+    pub tenant: Option<String>,
+    /// Provider concerned.
+    pub provider: Option<String>,
+    /// Other object (a route `kind/id`, a key id).
+    pub target: Option<String>,
+    /// `ok`, or `error:<code>`.
+    pub result: String,
+}
+
+/// An entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// 1-based, gapless.
+    pub seq: u64,
+    /// When.
+    pub ts: Millis,
+    /// The recorded facts.
+    #[serde(flatten)]
+    pub draft: AuditDraft,
+    /// Hex SHA-256 of the previous entry (64 zeros for the first).
+    pub prev: String,
+    /// Hex SHA-256 over this entry's fields and `prev`.
+    pub hash: String,
+}
+
+/// The newest entry of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AuditHead {
+    /// Its sequence number (0 when empty).
+    pub seq: u64,
+    /// Its hash (64 zeros when empty).
+    pub hash: String,
+}
+
+/// Store failures. Messages name records, never contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition failed: someone else changed the record first.
+    #[error("{0} was changed concurrently; retry")]
+    Conflict(String),
+    /// A route already points at another tenant.
+    #[error("route {kind}/{id} already belongs to tenant {owner}")]
+    RouteTaken {
+        /// Route kind.
+        kind: String,
+        /// Route id.
+        id: String,
+        /// Current owner.
+        owner: String,
+    },
+    /// Another daemon holds the store.
+    #[error("store {0} is in use by another keyward process (its lock file is held); run one daemon per store")]
+    Locked(String),
+    /// The store directory cannot be used.
+    #[error("store directory {path}: {reason}")]
+    Directory {
+        /// The directory.
+        path: String,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The backend failed or is unreachable.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value does not decode.
+    #[error("store record {0} is corrupt")]
+    Corrupt(String),
+}
+
+/// The persistence interface shared by every backend.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Applies every op and appends one audit entry, atomically and durably. Returns the
+    /// audit entry once it is on disk.
+    async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError>;
+
+    /// A metadata value.
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A tenant record.
+    async fn get_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, StoreError>;
+
+    /// Tenant records in id order, strictly after `after`.
+    async fn list_tenants(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TenantRecord>, StoreError>;
+
+    /// One credential (soft-deleted ones included).
+    async fn get_credential(
+        &self,
+        tenant: &str,
+        provider: &str,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+
+    /// A tenant's credentials (soft-deleted ones included).
+    async fn list_credentials(&self, tenant: &str) -> Result<Vec<CredentialRecord>, StoreError>;
+
+    /// Soft-deleted credentials deleted at or before `cutoff`: `(tenant, provider)`.
+    async fn deleted_before(
+        &self,
+        cutoff: Millis,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// The tenant a route points at.
+    async fn get_route(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Audit entries with `seq > after`, at most `limit`.
+    async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The newest audit entry.
+    async fn audit_head(&self) -> Result<AuditHead, StoreError>;
+
+    /// Number of stored credentials (for start-up logs and metrics).
+    async fn credential_count(&self) -> Result<u64, StoreError>;
+}

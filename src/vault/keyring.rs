@@ -1,0 +1,416 @@
+//! The master keyring: the active master key and older ones listed in
+//! `master_key.previous`, loaded from files, the environment, or systemd credentials.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
+use super::VaultError;
+use crate::config::{Env, KeySource, MasterKeyConfig};
+use crate::ids::TenantId;
+use crate::secret::KeyBytes;
+
+/// Where the active key was found, for the start-up log line (never the key).
+#[derive(Debug, Clone)]
+pub struct MasterKeySource {
+    /// Human description of the source.
+    pub description: String,
+    /// Whether the key file was created at this start (development only).
+    pub created: bool,
+}
+
+struct MasterKey {
+    id: KeyId,
+    key: KeyBytes,
+}
+
+/// The active master key plus previous ones.
+pub struct Keyring {
+    active: MasterKey,
+    previous: Vec<MasterKey>,
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("active", &self.active.id)
+            .field(
+                "previous",
+                &self.previous.iter().map(|k| k.id).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn key_id_of(key: &KeyBytes) -> KeyId {
+    let mut h = Sha256::new();
+    h.update(b"keyward master key id v1\0");
+    h.update(key.expose());
+    let d = h.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&d[..8]);
+    KeyId(id)
+}
+
+fn decode_key(text: &str, source_name: &str) -> Result<KeyBytes, VaultError> {
+    let bad = |reason: &str| VaultError::BadKey {
+        source_name: source_name.to_string(),
+        reason: reason.to_string(),
+    };
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    let bytes = Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(trimmed.trim())
+            .map_err(|_| bad("not base64"))?,
+    );
+    if bytes.len() != 32 {
+        return Err(bad(&format!("decodes to {} bytes, not 32", bytes.len())));
+    }
+    let mut arr = Zeroizing::new([0u8; 32]);
+    arr.copy_from_slice(&bytes);
+    Ok(KeyBytes::new(*arr))
+}
+
+fn read_key_file(path: &Path, check_mode: bool) -> Result<KeyBytes, VaultError> {
+    let read_err = |e: std::io::Error| VaultError::KeyFileRead {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if check_mode && mode & 0o077 != 0 {
+        return Err(VaultError::KeyFileMode {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
+    decode_key(&text, &format!("file {}", path.display()))
+}
+
+/// Creates `path` (mode 0600, never overwriting) holding a fresh key, base64 and a newline.
+pub fn write_new_key_file(path: &Path) -> Result<(), VaultError> {
+    let werr = |e: std::io::Error| VaultError::KeyFileWrite {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    if path.exists() {
+        return Err(VaultError::KeyFileExists(path.to_path_buf()));
+    }
+    let key = KeyBytes::random().map_err(|_| VaultError::Rng)?;
+    let mut text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.expose()));
+    text.push('\n');
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                VaultError::KeyFileExists(path.to_path_buf())
+            } else {
+                werr(e)
+            }
+        })?;
+    f.write_all(text.as_bytes()).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    Ok(())
+}
+
+impl Keyring {
+    /// Loads the active key from its configured source and every previous key file.
+    /// With `create_missing` (development), a missing key file is created first.
+    pub fn load(
+        cfg: &MasterKeyConfig,
+        env: &dyn Env,
+        create_missing: bool,
+    ) -> Result<(Keyring, MasterKeySource), VaultError> {
+        let mut created = false;
+        let (key, description) = match &cfg.source {
+            KeySource::File(p) => {
+                if create_missing && !p.exists() {
+                    if let Some(dir) = p.parent() {
+                        std::fs::create_dir_all(dir).map_err(|e| VaultError::KeyFileWrite {
+                            path: p.clone(),
+                            reason: e.to_string(),
+                        })?;
+                    }
+                    write_new_key_file(p)?;
+                    created = true;
+                }
+                (read_key_file(p, true)?, format!("file {}", p.display()))
+            }
+            KeySource::Env(var) => {
+                let text = Zeroizing::new(
+                    env.var(var)
+                        .ok_or_else(|| VaultError::EnvMissing(var.clone()))?,
+                );
+                (
+                    decode_key(&text, &format!("environment variable {var}"))?,
+                    format!("environment variable {var}"),
+                )
+            }
+            KeySource::Credential(name) => {
+                let dir = env
+                    .var("CREDENTIALS_DIRECTORY")
+                    .ok_or_else(|| VaultError::NoCredentialsDirectory(name.clone()))?;
+                let p = PathBuf::from(dir).join(name);
+                // systemd creates credential files itself (0400, owned by the service user).
+                (
+                    read_key_file(&p, true)?,
+                    format!("systemd credential {name}"),
+                )
+            }
+        };
+        let active = MasterKey {
+            id: key_id_of(&key),
+            key,
+        };
+        let mut previous = Vec::new();
+        for p in &cfg.previous {
+            let key = read_key_file(p, true)?;
+            let id = key_id_of(&key);
+            if id != active.id && !previous.iter().any(|k: &MasterKey| k.id == id) {
+                previous.push(MasterKey { id, key });
+            }
+        }
+        Ok((
+            Keyring { active, previous },
+            MasterKeySource {
+                description,
+                created,
+            },
+        ))
+    }
+
+    /// A keyring from raw keys (tests and benchmarks).
+    pub fn from_keys(active: KeyBytes, previous: Vec<KeyBytes>) -> Keyring {
+        Keyring {
+            active: MasterKey {
+                id: key_id_of(&active),
+                key: active,
+            },
+            previous: previous
+                .into_iter()
+                .map(|k| MasterKey {
+                    id: key_id_of(&k),
+                    key: k,
+                })
+                .collect(),
+        }
+    }
+
+    /// The active key's id.
+    pub fn active_id(&self) -> KeyId {
+        self.active.id
+    }
+
+    /// Ids of the previous keys.
+    pub fn previous_ids(&self) -> Vec<KeyId> {
+        self.previous.iter().map(|k| k.id).collect()
+    }
+
+    fn find(&self, id: KeyId) -> Option<&MasterKey> {
+        std::iter::once(&self.active)
+            .chain(self.previous.iter())
+            .find(|k| k.id == id)
+    }
+
+    fn dek_aad(tenant: &TenantId) -> Vec<u8> {
+        let mut aad = b"keyward/dek/v1\0".to_vec();
+        aad.extend_from_slice(tenant.as_str().as_bytes());
+        aad
+    }
+
+    /// Wraps a tenant's data key under the active master key.
+    pub fn wrap(&self, tenant: &TenantId, dek: &DataKey) -> Result<Vec<u8>, VaultError> {
+        let mut pt = Zeroizing::new([0u8; 40]);
+        pt[..8].copy_from_slice(&dek.id().0);
+        pt[8..].copy_from_slice(dek.key().expose());
+        seal_raw(
+            &self.active.key,
+            self.active.id,
+            &Self::dek_aad(tenant),
+            &pt[..],
+        )
+    }
+
+    /// Unwraps a tenant's data key with whichever keyring key sealed it.
+    pub fn unwrap(&self, tenant: &TenantId, blob: &[u8]) -> Result<DataKey, VaultError> {
+        let id = blob_key_id(blob)?;
+        let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
+        let pt = open_raw(&mk.key, &Self::dek_aad(tenant), blob)?;
+        if pt.len() != 40 {
+            return Err(VaultError::Malformed("data key of the wrong length"));
+        }
+        let mut dek_id = [0u8; 8];
+        dek_id.copy_from_slice(&pt[..8]);
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&pt[8..]);
+        Ok(DataKey::from_parts(KeyId(dek_id), KeyBytes::new(*key)))
+    }
+
+    /// Whether a wrapped blob is already under the active key (rotation skips it).
+    pub fn is_active(&self, blob: &[u8]) -> bool {
+        blob_key_id(blob).is_ok_and(|id| id == self.active.id)
+    }
+
+    /// A sealed check value proving, at the next start, that the right key is loaded.
+    pub fn seal_check(&self) -> Result<Vec<u8>, VaultError> {
+        seal_raw(
+            &self.active.key,
+            self.active.id,
+            b"keyward/keycheck/v1",
+            b"keyward",
+        )
+    }
+
+    /// Opens a check value from [`Keyring::seal_check`].
+    pub fn open_check(&self, blob: &[u8]) -> Result<(), VaultError> {
+        let id = blob_key_id(blob)?;
+        let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
+        open_raw(&mk.key, b"keyward/keycheck/v1", blob).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn cfg(source: KeySource, previous: Vec<PathBuf>) -> MasterKeyConfig {
+        MasterKeyConfig { source, previous }
+    }
+
+    #[test]
+    fn keygen_writes_a_0600_file_that_loads_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        write_new_key_file(&p).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (ring, _) = Keyring::load(
+            &cfg(KeySource::File(p.clone()), vec![]),
+            &BTreeMap::new(),
+            false,
+        )
+        .unwrap();
+        assert!(matches!(
+            write_new_key_file(&p),
+            Err(VaultError::KeyFileExists(_))
+        ));
+        let (again, _) =
+            Keyring::load(&cfg(KeySource::File(p), vec![]), &BTreeMap::new(), false).unwrap();
+        assert_eq!(
+            ring.active_id(),
+            again.active_id(),
+            "key ids are stable across loads"
+        );
+    }
+
+    #[test]
+    fn a_key_file_readable_by_others_is_refused_with_the_chmod_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        write_new_key_file(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Keyring::load(
+            &cfg(KeySource::File(p.clone()), vec![]),
+            &BTreeMap::new(),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn keys_of_the_wrong_length_or_encoding_are_refused() {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "K".to_string(),
+            base64::engine::general_purpose::STANDARD.encode([1u8; 31]),
+        );
+        let e = Keyring::load(&cfg(KeySource::Env("K".into()), vec![]), &env, false).unwrap_err();
+        assert!(e.to_string().contains("31 bytes"), "{e}");
+        env.insert("K".to_string(), "not base64!".into());
+        assert!(Keyring::load(&cfg(KeySource::Env("K".into()), vec![]), &env, false).is_err());
+        env.remove("K");
+        assert!(matches!(
+            Keyring::load(&cfg(KeySource::Env("K".into()), vec![]), &env, false),
+            Err(VaultError::EnvMissing(_))
+        ));
+    }
+
+    #[test]
+    fn a_systemd_credential_is_read_from_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        write_new_key_file(&dir.path().join("master-key")).unwrap();
+        let mut env = BTreeMap::new();
+        env.insert(
+            "CREDENTIALS_DIRECTORY".to_string(),
+            dir.path().display().to_string(),
+        );
+        let (_, src) = Keyring::load(
+            &cfg(KeySource::Credential("master-key".into()), vec![]),
+            &env,
+            false,
+        )
+        .unwrap();
+        assert!(src.description.contains("systemd credential"));
+        assert!(Keyring::load(
+            &cfg(KeySource::Credential("master-key".into()), vec![]),
+            &BTreeMap::new(),
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_previous_key_still_unwraps_what_it_wrapped() {
+        let old = KeyBytes::random().unwrap();
+        let new = KeyBytes::random().unwrap();
+        let acme = TenantId::parse("acme").unwrap();
+        let dek = DataKey::generate().unwrap();
+        let blob = Keyring::from_keys(old.clone(), vec![])
+            .wrap(&acme, &dek)
+            .unwrap();
+        let rotated = Keyring::from_keys(new.clone(), vec![old]);
+        assert!(!rotated.is_active(&blob));
+        assert_eq!(rotated.unwrap(&acme, &blob).unwrap().id(), dek.id());
+        let without_old = Keyring::from_keys(new, vec![]);
+        assert!(matches!(
+            without_old.unwrap(&acme, &blob),
+            Err(VaultError::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn a_wrapped_data_key_is_bound_to_its_tenant() {
+        let ring = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
+        let dek = DataKey::generate().unwrap();
+        let blob = ring.wrap(&TenantId::parse("acme").unwrap(), &dek).unwrap();
+        assert!(ring
+            .unwrap(&TenantId::parse("globex").unwrap(), &blob)
+            .is_err());
+    }
+
+    #[test]
+    fn the_check_value_detects_a_wrong_key() {
+        let a = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
+        let check = a.seal_check().unwrap();
+        assert!(a.open_check(&check).is_ok());
+        let b = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
+        assert!(matches!(
+            b.open_check(&check),
+            Err(VaultError::UnknownKey(_))
+        ));
+    }
+}
