@@ -131,3 +131,10 @@ impl Providers {
         self.defs.keys().map(String::as_str)
     }
 }
+
+impl Providers {
+    /// Only the built-in providers, without overrides (tests and benchmarks).
+    pub fn default_builtin() -> Providers {
+        Providers::from_config(&ProvidersConfig::default())
+    }
+}

@@ -1,0 +1,427 @@
+//! Test builders: a keyward daemon in a temp directory (real binary, real sockets, port 0),
+//! an admin client over its Unix socket, and log access for leak checks.
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+/// A daemon configuration under construction.
+#[derive(Clone)]
+pub struct DaemonConfig {
+    pub retention: String,
+    pub extra: String,
+    pub master_key_file: Option<PathBuf>,
+    pub previous: Vec<PathBuf>,
+    pub store_path: Option<PathBuf>,
+    pub log_level: String,
+    /// Extra lines inside [admin].
+    pub admin_extra: String,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            retention: "14d".into(),
+            extra: String::new(),
+            master_key_file: None,
+            previous: vec![],
+            store_path: None,
+            log_level: "keyward=trace,info".into(),
+            admin_extra: String::new(),
+        }
+    }
+}
+
+/// A running (or stopped) daemon in its own directory.
+pub struct Daemon {
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub config: DaemonConfig,
+    pub config_path: PathBuf,
+    pub admin_sock: PathBuf,
+    pub ops_addr: Option<String>,
+    pub addrs: Vec<(String, String)>,
+    child: Option<Child>,
+    log_path: PathBuf,
+    runs: u32,
+}
+
+pub fn write_key(path: &Path) {
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Daemon {
+    /// A fresh directory with a master key and a config; not started.
+    pub fn new(config: DaemonConfig) -> Daemon {
+        let tmp = tempfile::Builder::new()
+            .prefix("kw")
+            .tempdir_in(short_tmp())
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut d = Daemon {
+            admin_sock: dir.join("admin.sock"),
+            config_path: dir.join("keyward.toml"),
+            log_path: dir.join("daemon.log"),
+            dir,
+            _tmp: Some(tmp),
+            config,
+            ops_addr: None,
+            addrs: vec![],
+            child: None,
+            runs: 0,
+        };
+        if d.config.master_key_file.is_none() {
+            let k = d.dir.join("master.key");
+            write_key(&k);
+            d.config.master_key_file = Some(k);
+        }
+        d.write_config();
+        d
+    }
+
+    pub fn write_config(&self) {
+        let c = &self.config;
+        let store = c
+            .store_path
+            .clone()
+            .unwrap_or_else(|| self.dir.join("store"));
+        let previous: Vec<String> = c
+            .previous
+            .iter()
+            .map(|p| format!("\"{}\"", p.display()))
+            .collect();
+        let text = format!(
+            r#"
+[store]
+path = "{store}"
+deleted_retention = "{retention}"
+
+[master_key]
+file = "{key}"
+previous = [{previous}]
+
+[admin]
+unix = "{admin}"
+{admin_extra}
+
+[ops]
+listen = "127.0.0.1:0"
+
+[log]
+format = "json"
+level = "{level}"
+{extra}
+"#,
+            store = store.display(),
+            retention = c.retention,
+            key = c.master_key_file.as_ref().unwrap().display(),
+            previous = previous.join(", "),
+            admin = self.admin_sock.display(),
+            admin_extra = c.admin_extra,
+            level = c.log_level,
+            extra = c.extra,
+        );
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.config
+            .store_path
+            .clone()
+            .unwrap_or_else(|| self.dir.join("store"))
+    }
+
+    /// Starts the daemon and waits for its "ready" log line.
+    pub fn start(&mut self) -> &mut Self {
+        self.try_start()
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}\n--- log ---\n{}", self.logs()));
+        self
+    }
+
+    /// Starts; returns the log on failure to become ready.
+    pub fn try_start(&mut self) -> Result<(), String> {
+        self.write_config();
+        self.runs += 1;
+        let offset = std::fs::metadata(&self.log_path)
+            .map(|m| m.len())
+            .unwrap_or(0) as usize;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Err(format!("exited with {status}"));
+            }
+            if self
+                .log_lines_from(offset)
+                .iter()
+                .any(|l| l["message"] == "ready")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("not ready after 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.addrs = self
+            .log_lines_from(offset)
+            .iter()
+            .filter(|l| l["message"] == "listening")
+            .map(|l| {
+                (
+                    l["listener"].as_str().unwrap().to_string(),
+                    l["addr"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        self.ops_addr = self
+            .addrs
+            .iter()
+            .find(|(n, _)| n == "ops")
+            .map(|(_, a)| a.clone());
+        Ok(())
+    }
+
+    /// Log lines written after byte `offset`.
+    pub fn log_lines_from(&self, offset: usize) -> Vec<Value> {
+        let bytes = std::fs::read(&self.log_path).unwrap_or_default();
+        String::from_utf8_lossy(bytes.get(offset..).unwrap_or_default())
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn addr(&self, listener: &str) -> String {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| a.clone())
+            .unwrap_or_else(|| panic!("no {listener} listener"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Runs the CLI against this daemon's admin socket.
+    pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--admin").arg(&self.admin_sock).args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// One admin request; returns status and JSON body.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (s, b) = self
+            .admin_raw(method, path, body.map(|b| b.as_bytes().to_vec()), &[])
+            .await;
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    /// One admin request with raw bytes; returns status and raw body.
+    pub async fn admin_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<u8>) {
+        let stream = tokio::net::UnixStream::connect(&self.admin_sock)
+            .await
+            .unwrap();
+        http_request(TokioIo::new(stream), method, path, body, headers).await
+    }
+
+    pub async fn ops(&self, path: &str) -> (u16, Value) {
+        let stream = tokio::net::TcpStream::connect(self.ops_addr.as_ref().unwrap())
+            .await
+            .unwrap();
+        let (s, b) = http_request(TokioIo::new(stream), "GET", path, None, &[]).await;
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub async fn http_request<I>(
+    io: I,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<u8>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "keyward");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, bytes)
+}
+
+/// Unix socket paths must stay under 108 bytes: use /tmp rather than a long TMPDIR.
+pub fn short_tmp() -> PathBuf {
+    PathBuf::from("/tmp")
+}
+
+pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The forms a canary could take on disk or in text: raw, base64 (three alignments),
+/// hex (both cases).
+pub fn canary_forms(canary: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut forms = vec![canary.as_bytes().to_vec()];
+    for skip in 0..3 {
+        let part = &canary.as_bytes()[skip..];
+        let enc = base64::engine::general_purpose::STANDARD.encode(part);
+        // Drop the edges, which depend on neighbouring bytes.
+        let inner = &enc[4..enc.len() - 4];
+        forms.push(inner.as_bytes().to_vec());
+        let enc_url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(part);
+        forms.push(enc_url[4..enc_url.len() - 4].as_bytes().to_vec());
+    }
+    forms.push(hex::encode(canary).into_bytes());
+    forms.push(hex::encode_upper(canary).into_bytes());
+    forms
+}
+
+/// How many times any form of any canary occurs in `haystack`.
+pub fn canary_hits(haystack: &[u8], canaries: &[&str]) -> usize {
+    let mut hits = 0;
+    for c in canaries {
+        for f in canary_forms(c) {
+            hits += haystack
+                .windows(f.len())
+                .filter(|w| *w == f.as_slice())
+                .count();
+        }
+    }
+    hits
+}
