@@ -1,5 +1,7 @@
 //! End-to-end: the admin API and CLI of a real daemon over its Unix socket.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -1,5 +1,7 @@
 //! End-to-end: start-up refusals, the store on disk, key rotation, purge, crash safety.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

@@ -2,6 +2,8 @@
 //! credential layer refuses what was moved or rolled back. Also the cache rule: a write is
 //! seen by the very next lookup.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

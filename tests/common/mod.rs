@@ -402,10 +402,10 @@ pub fn canary_forms(canary: &str) -> Vec<Vec<u8>> {
         let part = &canary.as_bytes()[skip..];
         let enc = base64::engine::general_purpose::STANDARD.encode(part);
         // Drop the edges, which depend on neighbouring bytes.
-        let inner = &enc[4..enc.len() - 4];
-        forms.push(inner.as_bytes().to_vec());
+        let inner = &enc.as_bytes()[4..enc.len() - 4];
+        forms.push(inner.to_vec());
         let enc_url = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(part);
-        forms.push(enc_url[4..enc_url.len() - 4].as_bytes().to_vec());
+        forms.push(enc_url.as_bytes()[4..enc_url.len() - 4].to_vec());
     }
     forms.push(hex::encode(canary).into_bytes());
     forms.push(hex::encode_upper(canary).into_bytes());
