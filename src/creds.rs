@@ -644,6 +644,50 @@ impl Credentials {
         Ok(self.status_object(&rec))
     }
 
+    /// Stores many new credentials in one atomic, audited commit (bulk import, store
+    /// migration, benchmarks). Every item must be new; the batch fails as a whole otherwise.
+    pub async fn import_batch(&self, actor: &str, items: Vec<(TenantId, String, Value)>) -> Result<usize, CredError> {
+        let _guard = self.write_lock.lock().await;
+        let now = now_millis();
+        let mut ops = Vec::with_capacity(items.len() * 2);
+        let mut new_keys: HashMap<String, Arc<DataKey>> = HashMap::new();
+        let n = items.len();
+        for (tenant, provider, fields) in items {
+            self.check_provider(&provider)?;
+            let parsed = self.providers().get(&provider).map(|d| d.schema.parse(fields)).transpose()?.unwrap_or_default();
+            let dek = match new_keys.get(tenant.as_str()) {
+                Some(k) => k.clone(),
+                None => match self.data_key(&tenant).await? {
+                    Some(k) => k,
+                    None => {
+                        let dek = Arc::new(DataKey::generate()?);
+                        ops.push(Op::PutTenant(TenantRecord { tenant: tenant.to_string(), wrapped_key: self.keyring.wrap(&tenant, &dek)?, created_at: now }));
+                        new_keys.insert(tenant.as_str().to_string(), dek.clone());
+                        dek
+                    }
+                },
+            };
+            let record = CredentialRecord {
+                tenant: tenant.to_string(),
+                provider: provider.clone(),
+                version: 1,
+                status: parsed.status.unwrap_or(CredStatus::Active),
+                fields: parsed.public.clone(),
+                hints: parsed.secrets.iter().map(|(k, v)| (k.clone(), v.hint())).collect(),
+                sealed: Self::seal(&dek, &tenant, &provider, 1, &parsed.secrets)?,
+                created_at: now,
+                updated_at: now,
+                last_verified_at: None,
+                last_error: None,
+                deleted_at: None,
+            };
+            ops.push(Op::PutCredential { record, expect: Expect::Absent });
+        }
+        self.store.commit(ops, draft(actor, "credential.import", None, None, Some(format!("{n} records")))).await?;
+        self.invalidate_all();
+        Ok(n)
+    }
+
     /// Status of one credential. A soft-deleted one answers [`CredError::Deleted`].
     pub async fn status(
         &self,
