@@ -24,7 +24,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn open(dir: &std::path::Path, key: &KeyBytes) -> Arc<Credentials> {
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
-    Arc::new(Credentials::open(store, Keyring::from_keys(key.clone(), vec![]), Providers::default_builtin(), Duration::from_secs(86400)).await.unwrap())
+    Arc::new(
+        Credentials::open(
+            store,
+            Keyring::from_keys(key.clone(), vec![]),
+            Providers::default_builtin(),
+            Duration::from_secs(86400),
+        )
+        .await
+        .unwrap(),
+    )
 }
 
 fn fields(i: usize) -> serde_json::Value {
@@ -34,7 +43,9 @@ fn fields(i: usize) -> serde_json::Value {
 async fn populate(creds: &Credentials, n: usize) {
     let mut i = 0;
     while i < n {
-        let batch: Vec<_> = (i..(i + 1000).min(n)).map(|j| (TenantId::parse(&format!("t{j:07}")).unwrap(), "twilio".to_string(), fields(j))).collect();
+        let batch: Vec<_> = (i..(i + 1000).min(n))
+            .map(|j| (TenantId::parse(&format!("t{j:07}")).unwrap(), "twilio".to_string(), fields(j)))
+            .collect();
         i += batch.len();
         creds.import_batch("bench", batch).await.unwrap();
     }

@@ -13,12 +13,14 @@ use zeroize::Zeroizing;
 use crate::admin::{self, AdminState};
 use crate::config::{Config, Env};
 use crate::creds::{CredError, Credentials};
-use crate::listen::{self, Bound, ConnLimits, ListenError};
+use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
 use crate::ops::{self, Readiness};
 use crate::providers::Providers;
+use crate::proxy::{self, Policy, ProxyState, RateLimiter, Upstream};
 use crate::shutdown::Shutdown;
 use crate::store::{SledStore, Store, StoreError};
 use crate::telemetry::LogHandle;
+use crate::tls::TlsError;
 use crate::vault::{Keyring, VaultError};
 
 /// Why the daemon could not start. Every variant's message says what to fix.
@@ -36,6 +38,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// Certificates or keys could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The admin token file is unusable.
     #[error("admin.token_file {path}: {reason}")]
     Token {
@@ -63,6 +68,7 @@ impl From<CredError> for StartError {
 struct Listener {
     name: &'static str,
     bound: Bound,
+    tls: Option<TlsSetup>,
 }
 
 /// A built, bound, not yet serving daemon.
@@ -73,21 +79,17 @@ pub struct App {
     log: LogHandle,
     token_digest: Option<[u8; 32]>,
     listeners: Vec<Listener>,
+    proxy: Option<Arc<ProxyState>>,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("listeners", &self.addresses())
-            .finish()
+        f.debug_struct("App").field("listeners", &self.addresses()).finish()
     }
 }
 
 fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
-    let err = |reason: String| StartError::Token {
-        path: path.display().to_string(),
-        reason,
-    };
+    let err = |reason: String| StartError::Token { path: path.display().to_string(), reason };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(err(format!(
@@ -108,11 +110,7 @@ impl App {
     /// configured listener.
     pub async fn build(config: Config, env: &dyn Env, log: LogHandle) -> Result<App, StartError> {
         let readiness = Arc::new(Readiness::default());
-        let (keyring, key_source) = Keyring::load(
-            &config.master_key,
-            env,
-            config.danger.create_missing_master_key,
-        )?;
+        let (keyring, key_source) = Keyring::load(&config.master_key, env, config.danger.create_missing_master_key)?;
         if key_source.created {
             tracing::warn!(
                 source = %key_source.description,
@@ -124,53 +122,56 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
         readiness.store_open.store(true, Ordering::SeqCst);
         let providers = Providers::from_config(&config.providers);
-        let creds = Arc::new(
-            Credentials::open(store, keyring, providers, config.store.deleted_retention).await?,
-        );
+        let creds = Arc::new(Credentials::open(store, keyring, providers, config.store.deleted_retention).await?);
         readiness.key_loaded.store(true, Ordering::SeqCst);
 
-        let token_digest = config
-            .admin
-            .token_file
-            .as_deref()
-            .map(read_token)
-            .transpose()?;
+        let token_digest = config.admin.token_file.as_deref().map(read_token).transpose()?;
+
+        let proxy = match &config.app {
+            None => None,
+            Some(app) => {
+                if app.clients.is_empty() {
+                    tracing::warn!(
+                        "no [[app.clients]] policy: every client that can reach the app listener may use every tenant"
+                    );
+                }
+                Some(Arc::new(ProxyState {
+                    creds: creds.clone(),
+                    upstream: Upstream::new(&config.upstream, config.danger.allow_plain_http_upstream)?,
+                    policy: Policy::new(app.clients.clone()),
+                    limiter: RateLimiter::default(),
+                    tokens: None,
+                }))
+            }
+        };
 
         let mut listeners = Vec::new();
+        let mut add = |name, bound, tls| listeners.push(Listener { name, bound, tls });
+        if let Some(app) = &config.app {
+            if let Some(p) = &app.unix {
+                add("app", Bound::Unix(listen::bind_unix(p, app.unix_mode)?), None);
+            }
+            if let (Some(addr), Some(files)) = (app.tcp, &app.tls) {
+                let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::mtls_server_config(files)?);
+                let setup = TlsSetup { acceptor, identity: Some(crate::tls::peer_identity) };
+                add("app-tls", Bound::Tcp(listen::bind_tcp(addr)?), Some(setup));
+            }
+        }
         if let Some(p) = &config.admin.unix {
-            listeners.push(Listener {
-                name: "admin",
-                bound: Bound::Unix(listen::bind_unix(p, 0o600)?),
-            });
+            add("admin", Bound::Unix(listen::bind_unix(p, 0o600)?), None);
         }
         if let Some(a) = config.admin.tcp {
-            listeners.push(Listener {
-                name: "admin-tcp",
-                bound: Bound::Tcp(listen::bind_tcp(a)?),
-            });
+            add("admin-tcp", Bound::Tcp(listen::bind_tcp(a)?), None);
         }
         if let Some(o) = &config.ops {
-            listeners.push(Listener {
-                name: "ops",
-                bound: Bound::Tcp(listen::bind_tcp(o.listen)?),
-            });
+            add("ops", Bound::Tcp(listen::bind_tcp(o.listen)?), None);
         }
-        Ok(App {
-            config,
-            creds,
-            readiness,
-            log,
-            token_digest,
-            listeners,
-        })
+        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy })
     }
 
     /// `(listener name, address)` of every bound listener.
     pub fn addresses(&self) -> Vec<(&'static str, String)> {
-        self.listeners
-            .iter()
-            .map(|l| (l.name, l.bound.describe()))
-            .collect()
+        self.listeners.iter().map(|l| (l.name, l.bound.describe())).collect()
     }
 
     /// The credential service (tests and benchmarks).
@@ -180,63 +181,39 @@ impl App {
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        let App {
-            config,
-            creds,
-            readiness,
-            log,
-            token_digest,
-            listeners,
-        } = self;
+        let App { config, creds, readiness, log, token_digest, listeners, proxy } = self;
         let limits = ConnLimits::default();
-        let admin_state = Arc::new(AdminState {
-            creds: creds.clone(),
-            log,
-            token_digest,
-        });
+        let admin_state = Arc::new(AdminState { creds: creds.clone(), log, token_digest });
         let mut tasks = Vec::new();
         for l in listeners {
             tracing::info!(listener = l.name, addr = %l.bound.describe(), "listening");
             let sd = shutdown.clone();
-            match l.name {
-                "admin" | "admin-tcp" => {
+            match (l.name, &proxy) {
+                ("app" | "app-tls", Some(p)) => {
+                    let p = p.clone();
+                    tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {
+                        let p = p.clone();
+                        hyper::service::service_fn(move |req| proxy::handle(p.clone(), peer.clone(), req))
+                    })));
+                }
+                ("admin" | "admin-tcp", _) => {
                     let st = admin_state.clone();
-                    tasks.push(tokio::spawn(listen::serve(
-                        l.name,
-                        l.bound,
-                        None,
-                        limits,
-                        sd,
-                        move |peer| {
-                            let st = st.clone();
-                            hyper::service::service_fn(move |req| {
-                                admin::handle(st.clone(), peer.clone(), req)
-                            })
-                        },
-                    )));
+                    tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {
+                        let st = st.clone();
+                        hyper::service::service_fn(move |req| admin::handle(st.clone(), peer.clone(), req))
+                    })));
                 }
                 _ => {
                     let r = readiness.clone();
-                    tasks.push(tokio::spawn(listen::serve(
-                        l.name,
-                        l.bound,
-                        None,
-                        limits,
-                        sd,
-                        move |_peer| {
-                            let r = r.clone();
-                            hyper::service::service_fn(move |req| ops::handle(r.clone(), req))
-                        },
-                    )));
+                    tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |_peer| {
+                        let r = r.clone();
+                        hyper::service::service_fn(move |req| ops::handle(r.clone(), req))
+                    })));
                 }
             }
         }
         readiness.listeners_bound.store(true, Ordering::SeqCst);
-        tasks.push(tokio::spawn(purge_loop(
-            creds.clone(),
-            config.store.deleted_retention,
-            shutdown.clone(),
-        )));
+        tasks.push(tokio::spawn(purge_loop(creds.clone(), config.store.deleted_retention, shutdown.clone())));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready");
 
         let mut sd = shutdown;
@@ -281,7 +258,9 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
                 break;
             }
             Ok(crate::shutdown::SignalEvent::Reload) => {
-                tracing::warn!("SIGHUP received: configuration reload is not supported by this build; restart to apply changes");
+                tracing::warn!(
+                    "SIGHUP received: configuration reload is not supported by this build; restart to apply changes"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for signals; shutting down");
@@ -292,8 +271,6 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
     }
     match run.await {
         Ok(r) => r,
-        Err(e) => Err(StartError::Credentials(format!(
-            "the server task failed: {e}"
-        ))),
+        Err(e) => Err(StartError::Credentials(format!("the server task failed: {e}"))),
     }
 }

@@ -91,8 +91,7 @@ impl ConfigError {
 
 /// Parses `"250ms"`, `"5s"`, `"10m"`, `"2h"`, `"14d"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let err =
-        || format!("\"{s}\" is not a duration; write e.g. \"250ms\", \"5s\", \"10m\", \"14d\"");
+    let err = || format!("\"{s}\" is not a duration; write e.g. \"250ms\", \"5s\", \"10m\", \"14d\"");
     let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
     let (num, unit) = s.split_at(split);
     if num.is_empty() || num.len() > 12 {
@@ -149,17 +148,12 @@ pub fn parse_rate(s: &str) -> Result<f64, String> {
 /// A Unix socket mode written as an octal string, e.g. `"0660"`.
 fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
-    let m = u32::from_str_radix(digits, 8)
-        .map_err(|_| format!("\"{s}\" is not an octal mode; write e.g. \"0660\""))?;
+    let m = u32::from_str_radix(digits, 8).map_err(|_| format!("\"{s}\" is not an octal mode; write e.g. \"0660\""))?;
     if m > 0o777 {
-        return Err(format!(
-            "\"{s}\": a socket mode has at most 9 permission bits"
-        ));
+        return Err(format!("\"{s}\": a socket mode has at most 9 permission bits"));
     }
     if m & 0o007 != 0 {
-        return Err(format!(
-            "\"{s}\" gives other users access to the socket; use \"0660\" or stricter"
-        ));
+        return Err(format!("\"{s}\" gives other users access to the socket; use \"0660\" or stricter"));
     }
     Ok(m)
 }
@@ -661,11 +655,7 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.file.to_path_buf(),
-            key: key.to_string(),
-            message: message.into(),
-        }
+        ConfigError::Invalid { file: self.file.to_path_buf(), key: key.to_string(), message: message.into() }
     }
 
     fn path(&self, key: &str, s: &str) -> Result<PathBuf, ConfigError> {
@@ -676,19 +666,10 @@ impl Ctx<'_> {
             return Err(self.err(key, "must not contain NUL"));
         }
         let p = Path::new(s);
-        Ok(if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.dir.join(p)
-        })
+        Ok(if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) })
     }
 
-    fn duration(
-        &self,
-        key: &str,
-        s: Option<&str>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, key: &str, s: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
         match s {
             None => Ok(default),
             Some(s) => parse_duration(s).map_err(|m| self.err(key, m)),
@@ -697,12 +678,7 @@ impl Ctx<'_> {
 
     fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|_| {
-            self.err(
-                key,
-                format!(
-                    "\"{s}\" is not an address; write e.g. \"127.0.0.1:7443\" or \"[::1]:7443\""
-                ),
-            )
+            self.err(key, format!("\"{s}\" is not an address; write e.g. \"127.0.0.1:7443\" or \"[::1]:7443\""))
         })
     }
 
@@ -733,8 +709,7 @@ impl Ctx<'_> {
 
     fn rate(&self, key: &str, raw: Option<RawRateLimit>) -> Result<Option<RateLimit>, ConfigError> {
         let Some(r) = raw else { return Ok(None) };
-        let per_second =
-            parse_rate(&r.per_tenant).map_err(|m| self.err(&format!("{key}.per_tenant"), m))?;
+        let per_second = parse_rate(&r.per_tenant).map_err(|m| self.err(&format!("{key}.per_tenant"), m))?;
         let burst = r.burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u32);
         if burst == 0 {
             return Err(self.err(&format!("{key}.burst"), "must be at least 1"));
@@ -744,11 +719,7 @@ impl Ctx<'_> {
 }
 
 /// Deserialises one TOML value into `T`, naming the failing key as `prefix.path`.
-fn typed<T: serde::de::DeserializeOwned>(
-    ctx: &Ctx<'_>,
-    prefix: &str,
-    value: toml::Value,
-) -> Result<T, ConfigError> {
+fn typed<T: serde::de::DeserializeOwned>(ctx: &Ctx<'_>, prefix: &str, value: toml::Value) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
         let key = match (prefix.is_empty(), inner.as_str()) {
@@ -764,10 +735,8 @@ fn typed<T: serde::de::DeserializeOwned>(
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            file: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { file: path.to_path_buf(), reason: e.to_string() })?;
         Config::parse(path, &text, env)
     }
 
@@ -778,16 +747,8 @@ impl Config {
         let dir = source.parent().map(Path::to_path_buf).unwrap_or_default();
         let ctx = Ctx { file: path, dir };
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let (line, column) = e
-                .span()
-                .map(|sp| line_col(text, sp.start))
-                .unwrap_or((0, 0));
-            ConfigError::Syntax {
-                file: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().to_string(),
-            }
+            let (line, column) = e.span().map(|sp| line_col(text, sp.start)).unwrap_or((0, 0));
+            ConfigError::Syntax { file: path.to_path_buf(), line, column, message: e.message().to_string() }
         })?;
         let raw: RawConfig = typed(&ctx, "", toml::Value::Table(table))?;
         build(&ctx, raw, env, source.clone())
@@ -807,11 +768,7 @@ impl Config {
             self.store.path.display(),
             humantime::format_duration(self.store.deleted_retention)
         ));
-        line(format!(
-            "master key:  {} (+{} previous)",
-            self.master_key.source,
-            self.master_key.previous.len()
-        ));
+        line(format!("master key:  {} (+{} previous)", self.master_key.source, self.master_key.previous.len()));
         if let Some(a) = &self.app {
             let mut l = Vec::new();
             if let Some(u) = &a.unix {
@@ -820,11 +777,7 @@ impl Config {
             if let Some(t) = &a.tcp {
                 l.push(format!("mTLS {t}"));
             }
-            line(format!(
-                "app:         {} ; {} client policies",
-                l.join(", "),
-                a.clients.len()
-            ));
+            line(format!("app:         {} ; {} client policies", l.join(", "), a.clients.len()));
         }
         if let Some(w) = &self.webhooks {
             line(format!(
@@ -848,20 +801,11 @@ impl Config {
         if let Some(o) = &self.ops {
             line(format!("ops:         {}", o.listen));
         }
-        let generic: Vec<&str> = self
-            .providers
-            .generic
-            .keys()
-            .map(ProviderName::as_str)
-            .collect();
+        let generic: Vec<&str> = self.providers.generic.keys().map(ProviderName::as_str).collect();
         line(format!(
             "providers:   {} built-in{}",
             BUILTIN_PROVIDERS.join(", "),
-            if generic.is_empty() {
-                String::new()
-            } else {
-                format!("; generic: {}", generic.join(", "))
-            }
+            if generic.is_empty() { String::new() } else { format!("; generic: {}", generic.join(", ")) }
         ));
         for w in self.danger_warnings() {
             line(format!("DANGER:      {w}"));
@@ -889,12 +833,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-fn build(
-    ctx: &Ctx<'_>,
-    raw: RawConfig,
-    env: &dyn Env,
-    source: PathBuf,
-) -> Result<Config, ConfigError> {
+fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Result<Config, ConfigError> {
     let danger = DangerConfig {
         allow_plain_http_upstream: raw.danger.allow_plain_http_upstream,
         create_missing_master_key: raw.danger.create_missing_master_key,
@@ -917,10 +856,9 @@ fn build(
                 KeySource::File(ctx.path("master_key.file", f)?)
             } else if let Some(v) = &mk.env {
                 if v.is_empty() || !v.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                    return Err(ctx.err(
-                        "master_key.env",
-                        "must be an environment variable name like KEYWARD_MASTER_KEY",
-                    ));
+                    return Err(
+                        ctx.err("master_key.env", "must be an environment variable name like KEYWARD_MASTER_KEY")
+                    );
                 }
                 KeySource::Env(v.clone())
             } else {
@@ -946,51 +884,24 @@ fn build(
         .enumerate()
         .map(|(i, p)| ctx.path(&format!("master_key.previous[{i}]"), p))
         .collect::<Result<_, _>>()?;
-    let master_key = MasterKeyConfig {
-        source: source_key,
-        previous,
-    };
+    let master_key = MasterKeyConfig { source: source_key, previous };
 
     let app = raw.app.map(|a| build_app(ctx, a)).transpose()?;
     let webhooks = raw.webhooks.map(|w| build_webhooks(ctx, w)).transpose()?;
 
     let admin = AdminConfig {
-        unix: raw
-            .admin
-            .unix
-            .as_deref()
-            .map(|p| ctx.path("admin.unix", p))
-            .transpose()?,
-        tcp: raw
-            .admin
-            .tcp
-            .as_deref()
-            .map(|a| ctx.addr("admin.tcp", a))
-            .transpose()?,
-        token_file: raw
-            .admin
-            .token_file
-            .as_deref()
-            .map(|p| ctx.path("admin.token_file", p))
-            .transpose()?,
+        unix: raw.admin.unix.as_deref().map(|p| ctx.path("admin.unix", p)).transpose()?,
+        tcp: raw.admin.tcp.as_deref().map(|a| ctx.addr("admin.tcp", a)).transpose()?,
+        token_file: raw.admin.token_file.as_deref().map(|p| ctx.path("admin.token_file", p)).transpose()?,
     };
     if admin.unix.is_none() && admin.tcp.is_none() {
         return Err(ctx.err("admin", "set admin.unix (and optionally admin.tcp)"));
     }
     if admin.tcp.is_some() && admin.token_file.is_none() {
-        return Err(ctx.err(
-            "admin.token_file",
-            "admin.tcp needs a token_file holding the bearer token",
-        ));
+        return Err(ctx.err("admin.token_file", "admin.tcp needs a token_file holding the bearer token"));
     }
 
-    let ops = raw
-        .ops
-        .map(|o| {
-            ctx.addr("ops.listen", &o.listen)
-                .map(|listen| OpsConfig { listen })
-        })
-        .transpose()?;
+    let ops = raw.ops.map(|o| ctx.addr("ops.listen", &o.listen).map(|listen| OpsConfig { listen })).transpose()?;
 
     let upstream = UpstreamConfig {
         connect_timeout: ctx.duration(
@@ -1003,12 +914,7 @@ fn build(
             raw.upstream.request_timeout.as_deref(),
             Duration::from_secs(60),
         )?,
-        extra_ca: raw
-            .upstream
-            .extra_ca
-            .as_deref()
-            .map(|p| ctx.path("upstream.extra_ca", p))
-            .transpose()?,
+        extra_ca: raw.upstream.extra_ca.as_deref().map(|p| ctx.path("upstream.extra_ca", p)).transpose()?,
     };
     if upstream.connect_timeout.is_zero() {
         return Err(ctx.err("upstream.connect_timeout", "must be above zero"));
@@ -1035,18 +941,12 @@ fn build(
     let format = match format.as_str() {
         "json" => LogFormat::Json,
         "text" => LogFormat::Text,
-        other => {
-            return Err(ctx.err(
-                format_key,
-                format!("\"{other}\" is not a log format; use \"json\" or \"text\""),
-            ))
-        }
+        other => return Err(ctx.err(format_key, format!("\"{other}\" is not a log format; use \"json\" or \"text\""))),
     };
     if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-        return Err(ctx.err(
-            level_key,
-            format!("\"{level}\" is not a log level; use error, warn, info, debug or trace"),
-        ));
+        return Err(
+            ctx.err(level_key, format!("\"{level}\" is not a log level; use error, warn, info, debug or trace"))
+        );
     }
 
     Ok(Config {
@@ -1065,20 +965,12 @@ fn build(
 }
 
 fn build_app(ctx: &Ctx<'_>, a: RawApp) -> Result<AppConfig, ConfigError> {
-    let unix = a
-        .unix
-        .as_deref()
-        .map(|p| ctx.path("app.unix", p))
-        .transpose()?;
+    let unix = a.unix.as_deref().map(|p| ctx.path("app.unix", p)).transpose()?;
     let unix_mode = match &a.unix_mode {
         Some(m) => parse_mode(m).map_err(|e| ctx.err("app.unix_mode", e))?,
         None => 0o660,
     };
-    let tcp = a
-        .tcp
-        .as_deref()
-        .map(|s| ctx.addr("app.tcp", s))
-        .transpose()?;
+    let tcp = a.tcp.as_deref().map(|s| ctx.addr("app.tcp", s)).transpose()?;
     let tls = a
         .tls
         .map(|t| -> Result<MtlsFiles, ConfigError> {
@@ -1090,10 +982,9 @@ fn build_app(ctx: &Ctx<'_>, a: RawApp) -> Result<AppConfig, ConfigError> {
         })
         .transpose()?;
     if tcp.is_some() && tls.is_none() {
-        return Err(ctx.err(
-            "app.tls",
-            "app.tcp needs [app.tls] with cert, key and client_ca (mTLS is required on TCP)",
-        ));
+        return Err(
+            ctx.err("app.tls", "app.tcp needs [app.tls] with cert, key and client_ca (mTLS is required on TCP)")
+        );
     }
     if unix.is_none() && tcp.is_none() {
         return Err(ctx.err("app", "set app.unix or app.tcp"));
@@ -1112,10 +1003,7 @@ fn build_app(ctx: &Ctx<'_>, a: RawApp) -> Result<AppConfig, ConfigError> {
             Some(
                 c.tenants
                     .iter()
-                    .map(|t| {
-                        TenantId::parse(t)
-                            .map_err(|e| ctx.err(&format!("{key}.tenants"), e.to_string()))
-                    })
+                    .map(|t| TenantId::parse(t).map_err(|e| ctx.err(&format!("{key}.tenants"), e.to_string())))
                     .collect::<Result<Vec<_>, _>>()?,
             )
         };
@@ -1124,49 +1012,25 @@ fn build_app(ctx: &Ctx<'_>, a: RawApp) -> Result<AppConfig, ConfigError> {
             Some(p) if p.iter().any(|p| p == "*") => None,
             Some(p) => Some(
                 p.iter()
-                    .map(|p| {
-                        ProviderName::parse(p)
-                            .map_err(|e| ctx.err(&format!("{key}.providers"), e.to_string()))
-                    })
+                    .map(|p| ProviderName::parse(p).map_err(|e| ctx.err(&format!("{key}.providers"), e.to_string())))
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        clients.push(ClientPolicy {
-            identity,
-            tenants,
-            providers,
-        });
+        clients.push(ClientPolicy { identity, tenants, providers });
     }
-    Ok(AppConfig {
-        unix,
-        unix_mode,
-        tcp,
-        tls,
-        clients,
-    })
+    Ok(AppConfig { unix, unix_mode, tcp, tls, clients })
 }
 
 fn build_webhooks(ctx: &Ctx<'_>, w: RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
     let listen = ctx.addr("webhooks.listen", &w.listen)?;
-    let public_base_url = ctx.url(
-        "webhooks.public_base_url",
-        w.public_base_url.trim_end_matches('/'),
-        true,
-    )?;
+    let public_base_url = ctx.url("webhooks.public_base_url", w.public_base_url.trim_end_matches('/'), true)?;
     let forward_to = if let Some(p) = w.forward_to.strip_prefix("unix:") {
         ForwardTo::Unix(ctx.path("webhooks.forward_to", p)?)
     } else {
-        let u = Url::parse(&w.forward_to).map_err(|e| {
-            ctx.err(
-                "webhooks.forward_to",
-                format!("\"{}\" is not a URL: {e}", w.forward_to),
-            )
-        })?;
+        let u = Url::parse(&w.forward_to)
+            .map_err(|e| ctx.err("webhooks.forward_to", format!("\"{}\" is not a URL: {e}", w.forward_to)))?;
         if u.scheme() != "http" || u.host_str().is_none() {
-            return Err(ctx.err(
-                "webhooks.forward_to",
-                "must be http://host:port or unix:/path (the app is local)",
-            ));
+            return Err(ctx.err("webhooks.forward_to", "must be http://host:port or unix:/path (the app is local)"));
         }
         ForwardTo::Http(u)
     };
@@ -1183,31 +1047,16 @@ fn build_webhooks(ctx: &Ctx<'_>, w: RawWebhooks) -> Result<WebhooksConfig, Confi
         .map(|c| {
             c.parse::<IpNet>()
                 .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ctx.err(
-                        "webhooks.trusted_proxies",
-                        format!("\"{c}\" is not a CIDR like 10.0.0.0/8"),
-                    )
-                })
+                .map_err(|_| ctx.err("webhooks.trusted_proxies", format!("\"{c}\" is not a CIDR like 10.0.0.0/8")))
         })
         .collect::<Result<_, _>>()?;
     let tls = w
         .tls
         .map(|t| -> Result<TlsFiles, ConfigError> {
-            Ok(TlsFiles {
-                cert: ctx.path("webhooks.tls.cert", &t.cert)?,
-                key: ctx.path("webhooks.tls.key", &t.key)?,
-            })
+            Ok(TlsFiles { cert: ctx.path("webhooks.tls.cert", &t.cert)?, key: ctx.path("webhooks.tls.key", &t.key)? })
         })
         .transpose()?;
-    Ok(WebhooksConfig {
-        listen,
-        public_base_url,
-        forward_to,
-        max_body,
-        trusted_proxies,
-        tls,
-    })
+    Ok(WebhooksConfig { listen, public_base_url, forward_to, max_body, trusted_proxies, tls })
 }
 
 fn build_providers(
@@ -1222,9 +1071,7 @@ fn build_providers(
         if name == "google" {
             let g: RawGoogle = typed(ctx, &key, value)?;
             let url = |k: &str, v: &Option<String>| {
-                v.as_deref()
-                    .map(|s| ctx.url(&format!("{key}.{k}"), s, allow_http))
-                    .transpose()
+                v.as_deref().map(|s| ctx.url(&format!("{key}.{k}"), s, allow_http)).transpose()
             };
             out.builtin.insert(
                 name.clone(),
@@ -1252,44 +1099,25 @@ fn build_providers(
             );
         } else {
             let g: RawGeneric = typed(ctx, &key, value)?;
-            out.generic
-                .insert(pname, build_generic(ctx, &key, g, allow_http)?);
+            out.generic.insert(pname, build_generic(ctx, &key, g, allow_http)?);
         }
     }
     Ok(out)
 }
 
-fn build_generic(
-    ctx: &Ctx<'_>,
-    key: &str,
-    g: RawGeneric,
-    allow_http: bool,
-) -> Result<GenericProvider, ConfigError> {
+fn build_generic(ctx: &Ctx<'_>, key: &str, g: RawGeneric, allow_http: bool) -> Result<GenericProvider, ConfigError> {
     let base_url = ctx.url(&format!("{key}.base_url"), &g.base_url, allow_http)?;
     if g.fields.is_empty() {
-        return Err(ctx.err(
-            &format!("{key}.fields"),
-            "declare at least one credential field",
-        ));
+        return Err(ctx.err(&format!("{key}.fields"), "declare at least one credential field"));
     }
     for f in &g.fields {
-        if f.is_empty()
-            || !f
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
-        {
-            return Err(ctx.err(
-                &format!("{key}.fields"),
-                format!("\"{f}\" is not a field name; use [a-z0-9_]"),
-            ));
+        if f.is_empty() || !f.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+            return Err(ctx.err(&format!("{key}.fields"), format!("\"{f}\" is not a field name; use [a-z0-9_]")));
         }
     }
     for f in &g.public_fields {
         if !g.fields.contains(f) {
-            return Err(ctx.err(
-                &format!("{key}.public_fields"),
-                format!("\"{f}\" is not listed in fields"),
-            ));
+            return Err(ctx.err(&format!("{key}.public_fields"), format!("\"{f}\" is not listed in fields")));
         }
     }
     let check_template = |k: &str, t: &str| -> Result<(), ConfigError> {
@@ -1332,26 +1160,17 @@ fn build_generic(
         .webhook
         .map(|w| -> Result<WebhookScheme, ConfigError> {
             let wk = format!("{key}.webhook");
-            let tolerance = ctx.duration(
-                &format!("{wk}.tolerance"),
-                w.tolerance.as_deref(),
-                Duration::from_secs(300),
-            )?;
+            let tolerance =
+                ctx.duration(&format!("{wk}.tolerance"), w.tolerance.as_deref(), Duration::from_secs(300))?;
             match w.scheme.as_str() {
                 "standard-webhooks" => {
                     if w.header.is_some() {
-                        return Err(ctx.err(
-                            &format!("{wk}.header"),
-                            "standard-webhooks uses fixed webhook-* headers",
-                        ));
+                        return Err(ctx.err(&format!("{wk}.header"), "standard-webhooks uses fixed webhook-* headers"));
                     }
                     Ok(WebhookScheme::StandardWebhooks { tolerance })
                 }
                 "stripe" => Ok(WebhookScheme::Stripe {
-                    header: w
-                        .header
-                        .unwrap_or_else(|| "stripe-signature".into())
-                        .to_ascii_lowercase(),
+                    header: w.header.unwrap_or_else(|| "stripe-signature".into()).to_ascii_lowercase(),
                     tolerance,
                 }),
                 other => Err(ctx.err(
@@ -1362,18 +1181,12 @@ fn build_generic(
         })
         .transpose()?;
     if webhook.is_some() && !g.fields.iter().any(|f| f == "webhook_secret") {
-        return Err(ctx.err(
-            &format!("{key}.fields"),
-            "a provider with a webhook scheme needs a webhook_secret field",
-        ));
+        return Err(ctx.err(&format!("{key}.fields"), "a provider with a webhook scheme needs a webhook_secret field"));
     }
     let mut hosts: Vec<String> = g.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
     for h in &hosts {
         if h.is_empty() || h.contains('/') || h.contains('@') {
-            return Err(ctx.err(
-                &format!("{key}.hosts"),
-                format!("\"{h}\" is not a host name"),
-            ));
+            return Err(ctx.err(&format!("{key}.hosts"), format!("\"{h}\" is not a host name")));
         }
     }
     if let Some(h) = base_url.host_str() {
@@ -1399,9 +1212,7 @@ pub fn template_fields(t: &str) -> Result<Vec<&str>, String> {
     let mut rest = t;
     while let Some(start) = rest.find('{') {
         let after = rest.get(start + 1..).unwrap_or("");
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("\"{t}\" has an unclosed {{"))?;
+        let end = after.find('}').ok_or_else(|| format!("\"{t}\" has an unclosed {{"))?;
         let name = after.get(..end).unwrap_or("");
         if name.is_empty() {
             return Err(format!("\"{t}\" has an empty {{}}"));
@@ -1410,9 +1221,7 @@ pub fn template_fields(t: &str) -> Result<Vec<&str>, String> {
         rest = after.get(end + 1..).unwrap_or("");
     }
     if out.is_empty() {
-        return Err(format!(
-            "\"{t}\" references no credential field; write e.g. \"Bearer {{api_key}}\""
-        ));
+        return Err(format!("\"{t}\" references no credential field; write e.g. \"Bearer {{api_key}}\""));
     }
     Ok(out)
 }
@@ -1431,19 +1240,11 @@ unix = "/run/keyward/admin.sock"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(
-            Path::new("/etc/keyward/keyward.toml"),
-            text,
-            &BTreeMap::new(),
-        )
+        Config::parse(Path::new("/etc/keyward/keyward.toml"), text, &BTreeMap::new())
     }
 
     fn key_of(text: &str) -> String {
-        parse(text)
-            .unwrap_err()
-            .key()
-            .unwrap_or("(none)")
-            .to_string()
+        parse(text).unwrap_err().key().unwrap_or("(none)").to_string()
     }
 
     #[test]
@@ -1460,42 +1261,28 @@ unix = "/run/keyward/admin.sock"
         let text = include_str!("../config/keyward.toml");
         let c = parse(text).unwrap();
         assert!(c.app.is_some() && c.webhooks.is_some() && c.ops.is_some());
-        assert!(c
-            .providers
-            .generic
-            .contains_key(&ProviderName::parse("acme").unwrap()));
+        assert!(c.providers.generic.contains_key(&ProviderName::parse("acme").unwrap()));
     }
 
     #[test]
     fn the_dev_config_parses() {
-        let c = Config::parse(
-            Path::new("config/dev.toml"),
-            include_str!("../config/dev.toml"),
-            &BTreeMap::new(),
-        )
-        .unwrap();
+        let c =
+            Config::parse(Path::new("config/dev.toml"), include_str!("../config/dev.toml"), &BTreeMap::new()).unwrap();
         assert!(c.danger.create_missing_master_key);
     }
 
     #[test]
     fn unknown_keys_are_rejected_with_their_path() {
-        let e = parse(&MINIMAL.replace("path =", "pathx = \"x\"\npath ="))
-            .unwrap_err()
-            .to_string();
+        let e = parse(&MINIMAL.replace("path =", "pathx = \"x\"\npath =")).unwrap_err().to_string();
         assert!(e.contains("/etc/keyward/keyward.toml"), "{e}");
         assert!(e.contains("store") && e.contains("pathx"), "{e}");
-        assert!(parse(&format!("{MINIMAL}\n[bogus]\nx = 1\n"))
-            .unwrap_err()
-            .to_string()
-            .contains("bogus"));
+        assert!(parse(&format!("{MINIMAL}\n[bogus]\nx = 1\n")).unwrap_err().to_string().contains("bogus"));
     }
 
     #[test]
     fn bad_values_name_their_key() {
         assert_eq!(
-            key_of(&format!(
-                "{MINIMAL}\n[upstream]\nconnect_timeout = \"5 seconds\"\n"
-            )),
+            key_of(&format!("{MINIMAL}\n[upstream]\nconnect_timeout = \"5 seconds\"\n")),
             "upstream.connect_timeout"
         );
         assert_eq!(
@@ -1506,43 +1293,23 @@ unix = "/run/keyward/admin.sock"
             key_of(&format!("{MINIMAL}\n[webhooks]\nlisten = \"0.0.0.0:8443\"\npublic_base_url = \"https://h.example\"\nforward_to = \"http://127.0.0.1:3000\"\nmax_body = \"1 MB\"\n")),
             "webhooks.max_body"
         );
+        assert_eq!(key_of(&format!("{MINIMAL}\n[app]\ntcp = \"127.0.0.1:7443\"\n")), "app.tls");
+        assert_eq!(key_of(&format!("{MINIMAL}\n[app]\nunix = \"/a.sock\"\nunix_mode = \"0666\"\n")), "app.unix_mode");
         assert_eq!(
-            key_of(&format!("{MINIMAL}\n[app]\ntcp = \"127.0.0.1:7443\"\n")),
-            "app.tls"
-        );
-        assert_eq!(
-            key_of(&format!(
-                "{MINIMAL}\n[app]\nunix = \"/a.sock\"\nunix_mode = \"0666\"\n"
-            )),
-            "app.unix_mode"
-        );
-        assert_eq!(
-            key_of(&format!(
-                "{MINIMAL}\n[providers.twilio]\nbase_url = \"http://127.0.0.1:1\"\n"
-            )),
+            key_of(&format!("{MINIMAL}\n[providers.twilio]\nbase_url = \"http://127.0.0.1:1\"\n")),
             "providers.twilio.base_url"
         );
         assert_eq!(
-            key_of(&format!(
-                "{MINIMAL}\n[providers.twilio]\nrate_limit = {{ per_tenant = \"fast\" }}\n"
-            )),
+            key_of(&format!("{MINIMAL}\n[providers.twilio]\nrate_limit = {{ per_tenant = \"fast\" }}\n")),
             "providers.twilio.rate_limit.per_tenant"
         );
-        assert_eq!(
-            key_of(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n")),
-            "log.format"
-        );
-        assert_eq!(
-            key_of(&MINIMAL.replace("file = \"/run/key\"", "file = \"/run/key\"\nenv = \"K\"")),
-            "master_key"
-        );
+        assert_eq!(key_of(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n")), "log.format");
+        assert_eq!(key_of(&MINIMAL.replace("file = \"/run/key\"", "file = \"/run/key\"\nenv = \"K\"")), "master_key");
     }
 
     #[test]
     fn a_missing_section_is_named() {
-        let e = parse("[store]\npath = \"/x\"\n[admin]\nunix = \"/a\"\n")
-            .unwrap_err()
-            .to_string();
+        let e = parse("[store]\npath = \"/x\"\n[admin]\nunix = \"/a\"\n").unwrap_err().to_string();
         assert!(e.contains("master_key"), "{e}");
     }
 
@@ -1560,25 +1327,21 @@ unix = "/run/keyward/admin.sock"
 
     #[test]
     fn generic_providers_check_their_templates() {
-        let base = format!("{MINIMAL}\n[providers.acme]\nbase_url = \"https://api.acme.example\"\nfields = [\"api_key\"]\n");
-        let ok = parse(&format!(
-            "{base}inject = {{ header = \"Authorization\", value = \"Bearer {{api_key}}\" }}\n"
-        ))
-        .unwrap();
+        let base =
+            format!("{MINIMAL}\n[providers.acme]\nbase_url = \"https://api.acme.example\"\nfields = [\"api_key\"]\n");
+        let ok = parse(&format!("{base}inject = {{ header = \"Authorization\", value = \"Bearer {{api_key}}\" }}\n"))
+            .unwrap();
         let acme = &ok.providers.generic[&ProviderName::parse("acme").unwrap()];
         assert_eq!(acme.hosts, vec!["api.acme.example".to_string()]);
         assert_eq!(
-            key_of(&format!(
-                "{base}inject = {{ header = \"Authorization\", value = \"Bearer {{token}}\" }}\n"
-            )),
+            key_of(&format!("{base}inject = {{ header = \"Authorization\", value = \"Bearer {{token}}\" }}\n")),
             "providers.acme.inject.value"
         );
+        assert_eq!(key_of(&format!("{base}inject = {{ header = \"X\" }}\n")), "providers.acme.inject");
         assert_eq!(
-            key_of(&format!("{base}inject = {{ header = \"X\" }}\n")),
-            "providers.acme.inject"
-        );
-        assert_eq!(
-            key_of(&format!("{base}inject = {{ query = \"key\", value = \"{{api_key}}\" }}\nwebhook = {{ scheme = \"stripe\" }}\n")),
+            key_of(&format!(
+                "{base}inject = {{ query = \"key\", value = \"{{api_key}}\" }}\nwebhook = {{ scheme = \"stripe\" }}\n"
+            )),
             "providers.acme.fields"
         );
     }
@@ -1597,10 +1360,7 @@ unix = "/run/keyward/admin.sock"
     #[test]
     fn durations_sizes_and_rates_parse() {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(
-            parse_duration("14d").unwrap(),
-            Duration::from_secs(14 * 86_400)
-        );
+        assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86_400));
         for bad in ["", "5", "s", "-5s", "5 s", "1.5s", "99999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

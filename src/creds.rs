@@ -19,8 +19,8 @@ use crate::ids::{RouteId, RouteKind, TenantId};
 use crate::providers::{FieldError, Providers};
 use crate::secret::Secret;
 use crate::store::{
-    now_millis, AuditDraft, AuditEntry, AuditHead, ChainReport, CredStatus, CredentialRecord,
-    Expect, Millis, Op, Store, StoreError, TenantRecord,
+    now_millis, AuditDraft, AuditEntry, AuditHead, ChainReport, CredStatus, CredentialRecord, Expect, Millis, Op,
+    Store, StoreError, TenantRecord,
 };
 use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
 
@@ -149,9 +149,7 @@ pub enum CredError {
         reason: String,
     },
     /// The provider rejected it.
-    #[error(
-        "the {provider} credential of tenant {tenant} was revoked by the provider; store a new one"
-    )]
+    #[error("the {provider} credential of tenant {tenant} was revoked by the provider; store a new one")]
     Revoked {
         /// Tenant.
         tenant: String,
@@ -199,10 +197,7 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("store", &self.store)
-            .field("keyring", &self.keyring)
-            .finish()
+        f.debug_struct("Credentials").field("store", &self.store).field("keyring", &self.keyring).finish()
     }
 }
 
@@ -238,23 +233,9 @@ impl Credentials {
             Some(check) => keyring.open_check(&check)?,
             None => {
                 let value = keyring.seal_check()?;
-                let mut d = draft(
-                    "keyward",
-                    "store.init",
-                    None,
-                    None,
-                    Some(keyring.active_id().to_string()),
-                );
+                let mut d = draft("keyward", "store.init", None, None, Some(keyring.active_id().to_string()));
                 d.target = Some(format!("master-key:{}", keyring.active_id()));
-                store
-                    .commit(
-                        vec![Op::PutMeta {
-                            key: META_KEYCHECK.into(),
-                            value,
-                        }],
-                        d,
-                    )
-                    .await?;
+                store.commit(vec![Op::PutMeta { key: META_KEYCHECK.into(), value }], d).await?;
             }
         }
         Ok(Credentials {
@@ -296,10 +277,7 @@ impl Credentials {
 
     /// (hits, misses) of the cache since start.
     pub fn cache_stats(&self) -> (u64, u64) {
-        (
-            self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
-        )
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
     fn check_provider(&self, provider: &str) -> Result<(), CredError> {
@@ -307,10 +285,7 @@ impl Credentials {
         if providers.get(provider).is_some() {
             Ok(())
         } else {
-            Err(CredError::UnknownProvider(
-                provider.to_string(),
-                providers.names().collect::<Vec<_>>().join(", "),
-            ))
+            Err(CredError::UnknownProvider(provider.to_string(), providers.names().collect::<Vec<_>>().join(", ")))
         }
     }
 
@@ -330,12 +305,7 @@ impl Credentials {
     }
 
     async fn data_key(&self, tenant: &TenantId) -> Result<Option<Arc<DataKey>>, CredError> {
-        if let Some(k) = self
-            .deks
-            .read()
-            .ok()
-            .and_then(|d| d.get(tenant.as_str()).cloned())
-        {
+        if let Some(k) = self.deks.read().ok().and_then(|d| d.get(tenant.as_str()).cloned()) {
             return Ok(Some(k));
         }
         let Some(rec) = self.store.get_tenant(tenant.as_str()).await? else {
@@ -349,11 +319,7 @@ impl Credentials {
     }
 
     /// The decrypted credential for a request. Errors say why it cannot be used.
-    pub async fn resolve(
-        &self,
-        tenant: &TenantId,
-        provider: &str,
-    ) -> Result<Arc<Credential>, CredError> {
+    pub async fn resolve(&self, tenant: &TenantId, provider: &str) -> Result<Arc<Credential>, CredError> {
         let key = (tenant.as_str().to_string(), provider.to_string());
         let cached = self.cache.read().ok().and_then(|c| c.get(&key).cloned());
         let cred = match cached {
@@ -380,36 +346,21 @@ impl Credentials {
                 provider: provider.to_string(),
                 reason: "complete it (Google: run the connect flow) before use".into(),
             }),
-            CredStatus::Revoked => Err(CredError::Revoked {
-                tenant: tenant.to_string(),
-                provider: provider.to_string(),
-            }),
+            CredStatus::Revoked => {
+                Err(CredError::Revoked { tenant: tenant.to_string(), provider: provider.to_string() })
+            }
         }
     }
 
     /// Reads and opens one credential, bypassing the cache.
     async fn load(&self, tenant: &TenantId, provider: &str) -> Result<Credential, CredError> {
-        let not_found = || CredError::NotFound {
-            tenant: tenant.to_string(),
-            provider: provider.to_string(),
-        };
-        let rec = self
-            .store
-            .get_credential(tenant.as_str(), provider)
-            .await?
-            .ok_or_else(not_found)?;
+        let not_found = || CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() };
+        let rec = self.store.get_credential(tenant.as_str(), provider).await?.ok_or_else(not_found)?;
         if rec.deleted_at.is_some() {
             return Err(not_found());
         }
         let dek = self.data_key(tenant).await?.ok_or_else(not_found)?;
-        let plain = dek.open(
-            RecordAad {
-                tenant,
-                provider,
-                version: rec.version,
-            },
-            &rec.sealed,
-        )?;
+        let plain = dek.open(RecordAad { tenant, provider, version: rec.version }, &rec.sealed)?;
         let map: serde_json::Map<String, Value> = serde_json::from_slice(&plain)
             .map_err(|_| StoreError::Corrupt(format!("credential {tenant}/{provider}")))?;
         let secrets = map
@@ -442,9 +393,7 @@ impl Credentials {
             last_verified_at: r.last_verified_at.map(rfc3339),
             last_error: r.last_error.clone(),
             deleted_at: r.deleted_at.map(rfc3339),
-            purge_after: r
-                .deleted_at
-                .map(|d| rfc3339(d.saturating_add(self.retention_ms()))),
+            purge_after: r.deleted_at.map(|d| rfc3339(d.saturating_add(self.retention_ms()))),
         }
     }
 
@@ -479,26 +428,11 @@ impl Credentials {
     ) -> Result<Vec<u8>, CredError> {
         // Pre-size so serialisation never reallocates (a reallocation would leave an
         // un-wiped copy of the plaintext behind).
-        let cap = secrets
-            .iter()
-            .map(|(k, v)| k.len() + v.len() * 6 + 8)
-            .sum::<usize>()
-            + 2;
+        let cap = secrets.iter().map(|(k, v)| k.len() + v.len() * 6 + 8).sum::<usize>() + 2;
         let mut buf = Zeroizing::new(Vec::with_capacity(cap));
-        let plain: BTreeMap<&str, &str> = secrets
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.expose()))
-            .collect();
-        serde_json::to_writer(&mut *buf, &plain)
-            .map_err(|_| VaultError::Malformed("serialisation"))?;
-        Ok(dek.seal(
-            RecordAad {
-                tenant,
-                provider,
-                version,
-            },
-            &buf,
-        )?)
+        let plain: BTreeMap<&str, &str> = secrets.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+        serde_json::to_writer(&mut *buf, &plain).map_err(|_| VaultError::Malformed("serialisation"))?;
+        Ok(dek.seal(RecordAad { tenant, provider, version }, &buf)?)
     }
 
     /// Creates or replaces a credential. Returns the status object and operator warnings.
@@ -511,9 +445,8 @@ impl Credentials {
     ) -> Result<(StatusObject, Vec<String>), CredError> {
         let parsed = self.check_provider(provider).and_then(|()| {
             let providers = self.providers();
-            let def = providers
-                .get(provider)
-                .ok_or_else(|| CredError::UnknownProvider(provider.into(), String::new()))?;
+            let def =
+                providers.get(provider).ok_or_else(|| CredError::UnknownProvider(provider.into(), String::new()))?;
             Ok(def.schema.parse(fields)?)
         });
         let parsed = match parsed {
@@ -543,15 +476,9 @@ impl Credentials {
                     version: old.map_or(1, |o| o.version + 1),
                     status,
                     fields: parsed.public.clone(),
-                    hints: parsed
-                        .secrets
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.hint()))
-                        .collect(),
+                    hints: parsed.secrets.iter().map(|(k, v)| (k.clone(), v.hint())).collect(),
                     sealed: Vec::new(),
-                    created_at: old
-                        .filter(|o| o.deleted_at.is_none())
-                        .map_or(now, |o| o.created_at),
+                    created_at: old.filter(|o| o.deleted_at.is_none()).map_or(now, |o| o.created_at),
                     updated_at: now,
                     last_verified_at: None,
                     last_error: None,
@@ -597,44 +524,16 @@ impl Credentials {
             (Some(s), _) => Self::seal(&dek, tenant, provider, rec.version, s)?,
             (None, Some(o)) => {
                 // Version changes, so the blob is re-sealed under the new version's AAD.
-                let plain = dek.open(
-                    RecordAad {
-                        tenant,
-                        provider,
-                        version: o.version,
-                    },
-                    &o.sealed,
-                )?;
-                dek.seal(
-                    RecordAad {
-                        tenant,
-                        provider,
-                        version: rec.version,
-                    },
-                    &plain,
-                )?
+                let plain = dek.open(RecordAad { tenant, provider, version: o.version }, &o.sealed)?;
+                dek.seal(RecordAad { tenant, provider, version: rec.version }, &plain)?
             }
             (None, None) => {
-                return Err(CredError::NotFound {
-                    tenant: tenant.to_string(),
-                    provider: provider.to_string(),
-                })
+                return Err(CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() })
             }
         };
-        let expect = old
-            .as_ref()
-            .map_or(Expect::Absent, |o| Expect::Version(o.version));
-        ops.push(Op::PutCredential {
-            record: rec.clone(),
-            expect,
-        });
-        let result = self
-            .store
-            .commit(
-                ops,
-                draft(actor, action, Some(tenant.as_str()), Some(provider), None),
-            )
-            .await;
+        let expect = old.as_ref().map_or(Expect::Absent, |o| Expect::Version(o.version));
+        ops.push(Op::PutCredential { record: rec.clone(), expect });
+        let result = self.store.commit(ops, draft(actor, action, Some(tenant.as_str()), Some(provider), None)).await;
         // Invalidate even on failure: a failed commit may be ambiguous (fleet backends).
         self.invalidate(tenant.as_str(), provider);
         result?;
@@ -654,14 +553,19 @@ impl Credentials {
         let n = items.len();
         for (tenant, provider, fields) in items {
             self.check_provider(&provider)?;
-            let parsed = self.providers().get(&provider).map(|d| d.schema.parse(fields)).transpose()?.unwrap_or_default();
+            let parsed =
+                self.providers().get(&provider).map(|d| d.schema.parse(fields)).transpose()?.unwrap_or_default();
             let dek = match new_keys.get(tenant.as_str()) {
                 Some(k) => k.clone(),
                 None => match self.data_key(&tenant).await? {
                     Some(k) => k,
                     None => {
                         let dek = Arc::new(DataKey::generate()?);
-                        ops.push(Op::PutTenant(TenantRecord { tenant: tenant.to_string(), wrapped_key: self.keyring.wrap(&tenant, &dek)?, created_at: now }));
+                        ops.push(Op::PutTenant(TenantRecord {
+                            tenant: tenant.to_string(),
+                            wrapped_key: self.keyring.wrap(&tenant, &dek)?,
+                            created_at: now,
+                        }));
                         new_keys.insert(tenant.as_str().to_string(), dek.clone());
                         dek
                     }
@@ -689,20 +593,13 @@ impl Credentials {
     }
 
     /// Status of one credential. A soft-deleted one answers [`CredError::Deleted`].
-    pub async fn status(
-        &self,
-        tenant: &TenantId,
-        provider: &str,
-    ) -> Result<StatusObject, CredError> {
+    pub async fn status(&self, tenant: &TenantId, provider: &str) -> Result<StatusObject, CredError> {
         self.check_provider(provider)?;
         let rec = self
             .store
             .get_credential(tenant.as_str(), provider)
             .await?
-            .ok_or_else(|| CredError::NotFound {
-                tenant: tenant.to_string(),
-                provider: provider.to_string(),
-            })?;
+            .ok_or_else(|| CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() })?;
         if let Some(d) = rec.deleted_at {
             return Err(CredError::Deleted {
                 tenant: tenant.to_string(),
@@ -715,11 +612,7 @@ impl Credentials {
     }
 
     /// Status objects of a tenant's credentials.
-    pub async fn list(
-        &self,
-        tenant: &TenantId,
-        include_deleted: bool,
-    ) -> Result<Vec<StatusObject>, CredError> {
+    pub async fn list(&self, tenant: &TenantId, include_deleted: bool) -> Result<Vec<StatusObject>, CredError> {
         Ok(self
             .store
             .list_credentials(tenant.as_str())
@@ -731,12 +624,7 @@ impl Credentials {
     }
 
     /// Soft delete: stops working at once, restorable until retention passes.
-    pub async fn delete(
-        &self,
-        actor: &str,
-        tenant: &TenantId,
-        provider: &str,
-    ) -> Result<StatusObject, CredError> {
+    pub async fn delete(&self, actor: &str, tenant: &TenantId, provider: &str) -> Result<StatusObject, CredError> {
         self.check_provider(provider)?;
         self.write_record(
             actor,
@@ -744,18 +632,11 @@ impl Credentials {
             tenant,
             provider,
             |old, now| {
-                let old =
-                    old.filter(|o| o.deleted_at.is_none())
-                        .ok_or_else(|| CredError::NotFound {
-                            tenant: tenant.to_string(),
-                            provider: provider.to_string(),
-                        })?;
-                Ok(CredentialRecord {
-                    version: old.version + 1,
-                    updated_at: now,
-                    deleted_at: Some(now),
-                    ..old.clone()
-                })
+                let old = old.filter(|o| o.deleted_at.is_none()).ok_or_else(|| CredError::NotFound {
+                    tenant: tenant.to_string(),
+                    provider: provider.to_string(),
+                })?;
+                Ok(CredentialRecord { version: old.version + 1, updated_at: now, deleted_at: Some(now), ..old.clone() })
             },
             None,
         )
@@ -763,12 +644,7 @@ impl Credentials {
     }
 
     /// Undoes a soft delete.
-    pub async fn restore(
-        &self,
-        actor: &str,
-        tenant: &TenantId,
-        provider: &str,
-    ) -> Result<StatusObject, CredError> {
+    pub async fn restore(&self, actor: &str, tenant: &TenantId, provider: &str) -> Result<StatusObject, CredError> {
         self.check_provider(provider)?;
         self.write_record(
             actor,
@@ -781,17 +657,9 @@ impl Credentials {
                     provider: provider.to_string(),
                 })?;
                 if old.deleted_at.is_none() {
-                    return Err(CredError::NotDeleted {
-                        tenant: tenant.to_string(),
-                        provider: provider.to_string(),
-                    });
+                    return Err(CredError::NotDeleted { tenant: tenant.to_string(), provider: provider.to_string() });
                 }
-                Ok(CredentialRecord {
-                    version: old.version + 1,
-                    updated_at: now,
-                    deleted_at: None,
-                    ..old.clone()
-                })
+                Ok(CredentialRecord { version: old.version + 1, updated_at: now, deleted_at: None, ..old.clone() })
             },
             None,
         )
@@ -815,20 +683,14 @@ impl Credentials {
             tenant,
             provider,
             |old, now| {
-                let old =
-                    old.filter(|o| o.deleted_at.is_none())
-                        .ok_or_else(|| CredError::NotFound {
-                            tenant: tenant.to_string(),
-                            provider: provider.to_string(),
-                        })?;
+                let old = old.filter(|o| o.deleted_at.is_none()).ok_or_else(|| CredError::NotFound {
+                    tenant: tenant.to_string(),
+                    provider: provider.to_string(),
+                })?;
                 Ok(CredentialRecord {
                     version: old.version + 1,
                     updated_at: now,
-                    last_verified_at: if verified {
-                        Some(now)
-                    } else {
-                        old.last_verified_at
-                    },
+                    last_verified_at: if verified { Some(now) } else { old.last_verified_at },
                     last_error: error,
                     status: status.unwrap_or(old.status),
                     ..old.clone()
@@ -841,11 +703,7 @@ impl Credentials {
 
     /// Soft-deletes every credential of a tenant. Its data key is destroyed once the last
     /// of them is purged.
-    pub async fn delete_tenant(
-        &self,
-        actor: &str,
-        tenant: &TenantId,
-    ) -> Result<Vec<StatusObject>, CredError> {
+    pub async fn delete_tenant(&self, actor: &str, tenant: &TenantId) -> Result<Vec<StatusObject>, CredError> {
         let mut out = Vec::new();
         for r in self.store.list_credentials(tenant.as_str()).await? {
             if r.deleted_at.is_none() {
@@ -855,19 +713,17 @@ impl Credentials {
         Ok(out)
     }
 
+    /// Whether the tenant has ever stored a credential (its data key exists).
+    pub async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, CredError> {
+        if self.deks.read().is_ok_and(|d| d.contains_key(tenant.as_str())) {
+            return Ok(true);
+        }
+        Ok(self.store.get_tenant(tenant.as_str()).await?.is_some())
+    }
+
     /// Tenant ids in order, after `after`.
-    pub async fn tenants(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<String>, CredError> {
-        Ok(self
-            .store
-            .list_tenants(after, limit)
-            .await?
-            .into_iter()
-            .map(|t| t.tenant)
-            .collect())
+    pub async fn tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, CredError> {
+        Ok(self.store.list_tenants(after, limit).await?.into_iter().map(|t| t.tenant).collect())
     }
 
     /// Purges credentials deleted longer than the retention ago, and destroys the data key
@@ -884,13 +740,7 @@ impl Credentials {
             if rec.deleted_at.is_none_or(|d| d > cutoff) {
                 continue;
             }
-            let others = self
-                .store
-                .list_credentials(&tenant)
-                .await?
-                .iter()
-                .filter(|r| r.provider != provider)
-                .count();
+            let others = self.store.list_credentials(&tenant).await?.iter().filter(|r| r.provider != provider).count();
             let mut ops = vec![Op::PurgeCredential {
                 tenant: tenant.clone(),
                 provider: provider.clone(),
@@ -900,17 +750,8 @@ impl Credentials {
             if shred {
                 ops.push(Op::DeleteTenant(tenant.clone()));
             }
-            let action = if shred {
-                "credential.purge+tenant.shred"
-            } else {
-                "credential.purge"
-            };
-            self.store
-                .commit(
-                    ops,
-                    draft("keyward", action, Some(&tenant), Some(&provider), None),
-                )
-                .await?;
+            let action = if shred { "credential.purge+tenant.shred" } else { "credential.purge" };
+            self.store.commit(ops, draft("keyward", action, Some(&tenant), Some(&provider), None)).await?;
             self.invalidate(&tenant, &provider);
             if shred {
                 if let Ok(mut d) = self.deks.write() {
@@ -940,13 +781,10 @@ impl Credentials {
                     continue;
                 }
                 if batch.len() < limit {
-                    let id = TenantId::parse(&t.tenant)
-                        .map_err(|_| StoreError::Corrupt(format!("tenant {}", t.tenant)))?;
+                    let id =
+                        TenantId::parse(&t.tenant).map_err(|_| StoreError::Corrupt(format!("tenant {}", t.tenant)))?;
                     let dek = self.keyring.unwrap(&id, &t.wrapped_key)?;
-                    batch.push(Op::PutTenant(TenantRecord {
-                        wrapped_key: self.keyring.wrap(&id, &dek)?,
-                        ..t
-                    }));
+                    batch.push(Op::PutTenant(TenantRecord { wrapped_key: self.keyring.wrap(&id, &dek)?, ..t }));
                 } else {
                     remaining += 1;
                 }
@@ -956,27 +794,15 @@ impl Credentials {
         if !batch.is_empty() || remaining == 0 {
             rewrapped = batch.len() as u64;
             if remaining == 0 {
-                batch.push(Op::PutMeta {
-                    key: META_KEYCHECK.into(),
-                    value: self.keyring.seal_check()?,
-                });
+                batch.push(Op::PutMeta { key: META_KEYCHECK.into(), value: self.keyring.seal_check()? });
             }
-            let target = Some(format!(
-                "master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"
-            ));
-            self.store
-                .commit(batch, draft(actor, "keys.rotate", None, None, target))
-                .await?;
+            let target = Some(format!("master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"));
+            self.store.commit(batch, draft(actor, "keys.rotate", None, None, target)).await?;
         }
         if let Ok(mut d) = self.deks.write() {
             d.clear();
         }
-        Ok(RotateReport {
-            rewrapped,
-            remaining,
-            total,
-            active_key_id: active,
-        })
+        Ok(RotateReport { rewrapped, remaining, total, active_key_id: active })
     }
 
     /// Maps a route to a tenant. `keep_other_owner` refuses to move a route another tenant
@@ -989,75 +815,34 @@ impl Credentials {
         tenant: &TenantId,
         keep_other_owner: bool,
     ) -> Result<(), CredError> {
-        let op = Op::PutRoute {
-            kind: kind.to_string(),
-            id: id.to_string(),
-            tenant: tenant.to_string(),
-            keep_other_owner,
-        };
+        let op =
+            Op::PutRoute { kind: kind.to_string(), id: id.to_string(), tenant: tenant.to_string(), keep_other_owner };
         self.store
-            .commit(
-                vec![op],
-                draft(
-                    actor,
-                    "route.put",
-                    Some(tenant.as_str()),
-                    None,
-                    Some(format!("{kind}/{id}")),
-                ),
-            )
+            .commit(vec![op], draft(actor, "route.put", Some(tenant.as_str()), None, Some(format!("{kind}/{id}"))))
             .await?;
         Ok(())
     }
 
     /// The tenant a route points at: one store lookup, O(1) in the number of routes.
     pub async fn route(&self, kind: &str, id: &str) -> Result<Option<TenantId>, CredError> {
-        Ok(self
-            .store
-            .get_route(kind, id)
-            .await?
-            .and_then(|t| TenantId::parse(&t).ok()))
+        Ok(self.store.get_route(kind, id).await?.and_then(|t| TenantId::parse(&t).ok()))
     }
 
     /// Removes a route; false when there was none.
-    pub async fn delete_route(
-        &self,
-        actor: &str,
-        kind: &RouteKind,
-        id: &RouteId,
-    ) -> Result<bool, CredError> {
+    pub async fn delete_route(&self, actor: &str, kind: &RouteKind, id: &RouteId) -> Result<bool, CredError> {
         let Some(owner) = self.store.get_route(kind.as_str(), id.as_str()).await? else {
             return Ok(false);
         };
-        let op = Op::DeleteRoute {
-            kind: kind.to_string(),
-            id: id.to_string(),
-        };
+        let op = Op::DeleteRoute { kind: kind.to_string(), id: id.to_string() };
         self.store
-            .commit(
-                vec![op],
-                draft(
-                    actor,
-                    "route.delete",
-                    Some(&owner),
-                    None,
-                    Some(format!("{kind}/{id}")),
-                ),
-            )
+            .commit(vec![op], draft(actor, "route.delete", Some(&owner), None, Some(format!("{kind}/{id}"))))
             .await?;
         Ok(true)
     }
 
     /// Audit entries after `after`.
-    pub async fn audit(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<(Vec<AuditEntry>, AuditHead), CredError> {
-        Ok((
-            self.store.audit_range(after, limit).await?,
-            self.store.audit_head().await?,
-        ))
+    pub async fn audit(&self, after: u64, limit: usize) -> Result<(Vec<AuditEntry>, AuditHead), CredError> {
+        Ok((self.store.audit_range(after, limit).await?, self.store.audit_head().await?))
     }
 
     /// Walks the whole audit chain.
@@ -1074,5 +859,15 @@ impl Credentials {
             }
         }
         Ok(v.finish(&head))
+    }
+}
+
+impl crate::providers::FieldSource for Credential {
+    fn secret_field(&self, name: &str) -> Option<&Secret> {
+        self.secret(name)
+    }
+
+    fn public_field(&self, name: &str) -> Option<&str> {
+        self.public_str(name)
     }
 }

@@ -34,19 +34,13 @@ pub struct ApiError {
 
 /// Resolves the endpoint: `--admin`, else `$KEYWARD_ADMIN`, else the config's admin.unix.
 pub fn endpoint(admin: Option<&str>, config: Option<&Path>) -> Result<Endpoint> {
-    let chosen = admin
-        .map(str::to_string)
-        .or_else(|| std::env::var("KEYWARD_ADMIN").ok());
+    let chosen = admin.map(str::to_string).or_else(|| std::env::var("KEYWARD_ADMIN").ok());
     if let Some(a) = chosen {
         if let Some(hostport) = a.strip_prefix("http://") {
             let file = std::env::var("KEYWARD_ADMIN_TOKEN_FILE")
                 .context("admin over TCP needs $KEYWARD_ADMIN_TOKEN_FILE naming the token file")?;
-            let token =
-                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
-            return Ok(Endpoint::Tcp(
-                hostport.trim_end_matches('/').to_string(),
-                token.trim_end().to_string(),
-            ));
+            let token = std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
+            return Ok(Endpoint::Tcp(hostport.trim_end_matches('/').to_string(), token.trim_end().to_string()));
         }
         return Ok(Endpoint::Unix(PathBuf::from(a)));
     }
@@ -61,16 +55,8 @@ pub fn endpoint(admin: Option<&str>, config: Option<&Path>) -> Result<Endpoint> 
 }
 
 /// Sends one request and returns the JSON answer, or the daemon's error.
-pub async fn call(
-    ep: &Endpoint,
-    method: Method,
-    path: &str,
-    body: Option<Vec<u8>>,
-) -> Result<Value> {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "keyward-admin");
+pub async fn call(ep: &Endpoint, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
+    let mut req = Request::builder().method(method).uri(path).header("host", "keyward-admin");
     if let Endpoint::Tcp(_, token) = ep {
         req = req.header("authorization", format!("Bearer {token}"));
     }
@@ -80,12 +66,9 @@ pub async fn call(
     let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
     let resp = match ep {
         Endpoint::Unix(p) => {
-            let stream = tokio::net::UnixStream::connect(p).await.with_context(|| {
-                format!(
-                    "cannot reach the daemon at {} (is `keyward serve` running?)",
-                    p.display()
-                )
-            })?;
+            let stream = tokio::net::UnixStream::connect(p)
+                .await
+                .with_context(|| format!("cannot reach the daemon at {} (is `keyward serve` running?)", p.display()))?;
             send(TokioIo::new(stream), req).await?
         }
         Endpoint::Tcp(hp, _) => {
@@ -145,14 +128,11 @@ fn read_fields(file: Option<&Path>) -> Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::new());
     match file {
         Some(f) => {
-            let mut fh =
-                std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?;
+            let mut fh = std::fs::File::open(f).with_context(|| format!("cannot open {}", f.display()))?;
             fh.read_to_end(&mut buf)?;
         }
         None => {
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .context("cannot read stdin")?;
+            std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
         }
     }
     if buf.iter().all(u8::is_ascii_whitespace) {
@@ -168,21 +148,11 @@ fn cred_path(t: &str, p: &str) -> String {
 /// `keyward cred …`
 pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
     match cmd {
-        CredCmd::Put {
-            tenant,
-            provider,
-            verify,
-            file,
-        } => {
+        CredCmd::Put { tenant, provider, verify, file } => {
             let body = read_fields(file.as_deref())?;
             let q = if verify { "?verify=true" } else { "" };
-            let v = call(
-                ep,
-                Method::PUT,
-                &format!("{}{q}", cred_path(&tenant, &provider)),
-                Some(body.to_vec()),
-            )
-            .await?;
+            let v =
+                call(ep, Method::PUT, &format!("{}{q}", cred_path(&tenant, &provider)), Some(body.to_vec())).await?;
             if let Some(w) = v.get("warnings").and_then(Value::as_array) {
                 for w in w {
                     eprintln!("warning: {}", w.as_str().unwrap_or_default());
@@ -190,26 +160,13 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
             }
             print_json(&v);
         }
-        CredCmd::Ls {
-            tenant,
-            deleted,
-            json,
-        } => {
+        CredCmd::Ls { tenant, deleted, json } => {
             let q = if deleted { "?include_deleted=true" } else { "" };
-            let v = call(
-                ep,
-                Method::GET,
-                &format!("/v1/tenants/{}/credentials{q}", seg(&tenant)),
-                None,
-            )
-            .await?;
+            let v = call(ep, Method::GET, &format!("/v1/tenants/{}/credentials{q}", seg(&tenant)), None).await?;
             if json {
                 print_json(&v);
             } else {
-                println!(
-                    "{:<12} {:<9} {:>4}  {:<25} {:<25} HINTS",
-                    "PROVIDER", "STATUS", "VER", "UPDATED", "VERIFIED"
-                );
+                println!("{:<12} {:<9} {:>4}  {:<25} {:<25} HINTS", "PROVIDER", "STATUS", "VER", "UPDATED", "VERIFIED");
                 for c in v["credentials"].as_array().into_iter().flatten() {
                     let hints: Vec<String> = c["hints"]
                         .as_object()
@@ -217,11 +174,8 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
                         .flatten()
                         .map(|(k, h)| format!("{k}={}", h.as_str().unwrap_or("")))
                         .collect();
-                    let status = if c.get("deleted_at").is_some() {
-                        "deleted"
-                    } else {
-                        c["status"].as_str().unwrap_or("")
-                    };
+                    let status =
+                        if c.get("deleted_at").is_some() { "deleted" } else { c["status"].as_str().unwrap_or("") };
                     println!(
                         "{:<12} {:<9} {:>4}  {:<25} {:<25} {}",
                         c["provider"].as_str().unwrap_or(""),
@@ -234,21 +188,11 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
                 }
             }
         }
-        CredCmd::Get(t) => {
-            print_json(&call(ep, Method::GET, &cred_path(&t.tenant, &t.provider), None).await?)
+        CredCmd::Get(t) => print_json(&call(ep, Method::GET, &cred_path(&t.tenant, &t.provider), None).await?),
+        CredCmd::Rm(t) => print_json(&call(ep, Method::DELETE, &cred_path(&t.tenant, &t.provider), None).await?),
+        CredCmd::Restore(t) => {
+            print_json(&call(ep, Method::POST, &format!("{}/restore", cred_path(&t.tenant, &t.provider)), None).await?)
         }
-        CredCmd::Rm(t) => {
-            print_json(&call(ep, Method::DELETE, &cred_path(&t.tenant, &t.provider), None).await?)
-        }
-        CredCmd::Restore(t) => print_json(
-            &call(
-                ep,
-                Method::POST,
-                &format!("{}/restore", cred_path(&t.tenant, &t.provider)),
-                None,
-            )
-            .await?,
-        ),
     }
     Ok(())
 }
@@ -258,31 +202,13 @@ pub async fn route(ep: &Endpoint, cmd: RouteCmd) -> Result<()> {
     let v = match cmd {
         RouteCmd::Put { kind, id, tenant } => {
             let body = serde_json::to_vec(&serde_json::json!({"tenant": tenant}))?;
-            call(
-                ep,
-                Method::PUT,
-                &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)),
-                Some(body),
-            )
-            .await?
+            call(ep, Method::PUT, &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)), Some(body)).await?
         }
         RouteCmd::Get { kind, id } => {
-            call(
-                ep,
-                Method::GET,
-                &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)),
-                None,
-            )
-            .await?
+            call(ep, Method::GET, &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)), None).await?
         }
         RouteCmd::Rm { kind, id } => {
-            call(
-                ep,
-                Method::DELETE,
-                &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)),
-                None,
-            )
-            .await?
+            call(ep, Method::DELETE, &format!("/v1/routes/{}/{}", seg(&kind), seg(&id)), None).await?
         }
     };
     print_json(&v);
@@ -300,31 +226,18 @@ pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
                     head["head"].as_u64().unwrap_or(0).saturating_sub(limit)
                 }
             };
-            let v = call(
-                ep,
-                Method::GET,
-                &format!("/v1/audit?after={after}&limit={limit}"),
-                None,
-            )
-            .await?;
+            let v = call(ep, Method::GET, &format!("/v1/audit?after={after}&limit={limit}"), None).await?;
             for e in v["entries"].as_array().into_iter().flatten() {
                 if json {
                     println!("{e}");
                 } else {
-                    let ts = e["ts"]
-                        .as_i64()
-                        .map(crate::creds::rfc3339)
-                        .unwrap_or_default();
-                    let scope = [
-                        e["tenant"].as_str(),
-                        e["provider"].as_str(),
-                        e["target"].as_str(),
-                    ]
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                    let ts = e["ts"].as_i64().map(crate::creds::rfc3339).unwrap_or_default();
+                    let scope = [e["tenant"].as_str(), e["provider"].as_str(), e["target"].as_str()]
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     println!(
                         "{:>6} {ts} {:<18} {:<24} {:<20} {}",
                         e["seq"],
@@ -346,11 +259,7 @@ pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
                 println!("audit chain ok: {} entries", v["entries"]);
                 Ok(true)
             } else {
-                println!(
-                    "audit chain BROKEN at entry {}: {}",
-                    v["first_bad_seq"],
-                    v["problem"].as_str().unwrap_or("")
-                );
+                println!("audit chain BROKEN at entry {}: {}", v["first_bad_seq"], v["problem"].as_str().unwrap_or(""));
                 Ok(false)
             }
         }
@@ -362,29 +271,18 @@ pub async fn key(ep: &Endpoint, cmd: KeyCmd) -> Result<()> {
     let KeyCmd::Rotate { batch } = cmd;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "re-wrapping tenant keys {bar:40} {pos}/{len} ({eta})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("re-wrapping tenant keys {bar:40} {pos}/{len} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
-        let v = call(
-            ep,
-            Method::POST,
-            &format!("/v1/keys/rotate?limit={}", batch.max(1)),
-            None,
-        )
-        .await?;
+        let v = call(ep, Method::POST, &format!("/v1/keys/rotate?limit={}", batch.max(1)), None).await?;
         let total = v["total"].as_u64().unwrap_or(0);
         let remaining = v["remaining"].as_u64().unwrap_or(0);
         bar.set_length(total);
         bar.set_position(total - remaining.min(total));
         if remaining == 0 {
             bar.finish();
-            println!(
-                "every tenant key is wrapped under master key {}",
-                v["active_key_id"].as_str().unwrap_or("?")
-            );
+            println!("every tenant key is wrapped under master key {}", v["active_key_id"].as_str().unwrap_or("?"));
             return Ok(());
         }
     }

@@ -9,6 +9,8 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::creds::CredError;
+use crate::providers::OutboundError;
+use crate::proxy::UpstreamError;
 use crate::store::StoreError;
 use crate::vault::VaultError;
 
@@ -21,16 +23,14 @@ pub struct PublicError {
     pub code: &'static str,
     /// What happened and what to do.
     pub message: String,
+    /// Seconds for a `Retry-After` header (rate limiting).
+    pub retry_after: Option<u64>,
 }
 
 impl PublicError {
     /// Builds an error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        PublicError {
-            status,
-            code,
-            message: message.into(),
-        }
+        PublicError { retry_after: None, status, code, message: message.into() }
     }
 
     /// 400 `bad_request`.
@@ -45,11 +45,7 @@ impl PublicError {
 
     /// 405 `method_not_allowed`.
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            message,
-        )
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
     }
 
     /// 413 `payload_too_large`.
@@ -61,17 +57,28 @@ impl PublicError {
         )
     }
 
+    /// 429 `rate_limited` with `Retry-After`.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("this tenant's rate limit for the provider is exhausted; retry in {secs} s"),
+        );
+        e.retry_after = Some(secs.max(1));
+        e
+    }
+
     /// The JSON error response: `{"error":{"code","message"}}` plus `Keyward-Error`.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status;
-        resp.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp.headers_mut()
-            .insert("keyward-error", HeaderValue::from_static(self.code));
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().insert("keyward-error", HeaderValue::from_static(self.code));
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }
@@ -85,22 +92,16 @@ impl From<&StoreError> for PublicError {
     fn from(e: &StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            StoreError::RouteTaken { .. } => {
-                Self::new(StatusCode::CONFLICT, "route_taken", e.to_string())
-            }
-            StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => {
-                Self::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the credential store is unavailable; retry, and check keyward's log",
-                )
-            }
+            StoreError::RouteTaken { .. } => Self::new(StatusCode::CONFLICT, "route_taken", e.to_string()),
+            StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the credential store is unavailable; retry, and check keyward's log",
+            ),
             StoreError::Corrupt(what) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
-                format!(
-                    "{what} could not be decoded; run `keyward audit verify` and check the store"
-                ),
+                format!("{what} could not be decoded; run `keyward audit verify` and check the store"),
             ),
         }
     }
@@ -122,24 +123,14 @@ impl From<&VaultError> for PublicError {
 impl From<&CredError> for PublicError {
     fn from(e: &CredError) -> Self {
         match e {
-            CredError::UnknownProvider(..) => {
-                Self::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string())
-            }
-            CredError::Invalid(_) => {
-                Self::new(StatusCode::BAD_REQUEST, "invalid_credential", e.to_string())
-            }
+            CredError::UnknownProvider(..) => Self::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string()),
+            CredError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_credential", e.to_string()),
             CredError::NotFound { .. } | CredError::Deleted { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "no_credential", e.to_string())
             }
-            CredError::NotDeleted { .. } => {
-                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
-            }
-            CredError::Inactive { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "credential_inactive", e.to_string())
-            }
-            CredError::Revoked { .. } => {
-                Self::new(StatusCode::FORBIDDEN, "credential_revoked", e.to_string())
-            }
+            CredError::NotDeleted { .. } => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            CredError::Inactive { .. } => Self::new(StatusCode::FORBIDDEN, "credential_inactive", e.to_string()),
+            CredError::Revoked { .. } => Self::new(StatusCode::FORBIDDEN, "credential_revoked", e.to_string()),
             CredError::Store(s) => s.into(),
             CredError::Vault(v) => v.into(),
         }
@@ -149,6 +140,46 @@ impl From<&CredError> for PublicError {
 impl From<CredError> for PublicError {
     fn from(e: CredError) -> Self {
         (&e).into()
+    }
+}
+
+impl From<crate::proxy::RouteError> for PublicError {
+    fn from(e: crate::proxy::RouteError) -> Self {
+        use crate::proxy::RouteError as R;
+        match &e {
+            R::BadRequest(_) => Self::bad_request(e.to_string()),
+            R::UnknownProvider(_) => Self::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string()),
+            R::HostNotAllowed(_) => Self::new(StatusCode::FORBIDDEN, "host_not_allowed", e.to_string()),
+        }
+    }
+}
+
+impl From<OutboundError> for PublicError {
+    fn from(e: OutboundError) -> Self {
+        match &e {
+            OutboundError::HostNotAllowed(_) => Self::new(StatusCode::FORBIDDEN, "host_not_allowed", e.to_string()),
+            OutboundError::AccountMismatch { .. } => {
+                Self::new(StatusCode::FORBIDDEN, "account_mismatch", e.to_string())
+            }
+            OutboundError::MissingField(_) => Self::new(StatusCode::FORBIDDEN, "no_credential", e.to_string()),
+            OutboundError::NoToken => Self::new(
+                StatusCode::FORBIDDEN,
+                "no_credential",
+                "Google calls need an access token, and no token manager is running for this tenant",
+            ),
+        }
+    }
+}
+
+impl From<UpstreamError> for PublicError {
+    fn from(e: UpstreamError) -> Self {
+        match &e {
+            UpstreamError::Connect(_) => Self::new(StatusCode::BAD_GATEWAY, "upstream_connect_failed", e.to_string()),
+            UpstreamError::Tls(_) => Self::new(StatusCode::BAD_GATEWAY, "upstream_tls", e.to_string()),
+            UpstreamError::Timeout(_) => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", format!("the provider did not answer: {e}"))
+            }
+        }
     }
 }
 
@@ -165,9 +196,7 @@ mod tests {
 
     #[test]
     fn store_outages_do_not_expose_internals() {
-        let e = PublicError::from(&StoreError::Unavailable(
-            "io error at /var/lib/keyward/db: EIO".into(),
-        ));
+        let e = PublicError::from(&StoreError::Unavailable("io error at /var/lib/keyward/db: EIO".into()));
         assert_eq!(e.code, "store_unavailable");
         assert!(!e.message.contains("/var/lib"));
     }

@@ -7,9 +7,7 @@
 //! and otherwise warns once, naming the limit to raise.
 
 use rustix::mm::MlockAllFlags;
-use rustix::process::{
-    getrlimit, set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit,
-};
+use rustix::process::{getrlimit, set_dumpable_behavior, setrlimit, DumpableBehavior, Resource, Rlimit};
 
 /// What [`apply`] managed to do, for the start-up log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,31 +24,14 @@ pub struct Hygiene {
 
 /// Applies every measure it can; never fails the start.
 pub fn apply() -> Hygiene {
-    let core_dumps_off = setrlimit(
-        Resource::Core,
-        Rlimit {
-            current: Some(0),
-            maximum: Some(0),
-        },
-    )
-    .is_ok()
-        || setrlimit(
-            Resource::Core,
-            Rlimit {
-                current: Some(0),
-                maximum: getrlimit(Resource::Core).maximum,
-            },
-        )
-        .is_ok();
+    let core_dumps_off = setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }).is_ok()
+        || setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: getrlimit(Resource::Core).maximum }).is_ok();
     let not_dumpable = set_dumpable_behavior(DumpableBehavior::NotDumpable).is_ok();
     let limit = getrlimit(Resource::Memlock);
     let (memory_locked, mlock_note) = if limit.current.is_none() {
         match rustix::mm::mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE) {
             Ok(()) => (true, None),
-            Err(e) => (
-                false,
-                Some(format!("mlockall failed ({e}); secrets may be swapped")),
-            ),
+            Err(e) => (false, Some(format!("mlockall failed ({e}); secrets may be swapped"))),
         }
     } else {
         (
@@ -61,10 +42,5 @@ pub fn apply() -> Hygiene {
             )),
         )
     };
-    Hygiene {
-        core_dumps_off,
-        not_dumpable,
-        memory_locked,
-        mlock_note,
-    }
+    Hygiene { core_dumps_off, not_dumpable, memory_locked, mlock_note }
 }

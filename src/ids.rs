@@ -23,11 +23,7 @@ impl IdError {
         if raw.chars().count() > 80 {
             shown.push('…');
         }
-        IdError {
-            what,
-            shown: format!("\"{shown}\""),
-            rule,
-        }
+        IdError { what, shown: format!("\"{shown}\""), rule }
     }
 }
 
@@ -40,9 +36,7 @@ fn is_name(s: &str) -> bool {
         Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit() => {}
         _ => return false,
     }
-    b.len() <= 64
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+    b.len() <= 64 && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
 }
 
 macro_rules! name_type {
@@ -108,18 +102,12 @@ pub struct RouteId(String);
 impl RouteId {
     /// Parses and validates.
     pub fn parse(s: &str) -> Result<Self, IdError> {
-        let ok = !s.is_empty()
-            && s.len() <= 256
-            && s.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._:+@=-".contains(&c));
+        let ok =
+            !s.is_empty() && s.len() <= 256 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"._:+@=-".contains(&c));
         if ok {
             Ok(RouteId(s.to_string()))
         } else {
-            Err(IdError::new(
-                "route id",
-                s,
-                "must be 1-256 characters of [A-Za-z0-9._:+@=-]",
-            ))
+            Err(IdError::new("route id", s, "must be 1-256 characters of [A-Za-z0-9._:+@=-]"))
         }
     }
 
@@ -145,18 +133,7 @@ mod tests {
         for ok in ["a", "acme", "0", "acme-corp_2", &"a".repeat(64)] {
             assert!(TenantId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "../x",
-            "Acme",
-            "-acme",
-            "_a",
-            "acme corp",
-            "ac/me",
-            "a\0b",
-            "tenänt",
-            &"a".repeat(65),
-        ] {
+        for bad in ["", "../x", "Acme", "-acme", "_a", "acme corp", "ac/me", "a\0b", "tenänt", &"a".repeat(65)] {
             assert!(TenantId::parse(bad).is_err(), "{bad:?}");
         }
     }
@@ -170,11 +147,9 @@ mod tests {
 
     #[test]
     fn route_ids_accept_provider_identifiers() {
-        for ok in [
-            "AC0123456789abcdef0123456789abcdef",
-            "whatsapp:+14155551212",
-            "2f3c7a0e-8a7c-4b7e-9f1c-0c6c2b6a5d11",
-        ] {
+        for ok in
+            ["AC0123456789abcdef0123456789abcdef", "whatsapp:+14155551212", "2f3c7a0e-8a7c-4b7e-9f1c-0c6c2b6a5d11"]
+        {
             assert!(RouteId::parse(ok).is_ok(), "{ok}");
         }
         for bad in ["", "a/b", "a b", "../x", &"x".repeat(257)] {

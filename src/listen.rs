@@ -23,9 +23,7 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     /// A live process already serves this socket.
-    #[error(
-        "{0} is in use by a running process (another keyward?); stop it or choose another path"
-    )]
+    #[error("{0} is in use by a running process (another keyward?); stop it or choose another path")]
     SocketInUse(PathBuf),
     /// The path exists and is not a socket.
     #[error("{0} exists and is not a socket; refusing to replace it")]
@@ -86,10 +84,7 @@ impl Drop for UnixBinding {
 /// a live one is refused. The socket is bound under a temporary name, given its mode, then
 /// renamed into place, so no client can connect while it has the default permissions.
 pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenError> {
-    let err = |e: std::io::Error| ListenError::Unix {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let err = |e: std::io::Error| ListenError::Unix { path: path.to_path_buf(), reason: e.to_string() };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(ListenError::NotASocket(path.to_path_buf()));
@@ -109,18 +104,12 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenError> {
     std::fs::rename(&tmp, path).map_err(err)?;
     std_listener.set_nonblocking(true).map_err(err)?;
     let listener = UnixListener::from_std(std_listener).map_err(err)?;
-    Ok(UnixBinding {
-        listener,
-        path: path.to_path_buf(),
-    })
+    Ok(UnixBinding { listener, path: path.to_path_buf() })
 }
 
 /// Binds a TCP port (port 0 picks a free one; read it back with `local_addr`).
 pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    let err = |e: std::io::Error| ListenError::Tcp {
-        addr,
-        reason: e.to_string(),
-    };
+    let err = |e: std::io::Error| ListenError::Tcp { addr, reason: e.to_string() };
     let std_listener = std::net::TcpListener::bind(addr).map_err(err)?;
     std_listener.set_nonblocking(true).map_err(err)?;
     TcpListener::from_std(std_listener).map_err(err)
@@ -190,9 +179,7 @@ fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192));
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     b
 }
 
@@ -207,9 +194,7 @@ pub async fn serve<F, S, B>(
     make: F,
 ) where
     F: Fn(Peer) -> S + Send + Sync + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -293,10 +278,7 @@ pub async fn serve<F, S, B>(
     // Stop accepting at once (and remove the socket file), then drain.
     drop(unix);
     drop(tcp);
-    if tokio::time::timeout(limits.drain_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(limits.drain_grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = name, grace = ?limits.drain_grace, "drain grace period over; closing remaining connections");
     }
 }
@@ -306,20 +288,11 @@ enum Accepted {
     Tcp(tokio::net::TcpStream),
 }
 
-async fn accept(
-    unix: Option<&UnixBinding>,
-    tcp: Option<&TcpListener>,
-) -> std::io::Result<(Accepted, Peer)> {
+async fn accept(unix: Option<&UnixBinding>, tcp: Option<&TcpListener>) -> std::io::Result<(Accepted, Peer)> {
     if let Some(u) = unix {
         let (s, _) = u.listener.accept().await?;
         let cred = s.peer_cred()?;
-        return Ok((
-            Accepted::Unix(s),
-            Peer::Unix {
-                uid: cred.uid(),
-                pid: cred.pid(),
-            },
-        ));
+        return Ok((Accepted::Unix(s), Peer::Unix { uid: cred.uid(), pid: cred.pid() }));
     }
     if let Some(t) = tcp {
         let (s, addr) = t.accept().await?;
@@ -338,25 +311,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("admin.sock");
         let b = bind_unix(&p, 0o600).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         // A live socket is refused.
-        assert!(matches!(
-            bind_unix(&p, 0o600),
-            Err(ListenError::SocketInUse(_))
-        ));
+        assert!(matches!(bind_unix(&p, 0o600), Err(ListenError::SocketInUse(_))));
         // Leave a stale socket file behind: std's listener does not unlink on drop.
         let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
         drop(stale);
         drop(b);
         assert!(!p.exists(), "the binding removes its file");
         let again = bind_unix(&dir.path().join("stale.sock"), 0o660).unwrap();
-        assert_eq!(
-            std::fs::metadata(&again.path).unwrap().permissions().mode() & 0o777,
-            0o660
-        );
+        assert_eq!(std::fs::metadata(&again.path).unwrap().permissions().mode() & 0o777, 0o660);
     }
 
     #[tokio::test]
@@ -364,10 +328,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.sock");
         std::fs::write(&p, b"data").unwrap();
-        assert!(matches!(
-            bind_unix(&p, 0o600),
-            Err(ListenError::NotASocket(_))
-        ));
+        assert!(matches!(bind_unix(&p, 0o600), Err(ListenError::NotASocket(_))));
         assert_eq!(std::fs::read(&p).unwrap(), b"data");
     }
 }

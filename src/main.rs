@@ -14,10 +14,7 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("keyward: cannot start the async runtime: {e}");
@@ -97,19 +94,11 @@ async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
     }
 }
 
-async fn client(
-    admin: Option<String>,
-    config: Option<std::path::PathBuf>,
-    command: Command,
-) -> ExitCode {
+async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, command: Command) -> ExitCode {
     let ep = match ctl::endpoint(admin.as_deref(), config.as_deref()) {
         Ok(ep) => ep,
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
-                EXIT_CONFIG
-            } else {
-                EXIT_FAILED
-            };
+            let code = if e.downcast_ref::<ConfigError>().is_some() { EXIT_CONFIG } else { EXIT_FAILED };
             eprintln!("keyward: {e:#}");
             return ExitCode::from(code);
         }

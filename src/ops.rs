@@ -37,18 +37,12 @@ impl Readiness {
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 /// Handles one ops request.
-pub async fn handle(
-    ready: Arc<Readiness>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(ready: Arc<Readiness>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -67,10 +61,7 @@ pub async fn handle(
             if ready.is_ready() {
                 json_response(StatusCode::OK, json!({"status": "ready", "checks": checks}))
             } else {
-                json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    json!({"status": "not_ready", "checks": checks}),
-                )
+                json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready", "checks": checks}))
             }
         }
         _ => json_response(

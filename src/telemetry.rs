@@ -11,13 +11,8 @@ use crate::config::{LogConfig, LogFormat};
 
 /// Request headers that may appear in logs. Everything else (Authorization, cookies,
 /// signature headers, provider keys) never does.
-pub const LOGGABLE_HEADERS: &[&str] = &[
-    "content-type",
-    "content-length",
-    "user-agent",
-    "keyward-tenant",
-    "x-request-id",
-];
+pub const LOGGABLE_HEADERS: &[&str] =
+    &["content-type", "content-length", "user-agent", "keyward-tenant", "x-request-id"];
 
 /// Changes the log filter of a running process.
 #[derive(Clone)]
@@ -39,8 +34,7 @@ impl LogHandle {
 
     /// Replaces the filter, e.g. `debug` or `keyward=trace,info`.
     pub fn set_level(&self, level: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(level)
-            .map_err(|e| format!("\"{level}\" is not a log filter: {e}"))?;
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("\"{level}\" is not a log filter: {e}"))?;
         match &self.inner {
             Some(h) => h.reload(filter).map_err(|e| e.to_string()),
             None => Ok(()),
@@ -64,24 +58,18 @@ pub fn init(cfg: &LogConfig) -> LogHandle {
                     .with_writer(std::io::stderr),
             )
             .try_init(),
-        LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
     };
     if result.is_err() {
         return LogHandle::noop();
     }
-    LogHandle {
-        inner: Some(Arc::new(handle)),
-    }
+    LogHandle { inner: Some(Arc::new(handle)) }
 }
 
 /// A minimal subscriber for CLI commands: warnings and errors, text, stderr.
 pub fn init_cli() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
+        .with_env_filter(EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();

@@ -1,6 +1,6 @@
 //! End-to-end: start-up refusals, the store on disk, key rotation, purge, crash safety.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod common;
 
@@ -34,28 +34,18 @@ async fn plaintext_never_reaches_the_store_directory() {
         Some(&json!({"api_key": CANARY_B, "webhook_secret": CANARY_A}).to_string()),
     )
     .await;
-    d.admin("DELETE", "/v1/tenants/acme/credentials/twilio", None)
-        .await;
-    d.admin("POST", "/v1/tenants/acme/credentials/twilio/restore", None)
-        .await;
+    d.admin("DELETE", "/v1/tenants/acme/credentials/twilio", None).await;
+    d.admin("POST", "/v1/tenants/acme/credentials/twilio/restore", None).await;
     d.admin("POST", "/v1/keys/rotate", None).await;
     // SIGTERM flushes; every write was already flushed before it was acknowledged.
     d.stop();
     let files = files_under(&d.store_path());
-    assert!(
-        files.len() >= 3,
-        "the scan found the store files: {files:?}"
-    );
+    assert!(files.len() >= 3, "the scan found the store files: {files:?}");
     let mut scanned = 0;
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         scanned += bytes.len();
-        assert_eq!(
-            canary_hits(&bytes, &[CANARY_A, CANARY_B]),
-            0,
-            "canary found in {}",
-            f.display()
-        );
+        assert_eq!(canary_hits(&bytes, &[CANARY_A, CANARY_B]), 0, "canary found in {}", f.display());
     }
     assert!(scanned > 1000, "scanned {scanned} bytes");
     // The test can fail: the canary forms are found where they are.
@@ -80,21 +70,13 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
     let err = d.try_start().unwrap_err();
     assert!(err.contains("exited"), "{err}");
     let logs = d.logs();
-    assert!(
-        logs.contains("not loaded") || logs.contains("does not open"),
-        "{logs}"
-    );
+    assert!(logs.contains("not loaded") || logs.contains("does not open"), "{logs}");
     assert!(logs.contains("nothing was changed"));
-    assert!(
-        before == dump_store(&d.store_path()),
-        "a refused start changed the store"
-    );
+    assert!(before == dump_store(&d.store_path()), "a refused start changed the store");
     // The right key still works.
     d.config.master_key_file = good;
     d.start();
-    let (s, _) = d
-        .admin("GET", "/v1/tenants/acme/credentials/twilio", None)
-        .await;
+    let (s, _) = d.admin("GET", "/v1/tenants/acme/credentials/twilio", None).await;
     assert_eq!(s, 200);
 }
 
@@ -120,10 +102,7 @@ fn a_foreign_owned_or_unusable_store_directory_is_refused() {
         std::os::unix::fs::chown(&store, Some(0), Some(0)).unwrap();
     }
     // A path that cannot be created.
-    let mut e = Daemon::new(DaemonConfig {
-        store_path: Some("/proc/keyward-store".into()),
-        ..DaemonConfig::default()
-    });
+    let mut e = Daemon::new(DaemonConfig { store_path: Some("/proc/keyward-store".into()), ..DaemonConfig::default() });
     assert!(e.try_start().is_err());
     assert!(e.logs().contains("/proc/keyward-store"), "{}", e.logs());
 }
@@ -139,11 +118,7 @@ fn a_second_daemon_on_the_same_store_refuses_to_start() {
     });
     let err = b.try_start().unwrap_err();
     assert!(err.contains("exited"));
-    assert!(
-        b.logs().contains("in use by another keyward process"),
-        "{}",
-        b.logs()
-    );
+    assert!(b.logs().contains("in use by another keyward process"), "{}", b.logs());
 }
 
 #[test]
@@ -151,45 +126,21 @@ fn check_config_exits_64_naming_the_key_and_usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[store]\npath = \"/x\"\n[master_key]\nfile = \"/k\"\n[admin]\nunix = \"/a\"\n[webhooks]\nlisten = \"0.0.0.0:8443\"\npublic_base_url = \"https://h.example\"\nforward_to = \"http://127.0.0.1:3000\"\nmax_body = \"lots\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("webhooks.max_body") && err.contains("bad.toml"),
-        "{err}"
-    );
+    assert!(err.contains("webhooks.max_body") && err.contains("bad.toml"), "{err}");
     // `serve` refuses the same file before binding anything.
-    let out = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
 
-    let out = Command::new(BIN)
-        .args(["check-config", "--config", "config/keyward.toml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).args(["check-config", "--config", "config/keyward.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
 
-    let out = Command::new(BIN)
-        .args(["cred", "frobnicate"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["cred", "frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = Command::new(BIN)
-        .args(["--admin", "/nonexistent.sock", "cred", "ls", "acme"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["--admin", "/nonexistent.sock", "cred", "ls", "acme"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `keyward serve` running"));
 }
@@ -198,22 +149,11 @@ fn check_config_exits_64_naming_the_key_and_usage_errors_exit_2() {
 fn keygen_writes_0600_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let k = dir.path().join("k");
-    let out = Command::new(BIN)
-        .args(["keygen", "--out"])
-        .arg(&k)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["keygen", "--out"]).arg(&k).output().unwrap();
     assert!(out.status.success());
-    assert_eq!(
-        std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
     let before = std::fs::read(&k).unwrap();
-    let out = Command::new(BIN)
-        .args(["keygen", "--out"])
-        .arg(&k)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["keygen", "--out"]).arg(&k).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
     assert_eq!(std::fs::read(&k).unwrap(), before);
@@ -240,37 +180,23 @@ async fn key_rotation_rewraps_every_tenant_key_and_can_be_rerun() {
     // A partial rotation (one batch), as if interrupted...
     let (_, first) = d.admin("POST", "/v1/keys/rotate?limit=10", None).await;
     assert_eq!(
-        (
-            first["rewrapped"].as_u64(),
-            first["remaining"].as_u64(),
-            first["total"].as_u64()
-        ),
+        (first["rewrapped"].as_u64(), first["remaining"].as_u64(), first["total"].as_u64()),
         (Some(10), Some(15), Some(25))
     );
     d.kill9();
     d.start();
     // ...is finished by rerunning the CLI, which batches to the end.
     let out = d.cli(&["key", "rotate", "--batch", "7"], None);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (_, again) = d.admin("POST", "/v1/keys/rotate", None).await;
-    assert_eq!(
-        (again["rewrapped"].as_u64(), again["remaining"].as_u64()),
-        (Some(0), Some(0))
-    );
+    assert_eq!((again["rewrapped"].as_u64(), again["remaining"].as_u64()), (Some(0), Some(0)));
     d.stop();
 
     // The old key can now be retired: records still open (restore re-seals, so it opens).
     d.config.previous = vec![];
     d.start();
-    d.admin("DELETE", "/v1/tenants/t07/credentials/twilio", None)
-        .await;
-    let (s, v) = d
-        .admin("POST", "/v1/tenants/t07/credentials/twilio/restore", None)
-        .await;
+    d.admin("DELETE", "/v1/tenants/t07/credentials/twilio", None).await;
+    let (s, v) = d.admin("POST", "/v1/tenants/t07/credentials/twilio/restore", None).await;
     assert_eq!(s, 200, "{v}");
     let (s, report) = d.admin("GET", "/v1/audit/verify", None).await;
     assert_eq!((s, report["ok"].as_bool()), (200, Some(true)));
@@ -278,20 +204,13 @@ async fn key_rotation_rewraps_every_tenant_key_and_can_be_rerun() {
 
 #[tokio::test]
 async fn a_deleted_credential_is_purged_after_retention_and_its_tenant_key_shredded() {
-    let mut d = Daemon::new(DaemonConfig {
-        retention: "1s".into(),
-        ..DaemonConfig::default()
-    });
+    let mut d = Daemon::new(DaemonConfig { retention: "1s".into(), ..DaemonConfig::default() });
     d.start();
     put_twilio(&d, "acme", CANARY_A).await;
     put_twilio(&d, "globex", CANARY_B).await;
     d.admin("DELETE", "/v1/tenants/acme", None).await;
     let (_, tenants) = d.admin("GET", "/v1/tenants", None).await;
-    assert_eq!(
-        tenants["tenants"],
-        json!(["acme", "globex"]),
-        "still restorable, key kept"
-    );
+    assert_eq!(tenants["tenants"], json!(["acme", "globex"]), "still restorable, key kept");
     let mut purged = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -302,20 +221,9 @@ async fn a_deleted_credential_is_purged_after_retention_and_its_tenant_key_shred
         }
     }
     assert!(purged, "acme's data key was destroyed");
-    let (s, v) = d
-        .admin("POST", "/v1/tenants/acme/credentials/twilio/restore", None)
-        .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (404, Some("no_credential"))
-    );
-    let (_, list) = d
-        .admin(
-            "GET",
-            "/v1/tenants/acme/credentials?include_deleted=true",
-            None,
-        )
-        .await;
+    let (s, v) = d.admin("POST", "/v1/tenants/acme/credentials/twilio/restore", None).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("no_credential")));
+    let (_, list) = d.admin("GET", "/v1/tenants/acme/credentials?include_deleted=true", None).await;
     assert_eq!(list["credentials"], json!([]));
     let (_, audit) = d.admin("GET", "/v1/audit?limit=1000", None).await;
     assert!(audit["entries"]
@@ -324,9 +232,7 @@ async fn a_deleted_credential_is_purged_after_retention_and_its_tenant_key_shred
         .iter()
         .any(|e| e["action"] == "credential.purge+tenant.shred" && e["actor"] == "keyward"));
     // globex is untouched.
-    let (s, _) = d
-        .admin("GET", "/v1/tenants/globex/credentials/twilio", None)
-        .await;
+    let (s, _) = d.admin("GET", "/v1/tenants/globex/credentials/twilio", None).await;
     assert_eq!(s, 200);
 }
 
@@ -344,9 +250,7 @@ async fn an_edited_audit_entry_is_detected_by_audit_verify() {
         let key = 3u64.to_be_bytes();
         let mut entry: Value = serde_json::from_slice(&audit.get(key).unwrap().unwrap()).unwrap();
         entry["actor"] = json!("uid:666");
-        audit
-            .insert(key, serde_json::to_vec(&entry).unwrap())
-            .unwrap();
+        audit.insert(key, serde_json::to_vec(&entry).unwrap()).unwrap();
         store.flush().await.unwrap();
     }
     d.start();
@@ -367,11 +271,7 @@ async fn an_edited_audit_entry_is_detected_by_audit_verify() {
     }
     d.start();
     let (s, report) = d.admin("GET", "/v1/audit/verify", None).await;
-    assert_eq!(
-        (s, report["first_bad_seq"].as_u64()),
-        (409, Some(2)),
-        "{report}"
-    );
+    assert_eq!((s, report["first_bad_seq"].as_u64()), (409, Some(2)), "{report}");
 }
 
 #[tokio::test]
@@ -379,33 +279,21 @@ async fn core_dumps_are_off_in_the_running_daemon() {
     let mut d = Daemon::new(DaemonConfig::default());
     d.start();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
-    let core = limits
-        .lines()
-        .find(|l| l.starts_with("Max core file size"))
-        .unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
     let cols: Vec<&str> = core.split_whitespace().collect();
     assert_eq!(cols[4], "0", "{core}");
     let lines = d.log_lines();
-    let hygiene = lines
-        .iter()
-        .find(|l| l["message"] == "memory hygiene")
-        .unwrap();
+    let hygiene = lines.iter().find(|l| l["message"] == "memory hygiene").unwrap();
     assert_eq!(hygiene["not_dumpable"], true);
     if hygiene["memory_locked"] == false {
-        assert!(
-            d.logs().contains("RLIMIT_MEMLOCK"),
-            "one warning names the limit"
-        );
+        assert!(d.logs().contains("RLIMIT_MEMLOCK"), "one warning names the limit");
     }
 }
 
 /// The short version of bench/kill9-stress: acknowledged writes survive SIGKILL.
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
-    let mut d = Daemon::new(DaemonConfig {
-        log_level: "info".into(),
-        ..DaemonConfig::default()
-    });
+    let mut d = Daemon::new(DaemonConfig { log_level: "info".into(), ..DaemonConfig::default() });
     let mut acked: Vec<(String, String)> = Vec::new();
     for cycle in 0..5u64 {
         d.start();
@@ -438,25 +326,12 @@ async fn acknowledged_writes_survive_kill_9() {
         d.kill9();
         acked.extend(writer.await.unwrap());
     }
-    assert!(
-        acked.len() > 10,
-        "some writes were acknowledged: {}",
-        acked.len()
-    );
+    assert!(acked.len() > 10, "some writes were acknowledged: {}", acked.len());
     d.start();
     for (tenant, tail) in &acked {
-        let (s, v) = d
-            .admin(
-                "GET",
-                &format!("/v1/tenants/{tenant}/credentials/twilio"),
-                None,
-            )
-            .await;
+        let (s, v) = d.admin("GET", &format!("/v1/tenants/{tenant}/credentials/twilio"), None).await;
         assert_eq!(s, 200, "acknowledged write for {tenant} lost");
-        assert!(v["hints"]["auth_token"]
-            .as_str()
-            .unwrap()
-            .ends_with(tail.as_str()));
+        assert!(v["hints"]["auth_token"].as_str().unwrap().ends_with(tail.as_str()));
     }
     let (s, report) = d.admin("GET", "/v1/audit/verify", None).await;
     assert_eq!((s, report["ok"].as_bool()), (200, Some(true)), "{report}");

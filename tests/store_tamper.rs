@@ -2,7 +2,7 @@
 //! credential layer refuses what was moved or rolled back. Also the cache rule: a write is
 //! seen by the very next lookup.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,24 +58,8 @@ async fn a_ciphertext_copied_into_another_tenants_slot_fails_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyBytes::random().unwrap();
     let (store, creds) = open(dir.path(), &key).await;
-    creds
-        .put(
-            "test",
-            &t("acme"),
-            "twilio",
-            twilio("acme-token-0000000000"),
-        )
-        .await
-        .unwrap();
-    creds
-        .put(
-            "test",
-            &t("globex"),
-            "twilio",
-            twilio("globex-token-000000000"),
-        )
-        .await
-        .unwrap();
+    creds.put("test", &t("acme"), "twilio", twilio("acme-token-0000000000")).await.unwrap();
+    creds.put("test", &t("globex"), "twilio", twilio("globex-token-000000000")).await.unwrap();
     let (_, acme) = sealed_of(&store, "acme", "twilio");
     set_sealed(&store, "globex", "twilio", &acme["sealed"]);
     // A fresh service: nothing cached.
@@ -89,16 +73,10 @@ async fn a_ciphertext_copied_into_another_tenants_slot_fails_to_open() {
     .await
     .unwrap();
     let err = creds.resolve(&t("globex"), "twilio").await.unwrap_err();
-    assert!(
-        matches!(err, CredError::Vault(VaultError::Integrity(_))),
-        "{err}"
-    );
+    assert!(matches!(err, CredError::Vault(VaultError::Integrity(_))), "{err}");
     // acme is unaffected.
     let acme_cred = creds.resolve(&t("acme"), "twilio").await.unwrap();
-    assert_eq!(
-        acme_cred.secret("auth_token").unwrap().expose(),
-        "acme-token-0000000000"
-    );
+    assert_eq!(acme_cred.secret("auth_token").unwrap().expose(), "acme-token-0000000000");
 }
 
 #[tokio::test]
@@ -106,42 +84,17 @@ async fn an_older_ciphertext_put_back_fails_to_open() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyBytes::random().unwrap();
     let (store, creds) = open(dir.path(), &key).await;
-    creds
-        .put(
-            "test",
-            &t("acme"),
-            "twilio",
-            twilio("old-token-00000000000"),
-        )
-        .await
-        .unwrap();
+    creds.put("test", &t("acme"), "twilio", twilio("old-token-00000000000")).await.unwrap();
     let (_, v1) = sealed_of(&store, "acme", "twilio");
-    creds
-        .put(
-            "test",
-            &t("acme"),
-            "twilio",
-            twilio("new-token-00000000000"),
-        )
-        .await
-        .unwrap();
+    creds.put("test", &t("acme"), "twilio", twilio("new-token-00000000000")).await.unwrap();
     assert_eq!(
-        creds
-            .resolve(&t("acme"), "twilio")
-            .await
-            .unwrap()
-            .secret("auth_token")
-            .unwrap()
-            .expose(),
+        creds.resolve(&t("acme"), "twilio").await.unwrap().secret("auth_token").unwrap().expose(),
         "new-token-00000000000"
     );
     set_sealed(&store, "acme", "twilio", &v1["sealed"]);
     creds.invalidate_all();
     let err = creds.resolve(&t("acme"), "twilio").await.unwrap_err();
-    assert!(
-        matches!(err, CredError::Vault(VaultError::Integrity(_))),
-        "{err}"
-    );
+    assert!(matches!(err, CredError::Vault(VaultError::Integrity(_))), "{err}");
 }
 
 #[tokio::test]
@@ -149,21 +102,13 @@ async fn a_data_key_moved_to_another_tenant_fails_to_unwrap() {
     let dir = tempfile::tempdir().unwrap();
     let key = KeyBytes::random().unwrap();
     let (store, creds) = open(dir.path(), &key).await;
-    creds
-        .put("test", &t("acme"), "vapi", json!({"api_key": "k-acme"}))
-        .await
-        .unwrap();
-    creds
-        .put("test", &t("globex"), "vapi", json!({"api_key": "k-globex"}))
-        .await
-        .unwrap();
+    creds.put("test", &t("acme"), "vapi", json!({"api_key": "k-acme"})).await.unwrap();
+    creds.put("test", &t("globex"), "vapi", json!({"api_key": "k-globex"})).await.unwrap();
     let tenants = store.raw_tree("tenants").unwrap();
     let mut g: Value = serde_json::from_slice(&tenants.get("globex").unwrap().unwrap()).unwrap();
     let a: Value = serde_json::from_slice(&tenants.get("acme").unwrap().unwrap()).unwrap();
     g["wrapped_key"] = a["wrapped_key"].clone();
-    tenants
-        .insert("globex", serde_json::to_vec(&g).unwrap())
-        .unwrap();
+    tenants.insert("globex", serde_json::to_vec(&g).unwrap()).unwrap();
     let creds = Credentials::open(
         store.clone() as Arc<dyn Store>,
         Keyring::from_keys(key, vec![]),
@@ -172,10 +117,7 @@ async fn a_data_key_moved_to_another_tenant_fails_to_unwrap() {
     )
     .await
     .unwrap();
-    assert!(matches!(
-        creds.resolve(&t("globex"), "vapi").await,
-        Err(CredError::Vault(_))
-    ));
+    assert!(matches!(creds.resolve(&t("globex"), "vapi").await, Err(CredError::Vault(_))));
 }
 
 #[tokio::test]
@@ -184,42 +126,15 @@ async fn the_cache_sees_every_write_delete_and_restore_at_once() {
     let key = KeyBytes::random().unwrap();
     let (_store, creds) = open(dir.path(), &key).await;
     let acme = t("acme");
-    creds
-        .put("test", &acme, "vapi", json!({"api_key": "first"}))
-        .await
-        .unwrap();
-    assert_eq!(
-        creds
-            .resolve(&acme, "vapi")
-            .await
-            .unwrap()
-            .secret("api_key")
-            .unwrap()
-            .expose(),
-        "first"
-    );
+    creds.put("test", &acme, "vapi", json!({"api_key": "first"})).await.unwrap();
+    assert_eq!(creds.resolve(&acme, "vapi").await.unwrap().secret("api_key").unwrap().expose(), "first");
     assert_eq!(creds.resolve(&acme, "vapi").await.unwrap().version, 1);
     let (hits, _) = creds.cache_stats();
     assert!(hits >= 1, "the second lookup was a cache hit");
-    creds
-        .put("test", &acme, "vapi", json!({"api_key": "second"}))
-        .await
-        .unwrap();
-    assert_eq!(
-        creds
-            .resolve(&acme, "vapi")
-            .await
-            .unwrap()
-            .secret("api_key")
-            .unwrap()
-            .expose(),
-        "second"
-    );
+    creds.put("test", &acme, "vapi", json!({"api_key": "second"})).await.unwrap();
+    assert_eq!(creds.resolve(&acme, "vapi").await.unwrap().secret("api_key").unwrap().expose(), "second");
     creds.delete("test", &acme, "vapi").await.unwrap();
-    assert!(matches!(
-        creds.resolve(&acme, "vapi").await,
-        Err(CredError::NotFound { .. })
-    ));
+    assert!(matches!(creds.resolve(&acme, "vapi").await, Err(CredError::NotFound { .. })));
     creds.restore("test", &acme, "vapi").await.unwrap();
     let back = creds.resolve(&acme, "vapi").await.unwrap();
     assert_eq!(back.secret("api_key").unwrap().expose(), "second");
@@ -237,8 +152,5 @@ async fn an_inactive_google_credential_is_refused_until_completed() {
         .unwrap();
     assert_eq!(serde_json::to_value(status.status).unwrap(), "inactive");
     assert_eq!(warnings.len(), 1);
-    assert!(matches!(
-        creds.resolve(&t("acme"), "google").await,
-        Err(CredError::Inactive { .. })
-    ));
+    assert!(matches!(creds.resolve(&t("acme"), "google").await, Err(CredError::Inactive { .. })));
 }

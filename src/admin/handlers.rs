@@ -26,10 +26,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
 
 /// Reads the whole body (bounded) into a buffer that is wiped on drop: admin bodies carry
 /// secrets.
-pub(crate) async fn read_body(
-    req: Request<Incoming>,
-    limit: u64,
-) -> Result<Zeroizing<Vec<u8>>, PublicError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, PublicError> {
     if let Some(len) = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -40,14 +37,9 @@ pub(crate) async fn read_body(
             return Err(PublicError::too_large(limit));
         }
     }
-    let limited = Limited::new(
-        req.into_body(),
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    );
+    let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
     let collected = limited.collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
             PublicError::too_large(limit)
         } else {
             PublicError::bad_request("the request body could not be read")
@@ -59,44 +51,25 @@ pub(crate) async fn read_body(
 
 fn parse_json(body: &[u8]) -> Result<Value, PublicError> {
     if body.is_empty() {
-        return Err(PublicError::bad_request(
-            "the body is empty; send a JSON object",
-        ));
+        return Err(PublicError::bad_request("the body is empty; send a JSON object"));
     }
     // serde_json's syntax errors give line and column, never the input.
     serde_json::from_slice(body).map_err(|e| {
-        PublicError::bad_request(format!(
-            "the body is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
+        PublicError::bad_request(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
     })
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default()
+    req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
-fn q_u64(
-    q: &HashMap<String, String>,
-    name: &str,
-    default: u64,
-    max: u64,
-) -> Result<u64, PublicError> {
+fn q_u64(q: &HashMap<String, String>, name: &str, default: u64, max: u64) -> Result<u64, PublicError> {
     match q.get(name) {
         None => Ok(default),
-        Some(v) => v.parse::<u64>().map(|n| n.min(max)).map_err(|_| {
-            PublicError::bad_request(format!(
-                "query parameter {name} must be a non-negative integer"
-            ))
-        }),
+        Some(v) => v
+            .parse::<u64>()
+            .map(|n| n.min(max))
+            .map_err(|_| PublicError::bad_request(format!("query parameter {name} must be a non-negative integer"))),
     }
 }
 
@@ -104,9 +77,7 @@ fn q_bool(q: &HashMap<String, String>, name: &str) -> Result<bool, PublicError> 
     match q.get(name).map(String::as_str) {
         None | Some("false") | Some("0") => Ok(false),
         Some("true") | Some("1") | Some("") => Ok(true),
-        Some(_) => Err(PublicError::bad_request(format!(
-            "query parameter {name} must be true or false"
-        ))),
+        Some(_) => Err(PublicError::bad_request(format!("query parameter {name} must be true or false"))),
     }
 }
 
@@ -121,10 +92,7 @@ pub(crate) async fn dispatch(
         Ok((status, v)) => {
             let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
             *resp.status_mut() = status;
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp
         }
         Err(e) => e.into_response(),
@@ -138,19 +106,11 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
         Endpoint::ListTenants => {
             let limit = q_u64(&q, "limit", 100, 1000)? as usize;
             let after = match q.get("after") {
-                Some(a) => {
-                    Some(TenantId::parse(a).map_err(|e| PublicError::bad_request(e.to_string()))?)
-                }
+                Some(a) => Some(TenantId::parse(a).map_err(|e| PublicError::bad_request(e.to_string()))?),
                 None => None,
             };
-            let tenants = creds
-                .tenants(after.as_ref().map(TenantId::as_str), limit)
-                .await?;
-            let next = if tenants.len() == limit {
-                tenants.last().cloned()
-            } else {
-                None
-            };
+            let tenants = creds.tenants(after.as_ref().map(TenantId::as_str), limit).await?;
+            let next = if tenants.len() == limit { tenants.last().cloned() } else { None };
             ok(json!({"tenants": tenants, "next": next}))
         }
         Endpoint::DeleteTenant(t) => {
@@ -163,7 +123,9 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
         }
         Endpoint::PutCredential(t, p) => {
             if q_bool(&q, "verify")? {
-                return Err(PublicError::bad_request("?verify=true needs live verification, which this build does not have yet; store without it"));
+                return Err(PublicError::bad_request(
+                    "?verify=true needs live verification, which this build does not have yet; store without it",
+                ));
             }
             let body = read_body(req, MAX_ADMIN_BODY).await?;
             let fields = parse_json(&body)?;
@@ -179,12 +141,8 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             ok(v)
         }
         Endpoint::GetCredential(t, p) => ok(to_json(&creds.status(&t, p.as_str()).await?)),
-        Endpoint::DeleteCredential(t, p) => {
-            ok(to_json(&creds.delete(actor, &t, p.as_str()).await?))
-        }
-        Endpoint::RestoreCredential(t, p) => {
-            ok(to_json(&creds.restore(actor, &t, p.as_str()).await?))
-        }
+        Endpoint::DeleteCredential(t, p) => ok(to_json(&creds.delete(actor, &t, p.as_str()).await?)),
+        Endpoint::RestoreCredential(t, p) => ok(to_json(&creds.restore(actor, &t, p.as_str()).await?)),
         Endpoint::PutRoute(k, i) => {
             let body = read_body(req, MAX_ADMIN_BODY).await?;
             let v = parse_json(&body)?;
@@ -192,8 +150,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
                 .get("tenant")
                 .and_then(Value::as_str)
                 .ok_or_else(|| PublicError::bad_request("send {\"tenant\": \"<tenant id>\"}"))?;
-            let tenant =
-                TenantId::parse(tenant).map_err(|e| PublicError::bad_request(e.to_string()))?;
+            let tenant = TenantId::parse(tenant).map_err(|e| PublicError::bad_request(e.to_string()))?;
             creds.put_route(actor, &k, &i, &tenant, false).await?;
             ok(json!({"kind": k, "id": i, "tenant": tenant}))
         }
@@ -216,11 +173,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
         }
         Endpoint::AuditVerify => {
             let report = creds.audit_verify().await?;
-            let status = if report.ok {
-                StatusCode::OK
-            } else {
-                StatusCode::CONFLICT
-            };
+            let status = if report.ok { StatusCode::OK } else { StatusCode::CONFLICT };
             Ok((status, to_json(&report)))
         }
         Endpoint::RotateKeys => {
@@ -235,10 +188,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
                 .get("level")
                 .and_then(Value::as_str)
                 .ok_or_else(|| PublicError::bad_request("send {\"level\": \"debug\"}"))?;
-            state
-                .log
-                .set_level(level)
-                .map_err(PublicError::bad_request)?;
+            state.log.set_level(level).map_err(PublicError::bad_request)?;
             tracing::warn!(level, actor, "log level changed");
             ok(json!({"level": level}))
         }

@@ -61,7 +61,11 @@ impl AdminState {
                 if *uid == me || *uid == 0 {
                     Ok(format!("uid:{uid}"))
                 } else {
-                    Err(PublicError::new(http::StatusCode::FORBIDDEN, "forbidden", format!("uid {uid} may not use the admin socket; run the CLI as uid {me} or root")))
+                    Err(PublicError::new(
+                        http::StatusCode::FORBIDDEN,
+                        "forbidden",
+                        format!("uid {uid} may not use the admin socket; run the CLI as uid {me} or root"),
+                    ))
                 }
             }
             Peer::Tcp { addr, .. } => {
@@ -86,11 +90,7 @@ impl AdminState {
                     })?;
                 let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
                 if bool::from(digest.ct_eq(&expected)) {
-                    Ok(format!(
-                        "token:{}@{}",
-                        hex::encode(&expected[..4]),
-                        addr.ip()
-                    ))
+                    Ok(format!("token:{}@{}", hex::encode(&expected[..4]), addr.ip()))
                 } else {
                     Err(PublicError::new(
                         http::StatusCode::UNAUTHORIZED,

@@ -51,9 +51,7 @@ fn segment(raw: &str) -> Result<String, PublicError> {
     percent_decode_str(raw)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| {
-            PublicError::bad_request("a path segment is not valid UTF-8 after percent-decoding")
-        })
+        .map_err(|_| PublicError::bad_request("a path segment is not valid UTF-8 after percent-decoding"))
 }
 
 fn tenant(raw: &str) -> Result<TenantId, PublicError> {
@@ -61,18 +59,12 @@ fn tenant(raw: &str) -> Result<TenantId, PublicError> {
 }
 
 fn provider(raw: &str) -> Result<ProviderName, PublicError> {
-    ProviderName::parse(&segment(raw)?).map_err(|e| {
-        PublicError::new(
-            http::StatusCode::NOT_FOUND,
-            "unknown_provider",
-            e.to_string(),
-        )
-    })
+    ProviderName::parse(&segment(raw)?)
+        .map_err(|e| PublicError::new(http::StatusCode::NOT_FOUND, "unknown_provider", e.to_string()))
 }
 
 fn route_pair(kind: &str, id: &str) -> Result<(RouteKind, RouteId), PublicError> {
-    let k =
-        RouteKind::parse(&segment(kind)?).map_err(|e| PublicError::bad_request(e.to_string()))?;
+    let k = RouteKind::parse(&segment(kind)?).map_err(|e| PublicError::bad_request(e.to_string()))?;
     let i = RouteId::parse(&segment(id)?).map_err(|e| PublicError::bad_request(e.to_string()))?;
     Ok((k, i))
 }
@@ -82,10 +74,7 @@ fn allow(method: &Method, allowed: &[Method]) -> Result<(), PublicError> {
         Ok(())
     } else {
         let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-        Err(PublicError::method_not_allowed(format!(
-            "{method} is not allowed here; use {}",
-            names.join(" or ")
-        )))
+        Err(PublicError::method_not_allowed(format!("{method} is not allowed here; use {}", names.join(" or "))))
     }
 }
 
@@ -95,9 +84,7 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Endpoint, PublicError
     let m = method;
     match segs.as_slice() {
         ["v1", "tenants"] => allow(m, &[Method::GET]).map(|()| Endpoint::ListTenants),
-        ["v1", "tenants", t] => {
-            allow(m, &[Method::DELETE]).and_then(|()| Ok(Endpoint::DeleteTenant(tenant(t)?)))
-        }
+        ["v1", "tenants", t] => allow(m, &[Method::DELETE]).and_then(|()| Ok(Endpoint::DeleteTenant(tenant(t)?))),
         ["v1", "tenants", t, "credentials"] => {
             allow(m, &[Method::GET]).and_then(|()| Ok(Endpoint::ListCredentials(tenant(t)?)))
         }
@@ -127,10 +114,9 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Endpoint, PublicError
         ["v1", "audit", "verify"] => allow(m, &[Method::GET]).map(|()| Endpoint::AuditVerify),
         ["v1", "keys", "rotate"] => allow(m, &[Method::POST]).map(|()| Endpoint::RotateKeys),
         ["v1", "log", "level"] => allow(m, &[Method::PUT]).map(|()| Endpoint::SetLogLevel),
-        _ => Err(PublicError::not_found(format!(
-            "no admin endpoint at {}",
-            path.chars().take(200).collect::<String>()
-        ))),
+        _ => {
+            Err(PublicError::not_found(format!("no admin endpoint at {}", path.chars().take(200).collect::<String>())))
+        }
     }
 }
 
@@ -140,30 +126,13 @@ mod tests {
 
     #[test]
     fn credential_paths_route_by_method() {
+        assert_eq!(route(&Method::PUT, "/v1/tenants/acme/credentials/twilio").unwrap().name(), "credential.put");
+        assert_eq!(route(&Method::GET, "/v1/tenants/acme/credentials/twilio").unwrap().name(), "credential.get");
         assert_eq!(
-            route(&Method::PUT, "/v1/tenants/acme/credentials/twilio")
-                .unwrap()
-                .name(),
-            "credential.put"
-        );
-        assert_eq!(
-            route(&Method::GET, "/v1/tenants/acme/credentials/twilio")
-                .unwrap()
-                .name(),
-            "credential.get"
-        );
-        assert_eq!(
-            route(&Method::POST, "/v1/tenants/acme/credentials/twilio/restore")
-                .unwrap()
-                .name(),
+            route(&Method::POST, "/v1/tenants/acme/credentials/twilio/restore").unwrap().name(),
             "credential.restore"
         );
-        assert_eq!(
-            route(&Method::POST, "/v1/tenants/acme/credentials/twilio")
-                .unwrap_err()
-                .code,
-            "method_not_allowed"
-        );
+        assert_eq!(route(&Method::POST, "/v1/tenants/acme/credentials/twilio").unwrap_err().code, "method_not_allowed");
     }
 
     #[test]
@@ -175,11 +144,7 @@ mod tests {
             "/v1/tenants/%C3%A9/credentials",
             "/v1/tenants/%FF/credentials",
         ] {
-            assert_eq!(
-                route(&Method::GET, p).unwrap_err().code,
-                "bad_request",
-                "{p}"
-            );
+            assert_eq!(route(&Method::GET, p).unwrap_err().code, "bad_request", "{p}");
         }
     }
 
@@ -187,19 +152,13 @@ mod tests {
     fn route_ids_are_percent_decoded() {
         assert_eq!(
             route(&Method::GET, "/v1/routes/twilio-number/%2B14155551212").unwrap(),
-            Endpoint::GetRoute(
-                RouteKind::parse("twilio-number").unwrap(),
-                RouteId::parse("+14155551212").unwrap()
-            )
+            Endpoint::GetRoute(RouteKind::parse("twilio-number").unwrap(), RouteId::parse("+14155551212").unwrap())
         );
     }
 
     #[test]
     fn unknown_paths_are_404() {
-        assert_eq!(
-            route(&Method::GET, "/v2/tenants").unwrap_err().code,
-            "not_found"
-        );
+        assert_eq!(route(&Method::GET, "/v2/tenants").unwrap_err().code, "not_found");
         assert_eq!(route(&Method::GET, "/").unwrap_err().code, "not_found");
     }
 }

@@ -56,35 +56,17 @@ pub struct FieldDef {
 impl FieldDef {
     /// A secret string field.
     pub fn secret(name: &str, required: bool, rule: Rule) -> Self {
-        FieldDef {
-            name: name.into(),
-            secret: true,
-            required,
-            list: false,
-            rule,
-        }
+        FieldDef { name: name.into(), secret: true, required, list: false, rule }
     }
 
     /// A public string field.
     pub fn public(name: &str, required: bool, rule: Rule) -> Self {
-        FieldDef {
-            name: name.into(),
-            secret: false,
-            required,
-            list: false,
-            rule,
-        }
+        FieldDef { name: name.into(), secret: false, required, list: false, rule }
     }
 
     /// A public list field.
     pub fn public_list(name: &str, required: bool, rule: Rule) -> Self {
-        FieldDef {
-            name: name.into(),
-            secret: false,
-            required,
-            list: true,
-            rule,
-        }
+        FieldDef { name: name.into(), secret: false, required, list: true, rule }
     }
 }
 
@@ -132,10 +114,7 @@ impl Schema {
             message,
         };
         let Value::Object(map) = input else {
-            return Err(err(
-                None,
-                "credential fields must be a JSON object of strings".into(),
-            ));
+            return Err(err(None, "credential fields must be a JSON object of strings".into()));
         };
         let mut out = ParsedFields::default();
         for (name, value) in map {
@@ -144,11 +123,7 @@ impl Schema {
                 let shown: String = name.chars().take(64).flat_map(char::escape_debug).collect();
                 return Err(err(
                     None,
-                    format!(
-                        "unknown field \"{shown}\"; {} takes {}",
-                        self.provider,
-                        known.join(", ")
-                    ),
+                    format!("unknown field \"{shown}\"; {} takes {}", self.provider, known.join(", ")),
                 ));
             };
             let check = |s: &str| -> Result<(), FieldError> {
@@ -212,8 +187,7 @@ impl Schema {
 
 /// `^<prefix>[0-9a-fA-F]{n}$`
 pub fn prefixed_hex(s: &str, prefix: &str, n: usize) -> bool {
-    s.strip_prefix(prefix)
-        .is_some_and(|rest| rest.len() == n && rest.bytes().all(|c| c.is_ascii_hexdigit()))
+    s.strip_prefix(prefix).is_some_and(|rest| rest.len() == n && rest.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// `^(a|b|…)$`
@@ -231,11 +205,7 @@ mod tests {
             provider: "demo".into(),
             fields: vec![
                 FieldDef::secret("api_key", true, Rule::Opaque),
-                FieldDef::public(
-                    "region",
-                    false,
-                    Rule::Pattern("^(us|eu)$", |s| one_of(s, &["us", "eu"])),
-                ),
+                FieldDef::public("region", false, Rule::Pattern("^(us|eu)$", |s| one_of(s, &["us", "eu"]))),
                 FieldDef::public_list("numbers", false, Rule::Opaque),
             ],
             cross: None,
@@ -244,9 +214,7 @@ mod tests {
 
     #[test]
     fn valid_fields_split_into_public_and_secret() {
-        let p = schema()
-            .parse(json!({"api_key": "k-123", "region": "eu", "numbers": ["1"]}))
-            .unwrap();
+        let p = schema().parse(json!({"api_key": "k-123", "region": "eu", "numbers": ["1"]})).unwrap();
         assert_eq!(p.secrets["api_key"].expose(), "k-123");
         assert_eq!(p.public["region"], json!("eu"));
     }
@@ -254,25 +222,13 @@ mod tests {
     #[test]
     fn each_bad_input_names_the_field_and_never_the_secret() {
         let cases = [
-            (
-                json!({"api_key": "canary-secret", "bogus": "x"}),
-                "unknown field \"bogus\"",
-            ),
+            (json!({"api_key": "canary-secret", "bogus": "x"}), "unknown field \"bogus\""),
             (json!({"region": "us"}), "demo.api_key is required"),
             (json!({"api_key": ""}), "demo.api_key must not be empty"),
-            (
-                json!({"api_key": " canary-secret"}),
-                "demo.api_key has leading or trailing whitespace",
-            ),
+            (json!({"api_key": " canary-secret"}), "demo.api_key has leading or trailing whitespace"),
             (json!({"api_key": 5}), "demo.api_key must be a string"),
-            (
-                json!({"api_key": "canary-secret", "region": "mars"}),
-                "demo.region must match ^(us|eu)$",
-            ),
-            (
-                json!({"api_key": "canary-secret", "numbers": "1"}),
-                "demo.numbers must be a list of strings",
-            ),
+            (json!({"api_key": "canary-secret", "region": "mars"}), "demo.region must match ^(us|eu)$"),
+            (json!({"api_key": "canary-secret", "numbers": "1"}), "demo.numbers must be a list of strings"),
             (json!(["canary-secret"]), "must be a JSON object"),
         ];
         for (input, want) in cases {
@@ -286,15 +242,7 @@ mod tests {
     fn prefixed_hex_checks_length_and_alphabet() {
         assert!(prefixed_hex("AC0123456789abcdef0123456789ABCDEF", "AC", 32));
         assert!(!prefixed_hex("AC0123456789abcdef0123456789ABCDE", "AC", 32));
-        assert!(!prefixed_hex(
-            "SK0123456789abcdef0123456789ABCDEF",
-            "AC",
-            32
-        ));
-        assert!(!prefixed_hex(
-            "AC0123456789abcdef0123456789ABCDEG",
-            "AC",
-            32
-        ));
+        assert!(!prefixed_hex("SK0123456789abcdef0123456789ABCDEF", "AC", 32));
+        assert!(!prefixed_hex("AC0123456789abcdef0123456789ABCDEG", "AC", 32));
     }
 }

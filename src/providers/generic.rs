@@ -9,10 +9,7 @@ pub(crate) fn schema(name: &str, g: &GenericProvider) -> Schema {
         InjectTemplate::Header { value, .. } | InjectTemplate::Query { value, .. } => vec![value],
         InjectTemplate::Basic { user, password } => vec![user, password],
     };
-    let required: Vec<&str> = templates
-        .iter()
-        .flat_map(|t| template_fields(t).unwrap_or_default())
-        .collect();
+    let required: Vec<&str> = templates.iter().flat_map(|t| template_fields(t).unwrap_or_default()).collect();
     let mut fields: Vec<FieldDef> = g
         .fields
         .iter()
@@ -24,18 +21,8 @@ pub(crate) fn schema(name: &str, g: &GenericProvider) -> Schema {
             rule: Rule::Opaque,
         })
         .collect();
-    if g.fields.iter().any(|f| f == "webhook_secret")
-        && !g.fields.iter().any(|f| f == "webhook_secret_previous")
-    {
-        fields.push(FieldDef::secret(
-            "webhook_secret_previous",
-            false,
-            Rule::Opaque,
-        ));
+    if g.fields.iter().any(|f| f == "webhook_secret") && !g.fields.iter().any(|f| f == "webhook_secret_previous") {
+        fields.push(FieldDef::secret("webhook_secret_previous", false, Rule::Opaque));
     }
-    Schema {
-        provider: name.to_string(),
-        fields,
-        cross: None,
-    }
+    Schema { provider: name.to_string(), fields, cross: None }
 }

@@ -4,9 +4,7 @@ use super::fields::{FieldDef, ParsedFields, Rule, Schema};
 use crate::store::CredStatus;
 
 fn channel_token(s: &str) -> bool {
-    (22..=64).contains(&s.len())
-        && s.bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    (22..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
 fn scope(s: &str) -> bool {
@@ -17,7 +15,9 @@ fn status(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
     if !p.has("refresh_token") {
         // Stored, but unusable until the connect flow adds a refresh token (keyward choice).
         p.status = Some(CredStatus::Inactive);
-        p.warnings.push("google: no refresh_token yet; the credential stays inactive until the connect flow completes".into());
+        p.warnings.push(
+            "google: no refresh_token yet; the credential stays inactive until the connect flow completes".into(),
+        );
     }
     Ok(())
 }
@@ -29,21 +29,9 @@ pub(crate) fn schema() -> Schema {
             FieldDef::public("client_id", true, Rule::Opaque),
             FieldDef::secret("client_secret", true, Rule::Opaque),
             FieldDef::secret("refresh_token", false, Rule::Opaque),
-            FieldDef::public_list(
-                "scopes",
-                true,
-                Rule::Pattern("a scope without spaces", scope),
-            ),
-            FieldDef::secret(
-                "webhook_secret",
-                false,
-                Rule::Pattern("^[A-Za-z0-9_-]{22,64}$", channel_token),
-            ),
-            FieldDef::secret(
-                "webhook_secret_previous",
-                false,
-                Rule::Pattern("^[A-Za-z0-9_-]{22,64}$", channel_token),
-            ),
+            FieldDef::public_list("scopes", true, Rule::Pattern("a scope without spaces", scope)),
+            FieldDef::secret("webhook_secret", false, Rule::Pattern("^[A-Za-z0-9_-]{22,64}$", channel_token)),
+            FieldDef::secret("webhook_secret_previous", false, Rule::Pattern("^[A-Za-z0-9_-]{22,64}$", channel_token)),
         ],
         cross: Some(status),
     }

@@ -5,6 +5,7 @@ mod elevenlabs;
 pub mod fields;
 mod generic;
 mod google;
+pub mod outbound;
 mod resend;
 mod twilio;
 mod vapi;
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use fields::{FieldError, ParsedFields, Schema};
+pub use outbound::{FieldSource, Injection, OutboundError};
 
 use crate::config::{BuiltinOverride, GenericProvider, ProvidersConfig};
 use crate::ids::ProviderName;
@@ -34,13 +36,8 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, in documentation order.
-    pub const ALL: [Builtin; 5] = [
-        Builtin::Vapi,
-        Builtin::Twilio,
-        Builtin::Google,
-        Builtin::Resend,
-        Builtin::ElevenLabs,
-    ];
+    pub const ALL: [Builtin; 5] =
+        [Builtin::Vapi, Builtin::Twilio, Builtin::Google, Builtin::Resend, Builtin::ElevenLabs];
 
     /// The provider name used in URLs and config.
     pub fn name(self) -> &'static str {
@@ -99,11 +96,7 @@ impl Providers {
             if let Ok(name) = ProviderName::parse(b.name()) {
                 defs.insert(
                     b.name().to_string(),
-                    Arc::new(ProviderDef {
-                        name,
-                        kind: ProviderKind::Builtin(b, ov),
-                        schema: b.schema(),
-                    }),
+                    Arc::new(ProviderDef { name, kind: ProviderKind::Builtin(b, ov), schema: b.schema() }),
                 );
             }
         }
@@ -111,11 +104,7 @@ impl Providers {
             let schema = generic::schema(name.as_str(), g);
             defs.insert(
                 name.as_str().to_string(),
-                Arc::new(ProviderDef {
-                    name: name.clone(),
-                    kind: ProviderKind::Generic(g.clone()),
-                    schema,
-                }),
+                Arc::new(ProviderDef { name: name.clone(), kind: ProviderKind::Generic(g.clone()), schema }),
             );
         }
         Providers { defs }
@@ -136,5 +125,23 @@ impl Providers {
     /// Only the built-in providers, without overrides (tests and benchmarks).
     pub fn default_builtin() -> Providers {
         Providers::from_config(&ProvidersConfig::default())
+    }
+}
+
+impl ProviderDef {
+    /// The per-tenant rate limit configured for this provider.
+    pub fn rate_limit(&self) -> Option<crate::config::RateLimit> {
+        match &self.kind {
+            ProviderKind::Builtin(_, ov) => ov.rate_limit,
+            ProviderKind::Generic(g) => g.rate_limit,
+        }
+    }
+
+    /// The built-in this is, if any.
+    pub fn builtin(&self) -> Option<Builtin> {
+        match &self.kind {
+            ProviderKind::Builtin(b, _) => Some(*b),
+            ProviderKind::Generic(_) => None,
+        }
     }
 }

@@ -18,31 +18,19 @@ fn whsec(s: &str) -> bool {
     let body = b.trim_end_matches('=');
     b.len() - body.len() <= 2
         && !body.is_empty()
-        && body
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        && body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
         && WHSEC_B64.decode(b).is_ok()
 }
 
 fn remarks(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
-    if p.secrets
-        .get("api_key")
-        .is_some_and(|k| !k.expose().starts_with("re_"))
-    {
-        p.warnings
-            .push("resend.api_key does not start with re_; check it is a Resend API key".into());
+    if p.secrets.get("api_key").is_some_and(|k| !k.expose().starts_with("re_")) {
+        p.warnings.push("resend.api_key does not start with re_; check it is a Resend API key".into());
     }
     for f in ["webhook_secret", "webhook_secret_previous"] {
         if let Some(s) = p.secrets.get(f) {
-            let len = s
-                .expose()
-                .strip_prefix("whsec_")
-                .and_then(|b| WHSEC_B64.decode(b).ok())
-                .map_or(0, |k| k.len());
+            let len = s.expose().strip_prefix("whsec_").and_then(|b| WHSEC_B64.decode(b).ok()).map_or(0, |k| k.len());
             if len < 24 {
-                p.warnings.push(format!(
-                    "resend.{f} decodes to {len} bytes; Standard Webhooks asks for at least 24"
-                ));
+                p.warnings.push(format!("resend.{f} decodes to {len} bytes; Standard Webhooks asks for at least 24"));
             }
         }
     }
@@ -50,10 +38,7 @@ fn remarks(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
 }
 
 pub(crate) fn schema() -> Schema {
-    let pattern = Rule::Pattern(
-        "^whsec_[A-Za-z0-9+/]+={0,2}$ (strict base64 after the prefix)",
-        whsec,
-    );
+    let pattern = Rule::Pattern("^whsec_[A-Za-z0-9+/]+={0,2}$ (strict base64 after the prefix)", whsec);
     Schema {
         provider: "resend".into(),
         fields: vec![
@@ -81,17 +66,9 @@ mod tests {
 
     #[test]
     fn a_key_without_re_prefix_is_accepted_with_a_warning() {
-        let p = schema()
-            .parse(json!({"api_key": "not-a-resend-key"}))
-            .unwrap();
+        let p = schema().parse(json!({"api_key": "not-a-resend-key"})).unwrap();
         assert_eq!(p.warnings.len(), 1);
-        let p = schema()
-            .parse(json!({"api_key": "re_123", "webhook_secret": "whsec_AAAA"}))
-            .unwrap();
-        assert!(
-            p.warnings.iter().any(|w| w.contains("3 bytes")),
-            "{:?}",
-            p.warnings
-        );
+        let p = schema().parse(json!({"api_key": "re_123", "webhook_secret": "whsec_AAAA"})).unwrap();
+        assert!(p.warnings.iter().any(|w| w.contains("3 bytes")), "{:?}", p.warnings);
     }
 }

@@ -11,11 +11,7 @@ pub(crate) fn schema() -> Schema {
             FieldDef::secret("webhook_hmac_secret", false, Rule::Opaque),
             FieldDef::secret("webhook_secret_previous", false, Rule::Opaque),
             FieldDef::public("org_id", false, Rule::Opaque),
-            FieldDef::public(
-                "region",
-                false,
-                Rule::Pattern("^(us|eu)$", |s| one_of(s, &["us", "eu"])),
-            ),
+            FieldDef::public("region", false, Rule::Pattern("^(us|eu)$", |s| one_of(s, &["us", "eu"]))),
         ],
         cross: None,
     }

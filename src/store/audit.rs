@@ -30,19 +30,9 @@ pub(crate) fn entry_hash(prev: &str, seq: u64, ts: Millis, draft: &AuditDraft) -
 
 pub(crate) fn chain(head: &AuditHead, ts: Millis, draft: AuditDraft) -> AuditEntry {
     let seq = head.seq + 1;
-    let prev = if head.seq == 0 {
-        GENESIS.to_string()
-    } else {
-        head.hash.clone()
-    };
+    let prev = if head.seq == 0 { GENESIS.to_string() } else { head.hash.clone() };
     let hash = entry_hash(&prev, seq, ts, &draft);
-    AuditEntry {
-        seq,
-        ts,
-        draft,
-        prev,
-        hash,
-    }
+    AuditEntry { seq, ts, draft, prev, hash }
 }
 
 /// Result of checking a chain.
@@ -71,12 +61,7 @@ impl Default for ChainVerifier {
         ChainVerifier {
             expected_seq: 1,
             prev: GENESIS.to_string(),
-            report: ChainReport {
-                ok: true,
-                entries: 0,
-                first_bad_seq: None,
-                problem: None,
-            },
+            report: ChainReport { ok: true, entries: 0, first_bad_seq: None, problem: None },
         }
     }
 }
@@ -98,25 +83,16 @@ impl ChainVerifier {
         if e.seq != self.expected_seq {
             self.fail(
                 self.expected_seq,
-                format!(
-                    "entry {} is missing or out of order (found {})",
-                    self.expected_seq, e.seq
-                ),
+                format!("entry {} is missing or out of order (found {})", self.expected_seq, e.seq),
             );
             return false;
         }
         if e.prev != self.prev {
-            self.fail(
-                e.seq,
-                format!("entry {} does not link to entry {}", e.seq, e.seq - 1),
-            );
+            self.fail(e.seq, format!("entry {} does not link to entry {}", e.seq, e.seq - 1));
             return false;
         }
         if entry_hash(&e.prev, e.seq, e.ts, &e.draft) != e.hash {
-            self.fail(
-                e.seq,
-                format!("entry {} was altered (hash mismatch)", e.seq),
-            );
+            self.fail(e.seq, format!("entry {} was altered (hash mismatch)", e.seq));
             return false;
         }
         self.prev = e.hash.clone();
@@ -130,18 +106,9 @@ impl ChainVerifier {
         if self.report.ok {
             let last = self.expected_seq - 1;
             if head.seq != last {
-                self.fail(
-                    last + 1,
-                    format!(
-                        "the log ends at entry {last} but the head records entry {}",
-                        head.seq
-                    ),
-                );
+                self.fail(last + 1, format!("the log ends at entry {last} but the head records entry {}", head.seq));
             } else if last > 0 && head.hash != self.prev {
-                self.fail(
-                    last,
-                    format!("entry {last} does not match the recorded head"),
-                );
+                self.fail(last, format!("entry {last} does not match the recorded head"));
             }
         }
         self.report
@@ -179,10 +146,7 @@ mod tests {
         let mut v = Vec::new();
         for i in 0..n {
             let e = chain(&head, 1000 + i as i64, draft(&format!("a{i}")));
-            head = AuditHead {
-                seq: e.seq,
-                hash: e.hash.clone(),
-            };
+            head = AuditHead { seq: e.seq, hash: e.hash.clone() };
             v.push(e);
         }
         (v, head)

@@ -22,9 +22,7 @@ pub type Millis = i64;
 
 /// The current time in [`Millis`].
 pub fn now_millis() -> Millis {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -39,9 +37,7 @@ pub(crate) mod b64 {
 
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -249,28 +245,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, StoreError>;
 
     /// Tenant records in id order, strictly after `after`.
-    async fn list_tenants(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TenantRecord>, StoreError>;
+    async fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError>;
 
     /// One credential (soft-deleted ones included).
-    async fn get_credential(
-        &self,
-        tenant: &str,
-        provider: &str,
-    ) -> Result<Option<CredentialRecord>, StoreError>;
+    async fn get_credential(&self, tenant: &str, provider: &str) -> Result<Option<CredentialRecord>, StoreError>;
 
     /// A tenant's credentials (soft-deleted ones included).
     async fn list_credentials(&self, tenant: &str) -> Result<Vec<CredentialRecord>, StoreError>;
 
     /// Soft-deleted credentials deleted at or before `cutoff`: `(tenant, provider)`.
-    async fn deleted_before(
-        &self,
-        cutoff: Millis,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, StoreError>;
+    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
 
     /// The tenant a route points at.
     async fn get_route(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError>;

@@ -16,8 +16,8 @@ use sled::Transactional;
 
 use super::audit::chain;
 use super::{
-    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Expect, Millis, Op, Store,
-    StoreError, TenantRecord,
+    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Expect, Millis, Op, Store, StoreError,
+    TenantRecord,
 };
 
 const AUDIT_HEAD: &[u8] = b"audit_head";
@@ -38,9 +38,7 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore")
-            .field("path", &self.path)
-            .finish()
+        f.debug_struct("SledStore").field("path", &self.path).finish()
     }
 }
 
@@ -74,10 +72,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 
 /// Prepares the directory: created 0700 if missing; must be ours and writable.
 fn prepare_dir(path: &Path) -> Result<(), StoreError> {
-    let derr = |reason: String| StoreError::Directory {
-        path: path.display().to_string(),
-        reason,
-    };
+    let derr = |reason: String| StoreError::Directory { path: path.display().to_string(), reason };
     if !path.exists() {
         std::fs::create_dir_all(path).map_err(|e| derr(format!("cannot create it: {e}")))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
@@ -109,15 +104,9 @@ fn prepare_dir(path: &Path) -> Result<(), StoreError> {
 
 fn lock(path: &Path) -> Result<File, StoreError> {
     let lock_path = path.join("keyward.lock");
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| StoreError::Directory {
-            path: path.display().to_string(),
-            reason: format!("cannot open lock file: {e}"),
-        })?;
+    let f = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(|e| {
+        StoreError::Directory { path: path.display().to_string(), reason: format!("cannot open lock file: {e}") }
+    })?;
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         .map_err(|_| StoreError::Locked(path.display().to_string()))?;
     Ok(f)
@@ -165,43 +154,28 @@ impl Trees<'_> {
                     ))));
                 }
                 if let Some(d) = old.as_ref().and_then(|o| o.deleted_at) {
-                    self.purge
-                        .remove(purge_key(d, &record.tenant, &record.provider))?;
+                    self.purge.remove(purge_key(d, &record.tenant, &record.provider))?;
                 }
                 if let Some(d) = record.deleted_at {
-                    self.purge
-                        .insert(purge_key(d, &record.tenant, &record.provider), &[][..])?;
+                    self.purge.insert(purge_key(d, &record.tenant, &record.provider), &[][..])?;
                 }
                 self.creds.insert(key, encode(record))?;
             }
-            Op::PurgeCredential {
-                tenant,
-                provider,
-                expect_version,
-            } => {
+            Op::PurgeCredential { tenant, provider, expect_version } => {
                 let key = pair_key(tenant, provider);
                 let Some(v) = self.creds.get(&key)? else {
-                    return Err(abort(StoreError::Conflict(format!(
-                        "credential {tenant}/{provider}"
-                    ))));
+                    return Err(abort(StoreError::Conflict(format!("credential {tenant}/{provider}"))));
                 };
                 let old: CredentialRecord = decode("credential", &v).map_err(abort)?;
                 if old.version != *expect_version {
-                    return Err(abort(StoreError::Conflict(format!(
-                        "credential {tenant}/{provider}"
-                    ))));
+                    return Err(abort(StoreError::Conflict(format!("credential {tenant}/{provider}"))));
                 }
                 if let Some(d) = old.deleted_at {
                     self.purge.remove(purge_key(d, tenant, provider))?;
                 }
                 self.creds.remove(key)?;
             }
-            Op::PutRoute {
-                kind,
-                id,
-                tenant,
-                keep_other_owner,
-            } => {
+            Op::PutRoute { kind, id, tenant, keep_other_owner } => {
                 let key = pair_key(kind, id);
                 if *keep_other_owner {
                     if let Some(owner) = self.routes.get(&key)? {
@@ -232,15 +206,8 @@ impl Trees<'_> {
             None => AuditHead::default(),
         };
         let entry = chain(&head, ts, draft.clone());
-        self.audit
-            .insert(&entry.seq.to_be_bytes(), encode(&entry))?;
-        self.meta.insert(
-            AUDIT_HEAD,
-            encode(&AuditHead {
-                seq: entry.seq,
-                hash: entry.hash.clone(),
-            }),
-        )?;
+        self.audit.insert(&entry.seq.to_be_bytes(), encode(&entry))?;
+        self.meta.insert(AUDIT_HEAD, encode(&AuditHead { seq: entry.seq, hash: entry.hash.clone() }))?;
         Ok(entry)
     }
 }
@@ -294,28 +261,15 @@ impl SledStore {
 impl Store for SledStore {
     async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
         let ts = now_millis();
-        let result = (
-            &self.tenants,
-            &self.creds,
-            &self.routes,
-            &self.audit,
-            &self.purge,
-            &self.meta,
-        )
-            .transaction(|(tenants, creds, routes, audit_t, purge, meta)| {
-                let t = Trees {
-                    tenants,
-                    creds,
-                    routes,
-                    audit: audit_t,
-                    purge,
-                    meta,
-                };
+        let result = (&self.tenants, &self.creds, &self.routes, &self.audit, &self.purge, &self.meta).transaction(
+            |(tenants, creds, routes, audit_t, purge, meta)| {
+                let t = Trees { tenants, creds, routes, audit: audit_t, purge, meta };
                 for op in &ops {
                     t.apply(op)?;
                 }
                 t.append_audit(ts, &audit)
-            });
+            },
+        );
         let entry = match result {
             Ok(e) => e,
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -327,11 +281,7 @@ impl Store for SledStore {
     }
 
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .meta
-            .get(key.as_bytes())
-            .map_err(unavailable)?
-            .map(|v| v.to_vec()))
+        Ok(self.meta.get(key.as_bytes()).map_err(unavailable)?.map(|v| v.to_vec()))
     }
 
     async fn get_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, StoreError> {
@@ -341,11 +291,7 @@ impl Store for SledStore {
         }
     }
 
-    async fn list_tenants(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<TenantRecord>, StoreError> {
+    async fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
         let iter = match after {
             Some(a) => {
                 let mut start = a.as_bytes().to_vec();
@@ -362,20 +308,9 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn get_credential(
-        &self,
-        tenant: &str,
-        provider: &str,
-    ) -> Result<Option<CredentialRecord>, StoreError> {
-        match self
-            .creds
-            .get(pair_key(tenant, provider))
-            .map_err(unavailable)?
-        {
-            Some(v) => Ok(Some(decode(
-                &format!("credential {tenant}/{provider}"),
-                &v,
-            )?)),
+    async fn get_credential(&self, tenant: &str, provider: &str) -> Result<Option<CredentialRecord>, StoreError> {
+        match self.creds.get(pair_key(tenant, provider)).map_err(unavailable)? {
+            Some(v) => Ok(Some(decode(&format!("credential {tenant}/{provider}"), &v)?)),
             None => Ok(None),
         }
     }
@@ -392,11 +327,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn deleted_before(
-        &self,
-        cutoff: Millis,
-        limit: usize,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
         let end = purge_key(cutoff.saturating_add(1), "", "");
         let mut out = Vec::new();
         for r in self.purge.range(..end).take(limit) {
@@ -405,20 +336,13 @@ impl Store for SledStore {
             let mut parts = rest.splitn(2, |b| *b == 0);
             let t = parts.next().unwrap_or_default();
             let p = parts.next().unwrap_or_default();
-            out.push((
-                String::from_utf8_lossy(t).into_owned(),
-                String::from_utf8_lossy(p).into_owned(),
-            ));
+            out.push((String::from_utf8_lossy(t).into_owned(), String::from_utf8_lossy(p).into_owned()));
         }
         Ok(out)
     }
 
     async fn get_route(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .routes
-            .get(pair_key(kind, id))
-            .map_err(unavailable)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+        Ok(self.routes.get(pair_key(kind, id)).map_err(unavailable)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -484,53 +408,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
         let e = s
-            .commit(
-                vec![Op::PutCredential {
-                    record: cred("acme", "vapi", 1),
-                    expect: Expect::Absent,
-                }],
-                draft("put"),
-            )
+            .commit(vec![Op::PutCredential { record: cred("acme", "vapi", 1), expect: Expect::Absent }], draft("put"))
             .await
             .unwrap();
         assert_eq!(e.seq, 1);
         let again = s
-            .commit(
-                vec![Op::PutCredential {
-                    record: cred("acme", "vapi", 1),
-                    expect: Expect::Absent,
-                }],
-                draft("put"),
-            )
+            .commit(vec![Op::PutCredential { record: cred("acme", "vapi", 1), expect: Expect::Absent }], draft("put"))
             .await;
         assert!(matches!(again, Err(StoreError::Conflict(_))));
         let stale = s
             .commit(
-                vec![Op::PutCredential {
-                    record: cred("acme", "vapi", 3),
-                    expect: Expect::Version(2),
-                }],
+                vec![Op::PutCredential { record: cred("acme", "vapi", 3), expect: Expect::Version(2) }],
                 draft("put"),
             )
             .await;
         assert!(matches!(stale, Err(StoreError::Conflict(_))));
-        s.commit(
-            vec![Op::PutCredential {
-                record: cred("acme", "vapi", 2),
-                expect: Expect::Version(1),
-            }],
-            draft("put"),
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            s.get_credential("acme", "vapi")
-                .await
-                .unwrap()
-                .unwrap()
-                .version,
-            2
-        );
+        s.commit(vec![Op::PutCredential { record: cred("acme", "vapi", 2), expect: Expect::Version(1) }], draft("put"))
+            .await
+            .unwrap();
+        assert_eq!(s.get_credential("acme", "vapi").await.unwrap().unwrap().version, 2);
         // Failed commits leave no audit entry and no change.
         let head = s.audit_head().await.unwrap();
         assert_eq!(head.seq, 2);
@@ -556,70 +452,32 @@ mod tests {
             tenant: t.into(),
             keep_other_owner: keep,
         };
-        s.commit(vec![put("acme", true)], draft("route"))
-            .await
-            .unwrap();
-        s.commit(vec![put("acme", true)], draft("route"))
-            .await
-            .unwrap();
+        s.commit(vec![put("acme", true)], draft("route")).await.unwrap();
+        s.commit(vec![put("acme", true)], draft("route")).await.unwrap();
         assert!(matches!(
             s.commit(vec![put("globex", true)], draft("route")).await,
             Err(StoreError::RouteTaken { .. })
         ));
-        assert_eq!(
-            s.get_route("twilio-account", "AC1")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("acme")
-        );
-        s.commit(vec![put("globex", false)], draft("route"))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.get_route("twilio-account", "AC1")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some("globex")
-        );
+        assert_eq!(s.get_route("twilio-account", "AC1").await.unwrap().as_deref(), Some("acme"));
+        s.commit(vec![put("globex", false)], draft("route")).await.unwrap();
+        assert_eq!(s.get_route("twilio-account", "AC1").await.unwrap().as_deref(), Some("globex"));
     }
 
     #[tokio::test]
     async fn soft_deleted_credentials_are_indexed_for_purge() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
-        s.commit(
-            vec![Op::PutCredential {
-                record: cred("acme", "vapi", 1),
-                expect: Expect::Absent,
-            }],
-            draft("put"),
-        )
-        .await
-        .unwrap();
+        s.commit(vec![Op::PutCredential { record: cred("acme", "vapi", 1), expect: Expect::Absent }], draft("put"))
+            .await
+            .unwrap();
         let mut del = cred("acme", "vapi", 2);
         del.deleted_at = Some(5_000);
-        s.commit(
-            vec![Op::PutCredential {
-                record: del,
-                expect: Expect::Version(1),
-            }],
-            draft("rm"),
-        )
-        .await
-        .unwrap();
+        s.commit(vec![Op::PutCredential { record: del, expect: Expect::Version(1) }], draft("rm")).await.unwrap();
         assert!(s.deleted_before(4_999, 10).await.unwrap().is_empty());
-        assert_eq!(
-            s.deleted_before(5_000, 10).await.unwrap(),
-            vec![("acme".to_string(), "vapi".to_string())]
-        );
+        assert_eq!(s.deleted_before(5_000, 10).await.unwrap(), vec![("acme".to_string(), "vapi".to_string())]);
         // Restoring removes it from the index.
         s.commit(
-            vec![Op::PutCredential {
-                record: cred("acme", "vapi", 3),
-                expect: Expect::Version(2),
-            }],
+            vec![Op::PutCredential { record: cred("acme", "vapi", 3), expect: Expect::Version(2) }],
             draft("restore"),
         )
         .await
@@ -633,30 +491,12 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         let ops = ["c", "a", "b"]
             .iter()
-            .map(|t| {
-                Op::PutTenant(TenantRecord {
-                    tenant: (*t).into(),
-                    wrapped_key: vec![],
-                    created_at: 0,
-                })
-            })
+            .map(|t| Op::PutTenant(TenantRecord { tenant: (*t).into(), wrapped_key: vec![], created_at: 0 }))
             .collect();
         s.commit(ops, draft("t")).await.unwrap();
-        let first: Vec<String> = s
-            .list_tenants(None, 2)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.tenant)
-            .collect();
+        let first: Vec<String> = s.list_tenants(None, 2).await.unwrap().into_iter().map(|t| t.tenant).collect();
         assert_eq!(first, ["a", "b"]);
-        let next: Vec<String> = s
-            .list_tenants(Some("b"), 2)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|t| t.tenant)
-            .collect();
+        let next: Vec<String> = s.list_tenants(Some("b"), 2).await.unwrap().into_iter().map(|t| t.tenant).collect();
         assert_eq!(next, ["c"]);
     }
 }

@@ -40,10 +40,7 @@ impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
             .field("active", &self.active.id)
-            .field(
-                "previous",
-                &self.previous.iter().map(|k| k.id).collect::<Vec<_>>(),
-            )
+            .field("previous", &self.previous.iter().map(|k| k.id).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -59,15 +56,10 @@ fn key_id_of(key: &KeyBytes) -> KeyId {
 }
 
 fn decode_key(text: &str, source_name: &str) -> Result<KeyBytes, VaultError> {
-    let bad = |reason: &str| VaultError::BadKey {
-        source_name: source_name.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| VaultError::BadKey { source_name: source_name.to_string(), reason: reason.to_string() };
     let trimmed = text.trim_end_matches(['\n', '\r']);
     let bytes = Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(trimmed.trim())
-            .map_err(|_| bad("not base64"))?,
+        base64::engine::general_purpose::STANDARD.decode(trimmed.trim()).map_err(|_| bad("not base64"))?,
     );
     if bytes.len() != 32 {
         return Err(bad(&format!("decodes to {} bytes, not 32", bytes.len())));
@@ -78,17 +70,11 @@ fn decode_key(text: &str, source_name: &str) -> Result<KeyBytes, VaultError> {
 }
 
 fn read_key_file(path: &Path, check_mode: bool) -> Result<KeyBytes, VaultError> {
-    let read_err = |e: std::io::Error| VaultError::KeyFileRead {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let read_err = |e: std::io::Error| VaultError::KeyFileRead { path: path.to_path_buf(), reason: e.to_string() };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     let mode = meta.permissions().mode() & 0o777;
     if check_mode && mode & 0o077 != 0 {
-        return Err(VaultError::KeyFileMode {
-            path: path.to_path_buf(),
-            mode,
-        });
+        return Err(VaultError::KeyFileMode { path: path.to_path_buf(), mode });
     }
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
     decode_key(&text, &format!("file {}", path.display()))
@@ -96,28 +82,20 @@ fn read_key_file(path: &Path, check_mode: bool) -> Result<KeyBytes, VaultError> 
 
 /// Creates `path` (mode 0600, never overwriting) holding a fresh key, base64 and a newline.
 pub fn write_new_key_file(path: &Path) -> Result<(), VaultError> {
-    let werr = |e: std::io::Error| VaultError::KeyFileWrite {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    };
+    let werr = |e: std::io::Error| VaultError::KeyFileWrite { path: path.to_path_buf(), reason: e.to_string() };
     if path.exists() {
         return Err(VaultError::KeyFileExists(path.to_path_buf()));
     }
     let key = KeyBytes::random().map_err(|_| VaultError::Rng)?;
     let mut text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.expose()));
     text.push('\n');
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                VaultError::KeyFileExists(path.to_path_buf())
-            } else {
-                werr(e)
-            }
-        })?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            VaultError::KeyFileExists(path.to_path_buf())
+        } else {
+            werr(e)
+        }
+    })?;
     f.write_all(text.as_bytes()).map_err(werr)?;
     f.sync_all().map_err(werr)?;
     Ok(())
@@ -136,10 +114,8 @@ impl Keyring {
             KeySource::File(p) => {
                 if create_missing && !p.exists() {
                     if let Some(dir) = p.parent() {
-                        std::fs::create_dir_all(dir).map_err(|e| VaultError::KeyFileWrite {
-                            path: p.clone(),
-                            reason: e.to_string(),
-                        })?;
+                        std::fs::create_dir_all(dir)
+                            .map_err(|e| VaultError::KeyFileWrite { path: p.clone(), reason: e.to_string() })?;
                     }
                     write_new_key_file(p)?;
                     created = true;
@@ -147,31 +123,18 @@ impl Keyring {
                 (read_key_file(p, true)?, format!("file {}", p.display()))
             }
             KeySource::Env(var) => {
-                let text = Zeroizing::new(
-                    env.var(var)
-                        .ok_or_else(|| VaultError::EnvMissing(var.clone()))?,
-                );
-                (
-                    decode_key(&text, &format!("environment variable {var}"))?,
-                    format!("environment variable {var}"),
-                )
+                let text = Zeroizing::new(env.var(var).ok_or_else(|| VaultError::EnvMissing(var.clone()))?);
+                (decode_key(&text, &format!("environment variable {var}"))?, format!("environment variable {var}"))
             }
             KeySource::Credential(name) => {
-                let dir = env
-                    .var("CREDENTIALS_DIRECTORY")
-                    .ok_or_else(|| VaultError::NoCredentialsDirectory(name.clone()))?;
+                let dir =
+                    env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| VaultError::NoCredentialsDirectory(name.clone()))?;
                 let p = PathBuf::from(dir).join(name);
                 // systemd creates credential files itself (0400, owned by the service user).
-                (
-                    read_key_file(&p, true)?,
-                    format!("systemd credential {name}"),
-                )
+                (read_key_file(&p, true)?, format!("systemd credential {name}"))
             }
         };
-        let active = MasterKey {
-            id: key_id_of(&key),
-            key,
-        };
+        let active = MasterKey { id: key_id_of(&key), key };
         let mut previous = Vec::new();
         for p in &cfg.previous {
             let key = read_key_file(p, true)?;
@@ -180,29 +143,14 @@ impl Keyring {
                 previous.push(MasterKey { id, key });
             }
         }
-        Ok((
-            Keyring { active, previous },
-            MasterKeySource {
-                description,
-                created,
-            },
-        ))
+        Ok((Keyring { active, previous }, MasterKeySource { description, created }))
     }
 
     /// A keyring from raw keys (tests and benchmarks).
     pub fn from_keys(active: KeyBytes, previous: Vec<KeyBytes>) -> Keyring {
         Keyring {
-            active: MasterKey {
-                id: key_id_of(&active),
-                key: active,
-            },
-            previous: previous
-                .into_iter()
-                .map(|k| MasterKey {
-                    id: key_id_of(&k),
-                    key: k,
-                })
-                .collect(),
+            active: MasterKey { id: key_id_of(&active), key: active },
+            previous: previous.into_iter().map(|k| MasterKey { id: key_id_of(&k), key: k }).collect(),
         }
     }
 
@@ -217,9 +165,7 @@ impl Keyring {
     }
 
     fn find(&self, id: KeyId) -> Option<&MasterKey> {
-        std::iter::once(&self.active)
-            .chain(self.previous.iter())
-            .find(|k| k.id == id)
+        std::iter::once(&self.active).chain(self.previous.iter()).find(|k| k.id == id)
     }
 
     fn dek_aad(tenant: &TenantId) -> Vec<u8> {
@@ -233,12 +179,7 @@ impl Keyring {
         let mut pt = Zeroizing::new([0u8; 40]);
         pt[..8].copy_from_slice(&dek.id().0);
         pt[8..].copy_from_slice(dek.key().expose());
-        seal_raw(
-            &self.active.key,
-            self.active.id,
-            &Self::dek_aad(tenant),
-            &pt[..],
-        )
+        seal_raw(&self.active.key, self.active.id, &Self::dek_aad(tenant), &pt[..])
     }
 
     /// Unwraps a tenant's data key with whichever keyring key sealed it.
@@ -263,12 +204,7 @@ impl Keyring {
 
     /// A sealed check value proving, at the next start, that the right key is loaded.
     pub fn seal_check(&self) -> Result<Vec<u8>, VaultError> {
-        seal_raw(
-            &self.active.key,
-            self.active.id,
-            b"keyward/keycheck/v1",
-            b"keyward",
-        )
+        seal_raw(&self.active.key, self.active.id, b"keyward/keycheck/v1", b"keyward")
     }
 
     /// Opens a check value from [`Keyring::seal_check`].
@@ -293,27 +229,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         write_new_key_file(&p).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let (ring, _) = Keyring::load(
-            &cfg(KeySource::File(p.clone()), vec![]),
-            &BTreeMap::new(),
-            false,
-        )
-        .unwrap();
-        assert!(matches!(
-            write_new_key_file(&p),
-            Err(VaultError::KeyFileExists(_))
-        ));
-        let (again, _) =
-            Keyring::load(&cfg(KeySource::File(p), vec![]), &BTreeMap::new(), false).unwrap();
-        assert_eq!(
-            ring.active_id(),
-            again.active_id(),
-            "key ids are stable across loads"
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        let (ring, _) = Keyring::load(&cfg(KeySource::File(p.clone()), vec![]), &BTreeMap::new(), false).unwrap();
+        assert!(matches!(write_new_key_file(&p), Err(VaultError::KeyFileExists(_))));
+        let (again, _) = Keyring::load(&cfg(KeySource::File(p), vec![]), &BTreeMap::new(), false).unwrap();
+        assert_eq!(ring.active_id(), again.active_id(), "key ids are stable across loads");
     }
 
     #[test]
@@ -322,22 +242,14 @@ mod tests {
         let p = dir.path().join("k");
         write_new_key_file(&p).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let e = Keyring::load(
-            &cfg(KeySource::File(p.clone()), vec![]),
-            &BTreeMap::new(),
-            false,
-        )
-        .unwrap_err();
+        let e = Keyring::load(&cfg(KeySource::File(p.clone()), vec![]), &BTreeMap::new(), false).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
     }
 
     #[test]
     fn keys_of_the_wrong_length_or_encoding_are_refused() {
         let mut env = BTreeMap::new();
-        env.insert(
-            "K".to_string(),
-            base64::engine::general_purpose::STANDARD.encode([1u8; 31]),
-        );
+        env.insert("K".to_string(), base64::engine::general_purpose::STANDARD.encode([1u8; 31]));
         let e = Keyring::load(&cfg(KeySource::Env("K".into()), vec![]), &env, false).unwrap_err();
         assert!(e.to_string().contains("31 bytes"), "{e}");
         env.insert("K".to_string(), "not base64!".into());
@@ -354,23 +266,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_new_key_file(&dir.path().join("master-key")).unwrap();
         let mut env = BTreeMap::new();
-        env.insert(
-            "CREDENTIALS_DIRECTORY".to_string(),
-            dir.path().display().to_string(),
-        );
-        let (_, src) = Keyring::load(
-            &cfg(KeySource::Credential("master-key".into()), vec![]),
-            &env,
-            false,
-        )
-        .unwrap();
+        env.insert("CREDENTIALS_DIRECTORY".to_string(), dir.path().display().to_string());
+        let (_, src) = Keyring::load(&cfg(KeySource::Credential("master-key".into()), vec![]), &env, false).unwrap();
         assert!(src.description.contains("systemd credential"));
-        assert!(Keyring::load(
-            &cfg(KeySource::Credential("master-key".into()), vec![]),
-            &BTreeMap::new(),
-            false
-        )
-        .is_err());
+        assert!(
+            Keyring::load(&cfg(KeySource::Credential("master-key".into()), vec![]), &BTreeMap::new(), false).is_err()
+        );
     }
 
     #[test]
@@ -379,17 +280,12 @@ mod tests {
         let new = KeyBytes::random().unwrap();
         let acme = TenantId::parse("acme").unwrap();
         let dek = DataKey::generate().unwrap();
-        let blob = Keyring::from_keys(old.clone(), vec![])
-            .wrap(&acme, &dek)
-            .unwrap();
+        let blob = Keyring::from_keys(old.clone(), vec![]).wrap(&acme, &dek).unwrap();
         let rotated = Keyring::from_keys(new.clone(), vec![old]);
         assert!(!rotated.is_active(&blob));
         assert_eq!(rotated.unwrap(&acme, &blob).unwrap().id(), dek.id());
         let without_old = Keyring::from_keys(new, vec![]);
-        assert!(matches!(
-            without_old.unwrap(&acme, &blob),
-            Err(VaultError::UnknownKey(_))
-        ));
+        assert!(matches!(without_old.unwrap(&acme, &blob), Err(VaultError::UnknownKey(_))));
     }
 
     #[test]
@@ -397,9 +293,7 @@ mod tests {
         let ring = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
         let dek = DataKey::generate().unwrap();
         let blob = ring.wrap(&TenantId::parse("acme").unwrap(), &dek).unwrap();
-        assert!(ring
-            .unwrap(&TenantId::parse("globex").unwrap(), &blob)
-            .is_err());
+        assert!(ring.unwrap(&TenantId::parse("globex").unwrap(), &blob).is_err());
     }
 
     #[test]
@@ -408,9 +302,6 @@ mod tests {
         let check = a.seal_check().unwrap();
         assert!(a.open_check(&check).is_ok());
         let b = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
-        assert!(matches!(
-            b.open_check(&check),
-            Err(VaultError::UnknownKey(_))
-        ));
+        assert!(matches!(b.open_check(&check), Err(VaultError::UnknownKey(_))));
     }
 }

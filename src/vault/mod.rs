@@ -19,7 +19,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     /// A key file is readable by group or others.
-    #[error("master key file {path} has mode {mode:04o}; keyward refuses keys other users can read: run `chmod 600 {path}`")]
+    #[error(
+        "master key file {path} has mode {mode:04o}; keyward refuses keys other users can read: run `chmod 600 {path}`"
+    )]
     KeyFileMode {
         /// The file.
         path: PathBuf,
@@ -35,9 +37,7 @@ pub enum VaultError {
         reason: String,
     },
     /// The environment variable is not set.
-    #[error(
-        "environment variable {0} is not set; it must hold the master key (base64 of 32 bytes)"
-    )]
+    #[error("environment variable {0} is not set; it must hold the master key (base64 of 32 bytes)")]
     EnvMissing(String),
     /// `$CREDENTIALS_DIRECTORY` is not set although `master_key.credential` is used.
     #[error("master_key.credential = \"{0}\" needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=); it is not set")]
@@ -65,9 +65,7 @@ pub enum VaultError {
     #[error("record sealed under master key {0}, which is neither the active key nor in master_key.previous")]
     UnknownKey(KeyId),
     /// Authentication failed: wrong key, tampered blob, or a blob in the wrong slot.
-    #[error(
-        "ciphertext does not open under key {0}: wrong key, or the record was altered or moved"
-    )]
+    #[error("ciphertext does not open under key {0}: wrong key, or the record was altered or moved")]
     Integrity(KeyId),
     /// The blob is not in keyward's format.
     #[error("ciphertext is malformed ({0})")]

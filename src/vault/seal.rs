@@ -71,25 +71,14 @@ pub fn blob_key_id(blob: &[u8]) -> Result<KeyId, VaultError> {
     Ok(KeyId(id))
 }
 
-pub(super) fn seal_raw(
-    key: &KeyBytes,
-    key_id: KeyId,
-    aad: &[u8],
-    plaintext: &[u8],
-) -> Result<Vec<u8>, VaultError> {
+pub(super) fn seal_raw(key: &KeyBytes, key_id: KeyId, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.expose()));
     let mut nonce = [0u8; 12];
     getrandom::fill(&mut nonce).map_err(|_| VaultError::Rng)?;
     let mut full_aad = aad.to_vec();
     full_aad.extend_from_slice(&key_id.0);
     let ct = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &full_aad,
-            },
-        )
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &full_aad })
         // Encryption fails only for inputs beyond GCM's 64 GiB limit; records are bytes long.
         .map_err(|_| VaultError::Malformed("plaintext too long"))?;
     let mut blob = Vec::with_capacity(HEADER_LEN + ct.len());
@@ -102,23 +91,13 @@ pub(super) fn seal_raw(
 
 pub(super) fn open_raw(key: &KeyBytes, aad: &[u8], blob: &[u8]) -> Result<SecretBytes, VaultError> {
     let key_id = blob_key_id(blob)?;
-    let nonce = blob
-        .get(9..HEADER_LEN)
-        .ok_or(VaultError::Malformed("too short"))?;
-    let ct = blob
-        .get(HEADER_LEN..)
-        .ok_or(VaultError::Malformed("too short"))?;
+    let nonce = blob.get(9..HEADER_LEN).ok_or(VaultError::Malformed("too short"))?;
+    let ct = blob.get(HEADER_LEN..).ok_or(VaultError::Malformed("too short"))?;
     let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key.expose()));
     let mut full_aad = aad.to_vec();
     full_aad.extend_from_slice(&key_id.0);
     cipher
-        .decrypt(
-            Nonce::from_slice(nonce),
-            Payload {
-                msg: ct,
-                aad: &full_aad,
-            },
-        )
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &full_aad })
         .map(Zeroizing::new)
         .map_err(|_| VaultError::Integrity(key_id))
 }
@@ -185,11 +164,7 @@ mod tests {
     fn a_sealed_record_opens_with_the_same_aad() {
         let k = DataKey::generate().unwrap();
         let acme = t("acme");
-        let aad = RecordAad {
-            tenant: &acme,
-            provider: "twilio",
-            version: 3,
-        };
+        let aad = RecordAad { tenant: &acme, provider: "twilio", version: 3 };
         let blob = k.seal(aad, b"{\"auth_token\":\"x\"}").unwrap();
         assert_eq!(&k.open(aad, &blob).unwrap()[..], b"{\"auth_token\":\"x\"}");
     }
@@ -198,28 +173,15 @@ mod tests {
     fn a_blob_moved_to_another_tenant_provider_or_version_fails_to_open() {
         let k = DataKey::generate().unwrap();
         let (acme, globex) = (t("acme"), t("globex"));
-        let aad = RecordAad {
-            tenant: &acme,
-            provider: "twilio",
-            version: 3,
-        };
+        let aad = RecordAad { tenant: &acme, provider: "twilio", version: 3 };
         let blob = k.seal(aad, b"secret").unwrap();
         for other in [
-            RecordAad {
-                tenant: &globex,
-                ..aad
-            },
-            RecordAad {
-                provider: "vapi",
-                ..aad
-            },
+            RecordAad { tenant: &globex, ..aad },
+            RecordAad { provider: "vapi", ..aad },
             RecordAad { version: 4, ..aad },
             RecordAad { version: 2, ..aad },
         ] {
-            assert!(matches!(
-                k.open(other, &blob),
-                Err(VaultError::Integrity(_))
-            ));
+            assert!(matches!(k.open(other, &blob), Err(VaultError::Integrity(_))));
         }
     }
 
@@ -227,11 +189,7 @@ mod tests {
     fn every_seal_uses_a_fresh_nonce() {
         let k = DataKey::generate().unwrap();
         let acme = t("acme");
-        let aad = RecordAad {
-            tenant: &acme,
-            provider: "vapi",
-            version: 1,
-        };
+        let aad = RecordAad { tenant: &acme, provider: "vapi", version: 1 };
         let a = k.seal(aad, b"same").unwrap();
         let b = k.seal(aad, b"same").unwrap();
         assert_ne!(a.get(9..21), b.get(9..21));
@@ -242,11 +200,7 @@ mod tests {
     fn a_flipped_bit_or_rewritten_key_id_fails_to_open() {
         let k = DataKey::generate().unwrap();
         let acme = t("acme");
-        let aad = RecordAad {
-            tenant: &acme,
-            provider: "vapi",
-            version: 1,
-        };
+        let aad = RecordAad { tenant: &acme, provider: "vapi", version: 1 };
         let blob = k.seal(aad, b"payload").unwrap();
         for i in 0..blob.len() {
             let mut b = blob.clone();

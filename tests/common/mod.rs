@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+pub mod fake;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
 /// A daemon configuration under construction.
@@ -24,6 +26,8 @@ pub struct DaemonConfig {
     pub log_level: String,
     /// Extra lines inside [admin].
     pub admin_extra: String,
+    /// When set, an [app] section with `unix = <dir>/app.sock` plus these lines.
+    pub app: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -36,6 +40,7 @@ impl Default for DaemonConfig {
             store_path: None,
             log_level: "keyward=trace,info".into(),
             admin_extra: String::new(),
+            app: None,
         }
     }
 }
@@ -55,25 +60,14 @@ pub struct Daemon {
 }
 
 pub fn write_key(path: &Path) {
-    let out = Command::new(BIN)
-        .args(["keygen", "--out"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "keygen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(BIN).args(["keygen", "--out"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "keygen failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 impl Daemon {
     /// A fresh directory with a master key and a config; not started.
     pub fn new(config: DaemonConfig) -> Daemon {
-        let tmp = tempfile::Builder::new()
-            .prefix("kw")
-            .tempdir_in(short_tmp())
-            .unwrap();
+        let tmp = tempfile::Builder::new().prefix("kw").tempdir_in(short_tmp()).unwrap();
         let dir = tmp.path().to_path_buf();
         let mut d = Daemon {
             admin_sock: dir.join("admin.sock"),
@@ -98,15 +92,8 @@ impl Daemon {
 
     pub fn write_config(&self) {
         let c = &self.config;
-        let store = c
-            .store_path
-            .clone()
-            .unwrap_or_else(|| self.dir.join("store"));
-        let previous: Vec<String> = c
-            .previous
-            .iter()
-            .map(|p| format!("\"{}\"", p.display()))
-            .collect();
+        let store = c.store_path.clone().unwrap_or_else(|| self.dir.join("store"));
+        let previous: Vec<String> = c.previous.iter().map(|p| format!("\"{}\"", p.display())).collect();
         let text = format!(
             r#"
 [store]
@@ -123,6 +110,7 @@ unix = "{admin}"
 
 [ops]
 listen = "127.0.0.1:0"
+{app}
 
 [log]
 format = "json"
@@ -135,23 +123,40 @@ level = "{level}"
             previous = previous.join(", "),
             admin = self.admin_sock.display(),
             admin_extra = c.admin_extra,
+            app = c
+                .app
+                .as_ref()
+                .map(|a| format!("[app]\nunix = \"{}\"\n{a}\n", self.app_sock().display()))
+                .unwrap_or_default(),
             level = c.log_level,
             extra = c.extra,
         );
         std::fs::write(&self.config_path, text).unwrap();
     }
 
+    pub fn app_sock(&self) -> PathBuf {
+        self.dir.join("app.sock")
+    }
+
+    /// One request to the app listener: status, headers, body.
+    pub async fn app(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> (u16, http::HeaderMap, Vec<u8>) {
+        let stream = tokio::net::UnixStream::connect(self.app_sock()).await.unwrap();
+        http_full(TokioIo::new(stream), method, path, body, headers).await
+    }
+
     pub fn store_path(&self) -> PathBuf {
-        self.config
-            .store_path
-            .clone()
-            .unwrap_or_else(|| self.dir.join("store"))
+        self.config.store_path.clone().unwrap_or_else(|| self.dir.join("store"))
     }
 
     /// Starts the daemon and waits for its "ready" log line.
     pub fn start(&mut self) -> &mut Self {
-        self.try_start()
-            .unwrap_or_else(|e| panic!("daemon did not start: {e}\n--- log ---\n{}", self.logs()));
+        self.try_start().unwrap_or_else(|e| panic!("daemon did not start: {e}\n--- log ---\n{}", self.logs()));
         self
     }
 
@@ -159,14 +164,8 @@ level = "{level}"
     pub fn try_start(&mut self) -> Result<(), String> {
         self.write_config();
         self.runs += 1;
-        let offset = std::fs::metadata(&self.log_path)
-            .map(|m| m.len())
-            .unwrap_or(0) as usize;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap();
+        let offset = std::fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config_path)
@@ -182,11 +181,7 @@ level = "{level}"
                 self.child = None;
                 return Err(format!("exited with {status}"));
             }
-            if self
-                .log_lines_from(offset)
-                .iter()
-                .any(|l| l["message"] == "ready")
-            {
+            if self.log_lines_from(offset).iter().any(|l| l["message"] == "ready") {
                 break;
             }
             if Instant::now() > deadline {
@@ -198,18 +193,9 @@ level = "{level}"
             .log_lines_from(offset)
             .iter()
             .filter(|l| l["message"] == "listening")
-            .map(|l| {
-                (
-                    l["listener"].as_str().unwrap().to_string(),
-                    l["addr"].as_str().unwrap().to_string(),
-                )
-            })
+            .map(|l| (l["listener"].as_str().unwrap().to_string(), l["addr"].as_str().unwrap().to_string()))
             .collect();
-        self.ops_addr = self
-            .addrs
-            .iter()
-            .find(|(n, _)| n == "ops")
-            .map(|(_, a)| a.clone());
+        self.ops_addr = self.addrs.iter().find(|(n, _)| n == "ops").map(|(_, a)| a.clone());
         Ok(())
     }
 
@@ -245,9 +231,7 @@ level = "{level}"
     /// SIGTERM and wait; returns the exit status code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(s) = c.try_wait().unwrap() {
@@ -266,41 +250,27 @@ level = "{level}"
     }
 
     pub fn log_lines(&self) -> Vec<Value> {
-        self.logs()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.logs().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 
     /// Runs the CLI against this daemon's admin socket.
     pub fn cli(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(BIN);
         cmd.arg("--admin").arg(&self.admin_sock).args(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().unwrap();
         if let Some(input) = stdin {
             use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
+            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
         }
         child.wait_with_output().unwrap()
     }
 
     /// One admin request; returns status and JSON body.
     pub async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (s, b) = self
-            .admin_raw(method, path, body.map(|b| b.as_bytes().to_vec()), &[])
-            .await;
+        let (s, b) = self.admin_raw(method, path, body.map(|b| b.as_bytes().to_vec()), &[]).await;
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
 
@@ -312,16 +282,12 @@ level = "{level}"
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> (u16, Vec<u8>) {
-        let stream = tokio::net::UnixStream::connect(&self.admin_sock)
-            .await
-            .unwrap();
+        let stream = tokio::net::UnixStream::connect(&self.admin_sock).await.unwrap();
         http_request(TokioIo::new(stream), method, path, body, headers).await
     }
 
     pub async fn ops(&self, path: &str) -> (u16, Value) {
-        let stream = tokio::net::TcpStream::connect(self.ops_addr.as_ref().unwrap())
-            .await
-            .unwrap();
+        let stream = tokio::net::TcpStream::connect(self.ops_addr.as_ref().unwrap()).await.unwrap();
         let (s, b) = http_request(TokioIo::new(stream), "GET", path, None, &[]).await;
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
@@ -347,26 +313,45 @@ where
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let mut req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "keyward");
+    let mut req = http::Request::builder().method(method).uri(path).header("host", "keyward");
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let req = req
-        .body(Full::new(Bytes::from(body.unwrap_or_default())))
-        .unwrap();
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
     (status, bytes)
+}
+
+/// Like [`http_request`], also returning the response headers.
+pub async fn http_full<I>(
+    io: I,
+    method: &str,
+    path: &str,
+    body: Option<Vec<u8>>,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, Vec<u8>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::builder().method(method).uri(path);
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req = req.header("host", "keyward");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let h = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    (status, h, bytes)
 }
 
 /// Unix socket paths must stay under 108 bytes: use /tmp rather than a long TMPDIR.
@@ -417,10 +402,7 @@ pub fn canary_hits(haystack: &[u8], canaries: &[&str]) -> usize {
     let mut hits = 0;
     for c in canaries {
         for f in canary_forms(c) {
-            hits += haystack
-                .windows(f.len())
-                .filter(|w| *w == f.as_slice())
-                .count();
+            hits += haystack.windows(f.len()).filter(|w| *w == f.as_slice()).count();
         }
     }
     hits

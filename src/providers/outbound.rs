@@ -1,0 +1,395 @@
+//! Outbound rules shared by every provider: where its calls go (base URL, region), which
+//! hosts may receive its credential, and the [`Injection`] a credential becomes. The
+//! provider files hold each provider's own rule; this file dispatches. Pure: no I/O.
+
+use base64::Engine;
+use http::{HeaderName, HeaderValue};
+use url::Url;
+use zeroize::Zeroizing;
+
+use super::{Builtin, ProviderDef, ProviderKind};
+use crate::config::InjectTemplate;
+use crate::secret::Secret;
+
+/// Read access to a credential's fields (implemented by `creds::Credential`), so the
+/// provider rules stay independent of how credentials are stored.
+pub trait FieldSource {
+    /// A secret field.
+    fn secret_field(&self, name: &str) -> Option<&Secret>;
+    /// A public string field.
+    fn public_field(&self, name: &str) -> Option<&str>;
+}
+
+/// What injecting a credential into one request means.
+#[derive(Default)]
+pub struct Injection {
+    /// Headers to set (values marked sensitive).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A query parameter to append (generic providers).
+    pub query: Option<(String, Zeroizing<String>)>,
+    /// A rewritten upstream path (Twilio `Accounts/_`).
+    pub path: Option<String>,
+    /// Byte strings that must never reach the app in a response (scrubbing).
+    pub scrub: Vec<Zeroizing<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Injection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injection")
+            .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field("query", &self.query.as_ref().map(|(n, _)| n))
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Why a credential cannot be injected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboundError {
+    /// The host is not on the provider's list for this credential.
+    #[error("{0} is not a host this provider's credential may be sent to")]
+    HostNotAllowed(String),
+    /// Twilio: the Account SID in the path is another account's.
+    #[error("the path names account {found}, but this tenant's account is {expected}; use /2010-04-01/Accounts/_/… to have keyward fill it in")]
+    AccountMismatch {
+        /// The tenant's SID.
+        expected: String,
+        /// The SID in the path.
+        found: String,
+    },
+    /// The credential lacks a field the injection needs.
+    #[error("the credential has no {0} field, which this call needs")]
+    MissingField(String),
+    /// Google: no access token (the token manager supplies one).
+    #[error("no Google access token is available for this tenant")]
+    NoToken,
+}
+
+/// A host (lower case) and port a credential may be sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostRule {
+    Exact(String, u16),
+    /// Any subdomain of the suffix (which starts with a dot), on port 443.
+    Suffix(&'static str),
+}
+
+impl HostRule {
+    fn matches(&self, host: &str, port: u16) -> bool {
+        match self {
+            HostRule::Exact(h, p) => h == host && *p == port,
+            HostRule::Suffix(s) => port == 443 && host.ends_with(s) && host.len() > s.len(),
+        }
+    }
+}
+
+fn exact(host: &str) -> HostRule {
+    HostRule::Exact(host.to_string(), 443)
+}
+
+fn url_host_rule(u: &Url) -> Option<HostRule> {
+    Some(HostRule::Exact(u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
+}
+
+// Invariant: only called with the URL literals of this file, each exercised by the unit
+// tests below, so parsing cannot fail at run time.
+#[allow(clippy::expect_used)]
+fn parse_fixed(s: &str) -> Url {
+    Url::parse(s).expect("a literal base URL parses")
+}
+
+const VAPI_US: &str = "https://api.vapi.ai";
+const VAPI_EU: &str = "https://api.eu.vapi.ai";
+const ELEVEN: [(&str, &str); 4] = [
+    ("us", "https://api.elevenlabs.io"),
+    ("eu", "https://api.eu.residency.elevenlabs.io"),
+    ("in", "https://api.in.residency.elevenlabs.io"),
+    ("sg", "https://api.sg.residency.elevenlabs.io"),
+];
+
+impl ProviderDef {
+    fn override_url(&self) -> Option<&Url> {
+        match &self.kind {
+            ProviderKind::Builtin(_, ov) => ov.base_url.as_ref(),
+            ProviderKind::Generic(g) => Some(&g.base_url),
+        }
+    }
+
+    /// Where this provider's calls go for a credential (region-aware), or its default.
+    pub fn base_url(&self, cred: Option<&dyn FieldSource>) -> Url {
+        if let Some(u) = self.override_url() {
+            return u.clone();
+        }
+        let region = cred.and_then(|c| c.public_field("region")).unwrap_or("us");
+        match &self.kind {
+            ProviderKind::Builtin(Builtin::Vapi, _) => parse_fixed(if region == "eu" { VAPI_EU } else { VAPI_US }),
+            ProviderKind::Builtin(Builtin::Twilio, _) => parse_fixed("https://api.twilio.com"),
+            ProviderKind::Builtin(Builtin::Google, _) => parse_fixed("https://www.googleapis.com"),
+            ProviderKind::Builtin(Builtin::Resend, _) => parse_fixed("https://api.resend.com"),
+            ProviderKind::Builtin(Builtin::ElevenLabs, _) => {
+                parse_fixed(ELEVEN.iter().find(|(r, _)| *r == region).map_or(ELEVEN[0].1, |(_, u)| u))
+            }
+            ProviderKind::Generic(g) => g.base_url.clone(),
+        }
+    }
+
+    /// Every host the provider can be reached at, whatever the region: used to find the
+    /// provider of an absolute-form request.
+    fn all_hosts(&self) -> Vec<HostRule> {
+        let mut rules: Vec<HostRule> = self.override_url().and_then(url_host_rule).into_iter().collect();
+        match &self.kind {
+            ProviderKind::Builtin(Builtin::Vapi, _) => rules.extend([exact("api.vapi.ai"), exact("api.eu.vapi.ai")]),
+            ProviderKind::Builtin(Builtin::Twilio, _) => rules.push(HostRule::Suffix(".twilio.com")),
+            ProviderKind::Builtin(Builtin::Google, _) => rules.push(exact("www.googleapis.com")),
+            ProviderKind::Builtin(Builtin::Resend, _) => rules.push(exact("api.resend.com")),
+            ProviderKind::Builtin(Builtin::ElevenLabs, _) => {
+                rules.extend(ELEVEN.iter().filter_map(|(_, u)| Url::parse(u).ok()).filter_map(|u| url_host_rule(&u)));
+                rules.push(exact("api.us.elevenlabs.io"));
+            }
+            ProviderKind::Generic(g) => rules.extend(g.hosts.iter().map(|h| exact(h))),
+        }
+        rules
+    }
+
+    /// Whether `host:port` belongs to this provider at all.
+    pub fn claims_host(&self, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.all_hosts().iter().any(|r| r.matches(&host, port))
+    }
+
+    /// Whether this credential may be sent to `host:port`. Vapi keys are region-bound:
+    /// only the tenant's region host (or the override) receives them.
+    pub fn allows(&self, cred: &dyn FieldSource, host: &str, port: u16) -> bool {
+        let host = host.to_ascii_lowercase();
+        if let ProviderKind::Builtin(Builtin::Vapi, ov) = &self.kind {
+            let target = match &ov.base_url {
+                Some(u) => u.clone(),
+                None => self.base_url(Some(cred)),
+            };
+            return url_host_rule(&target).is_some_and(|r| r.matches(&host, port));
+        }
+        self.claims_host(&host, port)
+    }
+
+    /// The injection for one request to `path` (already validated by the router).
+    pub fn inject(
+        &self,
+        cred: &dyn FieldSource,
+        path: &str,
+        google_token: Option<&Secret>,
+    ) -> Result<Injection, OutboundError> {
+        match &self.kind {
+            ProviderKind::Builtin(Builtin::Vapi, _) => bearer(cred, "api_key"),
+            ProviderKind::Builtin(Builtin::Resend, _) => bearer(cred, "api_key"),
+            ProviderKind::Builtin(Builtin::ElevenLabs, _) => {
+                let key = need(cred, "api_key")?;
+                Ok(Injection {
+                    headers: vec![(HeaderName::from_static("xi-api-key"), sensitive(key.expose().as_bytes())?)],
+                    scrub: vec![Zeroizing::new(key.expose().as_bytes().to_vec())],
+                    ..Injection::default()
+                })
+            }
+            ProviderKind::Builtin(Builtin::Twilio, _) => super::twilio::inject(cred, path),
+            ProviderKind::Builtin(Builtin::Google, _) => {
+                let token = google_token.ok_or(OutboundError::NoToken)?;
+                bearer_value(token)
+            }
+            ProviderKind::Generic(g) => generic(cred, &g.inject),
+        }
+    }
+}
+
+pub(super) fn need<'a>(cred: &'a dyn FieldSource, name: &str) -> Result<&'a Secret, OutboundError> {
+    cred.secret_field(name).ok_or_else(|| OutboundError::MissingField(name.to_string()))
+}
+
+/// A header value marked sensitive (never HPACK-indexed, redacted in hyper's Debug).
+pub(super) fn sensitive(bytes: &[u8]) -> Result<HeaderValue, OutboundError> {
+    let mut v =
+        HeaderValue::from_bytes(bytes).map_err(|_| OutboundError::MissingField("a header-safe secret".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn bearer(cred: &dyn FieldSource, field: &str) -> Result<Injection, OutboundError> {
+    bearer_value(need(cred, field)?)
+}
+
+fn bearer_value(secret: &Secret) -> Result<Injection, OutboundError> {
+    let value = Zeroizing::new(format!("Bearer {}", secret.expose()));
+    Ok(Injection {
+        headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
+        scrub: vec![Zeroizing::new(secret.expose().as_bytes().to_vec())],
+        ..Injection::default()
+    })
+}
+
+/// `Authorization: Basic base64(user:password)`; both the password and the encoded pair
+/// are scrubbed from responses.
+pub(super) fn basic(user: &str, password: &Secret) -> Result<Injection, OutboundError> {
+    let pair = Zeroizing::new(format!("{user}:{}", password.expose()));
+    let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+    let value = Zeroizing::new(format!("Basic {}", encoded.as_str()));
+    Ok(Injection {
+        headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
+        scrub: vec![Zeroizing::new(password.expose().as_bytes().to_vec()), Zeroizing::new(encoded.as_bytes().to_vec())],
+        ..Injection::default()
+    })
+}
+
+/// Renders `Bearer {api_key}`-style templates; every secret used is scrubbed.
+fn render(
+    cred: &dyn FieldSource,
+    template: &str,
+    scrub: &mut Vec<Zeroizing<Vec<u8>>>,
+) -> Result<Zeroizing<String>, OutboundError> {
+    let mut out = Zeroizing::new(String::with_capacity(template.len() + 64));
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(rest.get(..start).unwrap_or(""));
+        let after = rest.get(start + 1..).unwrap_or("");
+        let end = after.find('}').unwrap_or(after.len());
+        let name = after.get(..end).unwrap_or("");
+        if let Some(s) = cred.secret_field(name) {
+            out.push_str(s.expose());
+            scrub.push(Zeroizing::new(s.expose().as_bytes().to_vec()));
+        } else if let Some(p) = cred.public_field(name) {
+            out.push_str(p);
+        } else {
+            return Err(OutboundError::MissingField(name.to_string()));
+        }
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result<Injection, OutboundError> {
+    let mut scrub = Vec::new();
+    match inject {
+        InjectTemplate::Header { name, value } => {
+            let v = render(cred, value, &mut scrub)?;
+            let name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| OutboundError::MissingField(name.clone()))?;
+            scrub.push(Zeroizing::new(v.as_bytes().to_vec()));
+            Ok(Injection { headers: vec![(name, sensitive(v.as_bytes())?)], scrub, ..Injection::default() })
+        }
+        InjectTemplate::Basic { user, password } => {
+            let u = render(cred, user, &mut scrub)?;
+            let p = render(cred, password, &mut scrub)?;
+            let mut inj = basic(&u, &Secret::new(p.to_string()))?;
+            inj.scrub.extend(scrub);
+            Ok(inj)
+        }
+        InjectTemplate::Query { name, value } => {
+            let v = render(cred, value, &mut scrub)?;
+            Ok(Injection { query: Some((name.clone(), v)), scrub, ..Injection::default() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProvidersConfig;
+    use crate::providers::Providers;
+    use std::collections::BTreeMap;
+
+    struct Fields(BTreeMap<&'static str, Secret>, BTreeMap<&'static str, &'static str>);
+
+    impl FieldSource for Fields {
+        fn secret_field(&self, name: &str) -> Option<&Secret> {
+            self.0.get(name)
+        }
+        fn public_field(&self, name: &str) -> Option<&str> {
+            self.1.get(name).copied()
+        }
+    }
+
+    fn fields(secrets: &[(&'static str, &str)], public: &[(&'static str, &'static str)]) -> Fields {
+        Fields(
+            secrets.iter().map(|(k, v)| (*k, Secret::new((*v).to_string()))).collect(),
+            public.iter().copied().collect(),
+        )
+    }
+
+    fn header(inj: &Injection, name: &str) -> String {
+        let (_, v) = inj.headers.iter().find(|(n, _)| n == name).unwrap();
+        assert!(v.is_sensitive(), "{name} is marked sensitive");
+        v.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn each_builtin_injects_the_header_its_provider_expects() {
+        let p = Providers::from_config(&ProvidersConfig::default());
+        let key = fields(&[("api_key", "k-123")], &[]);
+        assert_eq!(header(&p.get("vapi").unwrap().inject(&key, "/", None).unwrap(), "authorization"), "Bearer k-123");
+        assert_eq!(header(&p.get("resend").unwrap().inject(&key, "/", None).unwrap(), "authorization"), "Bearer k-123");
+        assert_eq!(header(&p.get("elevenlabs").unwrap().inject(&key, "/", None).unwrap(), "xi-api-key"), "k-123");
+        let tok = Secret::new("ya29.token".into());
+        assert_eq!(
+            header(&p.get("google").unwrap().inject(&key, "/", Some(&tok)).unwrap(), "authorization"),
+            "Bearer ya29.token"
+        );
+        assert_eq!(p.get("google").unwrap().inject(&key, "/", None).unwrap_err(), OutboundError::NoToken);
+    }
+
+    #[test]
+    fn vapi_keys_go_only_to_their_region() {
+        let p = Providers::from_config(&ProvidersConfig::default());
+        let vapi = p.get("vapi").unwrap();
+        let eu = fields(&[("api_key", "k")], &[("region", "eu")]);
+        let us = fields(&[("api_key", "k")], &[]);
+        assert_eq!(vapi.base_url(Some(&eu)).as_str(), "https://api.eu.vapi.ai/");
+        assert!(vapi.allows(&eu, "api.eu.vapi.ai", 443));
+        assert!(!vapi.allows(&eu, "api.vapi.ai", 443));
+        assert!(vapi.allows(&us, "api.vapi.ai", 443));
+        assert!(vapi.claims_host("api.eu.vapi.ai", 443) && vapi.claims_host("API.VAPI.AI", 443));
+        assert!(!vapi.claims_host("api.vapi.ai", 8443));
+    }
+
+    #[test]
+    fn twilio_claims_its_subdomains_only() {
+        let p = Providers::from_config(&ProvidersConfig::default());
+        let tw = p.get("twilio").unwrap();
+        assert!(tw.claims_host("api.twilio.com", 443) && tw.claims_host("messaging.twilio.com", 443));
+        assert!(!tw.claims_host("twilio.com.evil.example", 443));
+        assert!(!tw.claims_host("eviltwilio.com", 443));
+        assert!(!tw.claims_host(".twilio.com", 443));
+        for other in ["vapi", "google", "resend", "elevenlabs"] {
+            assert!(!p.get(other).unwrap().claims_host("169.254.169.254", 443));
+        }
+    }
+
+    #[test]
+    fn elevenlabs_follows_its_region_and_lists_residency_hosts() {
+        let p = Providers::from_config(&ProvidersConfig::default());
+        let el = p.get("elevenlabs").unwrap();
+        let sg = fields(&[("api_key", "k")], &[("region", "sg")]);
+        assert_eq!(el.base_url(Some(&sg)).host_str(), Some("api.sg.residency.elevenlabs.io"));
+        for h in [
+            "api.elevenlabs.io",
+            "api.us.elevenlabs.io",
+            "api.eu.residency.elevenlabs.io",
+            "api.in.residency.elevenlabs.io",
+        ] {
+            assert!(el.claims_host(h, 443), "{h}");
+        }
+    }
+
+    #[test]
+    fn generic_templates_render_and_scrub_every_secret_used() {
+        let mut t = InjectTemplate::Basic { user: "{account}".into(), password: "{api_key}".into() };
+        let f = fields(&[("api_key", "sk-9")], &[("account", "acct")]);
+        let inj = generic(&f, &t).unwrap();
+        assert_eq!(
+            header(&inj, "authorization"),
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("acct:sk-9"))
+        );
+        assert!(inj.scrub.iter().any(|s| s.as_slice() == b"sk-9"));
+        t = InjectTemplate::Query { name: "key".into(), value: "{api_key}".into() };
+        let inj = generic(&f, &t).unwrap();
+        assert_eq!(inj.query.as_ref().map(|(n, v)| (n.as_str(), v.as_str())), Some(("key", "sk-9")));
+        t = InjectTemplate::Header { name: "x-api-key".into(), value: "Token {missing}".into() };
+        assert_eq!(generic(&f, &t).unwrap_err(), OutboundError::MissingField("missing".into()));
+    }
+}

@@ -1,0 +1,235 @@
+//! Request routing for the app listener (CONTRACT.md §4): which tenant, which provider,
+//! which upstream path. Pure: headers and URI in, a [`Target`] or an error out.
+//!
+//! Forms: `/{provider}/{path}` + `Keyward-Tenant`; `/t/{tenant}/{provider}/{path}`; and the
+//! HTTP/1.1 absolute form `http://host/path` (keyward as `HTTP_PROXY`), whose host must
+//! belong to a provider. Dot segments (`..`, `%2e%2e`, …) are refused anywhere in the
+//! path, so a request can never climb out of its provider or tenant.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Uri, Version};
+use percent_encoding::percent_decode_str;
+
+use crate::ids::TenantId;
+use crate::providers::{ProviderDef, Providers};
+
+/// Where a request goes, before the credential is known.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) tenant: TenantId,
+    pub(crate) provider: Arc<ProviderDef>,
+    /// Upstream path, still percent-encoded as received, starting with `/`.
+    pub(crate) path: String,
+    /// Query string as received, without `?`.
+    pub(crate) query: Option<String>,
+    /// Absolute form: the host and port the app named.
+    pub(crate) authority: Option<(String, u16)>,
+}
+
+/// Why a request cannot be routed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unknown provider \"{0}\"")]
+    UnknownProvider(String),
+    #[error("{0} belongs to no configured provider; keyward only forwards to provider hosts")]
+    HostNotAllowed(String),
+}
+
+const TENANT_HEADER: &str = "keyward-tenant";
+
+fn header_tenant(headers: &HeaderMap) -> Result<Option<TenantId>, RouteError> {
+    let mut values = headers.get_all(TENANT_HEADER).iter();
+    let Some(v) = values.next() else { return Ok(None) };
+    if values.next().is_some() {
+        return Err(RouteError::BadRequest("Keyward-Tenant appears more than once".into()));
+    }
+    let s = v.to_str().map_err(|_| RouteError::BadRequest("Keyward-Tenant must be ASCII".into()))?;
+    TenantId::parse(s).map(Some).map_err(|e| RouteError::BadRequest(format!("Keyward-Tenant: {e}")))
+}
+
+fn check_dot_segments(path: &str) -> Result<(), RouteError> {
+    for seg in path.split('/') {
+        let decoded = percent_decode_str(seg).collect::<Vec<u8>>();
+        if decoded.contains(&0) {
+            return Err(RouteError::BadRequest("the path contains NUL".into()));
+        }
+        // An encoded `/` or `\` inside a segment could become a separator upstream: check
+        // the pieces it would split into too.
+        if decoded.split(|c| *c == b'/' || *c == b'\\').any(|part| part == b"." || part == b"..") {
+            return Err(RouteError::BadRequest(
+                "the path contains a dot segment (. or ..); send a normalised path".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn lookup(providers: &Providers, name: &str) -> Result<Arc<ProviderDef>, RouteError> {
+    let decoded = percent_decode_str(name).decode_utf8_lossy();
+    providers.get(&decoded).cloned().ok_or_else(|| RouteError::UnknownProvider(decoded.chars().take(64).collect()))
+}
+
+/// Routes one request.
+pub(crate) fn route(
+    version: Version,
+    uri: &Uri,
+    headers: &HeaderMap,
+    providers: &Providers,
+) -> Result<Target, RouteError> {
+    let path = uri.path();
+    let query = uri.query().map(str::to_string);
+    check_dot_segments(path)?;
+
+    // Absolute form (HTTP/1.x only: HTTP/2 requests always carry an authority).
+    if version <= Version::HTTP_11 {
+        if let Some(auth) = uri.authority() {
+            let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            let port = auth.port_u16().unwrap_or(443);
+            let tenant = header_tenant(headers)?.ok_or_else(|| {
+                RouteError::BadRequest("an absolute-form (HTTP_PROXY) request needs a Keyward-Tenant header".into())
+            })?;
+            let provider = providers
+                .names()
+                .filter_map(|n| providers.get(n))
+                .find(|p| p.claims_host(&host, port))
+                .cloned()
+                .ok_or_else(|| RouteError::HostNotAllowed(format!("{host}:{port}")))?;
+            return Ok(Target {
+                tenant,
+                provider,
+                path: if path.is_empty() { "/".into() } else { path.to_string() },
+                query,
+                authority: Some((host, port)),
+            });
+        }
+    }
+
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let (tenant, provider, upstream) = if let Some(after) = rest.strip_prefix("t/") {
+        let mut parts = after.splitn(3, '/');
+        let t = parts.next().unwrap_or("");
+        let p = parts.next().unwrap_or("");
+        let up = parts.next().unwrap_or("");
+        let t = percent_decode_str(t)
+            .decode_utf8()
+            .map_err(|_| RouteError::BadRequest("the tenant segment is not UTF-8".into()))?;
+        let tenant = TenantId::parse(&t).map_err(|e| RouteError::BadRequest(e.to_string()))?;
+        if let Some(h) = header_tenant(headers)? {
+            if h != tenant {
+                return Err(RouteError::BadRequest(
+                    "Keyward-Tenant names a different tenant than the /t/{tenant}/ path".into(),
+                ));
+            }
+        }
+        if p.is_empty() {
+            return Err(RouteError::BadRequest("use /t/{tenant}/{provider}/{path}".into()));
+        }
+        (tenant, lookup(providers, p)?, up)
+    } else {
+        let (p, up) = rest.split_once('/').unwrap_or((rest, ""));
+        if p.is_empty() {
+            return Err(RouteError::BadRequest(
+                "use /{provider}/{path} with Keyward-Tenant, or /t/{tenant}/{provider}/{path}".into(),
+            ));
+        }
+        let provider = lookup(providers, p)?;
+        let tenant = header_tenant(headers)?.ok_or_else(|| {
+            RouteError::BadRequest("send Keyward-Tenant: <tenant id>, or use /t/{tenant}/{provider}/{path}".into())
+        })?;
+        (tenant, provider, up)
+    };
+    Ok(Target { tenant, provider, path: format!("/{upstream}"), query, authority: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProvidersConfig;
+    use http::HeaderValue;
+
+    fn providers() -> Providers {
+        Providers::from_config(&ProvidersConfig::default())
+    }
+
+    fn hdrs(tenant: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(t) = tenant {
+            h.insert(TENANT_HEADER, HeaderValue::from_str(t).unwrap());
+        }
+        h
+    }
+
+    fn r(uri: &str, tenant: Option<&str>) -> Result<Target, RouteError> {
+        route(Version::HTTP_11, &uri.parse().unwrap(), &hdrs(tenant), &providers())
+    }
+
+    #[test]
+    fn the_three_forms_route_to_the_same_place() {
+        let a = r("/twilio/2010-04-01/Accounts/_/Messages.json?x=1", Some("acme")).unwrap();
+        let b = r("/t/acme/twilio/2010-04-01/Accounts/_/Messages.json?x=1", None).unwrap();
+        let c = r("http://api.twilio.com/2010-04-01/Accounts/_/Messages.json?x=1", Some("acme")).unwrap();
+        for t in [&a, &b, &c] {
+            assert_eq!(t.tenant.as_str(), "acme");
+            assert_eq!(t.provider.name.as_str(), "twilio");
+            assert_eq!(t.path, "/2010-04-01/Accounts/_/Messages.json");
+            assert_eq!(t.query.as_deref(), Some("x=1"));
+        }
+        assert_eq!(c.authority, Some(("api.twilio.com".to_string(), 443)));
+    }
+
+    #[test]
+    fn dot_segments_are_refused_in_every_spelling() {
+        for p in [
+            "/vapi/../../v1/tenants",
+            "/vapi/%2e%2e/x",
+            "/vapi/%2E%2E/x",
+            "/vapi/.%2e/x",
+            "/t/acme/../globex/vapi/x",
+            "/vapi/./x",
+            "/vapi/%2e/x",
+            "/vapi/a/%00",
+            "/vapi/%2e%2e%2fx",
+            "/vapi/x%5c..%5cy",
+        ] {
+            assert!(matches!(r(p, Some("acme")), Err(RouteError::BadRequest(_))), "{p}");
+        }
+        assert!(r("/vapi/assistant/a..b", Some("acme")).is_ok(), "dots inside a segment are fine");
+    }
+
+    #[test]
+    fn hosts_outside_every_provider_are_refused() {
+        assert!(matches!(
+            r("http://169.254.169.254/latest/meta-data", Some("acme")),
+            Err(RouteError::HostNotAllowed(_))
+        ));
+        assert!(matches!(r("http://api.twilio.com.evil.example/x", Some("acme")), Err(RouteError::HostNotAllowed(_))));
+    }
+
+    #[test]
+    fn the_tenant_must_be_named_once_and_agree() {
+        assert!(matches!(r("/vapi/assistant", None), Err(RouteError::BadRequest(_))));
+        assert!(matches!(r("/vapi/assistant", Some("Bad Tenant")), Err(RouteError::BadRequest(_))));
+        assert!(matches!(r("/t/acme/vapi/assistant", Some("globex")), Err(RouteError::BadRequest(_))));
+        assert!(matches!(r("/t/ACME/vapi/assistant", None), Err(RouteError::BadRequest(_))));
+        assert!(matches!(r("/nope/x", Some("acme")), Err(RouteError::UnknownProvider(_))));
+        let mut two = hdrs(Some("acme"));
+        two.append(TENANT_HEADER, HeaderValue::from_static("globex"));
+        assert!(route(Version::HTTP_11, &"/vapi/x".parse().unwrap(), &two, &providers()).is_err());
+    }
+
+    #[test]
+    fn http2_requests_route_by_path_even_with_an_authority() {
+        let t = route(
+            Version::HTTP_2,
+            &"http://localhost/vapi/assistant".parse().unwrap(),
+            &hdrs(Some("acme")),
+            &providers(),
+        )
+        .unwrap();
+        assert_eq!(t.provider.name.as_str(), "vapi");
+        assert_eq!(t.authority, None);
+    }
+}

@@ -1,0 +1,192 @@
+//! Response scrubbing: when an upstream echoes the injected secret (an error message that
+//! repeats the key, a debug endpoint that mirrors headers), the app sees it masked.
+//!
+//! Only identity-encoded textual bodies (JSON, text, XML, forms) are scanned; a compressed
+//! body cannot be searched without decompressing it, and audio or other binary bodies
+//! stream untouched so the first chunk is never held back. Matches are replaced by `*` of
+//! the same length, so `Content-Length` stays true. To catch a secret split across two
+//! chunks, the last `longest pattern − 1` bytes of each chunk wait for the next one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue};
+use http_body::{Body, Frame};
+use zeroize::Zeroizing;
+
+/// Masks every occurrence of any pattern in `buf`, in place. Returns whether it did.
+pub(crate) fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
+    let mut hit = false;
+    for p in patterns {
+        if p.is_empty() || p.len() > buf.len() {
+            continue;
+        }
+        let mut i = 0;
+        while i + p.len() <= buf.len() {
+            if buf.get(i..i + p.len()) == Some(p.as_slice()) {
+                if let Some(s) = buf.get_mut(i..i + p.len()) {
+                    s.fill(b'*');
+                }
+                hit = true;
+                i += p.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+    hit
+}
+
+/// Masks secrets in response header values. Returns how many headers were changed.
+pub(crate) fn scrub_headers(headers: &mut HeaderMap, patterns: &[Zeroizing<Vec<u8>>]) -> usize {
+    let mut changed = 0;
+    for v in headers.values_mut() {
+        let mut bytes = v.as_bytes().to_vec();
+        if mask(&mut bytes, patterns) {
+            if let Ok(nv) = HeaderValue::from_bytes(&bytes) {
+                *v = nv;
+                changed += 1;
+            }
+        }
+    }
+    changed
+}
+
+/// Whether a response body should be scanned.
+pub(crate) fn is_scannable(headers: &HeaderMap) -> bool {
+    let identity =
+        headers.get(http::header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    let textual = headers.get(http::header::CONTENT_TYPE).is_none_or(|v| {
+        let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
+        ct.starts_with("text/")
+            || ct.contains("json")
+            || ct.contains("xml")
+            || ct.contains("x-www-form-urlencoded")
+            || ct.contains("javascript")
+    });
+    identity && textual
+}
+
+/// A body wrapper that masks secrets as the body streams.
+pub(crate) struct Scrubbed<B> {
+    inner: B,
+    patterns: Vec<Zeroizing<Vec<u8>>>,
+    carry: BytesMut,
+    keep: usize,
+    done: bool,
+    trailers: Option<HeaderMap>,
+}
+
+impl<B> Scrubbed<B> {
+    pub(crate) fn new(inner: B, patterns: Vec<Zeroizing<Vec<u8>>>) -> Self {
+        let keep = patterns.iter().map(|p| p.len()).max().unwrap_or(1).saturating_sub(1);
+        Scrubbed { inner, patterns, carry: BytesMut::new(), keep, done: false, trailers: None }
+    }
+}
+
+impl<B> Body for Scrubbed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                if !this.carry.is_empty() {
+                    let rest = this.carry.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(rest))));
+                }
+                return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    mask(&mut this.carry, &this.patterns);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        this.carry.extend_from_slice(&data);
+                        mask(&mut this.carry, &this.patterns);
+                        let emit = this.carry.len().saturating_sub(this.keep);
+                        if emit > 0 {
+                            let out = this.carry.split_to(emit).freeze();
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                    }
+                    Err(frame) => {
+                        // Trailers end the body: flush what is held, then send them.
+                        this.done = true;
+                        mask(&mut this.carry, &this.patterns);
+                        this.trailers = frame.into_trailers().ok();
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.carry.is_empty() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        // Masking keeps lengths, so the inner hint stays exact.
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn pats(p: &[&str]) -> Vec<Zeroizing<Vec<u8>>> {
+        p.iter().map(|s| Zeroizing::new(s.as_bytes().to_vec())).collect()
+    }
+
+    #[test]
+    fn every_occurrence_is_masked_with_the_same_length() {
+        let mut b = b"key=sk-123 and again sk-123.".to_vec();
+        assert!(mask(&mut b, &pats(&["sk-123"])));
+        assert_eq!(b, b"key=****** and again ******.");
+        let mut none = b"nothing here".to_vec();
+        assert!(!mask(&mut none, &pats(&["sk-123"])));
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_across_chunks_is_still_masked() {
+        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            ["{\"error\":\"bad key sk-1", "23456 was rejected\"}"]
+                .iter()
+                .map(|s| Ok(Frame::data(Bytes::from(*s))))
+                .collect();
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        let out = Scrubbed::new(body, pats(&["sk-123456"])).collect().await.unwrap().to_bytes();
+        assert_eq!(&out[..], b"{\"error\":\"bad key ********* was rejected\"}");
+    }
+
+    #[test]
+    fn only_identity_text_bodies_are_scanned() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        assert!(is_scannable(&h));
+        h.insert("content-encoding", HeaderValue::from_static("gzip"));
+        assert!(!is_scannable(&h));
+        let mut a = HeaderMap::new();
+        a.insert("content-type", HeaderValue::from_static("audio/mpeg"));
+        assert!(!is_scannable(&a));
+    }
+
+    #[test]
+    fn header_values_are_masked() {
+        let mut h = HeaderMap::new();
+        h.insert("x-echo", HeaderValue::from_static("Bearer sk-123"));
+        assert_eq!(scrub_headers(&mut h, &pats(&["sk-123"])), 1);
+        assert_eq!(h["x-echo"], "Bearer ******");
+    }
+}
