@@ -1,0 +1,259 @@
+//! End-to-end: transports of the app listener and the upstream side: WebSocket upgrades,
+//! the mTLS TCP listener with SAN policy, HTTP/2 (h2c on the socket, ALPN on TLS and
+//! upstream), and streaming without buffering.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::fake::*;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+
+const EL_KEY: &str = "sk_CANARYelevenWs00000000000000001";
+const VAPI_KEY: &str = "CANARYvapiTransport0000000000002";
+
+async fn put(d: &Daemon, tenant: &str, provider: &str, fields: serde_json::Value) {
+    let (s, v) = d.admin("PUT", &format!("/v1/tenants/{tenant}/credentials/{provider}"), Some(&fields.to_string())).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// A TLS WebSocket server that records the handshake headers and echoes every message.
+async fn ws_server(pki: &Pki) -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(&[b"http/1.1"]));
+    let seen: Arc<Mutex<Vec<http::HeaderMap>>> = Arc::default();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let seen = s2.clone();
+            tokio::spawn(async move {
+                let tls = acceptor.accept(tcp).await.unwrap();
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                    seen.lock().unwrap().push(req.headers().clone());
+                    Ok(resp)
+                };
+                let mut ws = tokio_tungstenite::accept_hdr_async(tls, cb).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{port}"), seen)
+}
+
+#[tokio::test]
+async fn a_websocket_passes_through_with_the_credential_in_the_handshake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (url, seen) = ws_server(&pki).await;
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{url}\"\n", pki.ca_pem.display()),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "elevenlabs", json!({"api_key": EL_KEY})).await;
+
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = "ws://localhost/elevenlabs/v1/text-to-speech/voice-1/stream-input?model_id=m".into_client_request().unwrap();
+    req.headers_mut().insert("keyward-tenant", "acme".parse().unwrap());
+    req.headers_mut().insert("xi-api-key", "app-must-not-send".parse().unwrap());
+    let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("{\"text\":\"hello\"}")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "{\"text\":\"hello\"}");
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    let echo = ws.next().await.unwrap().unwrap();
+    assert_eq!(echo.into_data().as_ref(), &[1, 2, 3]);
+    ws.close(None).await.unwrap();
+
+    let handshake = seen.lock().unwrap()[0].clone();
+    assert_eq!(handshake["xi-api-key"], EL_KEY, "the credential was injected into the upgrade request");
+    assert_eq!(handshake.get_all("xi-api-key").iter().count(), 1);
+    assert!(handshake.get("keyward-tenant").is_none());
+    assert_eq!(handshake["upgrade"].to_str().unwrap().to_ascii_lowercase(), "websocket");
+}
+
+fn mtls_app(pki: &Pki, clients: &str) -> String {
+    format!(
+        "tcp = \"127.0.0.1:0\"\n[app.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n{clients}",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_pem.display()
+    )
+}
+
+async fn tls_request(d: &Daemon, pki: &Pki, client: Option<(&std::path::Path, &std::path::Path)>, h2: bool, tenant: &str) -> Result<(u16, http::HeaderMap, http::Version), String> {
+    let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config(client, alpn));
+    let tcp = tokio::net::TcpStream::connect(d.addr("app-tls")).await.unwrap();
+    let tls = connector.connect("localhost".try_into().unwrap(), tcp).await.map_err(|e| e.to_string())?;
+    let req = http::Request::builder()
+        .uri(if h2 { "https://localhost/vapi/assistant" } else { "/vapi/assistant" })
+        .header("keyward-tenant", tenant)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = if h2 {
+        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = req;
+        req.headers_mut().remove("host");
+        s.send_request(req).await.map_err(|e| e.to_string())?
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        s.send_request(req).await.map_err(|e| e.to_string())?
+    };
+    Ok((resp.status().as_u16(), resp.headers().clone(), resp.version()))
+}
+
+#[tokio::test]
+async fn the_mtls_listener_requires_a_client_certificate_and_applies_san_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let vapi = FakeProvider::start(&pki).await;
+    let app_cert = pki.client_cert("app", "spiffe://test/ns/voice/sa/agent");
+    let other_cert = pki.client_cert("other", "spiffe://test/ns/other/sa/x");
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(mtls_app(&pki, "[[app.clients]]\nsan = \"spiffe://test/ns/voice/sa/agent\"\ntenants = [\"acme\"]\n")),
+        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n", pki.ca_pem.display(), vapi.url),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
+    put(&d, "globex", "vapi", json!({"api_key": "k2"})).await;
+
+    let (s, _, v) = tls_request(&d, &pki, Some((&app_cert.0, &app_cert.1)), false, "acme").await.unwrap();
+    assert_eq!((s, v), (200, http::Version::HTTP_11));
+    assert_eq!(vapi.last().header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
+    // ALPN h2 on the TLS listener.
+    let (s, _, v) = tls_request(&d, &pki, Some((&app_cert.0, &app_cert.1)), true, "acme").await.unwrap();
+    assert_eq!((s, v), (200, http::Version::HTTP_2));
+    // Outside the SAN's tenants, or another SAN: tenant_not_allowed.
+    let (s, h, _) = tls_request(&d, &pki, Some((&app_cert.0, &app_cert.1)), false, "globex").await.unwrap();
+    assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "tenant_not_allowed"));
+    let (s, h, _) = tls_request(&d, &pki, Some((&other_cert.0, &other_cert.1)), false, "acme").await.unwrap();
+    assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "tenant_not_allowed"));
+    // No client certificate: the handshake (or the first request) fails.
+    assert!(tls_request(&d, &pki, None, false, "acme").await.is_err());
+    // The Unix socket peer (uid) matches no rule either.
+    let (s, h, _) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "tenant_not_allowed"));
+}
+
+#[tokio::test]
+async fn h2c_on_the_socket_and_h2_upstream_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let vapi = FakeProvider::start(&pki).await;
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n", pki.ca_pem.display(), vapi.url),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
+    let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = http::Request::builder()
+            .uri(format!("http://localhost/vapi/assistant/{i}"))
+            .header("keyward-tenant", "acme")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = s.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        resp.into_body().collect().await.unwrap();
+    }
+    let r = vapi.last();
+    assert_eq!(r.path_and_query, "/assistant/2");
+    assert_eq!(r.version, http::Version::HTTP_2, "the provider offered h2 and keyward used it");
+    assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmHWM:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn large_bodies_stream_both_ways_without_buffering() {
+    const SIZE: u64 = 200 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let handler: Handler = Arc::new(|r: Recorded| {
+        Box::pin(async move {
+            if r.method == "POST" {
+                return json_response(200, &format!("{{\"received\":{}}}", r.body_len));
+            }
+            // Download: SIZE bytes in 64 KiB chunks.
+            let chunk = Bytes::from(vec![b'a'; 64 << 10]);
+            let n = SIZE / (64 << 10);
+            let stream = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))));
+            http::Response::builder().header("content-type", "application/octet-stream").body(http_body_util::StreamBody::new(stream).boxed_unsync()).unwrap()
+        })
+    });
+    let fake = FakeProvider::with_handler(&pki, handler).await;
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        log_level: "info".into(),
+        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{}\"\n", pki.ca_pem.display(), fake.url),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "elevenlabs", json!({"api_key": EL_KEY})).await;
+    let base = peak_rss_kib(d.pid());
+
+    // Upload, streamed from the client in chunks.
+    let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let chunk = Bytes::from(vec![b'u'; 64 << 10]);
+    let up = futures_util::stream::iter((0..SIZE / (64 << 10)).map(move |_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))));
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/elevenlabs/v1/upload")
+        .header("host", "k")
+        .header("keyward-tenant", "acme")
+        .body(http_body_util::StreamBody::new(up))
+        .unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], format!("{{\"received\":{SIZE}}}").as_bytes());
+
+    // Download, counted as it arrives.
+    let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder().uri("/elevenlabs/v1/download").header("host", "k").header("keyward-tenant", "acme").body(Full::new(Bytes::new())).unwrap();
+    let mut body = s.send_request(req).await.unwrap().into_body();
+    let mut total = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Ok(data) = f.unwrap().into_data() {
+            total += data.len() as u64;
+        }
+    }
+    assert_eq!(total, SIZE);
+    let peak = peak_rss_kib(d.pid());
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB moving 2 × 200 MiB");
+    assert!(peak - base < 24 * 1024, "peak RSS grew by {} KiB moving 2 × 200 MiB (base {base} KiB, peak {peak} KiB)", peak - base);
+}
