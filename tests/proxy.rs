@@ -320,7 +320,9 @@ impl TapMkdir for std::path::PathBuf {
 async fn upstream_errors_are_relayed_untouched() {
     let handler: Handler = Arc::new(|r: Recorded| {
         Box::pin(async move {
-            if r.path_and_query.contains("missing") {
+            if r.path_and_query.contains("redirect") {
+                http::Response::builder().status(302).header("location", "https://evil.example/steal").body(full("")).unwrap()
+            } else if r.path_and_query.contains("missing") {
                 json_response(404, r#"{"code":20404,"message":"The requested resource was not found"}"#)
             } else {
                 json_response(503, r#"{"message":"try later"}"#)
@@ -336,6 +338,11 @@ async fn upstream_errors_are_relayed_untouched() {
     let (s, h, _) = e.d.app("GET", "/twilio/x", &[("keyward-tenant", "acme")], None).await;
     assert_eq!(s, 503);
     assert!(h.get("keyward-error").is_none());
+    // A redirect is relayed, never followed (the credential never goes to its target).
+    let before = e.twilio.count();
+    let (s, h, _) = e.d.app("GET", "/twilio/redirect", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!((s, h["location"].to_str().unwrap()), (302, "https://evil.example/steal"));
+    assert_eq!(e.twilio.count(), before + 1);
 }
 
 #[tokio::test]
