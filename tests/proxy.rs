@@ -321,7 +321,11 @@ async fn upstream_errors_are_relayed_untouched() {
     let handler: Handler = Arc::new(|r: Recorded| {
         Box::pin(async move {
             if r.path_and_query.contains("redirect") {
-                http::Response::builder().status(302).header("location", "https://evil.example/steal").body(full("")).unwrap()
+                http::Response::builder()
+                    .status(302)
+                    .header("location", "https://evil.example/steal")
+                    .body(full(""))
+                    .unwrap()
             } else if r.path_and_query.contains("missing") {
                 json_response(404, r#"{"code":20404,"message":"The requested resource was not found"}"#)
             } else {

@@ -21,7 +21,8 @@ const EL_KEY: &str = "sk_CANARYelevenWs00000000000000001";
 const VAPI_KEY: &str = "CANARYvapiTransport0000000000002";
 
 async fn put(d: &Daemon, tenant: &str, provider: &str, fields: serde_json::Value) {
-    let (s, v) = d.admin("PUT", &format!("/v1/tenants/{tenant}/credentials/{provider}"), Some(&fields.to_string())).await;
+    let (s, v) =
+        d.admin("PUT", &format!("/v1/tenants/{tenant}/credentials/{provider}"), Some(&fields.to_string())).await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -62,14 +63,18 @@ async fn a_websocket_passes_through_with_the_credential_in_the_handshake() {
     let (url, seen) = ws_server(&pki).await;
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
-        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{url}\"\n", pki.ca_pem.display()),
+        extra: format!(
+            "[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{url}\"\n",
+            pki.ca_pem.display()
+        ),
         ..DaemonConfig::default()
     });
     d.start();
     put(&d, "acme", "elevenlabs", json!({"api_key": EL_KEY})).await;
 
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = "ws://localhost/elevenlabs/v1/text-to-speech/voice-1/stream-input?model_id=m".into_client_request().unwrap();
+    let mut req =
+        "ws://localhost/elevenlabs/v1/text-to-speech/voice-1/stream-input?model_id=m".into_client_request().unwrap();
     req.headers_mut().insert("keyward-tenant", "acme".parse().unwrap());
     req.headers_mut().insert("xi-api-key", "app-must-not-send".parse().unwrap());
     let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
@@ -99,7 +104,13 @@ fn mtls_app(pki: &Pki, clients: &str) -> String {
     )
 }
 
-async fn tls_request(d: &Daemon, pki: &Pki, client: Option<(&std::path::Path, &std::path::Path)>, h2: bool, tenant: &str) -> Result<(u16, http::HeaderMap, http::Version), String> {
+async fn tls_request(
+    d: &Daemon,
+    pki: &Pki,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+    h2: bool,
+    tenant: &str,
+) -> Result<(u16, http::HeaderMap, http::Version), String> {
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
     let connector = tokio_rustls::TlsConnector::from(pki.client_config(client, alpn));
     let tcp = tokio::net::TcpStream::connect(d.addr("app-tls")).await.unwrap();
@@ -111,13 +122,16 @@ async fn tls_request(d: &Daemon, pki: &Pki, client: Option<(&std::path::Path, &s
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = if h2 {
-        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         let mut req = req;
         req.headers_mut().remove("host");
         s.send_request(req).await.map_err(|e| e.to_string())?
     } else {
-        let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        let (mut s, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         s.send_request(req).await.map_err(|e| e.to_string())?
     };
@@ -133,7 +147,11 @@ async fn the_mtls_listener_requires_a_client_certificate_and_applies_san_policy(
     let other_cert = pki.client_cert("other", "spiffe://test/ns/other/sa/x");
     let mut d = Daemon::new(DaemonConfig {
         app: Some(mtls_app(&pki, "[[app.clients]]\nsan = \"spiffe://test/ns/voice/sa/agent\"\ntenants = [\"acme\"]\n")),
-        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n", pki.ca_pem.display(), vapi.url),
+        extra: format!(
+            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
+            pki.ca_pem.display(),
+            vapi.url
+        ),
         ..DaemonConfig::default()
     });
     d.start();
@@ -165,13 +183,18 @@ async fn h2c_on_the_socket_and_h2_upstream_work() {
     let vapi = FakeProvider::start(&pki).await;
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
-        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n", pki.ca_pem.display(), vapi.url),
+        extra: format!(
+            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
+            pki.ca_pem.display(),
+            vapi.url
+        ),
         ..DaemonConfig::default()
     });
     d.start();
     put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
     let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+    let (mut s, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
         let req = http::Request::builder()
@@ -208,15 +231,24 @@ async fn large_bodies_stream_both_ways_without_buffering() {
             // Download: SIZE bytes in 64 KiB chunks.
             let chunk = Bytes::from(vec![b'a'; 64 << 10]);
             let n = SIZE / (64 << 10);
-            let stream = futures_util::stream::iter((0..n).map(move |_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))));
-            http::Response::builder().header("content-type", "application/octet-stream").body(http_body_util::StreamBody::new(stream).boxed_unsync()).unwrap()
+            let stream = futures_util::stream::iter(
+                (0..n).map(move |_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))),
+            );
+            http::Response::builder()
+                .header("content-type", "application/octet-stream")
+                .body(http_body_util::StreamBody::new(stream).boxed_unsync())
+                .unwrap()
         })
     });
     let fake = FakeProvider::with_handler(&pki, handler).await;
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
         log_level: "info".into(),
-        extra: format!("[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{}\"\n", pki.ca_pem.display(), fake.url),
+        extra: format!(
+            "[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{}\"\n",
+            pki.ca_pem.display(),
+            fake.url
+        ),
         ..DaemonConfig::default()
     });
     d.start();
@@ -228,7 +260,9 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let chunk = Bytes::from(vec![b'u'; 64 << 10]);
-    let up = futures_util::stream::iter((0..SIZE / (64 << 10)).map(move |_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))));
+    let up = futures_util::stream::iter(
+        (0..SIZE / (64 << 10)).map(move |_| Ok::<_, std::convert::Infallible>(http_body::Frame::data(chunk.clone()))),
+    );
     let req = http::Request::builder()
         .method("POST")
         .uri("/elevenlabs/v1/upload")
@@ -244,7 +278,12 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
     let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::builder().uri("/elevenlabs/v1/download").header("host", "k").header("keyward-tenant", "acme").body(Full::new(Bytes::new())).unwrap();
+    let req = http::Request::builder()
+        .uri("/elevenlabs/v1/download")
+        .header("host", "k")
+        .header("keyward-tenant", "acme")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let mut body = s.send_request(req).await.unwrap().into_body();
     let mut total = 0u64;
     while let Some(f) = body.frame().await {
@@ -255,5 +294,9 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     assert_eq!(total, SIZE);
     let peak = peak_rss_kib(d.pid());
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB moving 2 × 200 MiB");
-    assert!(peak - base < 24 * 1024, "peak RSS grew by {} KiB moving 2 × 200 MiB (base {base} KiB, peak {peak} KiB)", peak - base);
+    assert!(
+        peak - base < 24 * 1024,
+        "peak RSS grew by {} KiB moving 2 × 200 MiB (base {base} KiB, peak {peak} KiB)",
+        peak - base
+    );
 }

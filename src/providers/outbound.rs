@@ -77,7 +77,17 @@ impl HostRule {
     fn matches(&self, host: &str, port: u16) -> bool {
         match self {
             HostRule::Exact(h, p) => h == host && *p == port,
-            HostRule::Suffix(s) => port == 443 && host.ends_with(s) && host.len() > s.len(),
+            // ^([a-z0-9-]+\.)+<suffix>$
+            HostRule::Suffix(s) => {
+                port == 443
+                    && host.strip_suffix(s).is_some_and(|sub| {
+                        !sub.is_empty()
+                            && sub.split('.').all(|l| {
+                                !l.is_empty()
+                                    && l.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+                            })
+                    })
+            }
         }
     }
 }
@@ -355,6 +365,8 @@ mod tests {
         assert!(!tw.claims_host("twilio.com.evil.example", 443));
         assert!(!tw.claims_host("eviltwilio.com", 443));
         assert!(!tw.claims_host(".twilio.com", 443));
+        assert!(!tw.claims_host("a..twilio.com", 443) && !tw.claims_host("a_b.twilio.com", 443));
+        assert!(tw.claims_host("api.dublin.ie1.twilio.com", 443));
         for other in ["vapi", "google", "resend", "elevenlabs"] {
             assert!(!p.get(other).unwrap().claims_host("169.254.169.254", 443));
         }

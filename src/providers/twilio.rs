@@ -109,14 +109,26 @@ pub(super) fn inject(cred: &dyn FieldSource, path: &str) -> Result<Injection, Ou
     Ok(inj)
 }
 
-/// `Some(new path)` when `_` was replaced; an error when another account is named.
+/// `Some(new path)` when `_` was replaced; an error when another account is named
+/// (PROVIDERS.md §3.1: `Accounts` matched case-insensitively, the SID exactly).
 fn rewrite_account(path: &str, sid: &str) -> Result<Option<String>, OutboundError> {
-    let Some(rest) = path.strip_prefix("/2010-04-01/Accounts/") else { return Ok(None) };
+    let Some(rest) = path.strip_prefix("/2010-04-01/") else { return Ok(None) };
+    let Some((accounts, rest)) = rest.split_once('/') else { return Ok(None) };
+    if !accounts.eq_ignore_ascii_case("Accounts") {
+        return Ok(None);
+    }
     let (segment, tail) = rest.split_once('/').map_or((rest, None), |(s, t)| (s, Some(t)));
+    let mismatch = |found: &str| OutboundError::AccountMismatch {
+        expected: sid.to_string(),
+        found: found.chars().take(40).filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect(),
+    };
+    if segment.contains('%') {
+        return Err(mismatch(segment));
+    }
     // `AC….json` names the account too: compare the part before the extension.
     let (named, ext) = segment.split_once('.').map_or((segment, None), |(n, e)| (n, Some(e)));
     if named == "_" {
-        let mut out = format!("/2010-04-01/Accounts/{sid}");
+        let mut out = format!("/2010-04-01/{accounts}/{sid}");
         if let Some(e) = ext {
             out.push('.');
             out.push_str(e);
@@ -127,11 +139,10 @@ fn rewrite_account(path: &str, sid: &str) -> Result<Option<String>, OutboundErro
         }
         return Ok(Some(out));
     }
-    if named.eq_ignore_ascii_case(sid) {
+    if named == sid {
         return Ok(None);
     }
-    let shown: String = named.chars().take(40).filter(|c| c.is_ascii_alphanumeric()).collect();
-    Err(OutboundError::AccountMismatch { expected: sid.to_string(), found: shown })
+    Err(mismatch(named))
 }
 
 #[cfg(test)]
@@ -170,5 +181,11 @@ mod outbound_tests {
         ));
         assert_eq!(rewrite_account("/v1/Services", SID).unwrap(), None);
         assert_eq!(rewrite_account("/2010-04-01/Accounts.json", SID).unwrap(), None);
+        assert!(rewrite_account("/2010-04-01/accounts/%41C0123/Calls.json", SID).is_err());
+        assert!(
+            rewrite_account(&format!("/2010-04-01/Accounts/{}/Calls.json", SID.to_uppercase()), SID).is_err(),
+            "exact match"
+        );
+        assert!(rewrite_account("/2010-04-01/Accounts/_/Calls.json", SID).unwrap().is_some());
     }
 }

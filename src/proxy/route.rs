@@ -50,15 +50,22 @@ fn header_tenant(headers: &HeaderMap) -> Result<Option<TenantId>, RouteError> {
     TenantId::parse(s).map(Some).map_err(|e| RouteError::BadRequest(format!("Keyward-Tenant: {e}")))
 }
 
+/// PROVIDERS.md §3.1, for every provider: no `.`/`..` segments, no `//`, no `%2F`.
 fn check_dot_segments(path: &str) -> Result<(), RouteError> {
+    if path.contains("//") {
+        return Err(RouteError::BadRequest("the path contains an empty segment (//); send a normalised path".into()));
+    }
+    if path.contains("%2F") || path.contains("%2f") {
+        return Err(RouteError::BadRequest("the path contains an encoded slash (%2F); keyward refuses it".into()));
+    }
     for seg in path.split('/') {
         let decoded = percent_decode_str(seg).collect::<Vec<u8>>();
         if decoded.contains(&0) {
             return Err(RouteError::BadRequest("the path contains NUL".into()));
         }
-        // An encoded `/` or `\` inside a segment could become a separator upstream: check
-        // the pieces it would split into too.
-        if decoded.split(|c| *c == b'/' || *c == b'\\').any(|part| part == b"." || part == b"..") {
+        // An encoded `\` inside a segment could become a separator upstream: check the
+        // pieces it would split into too.
+        if decoded.split(|c| *c == b'\\').any(|part| part == b"." || part == b"..") {
             return Err(RouteError::BadRequest(
                 "the path contains a dot segment (. or ..); send a normalised path".into(),
             ));
