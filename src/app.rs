@@ -22,6 +22,7 @@ use crate::store::{SledStore, Store, StoreError};
 use crate::telemetry::LogHandle;
 use crate::tls::TlsError;
 use crate::vault::{Keyring, VaultError};
+use crate::webhook::{self, AppClient, ReplayCache, WebhookState};
 
 /// Why the daemon could not start. Every variant's message says what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,9 @@ impl From<CredError> for StartError {
     }
 }
 
+/// Replay keys remembered at most (about 150 bytes each).
+const REPLAY_CAPACITY: usize = 200_000;
+
 struct Listener {
     name: &'static str,
     bound: Bound,
@@ -80,6 +84,7 @@ pub struct App {
     token_digest: Option<[u8; 32]>,
     listeners: Vec<Listener>,
     proxy: Option<Arc<ProxyState>>,
+    webhooks: Option<Arc<WebhookState>>,
 }
 
 impl std::fmt::Debug for App {
@@ -145,6 +150,19 @@ impl App {
             }
         };
 
+        let webhooks = config.webhooks.as_ref().map(|w| {
+            Arc::new(WebhookState {
+                creds: creds.clone(),
+                replay: ReplayCache::new(REPLAY_CAPACITY),
+                app: AppClient::new(&w.forward_to, w.forward_timeout),
+                public_base_url: w.public_base_url.clone(),
+                max_body: w.max_body,
+                trusted_proxies: w.trusted_proxies.clone(),
+                rejections: Default::default(),
+                verified: Default::default(),
+            })
+        });
+
         let mut listeners = Vec::new();
         let mut add = |name, bound, tls| listeners.push(Listener { name, bound, tls });
         if let Some(app) = &config.app {
@@ -157,6 +175,16 @@ impl App {
                 add("app-tls", Bound::Tcp(listen::bind_tcp(addr)?), Some(setup));
             }
         }
+        if let Some(w) = &config.webhooks {
+            let tls = match &w.tls {
+                Some(files) => Some(TlsSetup {
+                    acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
+                    identity: None,
+                }),
+                None => None,
+            };
+            add("webhooks", Bound::Tcp(listen::bind_tcp(w.listen)?), tls);
+        }
         if let Some(p) = &config.admin.unix {
             add("admin", Bound::Unix(listen::bind_unix(p, 0o600)?), None);
         }
@@ -166,7 +194,7 @@ impl App {
         if let Some(o) = &config.ops {
             add("ops", Bound::Tcp(listen::bind_tcp(o.listen)?), None);
         }
-        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy })
+        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks })
     }
 
     /// `(listener name, address)` of every bound listener.
@@ -181,13 +209,21 @@ impl App {
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        let App { config, creds, readiness, log, token_digest, listeners, proxy } = self;
+        let App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks } = self;
         let limits = ConnLimits::default();
         let admin_state = Arc::new(AdminState { creds: creds.clone(), log, token_digest });
         let mut tasks = Vec::new();
         for l in listeners {
             tracing::info!(listener = l.name, addr = %l.bound.describe(), "listening");
             let sd = shutdown.clone();
+            if let ("webhooks", Some(w)) = (l.name, &webhooks) {
+                let w = w.clone();
+                tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {
+                    let w = w.clone();
+                    hyper::service::service_fn(move |req| webhook::handle(w.clone(), peer.clone(), req))
+                })));
+                continue;
+            }
             match (l.name, &proxy) {
                 ("app" | "app-tls", Some(p)) => {
                     let p = p.clone();

@@ -49,6 +49,38 @@ pub enum Command {
     /// Logging of the running daemon.
     #[command(subcommand)]
     Log(LogCmd),
+    /// Webhook tools (no daemon needed).
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
+}
+
+/// `keyward webhook …`
+#[derive(Debug, Subcommand)]
+pub enum WebhookCmd {
+    /// Check one delivery offline: prints `valid` or `invalid: <code>: <detail>`.
+    Verify {
+        /// Provider name (generic providers need --config).
+        #[arg(long)]
+        provider: String,
+        /// File holding the one key the delivery's scheme needs.
+        #[arg(long, value_name = "FILE")]
+        secret_file: PathBuf,
+        /// The URL the provider called.
+        #[arg(long)]
+        url: String,
+        /// HTTP method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// A header, `Name: value`; repeat for each.
+        #[arg(long = "header", value_name = "'K: V'")]
+        headers: Vec<String>,
+        /// File holding the raw body.
+        #[arg(long, value_name = "FILE")]
+        body_file: PathBuf,
+        /// Unix time to verify at (default: now).
+        #[arg(long, value_name = "UNIX")]
+        now: Option<u64>,
+    },
 }
 
 /// `keyward cred …`

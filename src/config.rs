@@ -307,6 +307,8 @@ pub struct WebhooksConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// TLS on the listener.
     pub tls: Option<TlsFiles>,
+    /// How long the app may take to answer a forwarded delivery.
+    pub forward_timeout: Duration,
 }
 
 /// `[admin]`
@@ -547,6 +549,7 @@ struct RawWebhooks {
     max_body: Option<String>,
     #[serde(default)]
     trusted_proxies: Vec<String>,
+    forward_timeout: Option<String>,
     tls: Option<RawTls>,
 }
 
@@ -1056,7 +1059,12 @@ fn build_webhooks(ctx: &Ctx<'_>, w: RawWebhooks) -> Result<WebhooksConfig, Confi
             Ok(TlsFiles { cert: ctx.path("webhooks.tls.cert", &t.cert)?, key: ctx.path("webhooks.tls.key", &t.key)? })
         })
         .transpose()?;
-    Ok(WebhooksConfig { listen, public_base_url, forward_to, max_body, trusted_proxies, tls })
+    let forward_timeout =
+        ctx.duration("webhooks.forward_timeout", w.forward_timeout.as_deref(), Duration::from_secs(30))?;
+    if forward_timeout.is_zero() {
+        return Err(ctx.err("webhooks.forward_timeout", "must be above zero"));
+    }
+    Ok(WebhooksConfig { listen, public_base_url, forward_to, max_body, trusted_proxies, tls, forward_timeout })
 }
 
 fn build_providers(

@@ -320,25 +320,7 @@ impl Credentials {
 
     /// The decrypted credential for a request. Errors say why it cannot be used.
     pub async fn resolve(&self, tenant: &TenantId, provider: &str) -> Result<Arc<Credential>, CredError> {
-        let key = (tenant.as_str().to_string(), provider.to_string());
-        let cached = self.cache.read().ok().and_then(|c| c.get(&key).cloned());
-        let cred = match cached {
-            Some(c) => {
-                self.hits.fetch_add(1, Ordering::Relaxed);
-                c
-            }
-            None => {
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                let gen = self.generation.load(Ordering::SeqCst);
-                let c = Arc::new(self.load(tenant, provider).await?);
-                if let Ok(mut cache) = self.cache.write() {
-                    if self.generation.load(Ordering::SeqCst) == gen {
-                        cache.insert(key, c.clone());
-                    }
-                }
-                c
-            }
-        };
+        let cred = self.resolve_any(tenant, provider).await?;
         match cred.status {
             CredStatus::Active => Ok(cred),
             CredStatus::Inactive => Err(CredError::Inactive {
@@ -350,6 +332,25 @@ impl Credentials {
                 Err(CredError::Revoked { tenant: tenant.to_string(), provider: provider.to_string() })
             }
         }
+    }
+
+    /// The decrypted credential whatever its status (webhook verification still works for a
+    /// revoked credential: revocation concerns outbound auth).
+    pub async fn resolve_any(&self, tenant: &TenantId, provider: &str) -> Result<Arc<Credential>, CredError> {
+        let key = (tenant.as_str().to_string(), provider.to_string());
+        if let Some(c) = self.cache.read().ok().and_then(|c| c.get(&key).cloned()) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(c);
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let gen = self.generation.load(Ordering::SeqCst);
+        let c = Arc::new(self.load(tenant, provider).await?);
+        if let Ok(mut cache) = self.cache.write() {
+            if self.generation.load(Ordering::SeqCst) == gen {
+                cache.insert(key, c.clone());
+            }
+        }
+        Ok(c)
     }
 
     /// Reads and opens one credential, bypassing the cache.

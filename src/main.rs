@@ -31,6 +31,55 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e.to_string()),
         },
+        Command::Webhook(keyward::cli::WebhookCmd::Verify {
+            provider,
+            secret_file,
+            url,
+            method,
+            headers,
+            body_file,
+            now,
+        }) => {
+            let providers = match &cli.config {
+                Some(path) => match Config::load(path, &ProcessEnv) {
+                    Ok(c) => keyward::providers::Providers::from_config(&c.providers),
+                    Err(e) => {
+                        eprintln!("keyward: bad configuration: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                None => keyward::providers::Providers::default_builtin(),
+            };
+            let secret = match std::fs::read(&secret_file) {
+                Ok(s) => zeroize::Zeroizing::new(s),
+                Err(e) => return fail(&format!("cannot read {}: {e}", secret_file.display())),
+            };
+            let body = match std::fs::read(&body_file) {
+                Ok(b) => b,
+                Err(e) => return fail(&format!("cannot read {}: {e}", body_file.display())),
+            };
+            let now = now.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+            });
+            let delivery = keyward::webhook::offline::OfflineDelivery {
+                provider: &provider,
+                url: &url,
+                method: &method,
+                headers: &headers,
+                body: &body,
+                now,
+            };
+            match keyward::webhook::offline::verify_offline(&providers, &secret, delivery) {
+                Ok(()) => {
+                    println!("valid");
+                    ExitCode::SUCCESS
+                }
+                Err(why) => {
+                    println!("invalid: {why}");
+                    ExitCode::from(EXIT_FAILED)
+                }
+            }
+        }
         command => {
             telemetry::init_cli();
             runtime.block_on(client(cli.admin, cli.config, command))
@@ -109,7 +158,7 @@ async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, comma
         Command::Audit(c) => ctl::audit(&ep, c).await,
         Command::Key(c) => ctl::key(&ep, c).await.map(|()| true),
         Command::Log(c) => ctl::log(&ep, c).await.map(|()| true),
-        Command::Serve | Command::CheckConfig | Command::Keygen { .. } => Ok(true),
+        Command::Serve | Command::CheckConfig | Command::Keygen { .. } | Command::Webhook(_) => Ok(true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

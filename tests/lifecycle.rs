@@ -1,6 +1,6 @@
 //! End-to-end: start-up refusals, the store on disk, key rotation, purge, crash safety.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, clippy::result_large_err)]
 
 mod common;
 

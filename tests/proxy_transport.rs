@@ -2,7 +2,7 @@
 //! the mTLS TCP listener with SAN policy, HTTP/2 (h2c on the socket, ALPN on TLS and
 //! upstream), and streaming without buffering.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, clippy::result_large_err)]
 
 mod common;
 

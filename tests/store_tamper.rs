@@ -2,7 +2,7 @@
 //! credential layer refuses what was moved or rolled back. Also the cache rule: a write is
 //! seen by the very next lookup.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity, clippy::result_large_err)]
 
 use std::sync::Arc;
 use std::time::Duration;

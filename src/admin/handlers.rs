@@ -26,7 +26,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Value {
 
 /// Reads the whole body (bounded) into a buffer that is wiped on drop: admin bodies carry
 /// secrets.
-pub(crate) async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, PublicError> {
+pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, PublicError> {
     if let Some(len) = req
         .headers()
         .get(http::header::CONTENT_LENGTH)

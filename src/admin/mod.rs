@@ -20,6 +20,7 @@
 //! through `creds`, never the store.
 
 mod handlers;
+pub use handlers::read_body;
 mod router;
 
 use std::convert::Infallible;

@@ -61,3 +61,70 @@ mod tests {
         assert!(schema().parse(spaced).is_err());
     }
 }
+
+// ---- inbound (PROVIDERS.md §4.3) ----
+
+use super::inbound::{secret_eq, single, Accepted, Delivery, Reject};
+
+/// Push notifications carry no signature: the channel token is the secret.
+pub(crate) fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
+    let id = single(d.headers, "x-goog-channel-id")?;
+    if id.len() > 64 {
+        return Err(Reject::BadSignature("X-Goog-Channel-ID is longer than 64 characters".into()));
+    }
+    let number = single(d.headers, "x-goog-message-number")?;
+    if !number.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(Reject::BadSignature("X-Goog-Message-Number must be digits".into()));
+    }
+    single(d.headers, "x-goog-resource-id")?;
+    single(d.headers, "x-goog-resource-uri")?;
+    let state = single(d.headers, "x-goog-resource-state")?;
+    if !["sync", "exists", "not_exists"].contains(&state) {
+        return Err(Reject::BadSignature("X-Goog-Resource-State must be sync, exists or not_exists".into()));
+    }
+    let token = single(d.headers, "x-goog-channel-token")?;
+    if !keys.iter().any(|k| secret_eq(token.as_bytes(), k)) {
+        return Err(Reject::BadSignature("X-Goog-Channel-Token does not match the channel token".into()));
+    }
+    let event = format!("{id}:{number}");
+    Ok(Accepted {
+        replay_key: Some(format!("goog:{event}")),
+        replay_keep: 3600,
+        event_id: Some(event),
+        strip: vec!["x-goog-channel-token"],
+    })
+}
+
+#[cfg(test)]
+mod inbound_tests {
+    use super::*;
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    fn vector(token: Option<&str>) -> HeaderMap {
+        // PROVIDERS.md §10.5, with the suite's odd header casing.
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("X-GoOG-CHANNEL-ID", "myid"),
+            ("X-Goog-MESSAGE-NUMBER", "1"),
+            ("X-Goog-rESOURCE-STATE", "sync"),
+            ("X-Goog-reSOURCE-URI", "http://example.com/"),
+            ("X-Goog-resOURCE-ID", "http://example.com/resource_1"),
+        ] {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        if let Some(t) = token {
+            h.insert("x-goog-channel-token", HeaderValue::from_str(t).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_channel_token_is_required() {
+        let d =
+            |h: &HeaderMap| verify(&Delivery { method: "POST", url: "", headers: h, body: b"", now: 0 }, &[b"mytoken"]);
+        assert_eq!(d(&vector(None)).unwrap_err().code(), "bad_signature");
+        let ok = d(&vector(Some("mytoken"))).unwrap();
+        assert_eq!(ok.event_id.as_deref(), Some("myid:1"));
+        assert!(d(&vector(Some("othertoken"))).is_err());
+    }
+}

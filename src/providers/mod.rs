@@ -5,9 +5,10 @@ mod elevenlabs;
 pub mod fields;
 mod generic;
 mod google;
+pub mod inbound;
 pub mod outbound;
 mod resend;
-mod twilio;
+pub mod twilio;
 mod vapi;
 
 use std::collections::BTreeMap;

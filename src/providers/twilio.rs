@@ -189,3 +189,273 @@ mod outbound_tests {
         assert!(rewrite_account("/2010-04-01/Accounts/_/Calls.json", SID).unwrap().is_some());
     }
 }
+
+// ---- inbound (PROVIDERS.md §3.2) ----
+
+use super::inbound::{ct_eq, hmac_sha1, hmac_sha256, single, strict_b64, Accepted, Delivery, Reject};
+
+/// Decodes an `application/x-www-form-urlencoded` body the way Twilio signs it: split on
+/// `&`, then on the first `=`, `+` is a space, `%XX` decoded, blank values kept.
+pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for pair in body.split(|b| *b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &[][..]),
+        };
+        out.push((decode_component(k)?, decode_component(v)?));
+    }
+    Ok(out)
+}
+
+fn decode_component(raw: &[u8]) -> Result<String, String> {
+    let plus: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
+    String::from_utf8(bytes).map_err(|_| "the form body is not valid UTF-8 after decoding".to_string())
+}
+
+/// `name + value` for sorted unique names, each with its sorted unique values.
+fn signed_params(params: &[(String, String)]) -> String {
+    let mut map: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = std::collections::BTreeMap::new();
+    for (k, v) in params {
+        map.entry(k.as_str()).or_default().insert(v.as_str());
+    }
+    let mut out = String::new();
+    for (k, vs) in map {
+        for v in vs {
+            out.push_str(k);
+            out.push_str(v);
+        }
+    }
+    out
+}
+
+/// The URL with its port removed, and with the scheme's default port made explicit.
+pub fn port_variants(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else { return vec![url.to_string()] };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (host, port) = match authority.rfind(':') {
+        Some(i)
+            if !authority[i + 1..].is_empty()
+                && authority[i + 1..].bytes().all(|c| c.is_ascii_digit())
+                && !authority.ends_with(']') =>
+        {
+            (&authority[..i], Some(&authority[i + 1..]))
+        }
+        _ => (authority, None),
+    };
+    let without = format!("{scheme}://{host}{tail}");
+    let with = match port {
+        Some(p) => format!("{scheme}://{host}:{p}{tail}"),
+        None => {
+            let default = if scheme.eq_ignore_ascii_case("https") { "443" } else { "80" };
+            format!("{scheme}://{host}:{default}{tail}")
+        }
+    };
+    vec![without, with]
+}
+
+fn query_param<'a>(url: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let q = url.split_once('?')?.1;
+    let q = q.split('#').next().unwrap_or(q);
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn is_form(d: &Delivery<'_>) -> bool {
+    d.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
+}
+
+/// Verifies `X-Twilio-Signature` against each key, on both port variants of the URL.
+pub fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
+    let sha256 = match d.headers.get("x-twilio-webhooks-signature-settings") {
+        None => false,
+        Some(v) => {
+            let s = v.to_str().unwrap_or("");
+            let alg = s
+                .split(',')
+                .filter_map(|p| p.trim().split_once('='))
+                .find(|(k, _)| k.eq_ignore_ascii_case("algorithm"))
+                .map(|(_, v)| v);
+            match alg {
+                None | Some("HMAC_SHA1") => false,
+                Some("HMAC_SHA256") => true,
+                Some(other) => {
+                    return Err(Reject::BadSignature(format!(
+                        "X-Twilio-Webhooks-Signature-Settings names an unknown algorithm {:?}",
+                        other.chars().take(32).collect::<String>()
+                    )))
+                }
+            }
+        }
+    };
+    let sig_b64 = single(d.headers, "x-twilio-signature")?;
+    let want_len = if sha256 { 32 } else { 20 };
+    let sig = strict_b64(sig_b64)
+        .filter(|s| s.len() == want_len)
+        .ok_or_else(|| Reject::BadSignature(format!("X-Twilio-Signature is not base64 of a {want_len}-byte MAC")))?;
+    let extra = if let Some(expected) = query_param(d.url, "bodySHA256") {
+        let actual = hex::encode(sha2::Sha256::digest(d.body));
+        if !ct_eq(actual.as_bytes(), expected.as_bytes()) {
+            return Err(Reject::BadSignature("bodySHA256 in the URL does not match the body".into()));
+        }
+        String::new()
+    } else if d.method.eq_ignore_ascii_case("POST") && is_form(d) {
+        signed_params(&decode_form(d.body).map_err(Reject::BadSignature)?)
+    } else {
+        String::new()
+    };
+    let variants = port_variants(d.url);
+    for u in &variants {
+        for k in keys {
+            let ok = if sha256 {
+                ct_eq(&hmac_sha256(k, &[u.as_bytes(), extra.as_bytes()]), &sig)
+            } else {
+                ct_eq(&hmac_sha1(k, &[u.as_bytes(), extra.as_bytes()]), &sig)
+            };
+            if ok {
+                let token = d
+                    .headers
+                    .get("i-twilio-idempotency-token")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|t| !t.is_empty() && t.len() <= 128);
+                return Ok(Accepted {
+                    replay_key: token.map(|t| format!("idem:{t}")),
+                    replay_keep: 900,
+                    event_id: token.map(str::to_string),
+                    strip: vec![],
+                });
+            }
+        }
+    }
+    Err(Reject::BadSignature(format!(
+        "HMAC-{} matches neither URL variant ({}) with any of {} key(s); check webhooks.public_base_url against the URL configured in Twilio",
+        if sha256 { "SHA256" } else { "SHA1" },
+        variants.join(" , "),
+        keys.len()
+    )))
+}
+
+use sha2::Digest;
+
+/// The `AccountSid` a delivery names (form body for POST, query for GET).
+pub fn account_sid(d: &Delivery<'_>) -> Option<String> {
+    if d.method.eq_ignore_ascii_case("POST") && is_form(d) {
+        decode_form(d.body).ok()?.into_iter().find(|(k, _)| k == "AccountSid").map(|(_, v)| v)
+    } else {
+        query_param(d.url, "AccountSid").map(|v| v.into_owned())
+    }
+}
+
+#[cfg(test)]
+mod inbound_tests {
+    use super::*;
+    use http::{HeaderMap, HeaderValue};
+
+    const U: &str = "https://mycompany.com/myapp.php?foo=1&bar=2";
+    const P: &[u8] =
+        b"CallSid=CA1234567890ABCDE&Caller=%2B14158675309&Digits=1234&From=%2B14158675309&To=%2B18005551212";
+    const J: &[u8] = br#"{"property": "value", "boolean": true}"#;
+    const H: &str = "0a1ff7634d9ab3b95db5c9a2dfe9416e41502b283a80c7cf19632632f96e6620";
+
+    fn check(url: &str, body: &[u8], form: bool, sig: &str) -> Result<Accepted, Reject> {
+        let mut h = HeaderMap::new();
+        h.insert("x-twilio-signature", HeaderValue::from_str(sig).unwrap());
+        h.insert(
+            "content-type",
+            HeaderValue::from_static(if form { "application/x-www-form-urlencoded" } else { "application/json" }),
+        );
+        verify(&Delivery { method: "POST", url, headers: &h, body, now: 0 }, &[b"12345"])
+    }
+
+    #[test]
+    fn twilio_public_vectors() {
+        assert!(check(U, P, true, "RSOYDt4T1cUTdK1PDd93/VVr8B8=").is_ok(), "tw-1");
+        assert!(
+            check("https://mycompany.com:1234/myapp.php?foo=1&bar=2", P, true, "RSOYDt4T1cUTdK1PDd93/VVr8B8=").is_ok(),
+            "tw-2"
+        );
+        assert!(
+            check("http://mycompany.com:1234/myapp.php?foo=1&bar=2", P, true, "Zmvh+3yNM1Phv2jhDCwEM3q5ebU=").is_ok(),
+            "tw-3"
+        );
+        assert!(check(U, P, true, "kvajT1Ptam85bY51eRf/AJRuM3w=").is_ok(), "tw-4");
+        assert!(
+            check("http://mycompany.com/myapp.php?foo=1&bar=2", P, true, "0ZXoZLH/DfblKGATFgpif+LLRf4=").is_ok(),
+            "tw-5"
+        );
+        assert!(check(&format!("{U}&bodySHA256={H}"), J, false, "a9nBmqA0ju/hNViExpshrM61xv4=").is_ok(), "tw-6");
+        assert!(
+            check(&format!("https://mycompany.com/myapp.php?bodySHA256={H}"), J, false, "y77kIzt2vzLz71DgmJGsen2scGs=")
+                .is_ok(),
+            "tw-7"
+        );
+        assert!(
+            check(U, b"Sid=CA123&SidAccount=AC123&Digits=5678&Digits=1234", true, "IK+Dwps556ElfBT0I3Rgjkr1wJU=")
+                .is_ok(),
+            "tw-8"
+        );
+        assert_eq!(check(U, P, true, "NOTRSOYDt4T1cUTdK1PDd93/VVr8B8=").unwrap_err().code(), "bad_signature", "tw-9");
+        assert_eq!(check(U, J, false, "RSOYDt4T1cUTdK1PDd93/VVr8B8=").unwrap_err().code(), "bad_signature", "tw-10");
+    }
+
+    #[test]
+    fn the_signed_string_matches_the_documented_one() {
+        let params = decode_form(P).unwrap();
+        assert_eq!(
+            signed_params(&params),
+            "CallSidCA1234567890ABCDECaller+14158675309Digits1234From+14158675309To+18005551212"
+        );
+        assert_eq!(signed_params(&decode_form(b"Key=&A=1").unwrap()), "A1Key");
+    }
+
+    #[test]
+    fn a_tampered_body_or_bodysha256_fails() {
+        assert!(check(
+            &format!("{U}&bodySHA256={H}"),
+            br#"{"property": "value", "boolean": false}"#,
+            false,
+            "a9nBmqA0ju/hNViExpshrM61xv4="
+        )
+        .is_err());
+        let mut tampered = P.to_vec();
+        tampered[10] ^= 1;
+        assert!(check(U, &tampered, true, "RSOYDt4T1cUTdK1PDd93/VVr8B8=").is_err());
+    }
+
+    #[test]
+    fn port_variants_cover_both_forms() {
+        assert_eq!(port_variants("https://h.example/a?b"), ["https://h.example/a?b", "https://h.example:443/a?b"]);
+        assert_eq!(port_variants("http://h.example:8080/a"), ["http://h.example/a", "http://h.example:8080/a"]);
+    }
+
+    #[test]
+    fn broken_form_encoding_is_a_clear_error() {
+        assert!(decode_form(b"a=%FF%FE").is_err());
+        assert_eq!(
+            decode_form(b"a=%zz&&b").unwrap(),
+            [("a".to_string(), "%zz".to_string()), ("b".to_string(), String::new())]
+        );
+    }
+
+    #[test]
+    fn the_account_sid_comes_from_the_form_or_the_query() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
+        let d = Delivery { method: "POST", url: "https://x/y", headers: &h, body: b"AccountSid=AC1&x=2", now: 0 };
+        assert_eq!(account_sid(&d).as_deref(), Some("AC1"));
+        let d = Delivery {
+            method: "GET",
+            url: "https://x/y?AccountSid=AC2",
+            headers: &HeaderMap::new(),
+            body: b"",
+            now: 0,
+        };
+        assert_eq!(account_sid(&d).as_deref(), Some("AC2"));
+    }
+}

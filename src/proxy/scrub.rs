@@ -15,28 +15,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame};
 use zeroize::Zeroizing;
 
-/// Masks every occurrence of any pattern in `buf`, in place. Returns whether it did.
-pub(crate) fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
-    let mut hit = false;
-    for p in patterns {
-        if p.is_empty() || p.len() > buf.len() {
-            continue;
-        }
-        let mut i = 0;
-        while i + p.len() <= buf.len() {
-            if buf.get(i..i + p.len()) == Some(p.as_slice()) {
-                if let Some(s) = buf.get_mut(i..i + p.len()) {
-                    s.fill(b'*');
-                }
-                hit = true;
-                i += p.len();
-            } else {
-                i += 1;
-            }
-        }
-    }
-    hit
-}
+pub(crate) use crate::redact::mask;
 
 /// Masks secrets in response header values. Returns how many headers were changed.
 pub(crate) fn scrub_headers(headers: &mut HeaderMap, patterns: &[Zeroizing<Vec<u8>>]) -> usize {

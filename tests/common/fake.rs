@@ -223,3 +223,57 @@ pub fn status(code: u16) -> Response<FakeBody> {
     *r.status_mut() = StatusCode::from_u16(code).unwrap();
     r
 }
+
+/// A fake app behind the webhook listener: plain HTTP, records deliveries, answers with
+/// the handler's response.
+pub struct FakeApp {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FakeApp {
+    pub async fn start(handler: Handler) -> FakeApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let reqs = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { return };
+                let reqs = reqs.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let reqs = reqs.clone();
+                        let handler = handler.clone();
+                        async move {
+                            let rec = record(req).await;
+                            reqs.lock().unwrap().push(rec.clone());
+                            Ok::<_, Infallible>(handler(rec).await)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        FakeApp { addr, url: format!("http://127.0.0.1:{}", addr.port()), requests, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests.lock().unwrap().last().cloned().expect("the app received a delivery")
+    }
+}

@@ -1,0 +1,74 @@
+//! Masking of secret byte strings inside bodies and headers that keyward passes on (a
+//! provider error that echoes the key, a webhook payload that carries a token). Matches are
+//! replaced by `*` of the same length, so lengths stay true.
+
+use zeroize::Zeroizing;
+
+/// Masks every occurrence of any pattern in `buf`, in place. Returns whether it did.
+pub fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
+    let mut hit = false;
+    for p in patterns {
+        if p.is_empty() || p.len() > buf.len() {
+            continue;
+        }
+        let mut i = 0;
+        while i + p.len() <= buf.len() {
+            if buf.get(i..i + p.len()) == Some(p.as_slice()) {
+                if let Some(s) = buf.get_mut(i..i + p.len()) {
+                    s.fill(b'*');
+                }
+                hit = true;
+                i += p.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+    hit
+}
+
+/// String values of the named JSON fields, anywhere in `body` (for masking echoed secrets).
+pub fn json_field_values(body: &[u8], names: &[&str]) -> Vec<Zeroizing<Vec<u8>>> {
+    fn walk(v: &serde_json::Value, names: &[&str], out: &mut Vec<Zeroizing<Vec<u8>>>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    if let (true, Some(s)) = (names.contains(&k.as_str()), v.as_str()) {
+                        if !s.is_empty() {
+                            out.push(Zeroizing::new(s.as_bytes().to_vec()));
+                        }
+                    }
+                    walk(v, names, out);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, names, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if names.is_empty() {
+        return out;
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        walk(&v, names, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoed_fields_are_found_at_any_depth_and_masked() {
+        let mut body =
+            br#"{"message":{"phoneNumber":{"twilioAuthToken":"tok-123","number":"+1"},"list":[{"secret":"s-9"}]}}"#
+                .to_vec();
+        let vals = json_field_values(&body, &["twilioAuthToken", "secret"]);
+        assert_eq!(vals.len(), 2);
+        assert!(mask(&mut body, &vals));
+        let s = String::from_utf8(body).unwrap();
+        assert!(s.contains(r#""twilioAuthToken":"*******""#) && s.contains(r#""secret":"***""#), "{s}");
+        assert!(s.contains(r#""number":"+1""#));
+    }
+}

@@ -1,0 +1,329 @@
+//! The webhook listener (CONTRACT.md §5): providers call keyward; keyward proves each
+//! delivery genuine for one tenant before the app sees it.
+//!
+//! Routes: `POST|GET /webhooks/{provider}/{tenant}` and `POST|GET /webhooks/{provider}`.
+//! A request is read whole (bounded by `webhooks.max_body`), the URL the provider signed is
+//! rebuilt from `public_base_url` (or trusted proxies' `X-Forwarded-*`), [`verify`] yields a
+//! [`Verified`] proof, and only then is the delivery forwarded to the app with keyward's
+//! headers; the app's answer goes back to the provider.
+
+mod forward;
+pub mod offline;
+pub mod replay;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+use percent_encoding::percent_decode_str;
+use url::Url;
+
+pub use forward::AppClient;
+pub use replay::ReplayCache;
+pub use verify::{Rejection, Verified};
+
+use crate::creds::Credentials;
+use crate::error::PublicError;
+use crate::ids::TenantId;
+use crate::listen::Peer;
+use crate::providers::inbound::Delivery;
+use crate::proxy::{BoxError, ProxyBody};
+
+/// Counts and rate-limits rejection logs per (provider, reason).
+#[derive(Debug, Default)]
+pub struct RejectionLog {
+    inner: Mutex<HashMap<(String, &'static str), LogSlot>>,
+}
+
+/// Counters of one (provider, reason).
+#[derive(Debug)]
+struct LogSlot {
+    total: u64,
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// At most this many rejection lines per (provider, reason) per window.
+const LOG_BURST: u32 = 5;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+impl RejectionLog {
+    /// Counts a rejection and logs it unless the window's budget is spent.
+    pub fn record(&self, provider: &str, tenant: Option<&TenantId>, r: &Rejection) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        let now = Instant::now();
+        let e = m.entry((provider.to_string(), r.code)).or_insert(LogSlot {
+            total: 0,
+            window_start: now,
+            logged: 0,
+            suppressed: 0,
+        });
+        e.total += 1;
+        if now.duration_since(e.window_start) > LOG_WINDOW {
+            if e.suppressed > 0 {
+                tracing::warn!(
+                    provider,
+                    reason = r.code,
+                    suppressed = e.suppressed,
+                    "webhook rejections suppressed from the log in the last window"
+                );
+            }
+            e.window_start = now;
+            e.logged = 0;
+            e.suppressed = 0;
+        }
+        if e.logged < LOG_BURST {
+            e.logged += 1;
+            tracing::warn!(provider, tenant = tenant.map(TenantId::as_str).unwrap_or("-"), reason = r.code, detail = %r.detail, "webhook rejected");
+        } else {
+            e.suppressed += 1;
+        }
+    }
+
+    /// Rejections so far, by (provider, reason).
+    pub fn counts(&self) -> Vec<(String, &'static str, u64)> {
+        self.inner.lock().map(|m| m.iter().map(|((p, r), v)| (p.clone(), *r, v.total)).collect()).unwrap_or_default()
+    }
+}
+
+/// Shared state of the webhook listener.
+#[derive(Debug)]
+pub struct WebhookState {
+    /// Credentials and routes.
+    pub creds: Arc<Credentials>,
+    /// Replay protection.
+    pub replay: ReplayCache,
+    /// The app.
+    pub app: AppClient,
+    /// The URL providers call.
+    pub public_base_url: Url,
+    /// Largest body.
+    pub max_body: u64,
+    /// Who may set X-Forwarded-*.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Rejection counters and log limiter.
+    pub rejections: RejectionLog,
+    /// Verified deliveries forwarded, by provider.
+    pub verified: Mutex<HashMap<String, u64>>,
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn boxed(e: PublicError) -> Response<ProxyBody> {
+    e.into_response().map(|b| b.map_err(|never| match never {}).boxed_unsync())
+}
+
+fn rejection_response(r: &Rejection) -> Response<ProxyBody> {
+    let status = StatusCode::UNAUTHORIZED;
+    boxed(PublicError::new(status, r.code, public_detail(r)))
+}
+
+/// What the provider is told: the code's meaning, not the operator detail (which can
+/// name URL variants and configuration).
+fn public_detail(r: &Rejection) -> &'static str {
+    match r.code {
+        "bad_signature" => "the delivery's signature did not verify",
+        "stale_timestamp" => "the delivery's timestamp is outside the accepted window",
+        "replayed" => "this delivery was already accepted",
+        "unresolved_tenant" => "the delivery could not be matched to a tenant",
+        _ => "no webhook key is configured for this delivery",
+    }
+}
+
+impl WebhookState {
+    /// The URL the provider called: public base (or a trusted proxy's forwarded scheme and
+    /// host) plus the request-target byte for byte.
+    fn signed_url(&self, peer: &Peer, req_headers: &HeaderMap, path_and_query: &str) -> String {
+        let mut scheme = self.public_base_url.scheme().to_string();
+        let mut authority = match (self.public_base_url.host_str(), self.public_base_url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            _ => String::new(),
+        };
+        if let Peer::Tcp { addr, .. } = peer {
+            let ip: IpAddr = addr.ip();
+            if self.trusted_proxies.iter().any(|n| n.contains(&ip)) {
+                if let Some(p) = req_headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|p| *p == "http" || *p == "https")
+                {
+                    scheme = p.to_string();
+                }
+                if let Some(h) = req_headers
+                    .get("x-forwarded-host")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']))
+                {
+                    authority = h.to_string();
+                }
+            }
+        }
+        let prefix = self.public_base_url.path().trim_end_matches('/');
+        format!("{scheme}://{authority}{prefix}{path_and_query}")
+    }
+}
+
+/// Handles one request on the webhook listener.
+pub async fn handle(
+    state: Arc<WebhookState>,
+    peer: Peer,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = route(&state, &peer, req).await;
+    tracing::info!(
+        target: "keyward::access",
+        listener = "webhooks",
+        method = %method,
+        path = %path.chars().take(200).collect::<String>(),
+        status = resp.status().as_u16(),
+        error = resp.headers().get("keyward-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
+        micros = started.elapsed().as_micros() as u64,
+        "webhook"
+    );
+    Ok(resp)
+}
+
+async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    let segs: Vec<String> =
+        req.uri().path().split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
+    let (provider, tenant) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["webhooks", p] => (p.to_string(), None),
+        ["webhooks", p, t] => (p.to_string(), Some(t.to_string())),
+        _ => {
+            return boxed(PublicError::not_found(
+                "keyward serves webhooks at /webhooks/{provider} and /webhooks/{provider}/{tenant}",
+            ))
+        }
+    };
+    if req.method() != Method::POST && req.method() != Method::GET {
+        return boxed(PublicError::method_not_allowed("webhooks are POST or GET"));
+    }
+    let Some(def) = state.creds.providers().get(&provider).cloned().filter(|d| d.has_webhooks()) else {
+        return boxed(PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", "no such provider with webhooks"));
+    };
+    // An unknown or invalid tenant in the path reads like a tenant without a key.
+    let path_tenant = match tenant.map(|t| TenantId::parse(&t)) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => {
+            let r = Rejection { code: "no_credential", detail: "the path names no valid tenant".into() };
+            state.rejections.record(def.name.as_str(), None, &r);
+            return rejection_response(&r);
+        }
+    };
+
+    // Read the whole body, bounded: nothing is buffered past the limit.
+    let (parts, body) = req.into_parts();
+    if let Some(len) =
+        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > state.max_body {
+            return boxed(PublicError::too_large(state.max_body));
+        }
+    }
+    let body = match Limited::new(body, usize::try_from(state.max_body).unwrap_or(usize::MAX)).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return boxed(PublicError::too_large(state.max_body))
+        }
+        Err(_) => return boxed(PublicError::bad_request("the request body could not be read")),
+    };
+    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let url = state.signed_url(peer, &parts.headers, &pq);
+    let delivery =
+        Delivery { method: parts.method.as_str(), url: &url, headers: &parts.headers, body: &body, now: now_secs() };
+    let verified = match verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery).await {
+        Ok(v) => v,
+        Err(r) => {
+            state.rejections.record(def.name.as_str(), path_tenant.as_ref(), &r);
+            return rejection_response(&r);
+        }
+    };
+    if let Ok(mut m) = state.verified.lock() {
+        *m.entry(def.name.to_string()).or_default() += 1;
+    }
+    forward(state, verified, parts.method, &pq, parts.headers, body).await
+}
+
+/// Hop-by-hop headers, never forwarded.
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
+
+async fn forward(
+    state: &WebhookState,
+    v: Verified,
+    method: Method,
+    pq: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<ProxyBody> {
+    let Ok(uri) = state.app.uri(pq) else {
+        return boxed(PublicError::bad_request("the request path cannot be forwarded"));
+    };
+    let mut out = HeaderMap::with_capacity(headers.len() + 4);
+    for (name, value) in &headers {
+        let n = name.as_str();
+        if n.starts_with("keyward-") || HOP_BY_HOP.contains(&n) || v.strip.contains(&n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    let set = |h: &mut HeaderMap, n: &'static str, val: &str| {
+        if let Ok(v) = HeaderValue::from_str(val) {
+            h.insert(HeaderName::from_static(n), v);
+        }
+    };
+    set(&mut out, "keyward-tenant", v.tenant.as_str());
+    set(&mut out, "keyward-provider", v.provider.name.as_str());
+    if let Some(id) = &v.event_id {
+        set(&mut out, "keyward-event-id", id);
+    }
+    set(&mut out, "keyward-verified", "1");
+    let body = if v.mask.is_empty() {
+        body
+    } else {
+        let mut b = body.to_vec();
+        crate::redact::mask(&mut b, &v.mask);
+        Bytes::from(b)
+    };
+    let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.headers_mut() = out;
+    let resp = match state.app.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(tenant = %v.tenant, provider = %v.provider.name, error = %e, "verified webhook could not be forwarded to the app");
+            // The replay key is released (Verified dropped): the provider's retry passes.
+            return boxed(e.into());
+        }
+    };
+    let success = resp.status().is_success();
+    let Verified { reservation, .. } = v;
+    if let Some(r) = reservation {
+        if success {
+            r.commit();
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+}
