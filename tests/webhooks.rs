@@ -527,3 +527,43 @@ fn the_cli_explains_a_twilio_failure_with_the_url_variants_it_tried() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn deliveries_can_be_forwarded_to_an_app_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("hooks.sock");
+    let app = FakeApp::start_unix(&sock, echo_app()).await;
+    let mut d = Daemon::new(DaemonConfig {
+        extra: format!("[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"{BASE}\"\nforward_to = \"{}\"\n", app.url),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "resend", json!({"api_key": "re_x", "webhook_secret": RESEND_SECRET})).await;
+    let e = Env { d, app };
+    let body = r#"{"type":"email.opened"}"#;
+    let h = with(sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme?x=1"), body, &[]), &[("content-type", "application/json")]);
+    let (s, _, rb) = e.deliver("POST", "/webhooks/resend/acme?x=1", &h, body).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&rb));
+    let r = e.app.last();
+    assert_eq!(r.path_and_query, "/webhooks/resend/acme?x=1");
+    assert_eq!(r.header("keyward-tenant").as_deref(), Some("acme"));
+}
+
+#[tokio::test]
+async fn an_unreachable_app_gets_a_gateway_error_and_the_retry_is_not_a_replay() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut d = Daemon::new(DaemonConfig {
+        extra: format!("[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"{BASE}\"\nforward_to = \"http://127.0.0.1:{closed}\"\n"),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "resend", json!({"api_key": "re_x", "webhook_secret": RESEND_SECRET})).await;
+    let app = FakeApp::start(echo_app()).await;
+    let e = Env { d, app };
+    let body = r#"{"type":"email.opened"}"#;
+    let h = with(sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme"), body, &["--id", "msg_down"]), &[("content-type", "application/json")]);
+    for _ in 0..2 {
+        let (s, rh, _) = e.deliver("POST", "/webhooks/resend/acme", &h, body).await;
+        assert_eq!((s, rh["keyward-error"].to_str().unwrap()), (502, "upstream_connect_failed"));
+    }
+}

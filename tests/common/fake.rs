@@ -269,6 +269,33 @@ impl FakeApp {
         FakeApp { addr, url: format!("http://127.0.0.1:{}", addr.port()), requests, task }
     }
 
+    /// The same app on a Unix socket.
+    pub async fn start_unix(path: &Path, handler: Handler) -> FakeApp {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
+        let reqs = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { return };
+                let reqs = reqs.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let reqs = reqs.clone();
+                        let handler = handler.clone();
+                        async move {
+                            let rec = record(req).await;
+                            reqs.lock().unwrap().push(rec.clone());
+                            Ok::<_, Infallible>(handler(rec).await)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(s), svc).await;
+                });
+            }
+        });
+        FakeApp { addr: "127.0.0.1:0".parse().unwrap(), url: format!("unix:{}", path.display()), requests, task }
+    }
+
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }

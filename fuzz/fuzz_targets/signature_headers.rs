@@ -1,0 +1,53 @@
+//! Every signature-header parser (Twilio, Vapi HMAC and static, Google, Standard Webhooks,
+//! Resend, ElevenLabs, Stripe-style) on arbitrary header values and bodies: no panic, and
+//! nothing verifies without the key.
+#![no_main]
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use keyward::providers::inbound::{Delivery, WebhookKeys};
+use keyward::providers::Providers;
+use libfuzzer_sys::fuzz_target;
+
+const NAMES: [&str; 14] = [
+    "x-twilio-signature",
+    "x-twilio-webhooks-signature-settings",
+    "x-signature",
+    "x-timestamp",
+    "x-vapi-secret",
+    "authorization",
+    "x-goog-channel-id",
+    "x-goog-channel-token",
+    "webhook-signature",
+    "webhook-timestamp",
+    "svix-signature",
+    "elevenlabs-signature",
+    "stripe-signature",
+    "content-type",
+];
+
+fuzz_target!(|data: &[u8]| {
+    // Layout: [header index, value length, value bytes…]* then the body.
+    let mut h = HeaderMap::new();
+    let mut rest = data;
+    while rest.len() >= 2 && rest[0] < 200 {
+        let name = NAMES[(rest[0] as usize) % NAMES.len()];
+        let len = (rest[1] as usize).min(rest.len() - 2);
+        if let Ok(v) = HeaderValue::from_bytes(&rest[2..2 + len]) {
+            h.append(HeaderName::from_static(name), v);
+        }
+        rest = &rest[2 + len..];
+    }
+    for fixed in ["webhook-id", "svix-id", "svix-timestamp", "x-goog-message-number", "x-goog-resource-id", "x-goog-resource-uri", "x-goog-resource-state"] {
+        h.insert(HeaderName::from_static(fixed), HeaderValue::from_static("1"));
+    }
+    let providers = Providers::default_builtin();
+    let d = Delivery { method: "POST", url: "https://hooks.example.com/webhooks/x/acme?a=1", headers: &h, body: rest, now: 1_700_000_000 };
+    for name in ["twilio", "vapi", "google", "resend", "elevenlabs"] {
+        let def = providers.get(name).unwrap();
+        for vapi_hmac in [false, true] {
+            let keys = WebhookKeys { keys: vec![b"the-fuzzer-does-not-know-this-key"], vapi_hmac };
+            assert!(def.verify_delivery(&d, &keys).is_err(), "{name} accepted a delivery without the key");
+        }
+        let _ = def.route_candidates(&d);
+    }
+});
