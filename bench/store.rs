@@ -1,7 +1,8 @@
 //! Store benchmarks (issue: core performance): cache-hit lookup, cold lookup (store read +
 //! open), durable credential write, and start-up to ready with N stored credentials.
 //!
-//! `cargo bench --bench store -- [--quick] [--json FILE]`. Plain timing loops with warm-up
+//! `cargo bench --bench store -- [--quick] [--json FILE]`, or `-- --populate DIR KEYFILE N
+//! [PROVIDER]` to leave a store of N tenants for the daemon benchmarks. Plain timing loops with warm-up
 //! and several rounds (median reported), so the harness adds no dependency.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -40,11 +41,22 @@ fn fields(i: usize) -> serde_json::Value {
     json!({"account_sid": "AC0123456789abcdef0123456789abcdef", "auth_token": format!("token-{i:08}-0123456789abcdef")})
 }
 
+fn fields_for(provider: &str, i: usize) -> serde_json::Value {
+    match provider {
+        "vapi" => json!({"api_key": format!("bench-key-{i:08}-0123456789abcdef")}),
+        _ => fields(i),
+    }
+}
+
 async fn populate(creds: &Credentials, n: usize) {
+    populate_provider(creds, n, "twilio").await
+}
+
+async fn populate_provider(creds: &Credentials, n: usize, provider: &str) {
     let mut i = 0;
     while i < n {
         let batch: Vec<_> = (i..(i + 1000).min(n))
-            .map(|j| (TenantId::parse(&format!("t{j:07}")).unwrap(), "twilio".to_string(), fields(j)))
+            .map(|j| (TenantId::parse(&format!("t{j:07}")).unwrap(), provider.to_string(), fields_for(provider, j)))
             .collect();
         i += batch.len();
         creds.import_batch("bench", batch).await.unwrap();
@@ -67,8 +79,9 @@ async fn main() {
         use base64::Engine;
         let raw = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap();
         let key = KeyBytes::new(raw.try_into().unwrap());
+        let provider = args.get(i + 4).filter(|p| !p.starts_with("--")).cloned().unwrap_or_else(|| "twilio".into());
         let c = open(&dir, &key).await;
-        populate(&c, n).await;
+        populate_provider(&c, n, &provider).await;
         return;
     }
     let key = KeyBytes::random().unwrap();

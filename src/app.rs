@@ -169,10 +169,15 @@ impl App {
             if let Some(p) = &app.unix {
                 add("app", Bound::Unix(listen::bind_unix(p, app.unix_mode)?), None);
             }
-            if let (Some(addr), Some(files)) = (app.tcp, &app.tls) {
-                let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::mtls_server_config(files)?);
-                let setup = TlsSetup { acceptor, identity: Some(crate::tls::peer_identity) };
-                add("app-tls", Bound::Tcp(listen::bind_tcp(addr)?), Some(setup));
+            match (app.tcp, &app.tls) {
+                (Some(addr), Some(files)) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(crate::tls::mtls_server_config(files)?);
+                    let setup = TlsSetup { acceptor, identity: Some(crate::tls::peer_identity) };
+                    add("app-tls", Bound::Tcp(listen::bind_tcp(addr)?), Some(setup));
+                }
+                // Only reachable with [danger] app_plain_tcp (checked by the config).
+                (Some(addr), None) => add("app-tcp", Bound::Tcp(listen::bind_tcp(addr)?), None),
+                _ => {}
             }
         }
         if let Some(w) = &config.webhooks {
@@ -220,16 +225,19 @@ impl App {
                 let w = w.clone();
                 tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {
                     let w = w.clone();
-                    hyper::service::service_fn(move |req| webhook::handle(w.clone(), peer.clone(), req))
+                    hyper::service::service_fn(move |req| Box::pin(webhook::handle(w.clone(), peer.clone(), req)))
                 })));
                 continue;
             }
             match (l.name, &proxy) {
-                ("app" | "app-tls", Some(p)) => {
+                ("app" | "app-tls" | "app-tcp", Some(p)) => {
                     let p = p.clone();
                     tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {
                         let p = p.clone();
-                        hyper::service::service_fn(move |req| proxy::handle(p.clone(), peer.clone(), req))
+                        // Boxed: hyper keeps one in-flight slot per connection sized for the
+                        // service future, so an idle connection costs a pointer, not the
+                        // whole proxy state machine (RSS with many idle connections).
+                        hyper::service::service_fn(move |req| Box::pin(proxy::handle(p.clone(), peer.clone(), req)))
                     })));
                 }
                 ("admin" | "admin-tcp", _) => {

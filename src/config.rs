@@ -442,6 +442,8 @@ pub struct DangerConfig {
     pub allow_plain_http_upstream: bool,
     /// Create the master key file if it is missing (development only).
     pub create_missing_master_key: bool,
+    /// Accept `app.tcp` without `[app.tls]`: plain HTTP, no client identity (benchmarks).
+    pub app_plain_tcp: bool,
 }
 
 /// Log output format.
@@ -637,6 +639,8 @@ struct RawDanger {
     allow_plain_http_upstream: bool,
     #[serde(default)]
     create_missing_master_key: bool,
+    #[serde(default)]
+    app_plain_tcp: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -822,6 +826,9 @@ impl Config {
         if self.danger.allow_plain_http_upstream {
             w.push("danger.allow_plain_http_upstream: credentials may be sent over plain HTTP");
         }
+        if self.danger.app_plain_tcp && self.app.as_ref().is_some_and(|a| a.tcp.is_some() && a.tls.is_none()) {
+            w.push("danger.app_plain_tcp: the app listener accepts plain HTTP on TCP with no client identity (benchmarks only)");
+        }
         if self.danger.create_missing_master_key {
             w.push("danger.create_missing_master_key: a missing master key file is created (development only)");
         }
@@ -840,6 +847,7 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
     let danger = DangerConfig {
         allow_plain_http_upstream: raw.danger.allow_plain_http_upstream,
         create_missing_master_key: raw.danger.create_missing_master_key,
+        app_plain_tcp: raw.danger.app_plain_tcp,
     };
 
     let store = StoreConfig {
@@ -889,7 +897,7 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
         .collect::<Result<_, _>>()?;
     let master_key = MasterKeyConfig { source: source_key, previous };
 
-    let app = raw.app.map(|a| build_app(ctx, a)).transpose()?;
+    let app = raw.app.map(|a| build_app(ctx, a, danger.app_plain_tcp)).transpose()?;
     let webhooks = raw.webhooks.map(|w| build_webhooks(ctx, w)).transpose()?;
 
     let admin = AdminConfig {
@@ -967,7 +975,7 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
     })
 }
 
-fn build_app(ctx: &Ctx<'_>, a: RawApp) -> Result<AppConfig, ConfigError> {
+fn build_app(ctx: &Ctx<'_>, a: RawApp, plain_tcp: bool) -> Result<AppConfig, ConfigError> {
     let unix = a.unix.as_deref().map(|p| ctx.path("app.unix", p)).transpose()?;
     let unix_mode = match &a.unix_mode {
         Some(m) => parse_mode(m).map_err(|e| ctx.err("app.unix_mode", e))?,
@@ -984,7 +992,7 @@ fn build_app(ctx: &Ctx<'_>, a: RawApp) -> Result<AppConfig, ConfigError> {
             })
         })
         .transpose()?;
-    if tcp.is_some() && tls.is_none() {
+    if tcp.is_some() && tls.is_none() && !plain_tcp {
         return Err(
             ctx.err("app.tls", "app.tcp needs [app.tls] with cert, key and client_ca (mTLS is required on TCP)")
         );

@@ -5,23 +5,22 @@
 use zeroize::Zeroizing;
 
 /// Masks every occurrence of any pattern in `buf`, in place. Returns whether it did.
+/// Uses memchr's SIMD substring search: this runs on every scanned response chunk.
 pub fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
     let mut hit = false;
     for p in patterns {
         if p.is_empty() || p.len() > buf.len() {
             continue;
         }
-        let mut i = 0;
-        while i + p.len() <= buf.len() {
-            if buf.get(i..i + p.len()) == Some(p.as_slice()) {
-                if let Some(s) = buf.get_mut(i..i + p.len()) {
-                    s.fill(b'*');
-                }
-                hit = true;
-                i += p.len();
-            } else {
-                i += 1;
+        let finder = memchr::memmem::Finder::new(p.as_slice());
+        let mut from = 0;
+        while let Some(i) = buf.get(from..).and_then(|rest| finder.find(rest)) {
+            let at = from + i;
+            if let Some(s) = buf.get_mut(at..at + p.len()) {
+                s.fill(b'*');
             }
+            hit = true;
+            from = at + p.len();
         }
     }
     hit

@@ -534,14 +534,20 @@ async fn deliveries_can_be_forwarded_to_an_app_on_a_unix_socket() {
     let sock = dir.path().join("hooks.sock");
     let app = FakeApp::start_unix(&sock, echo_app()).await;
     let mut d = Daemon::new(DaemonConfig {
-        extra: format!("[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"{BASE}\"\nforward_to = \"{}\"\n", app.url),
+        extra: format!(
+            "[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"{BASE}\"\nforward_to = \"{}\"\n",
+            app.url
+        ),
         ..DaemonConfig::default()
     });
     d.start();
     put(&d, "acme", "resend", json!({"api_key": "re_x", "webhook_secret": RESEND_SECRET})).await;
     let e = Env { d, app };
     let body = r#"{"type":"email.opened"}"#;
-    let h = with(sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme?x=1"), body, &[]), &[("content-type", "application/json")]);
+    let h = with(
+        sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme?x=1"), body, &[]),
+        &[("content-type", "application/json")],
+    );
     let (s, _, rb) = e.deliver("POST", "/webhooks/resend/acme?x=1", &h, body).await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&rb));
     let r = e.app.last();
@@ -561,7 +567,10 @@ async fn an_unreachable_app_gets_a_gateway_error_and_the_retry_is_not_a_replay()
     let app = FakeApp::start(echo_app()).await;
     let e = Env { d, app };
     let body = r#"{"type":"email.opened"}"#;
-    let h = with(sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme"), body, &["--id", "msg_down"]), &[("content-type", "application/json")]);
+    let h = with(
+        sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme"), body, &["--id", "msg_down"]),
+        &[("content-type", "application/json")],
+    );
     for _ in 0..2 {
         let (s, rh, _) = e.deliver("POST", "/webhooks/resend/acme", &h, body).await;
         assert_eq!((s, rh["keyward-error"].to_str().unwrap()), (502, "upstream_connect_failed"));

@@ -212,9 +212,18 @@ pub fn decode_form(body: &[u8]) -> Result<Vec<(String, String)>, String> {
 }
 
 fn decode_component(raw: &[u8]) -> Result<String, String> {
-    let plus: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
-    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus).collect();
-    String::from_utf8(bytes).map_err(|_| "the form body is not valid UTF-8 after decoding".to_string())
+    let utf8 =
+        |b: Vec<u8>| String::from_utf8(b).map_err(|_| "the form body is not valid UTF-8 after decoding".to_string());
+    // Fast path: nothing to decode (large bodies are mostly plain text).
+    if !raw.contains(&b'%') && !raw.contains(&b'+') {
+        return utf8(raw.to_vec());
+    }
+    let mut plus = raw.to_vec();
+    for b in plus.iter_mut().filter(|b| **b == b'+') {
+        *b = b' ';
+    }
+    let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(&plus).into();
+    utf8(decoded.into_owned())
 }
 
 /// `name + value` for sorted unique names, each with its sorted unique values.
@@ -233,7 +242,9 @@ fn signed_params(params: &[(String, String)]) -> String {
     out
 }
 
-/// The URL with its port removed, and with the scheme's default port made explicit.
+/// The URL as received first, then its other port form: with the port removed, or with
+/// the scheme's default port made explicit. Trying the received form first means one MAC
+/// in the common case.
 pub fn port_variants(url: &str) -> Vec<String> {
     let Some((scheme, rest)) = url.split_once("://") else { return vec![url.to_string()] };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -249,14 +260,13 @@ pub fn port_variants(url: &str) -> Vec<String> {
         _ => (authority, None),
     };
     let without = format!("{scheme}://{host}{tail}");
-    let with = match port {
-        Some(p) => format!("{scheme}://{host}:{p}{tail}"),
+    match port {
+        Some(p) => vec![format!("{scheme}://{host}:{p}{tail}"), without],
         None => {
             let default = if scheme.eq_ignore_ascii_case("https") { "443" } else { "80" };
-            format!("{scheme}://{host}:{default}{tail}")
+            vec![without, format!("{scheme}://{host}:{default}{tail}")]
         }
-    };
-    vec![without, with]
+    }
 }
 
 fn query_param<'a>(url: &'a str, name: &str) -> Option<std::borrow::Cow<'a, str>> {
@@ -343,10 +353,14 @@ pub fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
 
 use sha2::Digest;
 
-/// The `AccountSid` a delivery names (form body for POST, query for GET).
+/// The `AccountSid` a delivery names (form body for POST, query for GET). Only that one
+/// field is decoded.
 pub fn account_sid(d: &Delivery<'_>) -> Option<String> {
     if d.method.eq_ignore_ascii_case("POST") && is_form(d) {
-        decode_form(d.body).ok()?.into_iter().find(|(k, _)| k == "AccountSid").map(|(_, v)| v)
+        d.body.split(|b| *b == b'&').find_map(|pair| {
+            let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
+            (k == b"AccountSid").then(|| decode_component(v.get(1..).unwrap_or_default()).ok()).flatten()
+        })
     } else {
         query_param(d.url, "AccountSid").map(|v| v.into_owned())
     }
@@ -431,7 +445,7 @@ mod inbound_tests {
     #[test]
     fn port_variants_cover_both_forms() {
         assert_eq!(port_variants("https://h.example/a?b"), ["https://h.example/a?b", "https://h.example:443/a?b"]);
-        assert_eq!(port_variants("http://h.example:8080/a"), ["http://h.example/a", "http://h.example:8080/a"]);
+        assert_eq!(port_variants("http://h.example:8080/a"), ["http://h.example:8080/a", "http://h.example/a"]);
     }
 
     #[test]

@@ -295,7 +295,8 @@ async fn forward(
         set(&mut out, "keyward-event-id", id);
     }
     set(&mut out, "keyward-verified", "1");
-    let body = if v.mask.is_empty() {
+    let needs_mask = v.mask.iter().any(|p| !p.is_empty() && memchr::memmem::find(&body, p).is_some());
+    let body = if !needs_mask {
         body
     } else {
         let mut b = body.to_vec();

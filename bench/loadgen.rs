@@ -1,0 +1,323 @@
+//! keyward's benchmark load generator: one client for every target (TCP, Unix socket,
+//! HTTPS), so keyward, nginx, HAProxy and the direct call are measured the same way.
+//!
+//! ```text
+//! loadgen run --target tcp:127.0.0.1:8080|unix:/path|https:127.0.0.1:8443 [--ca FILE]
+//!             --path /vapi/x [--header 'K: V']… [--connections 32] [--duration 10]
+//!             [--rate RPS] [--tenants N] [--body-size BYTES]
+//!             [--sign stdwh:SECRET|twilio:TOKEN:URL] [--json FILE]
+//! loadgen gencert DIR          # ca.pem, server.pem, server.key for the local upstream
+//! loadgen hmac                 # raw HMAC-SHA256 cost, 1 KiB and 64 KiB
+//! ```
+//!
+//! With `--rate`, requests are sent open-loop on a fixed schedule and latency is measured
+//! from the scheduled send time, so a stalled server cannot hide its queueing delay
+//! (no coordinated omission). Without it, every connection sends back to back (saturation).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use hmac::Mac;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+#[derive(Clone)]
+enum Target {
+    Tcp(String),
+    Unix(String),
+    Https(String, Arc<rustls::ClientConfig>),
+}
+
+#[derive(Clone)]
+enum Sign {
+    None,
+    Stdwh(Vec<u8>),
+    Twilio(String),
+}
+
+#[derive(Clone)]
+struct Opts {
+    target: Target,
+    path: String,
+    headers: Vec<(String, String)>,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    tenants: usize,
+    body: Bytes,
+    sign: Sign,
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+async fn connect(t: &Target) -> Sender {
+    macro_rules! hs {
+        ($io:expr) => {{
+            let (s, c) = hyper::client::conn::http1::handshake(TokioIo::new($io)).await.unwrap();
+            tokio::spawn(c);
+            s
+        }};
+    }
+    match t {
+        Target::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            hs!(s)
+        }
+        Target::Unix(p) => hs!(tokio::net::UnixStream::connect(p).await.unwrap()),
+        Target::Https(a, cfg) => {
+            let s = tokio::net::TcpStream::connect(a).await.unwrap();
+            s.set_nodelay(true).unwrap();
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect("localhost".try_into().unwrap(), s)
+                .await
+                .unwrap();
+            hs!(tls)
+        }
+    }
+}
+
+fn build_request(o: &Opts, seq: u64) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder()
+        .method(if o.body.is_empty() { "GET" } else { "POST" })
+        .uri(&o.path)
+        .header("host", "bench");
+    for (k, v) in &o.headers {
+        b = b.header(k, v);
+    }
+    if o.tenants > 0 {
+        b = b.header("keyward-tenant", format!("t{:07}", seq as usize % o.tenants));
+    }
+    match &o.sign {
+        Sign::None => {}
+        Sign::Stdwh(key) => {
+            let id = format!("msg_{}_{seq}", std::process::id());
+            let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+            m.update(format!("{id}.{ts}.").as_bytes());
+            m.update(&o.body);
+            let sig = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
+            b = b
+                .header("webhook-id", id)
+                .header("webhook-timestamp", ts)
+                .header("webhook-signature", format!("v1,{sig}"))
+                .header("content-type", "application/json");
+        }
+        Sign::Twilio(sig) => {
+            b = b
+                .header("x-twilio-signature", sig.as_str())
+                .header("content-type", "application/x-www-form-urlencoded");
+        }
+    }
+    b.body(Full::new(o.body.clone())).unwrap()
+}
+
+struct Outcome {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+async fn worker(o: Arc<Opts>, id: usize, seq: Arc<AtomicU64>, ready: Arc<tokio::sync::Barrier>) -> Outcome {
+    let mut s = connect(&o.target).await;
+    // Every connection is open before the clock starts.
+    ready.wait().await;
+    let start = Instant::now();
+    let mut lat = Vec::with_capacity(100_000);
+    let mut errors = 0;
+    let interval = o.rate.map(|r| Duration::from_secs_f64(o.connections as f64 / r));
+    let mut next = start + interval.map(|i| i.mul_f64(id as f64 / o.connections as f64)).unwrap_or_default();
+    while start.elapsed() < o.duration {
+        let scheduled = if let Some(i) = interval {
+            let t = next;
+            next += i;
+            if Instant::now() >= t {
+                // Late because the previous request took long: count from the schedule
+                // (no coordinated omission).
+                t
+            } else {
+                // The timer's millisecond granularity is not the server's delay: count from
+                // when the send actually starts.
+                tokio::time::sleep_until(t.into()).await;
+                Instant::now()
+            }
+        } else {
+            Instant::now()
+        };
+        let n = seq.fetch_add(1, Ordering::Relaxed);
+        let ok = match s.send_request(build_request(&o, n)).await {
+            Ok(resp) => {
+                let good = resp.status().is_success();
+                good && resp.into_body().collect().await.is_ok()
+            }
+            Err(_) => false,
+        };
+        lat.push(scheduled.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        if !ok {
+            errors += 1;
+            if s.is_closed() {
+                s = connect(&o.target).await;
+            }
+        }
+    }
+    Outcome { latencies_us: lat, errors }
+}
+
+fn body_size_arg(args: &[String]) -> usize {
+    arg(args, "--body-size").map(|s| s.parse().unwrap()).unwrap_or(0)
+}
+
+fn pct(sorted: &[u32], p: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn run(args: Vec<String>) {
+    let target = arg(&args, "--target").expect("--target");
+    let target = if let Some(a) = target.strip_prefix("tcp:") {
+        Target::Tcp(a.into())
+    } else if let Some(p) = target.strip_prefix("unix:") {
+        Target::Unix(p.into())
+    } else if let Some(a) = target.strip_prefix("https:") {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(arg(&args, "--ca").expect("--ca")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        Target::Https(
+            a.into(),
+            Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()),
+        )
+    } else {
+        panic!("target must be tcp:, unix: or https:")
+    };
+    let headers = args
+        .windows(2)
+        .filter(|w| w[0] == "--header")
+        .map(|w| {
+            let (k, v) = w[1].split_once(':').unwrap();
+            (k.trim().to_string(), v.trim().to_string())
+        })
+        .collect();
+    let sign = match arg(&args, "--sign") {
+        None => Sign::None,
+        Some(s) if s.starts_with("stdwh:") => {
+            let secret = s.trim_start_matches("stdwh:").trim_start_matches("whsec_");
+            Sign::Stdwh(base64::engine::general_purpose::STANDARD.decode(secret).unwrap())
+        }
+        Some(s) if s.starts_with("twilio:") => {
+            // twilio:TOKEN:URL — the body is `CallSid=CA1&Body=x…`, so the signed string is
+            // URL + "Body" + x… + "CallSid" + "CA1" (sorted parameters).
+            let (token, url) = s.trim_start_matches("twilio:").split_once(':').unwrap();
+            let filler = "x".repeat(body_size_arg(&args).saturating_sub(17));
+            let mut m = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+            m.update(format!("{url}Body{filler}CallSidCA1").as_bytes());
+            Sign::Twilio(base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes()))
+        }
+        Some(other) => panic!("unknown --sign {other}"),
+    };
+    let body_size = body_size_arg(&args);
+    let body = match &sign {
+        Sign::Twilio(_) => Bytes::from(format!("CallSid=CA1&Body={}", "x".repeat(body_size.saturating_sub(17)))),
+        _ if body_size > 0 => Bytes::from(format!("{{\"d\":\"{}\"}}", "x".repeat(body_size.saturating_sub(8)))),
+        _ => Bytes::new(),
+    };
+    let o = Arc::new(Opts {
+        target,
+        path: arg(&args, "--path").unwrap_or_else(|| "/".into()),
+        headers,
+        connections: arg(&args, "--connections").map(|s| s.parse().unwrap()).unwrap_or(32),
+        duration: Duration::from_secs_f64(arg(&args, "--duration").map(|s| s.parse().unwrap()).unwrap_or(10.0)),
+        rate: arg(&args, "--rate").map(|s| s.parse().unwrap()),
+        tenants: arg(&args, "--tenants").map(|s| s.parse().unwrap()).unwrap_or(0),
+        body,
+        sign,
+    });
+    let seq = Arc::new(AtomicU64::new(0));
+    let ready = Arc::new(tokio::sync::Barrier::new(o.connections + 1));
+    let tasks: Vec<_> =
+        (0..o.connections).map(|i| tokio::spawn(worker(o.clone(), i, seq.clone(), ready.clone()))).collect();
+    ready.wait().await;
+    let start = Instant::now();
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let out = t.await.unwrap();
+        all.extend(out.latencies_us);
+        errors += out.errors;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let result = serde_json::json!({
+        "requests": all.len(),
+        "errors": errors,
+        "rps": all.len() as f64 / elapsed,
+        "p50_us": pct(&all, 0.50),
+        "p99_us": pct(&all, 0.99),
+        "p999_us": pct(&all, 0.999),
+        "max_us": all.last().copied().unwrap_or(0),
+    });
+    println!("{result}");
+    if let Some(f) = arg(&args, "--json") {
+        std::fs::write(f, result.to_string()).unwrap();
+    }
+}
+
+fn gencert(dir: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let dir = std::path::Path::new(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, "keyward bench CA");
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+fn hmac_cost() {
+    let mut out = serde_json::Map::new();
+    for size in [1024usize, 65536] {
+        let body = vec![b'x'; size];
+        let key = [7u8; 32];
+        let iters = if size == 1024 { 400_000 } else { 8_000 };
+        let t0 = Instant::now();
+        for i in 0..iters {
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+            m.update(format!("msg_{i}.1700000000.").as_bytes());
+            m.update(&body);
+            std::hint::black_box(m.finalize().into_bytes());
+        }
+        let per = t0.elapsed().as_secs_f64() / iters as f64;
+        out.insert(format!("hmac_sha256_{size}_us"), serde_json::json!(per * 1e6));
+        out.insert(format!("hmac_sha256_{size}_per_s"), serde_json::json!(1.0 / per));
+    }
+    println!("{}", serde_json::Value::Object(out));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("gencert") => gencert(args.get(2).expect("DIR")),
+        Some("hmac") => hmac_cost(),
+        Some("run") => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(args)),
+        _ => eprintln!("usage: loadgen run|gencert|hmac …"),
+    }
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Turns bench/out/*.json into bench/results.json (every figure and the ratios) and prints
+the table. Usage: report.py OUT_DIR RESULTS_JSON QUICK(0|1)."""
+
+import json
+import os
+import platform
+import sys
+import time
+
+out_dir, results_path, quick = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+runs = {}
+for f in sorted(os.listdir(out_dir)):
+    if f.endswith(".json"):
+        with open(os.path.join(out_dir, f)) as fh:
+            runs[f[:-5]] = json.load(fh)
+
+
+def get(name, key, default=None):
+    return runs.get(name, {}).get(key, default)
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+ratios = {
+    "keyward_tcp_over_nginx_throughput": ratio(get("keyward-tcp-sat", "rps"), get("nginx-sat", "rps")),
+    "keyward_unix_over_nginx_throughput": ratio(get("keyward-unix-sat", "rps"), get("nginx-sat", "rps")),
+    "keyward_tcp_over_haproxy_throughput": ratio(get("keyward-tcp-sat", "rps"), get("haproxy-sat", "rps")),
+    "keyward_tcp_added_p99_us": (get("keyward-tcp-rate", "p99_us", 0) - get("direct-rate", "p99_us", 0)) if "keyward-tcp-rate" in runs else None,
+    "keyward_unix_added_p99_us": (get("keyward-unix-rate", "p99_us", 0) - get("direct-rate", "p99_us", 0)) if "keyward-unix-rate" in runs else None,
+    "nginx_added_p99_us": (get("nginx-rate", "p99_us", 0) - get("direct-rate", "p99_us", 0)) if "nginx-rate" in runs else None,
+    "keyward_1000_connections_rss_mib": round(get("keyward-1000conn", "peak_rss_kib", 0) / 1024, 1),
+    "keyward_tcp_cpu_over_nginx_cpu_per_request": ratio(get("keyward-tcp-sat", "cpu_us_per_request"), get("nginx-sat", "cpu_us_per_request")),
+}
+for size in (1024, 65536):
+    for scheme in ("stdwh", "twilio"):
+        base = get(f"app-direct-{size}", "p99_us")
+        p99 = get(f"{scheme}-{size}-rate", "p99_us")
+        ratios[f"{scheme}_{size}_added_p99_us"] = (p99 - base) if p99 is not None and base is not None else None
+
+targets = {
+    "throughput >= nginx": (ratios["keyward_tcp_over_nginx_throughput"] or 0) >= 1.0,
+    "added p99 < 300 us (moderate load)": (ratios["keyward_tcp_added_p99_us"] or 10**9) < 300,
+    "RSS < 32 MiB with 1,000 connections": ratios["keyward_1000_connections_rss_mib"] < 32,
+    "webhook verify+forward added p99 < 500 us": all((ratios[f"{s}_{z}_added_p99_us"] or 10**9) < 500 for s in ("stdwh", "twilio") for z in (1024, 65536)),
+    "cache hit < 1 us": (get("store", "cache_hit_ns", 10**9)) < 1000,
+    "cold lookup < 50 us": (get("store", "cold_lookup_us", 10**9)) < 50,
+}
+
+results = {
+    "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    "quick": quick,
+    "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
+    "runs": runs,
+    "ratios": ratios,
+    "targets_met": targets,
+}
+with open(results_path, "w") as f:
+    json.dump(results, f, indent=1)
+    f.write("\n")
+
+print()
+print(f"{'run':<22} {'rps':>9} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} {'errors':>7} {'peak RSS MiB':>13} {'CPU µs/req':>11}")
+for name in sorted(runs):
+    r = runs[name]
+    if "rps" not in r:
+        continue
+    rss = f"{r['peak_rss_kib'] / 1024:.1f}" if "peak_rss_kib" in r else "-"
+    cpu = f"{r['cpu_us_per_request']:.1f}" if "cpu_us_per_request" in r else "-"
+    print(f"{name:<22} {r['rps']:>9.0f} {r['p50_us']:>8} {r['p99_us']:>8} {r['p999_us']:>9} {r['errors']:>7} {rss:>13} {cpu:>11}")
+if "hmac" in runs:
+    h = runs["hmac"]
+    print(f"raw HMAC-SHA256: 1 KiB {h['hmac_sha256_1024_us']:.2f} µs ({h['hmac_sha256_1024_per_s']:.0f}/s), 64 KiB {h['hmac_sha256_65536_us']:.1f} µs ({h['hmac_sha256_65536_per_s']:.0f}/s)")
+if "store" in runs:
+    s = runs["store"]
+    print(f"store: cache hit {s['cache_hit_ns']:.0f} ns, cold lookup {s['cold_lookup_us']:.1f} µs, durable write {s['durable_write_ms']:.2f} ms, open with {s['startup_credentials']} creds {s['startup_ms']:.0f} ms")
+print()
+for k, v in ratios.items():
+    print(f"{k:<40} {v}")
+print()
+for k, v in targets.items():
+    print(f"{'MET ' if v else 'MISS'} {k}")
+print(f"\nwrote {results_path}")
