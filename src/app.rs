@@ -127,7 +127,11 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
         readiness.store_open.store(true, Ordering::SeqCst);
         let providers = Providers::from_config(&config.providers);
-        let creds = Arc::new(Credentials::open(store, keyring, providers, config.store.deleted_retention).await?);
+        let creds = Arc::new(
+            Credentials::open(store, keyring, providers, config.store.deleted_retention)
+                .await?
+                .with_cache_entries(config.store.cache_entries),
+        );
         readiness.key_loaded.store(true, Ordering::SeqCst);
 
         let token_digest = config.admin.token_file.as_deref().map(read_token).transpose()?;

@@ -196,6 +196,8 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// How long soft-deleted credentials stay restorable.
     pub deleted_retention: Duration,
+    /// Decrypted credentials kept in memory at most.
+    pub cache_entries: usize,
 }
 
 /// Where the active master key comes from.
@@ -495,6 +497,7 @@ struct RawConfig {
 struct RawStore {
     path: String,
     deleted_retention: Option<String>,
+    cache_entries: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -857,6 +860,11 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
             raw.store.deleted_retention.as_deref(),
             Duration::from_secs(14 * 86_400),
         )?,
+        cache_entries: match raw.store.cache_entries {
+            Some(0) => return Err(ctx.err("store.cache_entries", "must be at least 1")),
+            Some(n) => n,
+            None => crate::creds::DEFAULT_CACHE_ENTRIES,
+        },
     };
 
     let mk = raw.master_key;
