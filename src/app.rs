@@ -14,6 +14,9 @@ use crate::admin::{self, AdminState};
 use crate::config::{Config, Env};
 use crate::creds::{CredError, Credentials};
 use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
+use crate::live::Live;
+use crate::oauth::connect::ConnectFlows;
+use crate::oauth::{Endpoints, TokenManager};
 use crate::ops::{self, Readiness};
 use crate::providers::Providers;
 use crate::proxy::{self, Policy, ProxyState, RateLimiter, Upstream};
@@ -85,6 +88,9 @@ pub struct App {
     listeners: Vec<Listener>,
     proxy: Option<Arc<ProxyState>>,
     webhooks: Option<Arc<WebhookState>>,
+    live: Arc<Live>,
+    tokens: Arc<TokenManager>,
+    connect: Arc<ConnectFlows>,
 }
 
 impl std::fmt::Debug for App {
@@ -136,6 +142,14 @@ impl App {
 
         let token_digest = config.admin.token_file.as_deref().map(read_token).transpose()?;
 
+        let upstream = Upstream::new(&config.upstream, config.danger.allow_plain_http_upstream)?;
+        let tokens = Arc::new(TokenManager::new(
+            creds.clone(),
+            crate::oauth::http_client(&config.upstream)?,
+            Endpoints::from_config(config.providers.builtin.get("google")),
+        ));
+        let connect = Arc::new(ConnectFlows::default());
+        let live = Arc::new(Live::new(creds.clone(), upstream.clone(), tokens.clone()));
         let proxy = match &config.app {
             None => None,
             Some(app) => {
@@ -146,10 +160,10 @@ impl App {
                 }
                 Some(Arc::new(ProxyState {
                     creds: creds.clone(),
-                    upstream: Upstream::new(&config.upstream, config.danger.allow_plain_http_upstream)?,
+                    upstream: upstream.clone(),
                     policy: Policy::new(app.clients.clone()),
                     limiter: RateLimiter::default(),
-                    tokens: None,
+                    tokens: Some(tokens.clone() as Arc<dyn crate::proxy::TokenSource>),
                 }))
             }
         };
@@ -164,6 +178,8 @@ impl App {
                 trusted_proxies: w.trusted_proxies.clone(),
                 rejections: Default::default(),
                 verified: Default::default(),
+                connect: connect.clone(),
+                tokens: tokens.clone(),
             })
         });
 
@@ -203,7 +219,7 @@ impl App {
         if let Some(o) = &config.ops {
             add("ops", Bound::Tcp(listen::bind_tcp(o.listen)?), None);
         }
-        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks })
+        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect })
     }
 
     /// `(listener name, address)` of every bound listener.
@@ -218,9 +234,19 @@ impl App {
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        let App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks } = self;
+        let App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect } =
+            self;
         let limits = ConnLimits::default();
-        let admin_state = Arc::new(AdminState { creds: creds.clone(), log, token_digest });
+        let admin_state = Arc::new(AdminState {
+            creds: creds.clone(),
+            log,
+            token_digest,
+            live: live.clone(),
+            tokens,
+            connect,
+            public_base_url: config.webhooks.as_ref().map(|w| w.public_base_url.clone()),
+            discover_routes: config.verification.discover_routes,
+        });
         let mut tasks = Vec::new();
         for l in listeners {
             tracing::info!(listener = l.name, addr = %l.bound.describe(), "listening");
@@ -261,6 +287,14 @@ impl App {
             }
         }
         readiness.listeners_bound.store(true, Ordering::SeqCst);
+        if !config.verification.interval.is_zero() {
+            tasks.push(tokio::spawn(live.clone().reverify_loop(
+                config.verification.interval,
+                config.verification.concurrency,
+                config.verification.discover_routes,
+                shutdown.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(purge_loop(creds.clone(), config.store.deleted_retention, shutdown.clone())));
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready");
 

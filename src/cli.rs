@@ -116,6 +116,8 @@ pub enum CredCmd {
     Rm(CredTarget),
     /// Undo a soft delete.
     Restore(CredTarget),
+    /// Check a stored credential against its provider (records the result).
+    Verify(CredTarget),
 }
 
 /// A tenant and provider.

@@ -187,6 +187,20 @@ pub struct Config {
     pub danger: DangerConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[verification]`
+    pub verification: VerificationConfig,
+}
+
+/// `[verification]`: periodic live re-checks of every credential.
+#[derive(Debug, Clone)]
+pub struct VerificationConfig {
+    /// How often (each pass jittered by ±20 %); zero disables.
+    pub interval: Duration,
+    /// Checks in flight at most.
+    pub concurrency: usize,
+    /// List the tenant's ids at the provider and register routes after a credential is
+    /// stored or verified.
+    pub discover_routes: bool,
 }
 
 /// `[store]`
@@ -426,6 +440,8 @@ pub struct GenericProvider {
     pub webhook: Option<WebhookScheme>,
     /// Per-tenant rate limit.
     pub rate_limit: Option<RateLimit>,
+    /// A cheap authenticated GET (path and query) for live verification.
+    pub verify_path: Option<String>,
 }
 
 /// All `[providers.*]` sections.
@@ -490,6 +506,16 @@ struct RawConfig {
     danger: RawDanger,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    verification: RawVerification,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawVerification {
+    interval: Option<String>,
+    concurrency: Option<usize>,
+    discover_routes: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -633,6 +659,7 @@ struct RawGeneric {
     inject: RawInject,
     webhook: Option<RawWebhookScheme>,
     rate_limit: Option<RawRateLimit>,
+    verify_path: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -980,6 +1007,19 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
         providers,
         danger,
         log: LogConfig { format, level },
+        verification: VerificationConfig {
+            interval: ctx.duration(
+                "verification.interval",
+                raw.verification.interval.as_deref(),
+                Duration::from_secs(12 * 3600),
+            )?,
+            concurrency: match raw.verification.concurrency {
+                Some(0) => return Err(ctx.err("verification.concurrency", "must be at least 1")),
+                Some(n) => n,
+                None => 4,
+            },
+            discover_routes: raw.verification.discover_routes.unwrap_or(true),
+        },
     })
 }
 
@@ -1219,6 +1259,11 @@ fn build_generic(ctx: &Ctx<'_>, key: &str, g: RawGeneric, allow_http: bool) -> R
             hosts.push(h);
         }
     }
+    if let Some(p) = &g.verify_path {
+        if !p.starts_with('/') || p.contains("..") {
+            return Err(ctx.err(&format!("{key}.verify_path"), "must be a path starting with / (e.g. \"/v1/me\")"));
+        }
+    }
     Ok(GenericProvider {
         base_url,
         hosts,
@@ -1227,6 +1272,7 @@ fn build_generic(ctx: &Ctx<'_>, key: &str, g: RawGeneric, allow_http: bool) -> R
         inject,
         webhook,
         rate_limit: ctx.rate(&format!("{key}.rate_limit"), g.rate_limit)?,
+        verify_path: g.verify_path,
     })
 }
 

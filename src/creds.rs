@@ -52,6 +52,29 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    /// A credential that is not stored: fields checked live before they are saved
+    /// (`?verify=true`).
+    pub fn ephemeral(tenant: TenantId, provider: &str, parsed: crate::providers::ParsedFields) -> Credential {
+        Credential {
+            tenant,
+            provider: provider.to_string(),
+            version: 0,
+            status: parsed.status.unwrap_or(CredStatus::Active),
+            public: parsed.public,
+            secrets: parsed.secrets,
+        }
+    }
+
+    /// The fields back, to store a credential checked with [`Credential::ephemeral`].
+    pub fn into_parsed(self) -> crate::providers::ParsedFields {
+        crate::providers::ParsedFields {
+            public: self.public,
+            secrets: self.secrets,
+            warnings: vec![],
+            status: Some(self.status),
+        }
+    }
+
     /// A secret field.
     pub fn secret(&self, name: &str) -> Option<&Secret> {
         self.secrets.get(name)
@@ -434,11 +457,55 @@ impl Credentials {
         provider: Option<&str>,
         code: &str,
     ) {
+        self.audit_note(actor, action, tenant, provider, &format!("error:{code}")).await;
+    }
+
+    /// Appends an audit entry that changes nothing else (the outcome of a side effect, such
+    /// as a token revocation at the provider). Best effort.
+    pub async fn audit_note(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant: Option<&str>,
+        provider: Option<&str>,
+        result: &str,
+    ) {
         let mut d = draft(actor, action, tenant, provider, None);
-        d.result = format!("error:{code}");
+        d.result = result.to_string();
         if let Err(e) = self.store.commit(vec![], d).await {
-            tracing::warn!(error = %e, action, "could not audit a refused request");
+            tracing::warn!(error = %e, action, "could not write an audit entry");
         }
+    }
+
+    /// Replaces one secret field of a stored credential (a rotated or newly connected
+    /// refresh token), optionally setting the status; sealed and committed before it returns.
+    pub async fn set_secret_field(
+        &self,
+        actor: &str,
+        tenant: &TenantId,
+        provider: &str,
+        field: &str,
+        value: Secret,
+        status: Option<CredStatus>,
+    ) -> Result<StatusObject, CredError> {
+        let current = self.load(tenant, provider).await?;
+        let mut secrets = current.secrets.clone();
+        secrets.insert(field.to_string(), value);
+        let hints: BTreeMap<String, String> = secrets.iter().map(|(k, v)| (k.clone(), v.hint())).collect();
+        let next = |old: Option<&CredentialRecord>, now: Millis| {
+            let old = old
+                .filter(|o| o.deleted_at.is_none() && o.version == current.version)
+                .ok_or_else(|| CredError::Store(StoreError::Conflict(format!("credential {tenant}/{provider}"))))?;
+            Ok(CredentialRecord {
+                version: old.version + 1,
+                updated_at: now,
+                hints: hints.clone(),
+                status: status.unwrap_or(old.status),
+                last_error: if status == Some(CredStatus::Active) { None } else { old.last_error.clone() },
+                ..old.clone()
+            })
+        };
+        self.write_record(actor, "credential.update", tenant, provider, next, Some(&secrets)).await
     }
 
     /// Seals the secret fields of `parsed` for `(tenant, provider, version)`.
@@ -458,6 +525,14 @@ impl Credentials {
         Ok(dek.seal(RecordAad { tenant, provider, version }, &buf)?)
     }
 
+    /// Validates fields against the provider's schema (nothing is stored).
+    pub fn parse(&self, provider: &str, fields: Value) -> Result<crate::providers::ParsedFields, CredError> {
+        self.check_provider(provider)?;
+        let providers = self.providers();
+        let def = providers.get(provider).ok_or_else(|| CredError::UnknownProvider(provider.into(), String::new()))?;
+        Ok(def.schema.parse(fields)?)
+    }
+
     /// Creates or replaces a credential. Returns the status object and operator warnings.
     pub async fn put(
         &self,
@@ -466,13 +541,7 @@ impl Credentials {
         provider: &str,
         fields: Value,
     ) -> Result<(StatusObject, Vec<String>), CredError> {
-        let parsed = self.check_provider(provider).and_then(|()| {
-            let providers = self.providers();
-            let def =
-                providers.get(provider).ok_or_else(|| CredError::UnknownProvider(provider.into(), String::new()))?;
-            Ok(def.schema.parse(fields)?)
-        });
-        let parsed = match parsed {
+        let parsed = match self.parse(provider, fields) {
             Ok(p) => p,
             Err(e) => {
                 self.audit_failure(
@@ -486,6 +555,18 @@ impl Credentials {
                 return Err(e);
             }
         };
+        self.put_parsed(actor, tenant, provider, parsed, None).await
+    }
+
+    /// Stores already validated fields; `verified_at` records a live check that passed.
+    pub async fn put_parsed(
+        &self,
+        actor: &str,
+        tenant: &TenantId,
+        provider: &str,
+        parsed: crate::providers::ParsedFields,
+        verified_at: Option<Millis>,
+    ) -> Result<(StatusObject, Vec<String>), CredError> {
         let status = parsed.status.unwrap_or(CredStatus::Active);
         self.write_record(
             actor,
@@ -503,7 +584,7 @@ impl Credentials {
                     sealed: Vec::new(),
                     created_at: old.filter(|o| o.deleted_at.is_none()).map_or(now, |o| o.created_at),
                     updated_at: now,
-                    last_verified_at: None,
+                    last_verified_at: verified_at,
                     last_error: None,
                     deleted_at: None,
                 })

@@ -193,6 +193,14 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
         CredCmd::Restore(t) => {
             print_json(&call(ep, Method::POST, &format!("{}/restore", cred_path(&t.tenant, &t.provider)), None).await?)
         }
+        CredCmd::Verify(t) => {
+            let v = call(ep, Method::POST, &format!("{}/verify", cred_path(&t.tenant, &t.provider)), None).await?;
+            print_json(&v);
+            if v["verification"]["result"] != "valid" {
+                let why = v["verification"]["detail"].as_str().unwrap_or("?");
+                bail!("the {} credential of {} did not verify: {why}", t.provider, t.tenant);
+            }
+        }
     }
     Ok(())
 }

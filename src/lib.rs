@@ -29,6 +29,8 @@ pub mod error;
 pub mod hardening;
 pub mod ids;
 pub mod listen;
+pub mod live;
+pub mod oauth;
 pub mod ops;
 pub mod providers;
 pub mod proxy;

@@ -122,15 +122,50 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             ok(json!({"tenant": t, "credentials": list}))
         }
         Endpoint::PutCredential(t, p) => {
-            if q_bool(&q, "verify")? {
-                return Err(PublicError::bad_request(
-                    "?verify=true needs live verification, which this build does not have yet; store without it",
-                ));
-            }
+            let verify = q_bool(&q, "verify")?;
             let body = read_body(req, MAX_ADMIN_BODY).await?;
             let fields = parse_json(&body)?;
             drop(body);
-            let (status, warnings) = creds.put(actor, &t, p.as_str(), fields).await?;
+            let (status, warnings, check) = if verify {
+                // Nothing is stored unless the provider accepts the credential.
+                let parsed = match creds.parse(p.as_str(), fields) {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        let code = crate::error::cred_code(&e);
+                        creds.audit_failure(actor, "credential.put", Some(t.as_str()), Some(p.as_str()), code).await;
+                        return Err(e.into());
+                    }
+                };
+                let providers = creds.providers();
+                let def =
+                    providers.get(p.as_str()).cloned().ok_or_else(|| PublicError::not_found("unknown provider"))?;
+                let candidate = crate::creds::Credential::ephemeral(t.clone(), p.as_str(), parsed);
+                let verdict = state.live.check(&def, &candidate).await;
+                let failure = match &verdict {
+                    crate::live::Verdict::Valid => None,
+                    crate::live::Verdict::Invalid(m) => {
+                        Some((StatusCode::UNPROCESSABLE_ENTITY, "invalid_credential", m.clone()))
+                    }
+                    crate::live::Verdict::Unavailable(m) => {
+                        Some((StatusCode::BAD_GATEWAY, "provider_unavailable", m.clone()))
+                    }
+                };
+                if let Some((status, code, detail)) = failure {
+                    creds.audit_failure(actor, "credential.put", Some(t.as_str()), Some(p.as_str()), code).await;
+                    return Err(PublicError::new(
+                        status,
+                        code,
+                        format!("not stored: the provider check failed: {detail}"),
+                    ));
+                }
+                let parsed = candidate.into_parsed();
+                let (st, w) = creds.put_parsed(actor, &t, p.as_str(), parsed, Some(crate::store::now_millis())).await?;
+                (st, w, Some(verdict))
+            } else {
+                let (st, w) = creds.put(actor, &t, p.as_str(), fields).await?;
+                (st, w, None)
+            };
+            spawn_discovery(state, actor, &t, p.as_str());
             for w in &warnings {
                 tracing::warn!(tenant = %t, provider = %p, warning = %w, "credential stored with a warning");
             }
@@ -138,10 +173,49 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             if !warnings.is_empty() {
                 v["warnings"] = json!(warnings);
             }
+            if let Some(c) = check {
+                v["verification"] = to_json(&c);
+            }
             ok(v)
         }
+        Endpoint::VerifyCredential(t, p) => {
+            let (status, verdict, discovery) =
+                state.live.verify_stored(actor, &t, p.as_str(), state.discover_routes).await?;
+            let mut v = to_json(&status);
+            v["verification"] = to_json(&verdict);
+            if let Some(d) = discovery {
+                v["routes"] = to_json(&d);
+            }
+            ok(v)
+        }
+        Endpoint::GoogleStart(t) => {
+            let base = state.public_base_url.as_ref().ok_or_else(|| {
+                PublicError::bad_request(
+                    "the connect flow needs [webhooks] public_base_url (the callback is served there)",
+                )
+            })?;
+            let url = state.connect.start(creds, &state.tokens, &t, base).await?;
+            ok(json!({"authorization_url": url, "expires_in": 600}))
+        }
         Endpoint::GetCredential(t, p) => ok(to_json(&creds.status(&t, p.as_str()).await?)),
-        Endpoint::DeleteCredential(t, p) => ok(to_json(&creds.delete(actor, &t, p.as_str()).await?)),
+        Endpoint::DeleteCredential(t, p) => {
+            // Google: revoke the refresh token at Google too (best effort, audited).
+            let refresh = if p.as_str() == "google" {
+                creds.resolve_any(&t, "google").await.ok().and_then(|c| c.secret("refresh_token").cloned())
+            } else {
+                None
+            };
+            let status = creds.delete(actor, &t, p.as_str()).await?;
+            if let Some(token) = refresh {
+                state.tokens.invalidate(&t).await;
+                let outcome = match state.tokens.revoke(&token).await {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => format!("error:{e}"),
+                };
+                creds.audit_note(actor, "oauth.google.revoke", Some(t.as_str()), Some("google"), &outcome).await;
+            }
+            ok(to_json(&status))
+        }
         Endpoint::RestoreCredential(t, p) => ok(to_json(&creds.restore(actor, &t, p.as_str()).await?)),
         Endpoint::PutRoute(k, i) => {
             let body = read_body(req, MAX_ADMIN_BODY).await?;
@@ -193,4 +267,20 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             ok(json!({"level": level}))
         }
     }
+}
+
+/// After a credential is stored, lists the tenant's ids at the provider and registers
+/// their routes, in the background (providers with route kinds only).
+fn spawn_discovery(state: &AdminState, actor: &str, tenant: &TenantId, provider: &str) {
+    if !state.discover_routes || !["vapi", "twilio", "elevenlabs"].contains(&provider) {
+        return;
+    }
+    let (live, creds, actor, tenant, provider) =
+        (state.live.clone(), state.creds.clone(), actor.to_string(), tenant.clone(), provider.to_string());
+    tokio::spawn(async move {
+        let providers = creds.providers();
+        let (Some(def), Ok(cred)) = (providers.get(&provider), creds.resolve(&tenant, &provider).await) else { return };
+        let d = live.discover(&actor, def, &cred).await;
+        tracing::info!(tenant = %tenant, provider = %provider, registered = d.registered.len(), conflicts = d.conflicts.len(), errors = d.errors.len(), "route discovery");
+    });
 }

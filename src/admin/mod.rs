@@ -7,8 +7,10 @@
 //! | GET | /v1/tenants?after=&limit= | tenant ids, paginated |
 //! | DELETE | /v1/tenants/{t} | soft-delete every credential of a tenant |
 //! | GET | /v1/tenants/{t}/credentials?include_deleted= | status objects |
-//! | PUT GET DELETE | /v1/tenants/{t}/credentials/{p} | create/replace, status, soft delete |
+//! | PUT GET DELETE | /v1/tenants/{t}/credentials/{p} | create/replace (`?verify=true`), status, soft delete |
 //! | POST | /v1/tenants/{t}/credentials/{p}/restore | undo a soft delete |
+//! | POST | /v1/tenants/{t}/credentials/{p}/verify | live check, then route discovery |
+//! | POST | /v1/tenants/{t}/oauth/google/start | authorization URL of the Google connect flow |
 //! | PUT GET DELETE | /v1/routes/{kind}/{id} | routing index |
 //! | GET | /v1/audit?after=&limit= | audit entries |
 //! | GET | /v1/audit/verify | chain check |
@@ -51,6 +53,16 @@ pub struct AdminState {
     pub log: LogHandle,
     /// SHA-256 of the admin TCP bearer token.
     pub token_digest: Option<[u8; 32]>,
+    /// Live checks and route discovery.
+    pub live: Arc<crate::live::Live>,
+    /// Google tokens (revocation on delete).
+    pub tokens: Arc<crate::oauth::TokenManager>,
+    /// Pending Google connect flows.
+    pub connect: Arc<crate::oauth::connect::ConnectFlows>,
+    /// `webhooks.public_base_url`, where the OAuth callback lives.
+    pub public_base_url: Option<url::Url>,
+    /// `verification.discover_routes`
+    pub discover_routes: bool,
 }
 
 impl AdminState {

@@ -16,6 +16,8 @@ pub(crate) enum Endpoint {
     GetCredential(TenantId, ProviderName),
     DeleteCredential(TenantId, ProviderName),
     RestoreCredential(TenantId, ProviderName),
+    VerifyCredential(TenantId, ProviderName),
+    GoogleStart(TenantId),
     PutRoute(RouteKind, RouteId),
     GetRoute(RouteKind, RouteId),
     DeleteRoute(RouteKind, RouteId),
@@ -36,6 +38,8 @@ impl Endpoint {
             Endpoint::GetCredential(..) => "credential.get",
             Endpoint::DeleteCredential(..) => "credential.delete",
             Endpoint::RestoreCredential(..) => "credential.restore",
+            Endpoint::VerifyCredential(..) => "credential.verify",
+            Endpoint::GoogleStart(..) => "oauth.google.start",
             Endpoint::PutRoute(..) => "route.put",
             Endpoint::GetRoute(..) => "route.get",
             Endpoint::DeleteRoute(..) => "route.delete",
@@ -100,6 +104,14 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Endpoint, PublicError
         ["v1", "tenants", t, "credentials", p, "restore"] => {
             allow(m, &[Method::POST])?;
             Ok(Endpoint::RestoreCredential(tenant(t)?, provider(p)?))
+        }
+        ["v1", "tenants", t, "credentials", p, "verify"] => {
+            allow(m, &[Method::POST])?;
+            Ok(Endpoint::VerifyCredential(tenant(t)?, provider(p)?))
+        }
+        ["v1", "tenants", t, "oauth", "google", "start"] => {
+            allow(m, &[Method::POST])?;
+            Ok(Endpoint::GoogleStart(tenant(t)?))
         }
         ["v1", "routes", k, i] => {
             allow(m, &[Method::PUT, Method::GET, Method::DELETE])?;

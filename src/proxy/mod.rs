@@ -39,6 +39,9 @@ use crate::secret::Secret;
 pub trait TokenSource: Send + Sync {
     /// A valid access token for the tenant.
     async fn access_token(&self, tenant: &crate::ids::TenantId) -> Result<Secret, PublicError>;
+
+    /// Forgets the tenant's access token (the provider answered 401).
+    async fn invalidate(&self, tenant: &crate::ids::TenantId);
 }
 
 /// Shared state of the app listener.
@@ -265,14 +268,43 @@ async fn forward_one(
 
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    // Google: a 401 may mean the access token was revoked early. Retry once with a fresh
+    // token, only for idempotent requests without a body (nothing to replay).
+    let is_google = provider.builtin() == Some(crate::providers::Builtin::Google);
+    let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+    let retry = (is_google
+        && bodiless
+        && matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS))
+    .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
     let mut up = Request::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
     *up.method_mut() = parts.method;
     *up.uri_mut() = uri;
     *up.headers_mut() = headers;
     // The upstream connection negotiates its own version (ALPN).
 
+    let mut extra_scrub = Vec::new();
     let mut resp = state.upstream.send(up, websocket).await?;
-    let scrub = injection.scrub;
+    if let (StatusCode::UNAUTHORIZED, Some((method, uri, mut headers)), Some(tokens)) =
+        (resp.status(), retry, &state.tokens)
+    {
+        tokens.invalidate(&target.tenant).await;
+        let fresh = tokens.access_token(&target.tenant).await?;
+        let again_inj = provider.inject(&*cred, &target.path, Some(&fresh))?;
+        extra_scrub.extend(again_inj.scrub);
+        for (n, v) in again_inj.headers {
+            headers.insert(n, v);
+        }
+        let mut again =
+            Request::new(http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.headers_mut() = headers;
+        tracing::info!(tenant = %target.tenant, "Google answered 401; retrying once with a fresh access token");
+        resp = state.upstream.send(again, false).await?;
+    }
+    let mut scrub = injection.scrub;
+    scrub.extend(extra_scrub);
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {

@@ -115,6 +115,10 @@ pub struct WebhookState {
     pub rejections: RejectionLog,
     /// Verified deliveries forwarded, by provider.
     pub verified: Mutex<HashMap<String, u64>>,
+    /// Pending Google connect flows (the callback lands here).
+    pub connect: Arc<crate::oauth::connect::ConnectFlows>,
+    /// Google tokens (code exchange).
+    pub tokens: Arc<crate::oauth::TokenManager>,
 }
 
 fn now_secs() -> u64 {
@@ -199,7 +203,42 @@ pub async fn handle(
     Ok(resp)
 }
 
+async fn oauth_callback(state: &WebhookState, req: &Request<Incoming>) -> Response<ProxyBody> {
+    use crate::oauth::connect::page;
+    let query = req.uri().query().unwrap_or("");
+    let (status, body) = match state.connect.callback(&state.creds, &state.tokens, query, &state.public_base_url).await
+    {
+        Ok(tenant) => {
+            state
+                .creds
+                .audit_note("oauth-callback", "oauth.google.connect", Some(tenant.as_str()), Some("google"), "ok")
+                .await;
+            tracing::info!(tenant = %tenant, "Google connected");
+            (
+                StatusCode::OK,
+                page(true, &format!("Google Calendar is connected for tenant {tenant}. You can close this window.")),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(reason = %e.0, "Google connect callback failed");
+            (StatusCode::BAD_REQUEST, page(false, &e.0))
+        }
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    r
+}
+
 async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+    if req.uri().path() == "/oauth/google/callback" {
+        if req.method() != Method::GET {
+            return boxed(PublicError::method_not_allowed("the OAuth callback is GET"));
+        }
+        return oauth_callback(state, &req).await;
+    }
     let segs: Vec<String> =
         req.uri().path().split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
     let (provider, tenant) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {

@@ -115,6 +115,7 @@ listen = "127.0.0.1:0"
 [log]
 format = "json"
 level = "{level}"
+{verification}
 {extra}
 "#,
             store = store.display(),
@@ -123,6 +124,11 @@ level = "{level}"
             previous = previous.join(", "),
             admin = self.admin_sock.display(),
             admin_extra = c.admin_extra,
+            verification = if c.extra.contains("[verification]") {
+                ""
+            } else {
+                "[verification]\ndiscover_routes = false\ninterval = \"0s\"\n"
+            },
             app = c
                 .app
                 .as_ref()

@@ -1,0 +1,389 @@
+//! Live credential checks and route discovery, through the same injection path as app
+//! traffic (provider rules + the proxy's upstream client).
+//!
+//! A check is one cheap authenticated read: Twilio account fetch, Vapi assistant list,
+//! Resend domains, ElevenLabs user, Google refresh + calendarList, a generic provider's
+//! `verify_path`. 401/403 means invalid credentials (status `revoked`); 5xx and timeouts
+//! mean the provider is unavailable (status unchanged). After a successful check keyward
+//! lists the tenant's assistants, phone numbers and agents and registers their routes,
+//! refusing (and reporting) ids another tenant already owns. A background task re-checks
+//! every credential at a jittered interval with bounded concurrency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::creds::{Credential, Credentials, StatusObject};
+use crate::error::PublicError;
+use crate::ids::{RouteId, RouteKind, TenantId};
+use crate::oauth::TokenManager;
+use crate::providers::{Builtin, FieldSource, ProviderDef, ProviderKind};
+use crate::proxy::{BoxError, Upstream};
+use crate::secret::Secret;
+use crate::shutdown::Shutdown;
+use crate::store::CredStatus;
+
+/// The verdict of one live check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", content = "detail", rename_all = "snake_case")]
+pub enum Verdict {
+    /// The provider accepted the credential.
+    Valid,
+    /// The provider refused it (401/403, or a dead refresh token).
+    Invalid(String),
+    /// The provider could not be asked (5xx, timeout, network).
+    Unavailable(String),
+}
+
+/// Routes registered (or refused) by discovery.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Discovery {
+    /// `kind/id` now routed to the tenant.
+    pub registered: Vec<String>,
+    /// `kind/id` owned by another tenant: left alone.
+    pub conflicts: Vec<String>,
+    /// What could not be listed.
+    pub errors: Vec<String>,
+    /// Listing stopped at the page bound.
+    pub truncated: bool,
+}
+
+/// Most pages followed per listing (a provider that pages forever is cut off here).
+const MAX_PAGES: usize = 10;
+/// Largest listing page body read.
+const MAX_PAGE_BYTES: usize = 4 << 20;
+
+/// Live checks, discovery and periodic re-verification.
+pub struct Live {
+    creds: Arc<Credentials>,
+    upstream: Upstream,
+    tokens: Arc<TokenManager>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    body: Bytes,
+}
+
+impl Live {
+    /// Joins the credential service, the upstream client and the token manager.
+    pub fn new(creds: Arc<Credentials>, upstream: Upstream, tokens: Arc<TokenManager>) -> Self {
+        Live { creds, upstream, tokens }
+    }
+
+    /// One authenticated GET through the provider's injection rules.
+    async fn get(
+        &self,
+        def: &ProviderDef,
+        cred: &Credential,
+        path_and_query: &str,
+        google: Option<&Secret>,
+    ) -> Result<Answer, String> {
+        let base = def.base_url(Some(cred));
+        let host = base.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = base.port_or_known_default().unwrap_or(443);
+        if !def.allows(cred, &host, port) {
+            return Err(format!("{host}:{port} is not on the provider's list"));
+        }
+        let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
+        let inj = def.inject(cred, path, google).map_err(|e| e.to_string())?;
+        let path = inj.path.clone().unwrap_or_else(|| path.to_string());
+        let mut q = query.unwrap_or("").to_string();
+        if let Some((n, v)) = &inj.query {
+            if !q.is_empty() {
+                q.push('&');
+            }
+            q.push_str(&url::form_urlencoded::Serializer::new(String::new()).append_pair(n, v).finish());
+        }
+        let prefix = base.path().trim_end_matches('/');
+        let uri = format!(
+            "{}://{}{prefix}{path}{}",
+            base.scheme(),
+            base.authority(),
+            if q.is_empty() { String::new() } else { format!("?{q}") }
+        );
+        let mut req =
+            Request::new(Full::new(Bytes::new()).map_err(|never| -> BoxError { match never {} }).boxed_unsync());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = uri.parse().map_err(|_| "the check URL is invalid".to_string())?;
+        req.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static("application/json"));
+        for (n, v) in inj.headers {
+            req.headers_mut().insert(n, v);
+        }
+        let resp = self.upstream.send(req, false).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body =
+            Limited::new(resp.into_body(), MAX_PAGE_BYTES).collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok(Answer { status, body })
+    }
+
+    fn check_path(def: &ProviderDef, cred: &Credential) -> Option<String> {
+        match &def.kind {
+            ProviderKind::Builtin(Builtin::Twilio, _) => {
+                Some(format!("/2010-04-01/Accounts/{}.json", cred.public_field("account_sid").unwrap_or("_")))
+            }
+            ProviderKind::Builtin(Builtin::Vapi, _) => Some("/assistant?limit=1".into()),
+            ProviderKind::Builtin(Builtin::Resend, _) => Some("/domains".into()),
+            ProviderKind::Builtin(Builtin::ElevenLabs, _) => Some("/v1/user".into()),
+            ProviderKind::Builtin(Builtin::Google, _) => Some("/calendar/v3/users/me/calendarList?maxResults=1".into()),
+            ProviderKind::Generic(g) => g.verify_path.clone(),
+        }
+    }
+
+    /// Checks a credential (stored or not) against its provider.
+    pub async fn check(&self, def: &ProviderDef, cred: &Credential) -> Verdict {
+        let Some(path) = Self::check_path(def, cred) else {
+            return Verdict::Unavailable(format!("provider {} has no verify_path configured", def.name));
+        };
+        let google = if def.builtin() == Some(Builtin::Google) {
+            match self.tokens.refresh_with(cred).await {
+                Ok(g) => Some(g.access_token),
+                Err(crate::oauth::TokenError::Revoked(m)) => {
+                    return Verdict::Invalid(format!("refresh token refused: {m}"))
+                }
+                Err(e) => {
+                    return Verdict::Unavailable(format!("token refresh failed: {e:?}").chars().take(300).collect())
+                }
+            }
+        } else {
+            None
+        };
+        match self.get(def, cred, &path, google.as_ref()).await {
+            Err(e) => Verdict::Unavailable(e),
+            Ok(a) if a.status.is_success() => Verdict::Valid,
+            // A sending-only Resend key cannot list domains but is a valid key (PROVIDERS.md §5.1).
+            Ok(a)
+                if def.builtin() == Some(Builtin::Resend)
+                    && a.status == StatusCode::UNAUTHORIZED
+                    && String::from_utf8_lossy(&a.body).contains("restricted_api_key") =>
+            {
+                Verdict::Valid
+            }
+            Ok(a) if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN => {
+                Verdict::Invalid(format!("invalid credentials (HTTP {})", a.status.as_u16()))
+            }
+            Ok(a) if a.status.is_server_error() || a.status == StatusCode::TOO_MANY_REQUESTS => {
+                Verdict::Unavailable(format!("provider unavailable (HTTP {})", a.status.as_u16()))
+            }
+            Ok(a) => Verdict::Invalid(format!("unexpected answer (HTTP {})", a.status.as_u16())),
+        }
+    }
+
+    /// Checks a stored credential and records the outcome (`last_verified_at`,
+    /// `last_error`, status). A valid credential then gets its routes discovered.
+    pub async fn verify_stored(
+        &self,
+        actor: &str,
+        tenant: &TenantId,
+        provider: &str,
+        discover: bool,
+    ) -> Result<(StatusObject, Verdict, Option<Discovery>), PublicError> {
+        let providers = self.creds.providers();
+        let def = providers.get(provider).cloned().ok_or_else(|| {
+            PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("unknown provider {provider:?}"))
+        })?;
+        let cred = self.creds.resolve_any(tenant, provider).await?;
+        let verdict = self.check(&def, &cred).await;
+        let status = match &verdict {
+            Verdict::Valid => {
+                self.creds
+                    .record_check(
+                        actor,
+                        tenant,
+                        provider,
+                        true,
+                        None,
+                        (cred.status == CredStatus::Revoked).then_some(CredStatus::Active),
+                    )
+                    .await?
+            }
+            Verdict::Invalid(m) => {
+                self.creds
+                    .record_check(actor, tenant, provider, false, Some(m.clone()), Some(CredStatus::Revoked))
+                    .await?
+            }
+            Verdict::Unavailable(m) => {
+                self.creds.record_check(actor, tenant, provider, false, Some(m.clone()), None).await?
+            }
+        };
+        if def.builtin() == Some(Builtin::Google) {
+            self.tokens.invalidate(tenant).await;
+        }
+        let discovery =
+            if discover && verdict == Verdict::Valid { Some(self.discover(actor, &def, &cred).await) } else { None };
+        Ok((status, verdict, discovery))
+    }
+
+    /// Lists the tenant's ids at the provider and registers their routes.
+    pub async fn discover(&self, actor: &str, def: &ProviderDef, cred: &Credential) -> Discovery {
+        let mut d = Discovery::default();
+        let mut found: Vec<(&'static str, String)> = Vec::new();
+        match def.builtin() {
+            Some(Builtin::Vapi) => {
+                for (kind, path) in
+                    [("vapi-assistant", "/assistant?limit=1000"), ("vapi-phone-number", "/phone-number?limit=1000")]
+                {
+                    match self.get(def, cred, path, None).await {
+                        Ok(a) if a.status.is_success() => match serde_json::from_slice::<Value>(&a.body) {
+                            Ok(Value::Array(items)) => found
+                                .extend(items.iter().filter_map(|i| i["id"].as_str()).map(|id| (kind, id.to_string()))),
+                            _ => d.errors.push(format!("{path}: not a JSON list")),
+                        },
+                        Ok(a) => d.errors.push(format!("{path}: HTTP {}", a.status.as_u16())),
+                        Err(e) => d.errors.push(format!("{path}: {e}")),
+                    }
+                }
+            }
+            Some(Builtin::Twilio) => {
+                if let Some(sid) = cred.public_field("account_sid") {
+                    found.push(("twilio-account", sid.to_string()));
+                    let mut next = Some(format!("/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json?PageSize=1000"));
+                    let mut pages = 0;
+                    while let Some(path) = next.take() {
+                        pages += 1;
+                        if pages > MAX_PAGES {
+                            d.truncated = true;
+                            break;
+                        }
+                        match self.get(def, cred, &path, None).await {
+                            Ok(a) if a.status.is_success() => {
+                                let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+                                for n in v["incoming_phone_numbers"].as_array().into_iter().flatten() {
+                                    if let Some(num) = n["phone_number"].as_str() {
+                                        found.push(("twilio-number", num.to_string()));
+                                    }
+                                }
+                                next = v["next_page_uri"]
+                                    .as_str()
+                                    .filter(|u| u.starts_with("/2010-04-01/"))
+                                    .map(str::to_string);
+                            }
+                            Ok(a) => d.errors.push(format!("incoming numbers: HTTP {}", a.status.as_u16())),
+                            Err(e) => d.errors.push(format!("incoming numbers: {e}")),
+                        }
+                    }
+                }
+            }
+            Some(Builtin::ElevenLabs) => {
+                let mut cursor: Option<String> = None;
+                let mut pages = 0;
+                loop {
+                    pages += 1;
+                    if pages > MAX_PAGES {
+                        d.truncated = true;
+                        break;
+                    }
+                    let mut path = "/v1/convai/agents?page_size=100".to_string();
+                    if let Some(c) = &cursor {
+                        path.push_str("&cursor=");
+                        path.push_str(&url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>());
+                    }
+                    match self.get(def, cred, &path, None).await {
+                        Ok(a) if a.status.is_success() => {
+                            let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
+                            found.extend(
+                                v["agents"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|x| x["agent_id"].as_str())
+                                    .map(|id| ("elevenlabs-agent", id.to_string())),
+                            );
+                            cursor = v["next_cursor"].as_str().map(str::to_string);
+                            if v["has_more"].as_bool() != Some(true) || cursor.is_none() {
+                                break;
+                            }
+                        }
+                        Ok(a) => {
+                            d.errors.push(format!("agents: HTTP {}", a.status.as_u16()));
+                            break;
+                        }
+                        Err(e) => {
+                            d.errors.push(format!("agents: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (kind, id) in found {
+            let (Ok(k), Ok(i)) = (RouteKind::parse(kind), RouteId::parse(&id)) else {
+                d.errors.push(format!("{kind}: an id keyward cannot route ({} chars)", id.len()));
+                continue;
+            };
+            match self.creds.put_route(actor, &k, &i, &cred.tenant, true).await {
+                Ok(()) => d.registered.push(format!("{kind}/{id}")),
+                Err(crate::creds::CredError::Store(crate::store::StoreError::RouteTaken { owner, .. })) => {
+                    tracing::warn!(tenant = %cred.tenant, route = %format!("{kind}/{id}"), owner = %owner, "route discovery: id already routed to another tenant; left alone");
+                    d.conflicts.push(format!("{kind}/{id}"));
+                }
+                Err(e) => d.errors.push(format!("{kind}/{id}: {e}")),
+            }
+        }
+        d
+    }
+
+    /// Re-checks every stored credential every `interval` (each jittered by up to a fifth),
+    /// at most `concurrency` at a time, until shutdown.
+    pub async fn reverify_loop(
+        self: Arc<Self>,
+        interval: Duration,
+        concurrency: usize,
+        discover: bool,
+        mut shutdown: Shutdown,
+    ) {
+        let sem = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+        loop {
+            let wait = interval.mul_f64(0.8 + rand_unit() * 0.4);
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let mut after: Option<String> = None;
+            let mut checked = 0u64;
+            loop {
+                let Ok(page) = self.creds.tenants(after.as_deref(), 500).await else { break };
+                let Some(last) = page.last().cloned() else { break };
+                after = Some(last);
+                for t in page {
+                    let Ok(tenant) = TenantId::parse(&t) else { continue };
+                    let Ok(list) = self.creds.list(&tenant, false).await else { continue };
+                    for c in list.into_iter().filter(|c| c.status != CredStatus::Inactive) {
+                        let Ok(permit) = sem.clone().acquire_owned().await else { return };
+                        let me = self.clone();
+                        let tenant = tenant.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = me.verify_stored("keyward", &tenant, &c.provider, discover).await {
+                                tracing::warn!(tenant = %tenant, provider = %c.provider, error = %e.message, "periodic re-verification failed");
+                            }
+                            drop(permit);
+                        });
+                        checked += 1;
+                        if shutdown.is_fired() {
+                            return;
+                        }
+                    }
+                }
+            }
+            tracing::info!(checked, "periodic re-verification pass started every credential");
+        }
+    }
+}
+
+fn rand_unit() -> f64 {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    f64::from(u16::from_le_bytes(b)) / 65535.0
+}

@@ -1,0 +1,199 @@
+//! The Google connect flow (https://developers.google.com/identity/protocols/oauth2/web-server):
+//! `start` gives the operator an authorization URL carrying a single-use `state` bound to
+//! the tenant (10 minutes) and a PKCE S256 challenge; the callback on the webhook listener
+//! exchanges the code and seals the refresh token into the tenant's Google credential.
+//!
+//! Pending states live in memory (bounded): the callback must reach the daemon that issued
+//! the URL.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::{token_call, TokenError, TokenManager};
+use crate::creds::Credentials;
+use crate::error::PublicError;
+use crate::ids::TenantId;
+use crate::providers::FieldSource;
+use crate::secret::Secret;
+use crate::store::CredStatus;
+
+const STATE_TTL: Duration = Duration::from_secs(600);
+const MAX_PENDING: usize = 10_000;
+
+struct Pending {
+    tenant: TenantId,
+    verifier: Secret,
+    created: Instant,
+}
+
+/// Pending connect flows.
+#[derive(Default)]
+pub struct ConnectFlows {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl std::fmt::Debug for ConnectFlows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectFlows").field("pending", &self.pending.lock().map(|p| p.len()).unwrap_or(0)).finish()
+    }
+}
+
+fn random_b64(n: usize) -> Result<String, PublicError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b).map_err(|_| {
+        PublicError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "the random number generator failed")
+    })?;
+    Ok(URL_SAFE_NO_PAD.encode(b))
+}
+
+/// Why a callback failed (shown on the page and logged; never a secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackError(pub String);
+
+impl ConnectFlows {
+    /// The redirect URI registered with Google: `<public_base_url>/oauth/google/callback`.
+    pub fn redirect_uri(public_base_url: &Url) -> String {
+        format!("{}/oauth/google/callback", public_base_url.as_str().trim_end_matches('/'))
+    }
+
+    /// Starts a flow for `tenant`, whose Google credential (client id and secret, scopes)
+    /// must exist. Returns the authorization URL.
+    pub async fn start(
+        &self,
+        creds: &Credentials,
+        tokens: &TokenManager,
+        tenant: &TenantId,
+        public_base_url: &Url,
+    ) -> Result<String, PublicError> {
+        let cred = creds.resolve_any(tenant, "google").await.map_err(PublicError::from)?;
+        let client_id = cred
+            .public_field("client_id")
+            .ok_or_else(|| PublicError::bad_request("the Google credential has no client_id"))?;
+        let scopes: Vec<&str> = cred
+            .public
+            .get("scopes")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        let state = random_b64(32)?;
+        let verifier = Secret::new(random_b64(48)?);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.expose().as_bytes()));
+        let mut url = tokens.endpoints().auth.clone();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", &Self::redirect_uri(public_base_url))
+            .append_pair("scope", &scopes.join(" "))
+            .append_pair("access_type", "offline")
+            .append_pair("prompt", "consent")
+            .append_pair("include_granted_scopes", "true")
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        if let Ok(mut p) = self.pending.lock() {
+            p.retain(|_, v| v.created.elapsed() < STATE_TTL);
+            if p.len() >= MAX_PENDING {
+                return Err(PublicError::new(
+                    http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many connect flows are pending; finish or wait for them to expire",
+                ));
+            }
+            p.insert(state, Pending { tenant: tenant.clone(), verifier, created: Instant::now() });
+        }
+        Ok(url.to_string())
+    }
+
+    /// Completes a flow from the callback's query string. Returns the tenant connected.
+    pub async fn callback(
+        &self,
+        creds: &Credentials,
+        tokens: &TokenManager,
+        query: &str,
+        public_base_url: &Url,
+    ) -> Result<TenantId, CallbackError> {
+        let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let state = params
+            .get("state")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| CallbackError("the callback has no state; start the connect flow again".into()))?;
+        // Single use: the state is removed whatever happens next.
+        let pending = self.pending.lock().ok().and_then(|mut p| p.remove(state)).ok_or_else(|| {
+            CallbackError("the state is unknown or was already used; start the connect flow again".into())
+        })?;
+        if pending.created.elapsed() >= STATE_TTL {
+            return Err(CallbackError("the connect flow expired (10 minutes); start it again".into()));
+        }
+        if let Some(e) = params.get("error") {
+            let e: String = e.chars().take(64).filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            return Err(CallbackError(format!("Google answered {e}; nothing was stored")));
+        }
+        let code = params
+            .get("code")
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| CallbackError("the callback has no code".into()))?;
+        let tenant = pending.tenant;
+        let cred = creds
+            .resolve_any(&tenant, "google")
+            .await
+            .map_err(|_| CallbackError("the tenant's Google credential is gone".into()))?;
+        let client_id = cred.public_field("client_id").unwrap_or_default();
+        let client_secret = cred.secret_field("client_secret").map(|s| s.expose()).unwrap_or_default();
+        let redirect = Self::redirect_uri(public_base_url);
+        let form = [
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect.as_str()),
+            ("client_id", client_id),
+            ("client_secret", client_secret),
+            ("code_verifier", pending.verifier.expose()),
+        ];
+        let granted = token_call(tokens.http(), &tokens.endpoints().token, &form).await.map_err(|e| {
+            CallbackError(match e {
+                TokenError::Timeout(_) => "Google's token endpoint did not answer".into(),
+                other => format!(
+                    "the code exchange failed ({})",
+                    match other {
+                        TokenError::Revoked(m)
+                        | TokenError::Transient(m)
+                        | TokenError::Invalid(m)
+                        | TokenError::Timeout(m) => m,
+                    }
+                ),
+            })
+        })?;
+        let refresh = granted.refresh_token.ok_or_else(|| {
+            CallbackError("Google returned no refresh_token (the consent was not offline); start again".into())
+        })?;
+        creds
+            .set_secret_field("oauth-callback", &tenant, "google", "refresh_token", refresh, Some(CredStatus::Active))
+            .await
+            .map_err(|e| {
+                CallbackError(format!("the refresh token could not be stored: {}", crate::error::cred_code(&e)))
+            })?;
+        tokens.invalidate(&tenant).await;
+        Ok(tenant)
+    }
+}
+
+/// The plain page shown to the person who completed (or failed) the consent.
+pub fn page(ok: bool, text: &str) -> String {
+    let esc: String = text
+        .chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            '>' => "&gt;".to_string(),
+            '&' => "&amp;".to_string(),
+            '"' => "&quot;".to_string(),
+            c => c.to_string(),
+        })
+        .collect();
+    let title = if ok { "Google connected" } else { "Google connection failed" };
+    format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head><body><h1>{title}</h1><p>{esc}</p></body></html>\n")
+}

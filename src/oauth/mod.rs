@@ -1,0 +1,390 @@
+//! Google OAuth inside keyward (PROVIDERS.md §4.1): the token manager, which turns a
+//! tenant's stored refresh token into short-lived access tokens held only in memory, and
+//! the connect flow ([`connect`]) that obtains the refresh token in the first place.
+//!
+//! One refresh at a time per tenant: callers wait on the tenant's slot and reuse the
+//! token the first caller obtained. Tokens are refreshed 225 s before expiry. Transient
+//! failures (5xx, 408, 429, `server_error`…) are retried three times in all, waiting 1 s
+//! then 2 s with ±10 % jitter; `invalid_grant` and friends revoke the credential. A rotated
+//! refresh token is sealed and stored before the new access token is used. Token endpoint
+//! calls use reqwest (control plane), never the proxy's data-plane client.
+
+pub mod connect;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde::Deserialize;
+use url::Url;
+use zeroize::Zeroizing;
+
+use crate::creds::Credentials;
+use crate::error::PublicError;
+use crate::ids::TenantId;
+use crate::providers::FieldSource;
+use crate::secret::Secret;
+use crate::store::CredStatus;
+
+/// Where the token manager talks to Google.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// `token_url`
+    pub token: Url,
+    /// `auth_url`
+    pub auth: Url,
+    /// `revoke_url`
+    pub revoke: Url,
+}
+
+impl Endpoints {
+    /// Google's endpoints, with config overrides.
+    pub fn from_config(ov: Option<&crate::config::BuiltinOverride>) -> Endpoints {
+        let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| fixed(d));
+        Endpoints {
+            token: pick(ov.and_then(|o| o.token_url.as_ref()), "https://oauth2.googleapis.com/token"),
+            auth: pick(ov.and_then(|o| o.auth_url.as_ref()), "https://accounts.google.com/o/oauth2/v2/auth"),
+            revoke: pick(ov.and_then(|o| o.revoke_url.as_ref()), "https://oauth2.googleapis.com/revoke"),
+        }
+    }
+}
+
+// Invariant: called only with the URL literals above, which parse.
+#[allow(clippy::expect_used)]
+fn fixed(s: &str) -> Url {
+    Url::parse(s).expect("a literal Google endpoint parses")
+}
+
+/// Seconds before expiry at which a token is refreshed (google-auth's REFRESH_THRESHOLD).
+const EARLY_REFRESH: Duration = Duration::from_secs(225);
+
+struct Cached {
+    token: Secret,
+    expires_at: Instant,
+    version: u64,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// What a token endpoint answered.
+#[derive(Debug)]
+pub enum TokenError {
+    /// The grant is dead: the credential is revoked (`invalid_grant`, `invalid_client`, …).
+    Revoked(String),
+    /// Worth retrying, or retried already.
+    Transient(String),
+    /// Timed out (after retries).
+    Timeout(String),
+    /// A malformed answer.
+    Invalid(String),
+}
+
+impl TokenError {
+    fn message(&self) -> &str {
+        match self {
+            TokenError::Revoked(m) | TokenError::Transient(m) | TokenError::Timeout(m) | TokenError::Invalid(m) => m,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    error_subtype: Option<String>,
+}
+
+/// A token endpoint's successful answer.
+pub(crate) struct Granted {
+    pub(crate) access_token: Secret,
+    pub(crate) expires_in: Duration,
+    pub(crate) refresh_token: Option<Secret>,
+}
+
+impl std::fmt::Debug for Granted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Granted")
+            .field("expires_in", &self.expires_in)
+            .field("rotated", &self.refresh_token.is_some())
+            .finish()
+    }
+}
+
+/// Builds the control-plane HTTP client (rustls, webpki roots plus `upstream.extra_ca`).
+pub fn http_client(cfg: &crate::config::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
+    let tls = crate::tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(cfg.connect_timeout)
+        .timeout(cfg.request_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| crate::tls::TlsError::Rustls(e.to_string()))
+}
+
+/// One POST to a token endpoint, classified; `form` holds secrets and is wiped after use.
+pub(crate) async fn token_call(
+    http: &reqwest::Client,
+    url: &Url,
+    form: &[(&str, &str)],
+) -> Result<Granted, TokenError> {
+    let resp = match http.post(url.clone()).form(form).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
+            return Err(TokenError::Timeout("the token endpoint did not answer in time".into()))
+        }
+        Err(_) => return Err(TokenError::Transient("could not reach the token endpoint".into())),
+    };
+    let status = resp.status();
+    let bytes = Zeroizing::new(
+        resp.bytes()
+            .await
+            .map_err(|_| TokenError::Transient("the token endpoint's answer was cut off".into()))?
+            .to_vec(),
+    );
+    let body: Option<TokenBody> = serde_json::from_slice(&bytes).ok();
+    let err_code = body.as_ref().and_then(|b| b.error.clone()).unwrap_or_default();
+    let described = |b: &Option<TokenBody>| {
+        let b = b.as_ref();
+        let mut s = format!("HTTP {}", status.as_u16());
+        if let Some(e) = b.and_then(|b| b.error.as_deref()) {
+            s.push_str(&format!(" {e}"));
+        }
+        if let Some(st) = b.and_then(|b| b.error_subtype.as_deref()) {
+            s.push_str(&format!(" ({st})"));
+        }
+        if let Some(d) = b.and_then(|b| b.error_description.as_deref()) {
+            s.push_str(&format!(": {}", d.chars().take(200).collect::<String>()));
+        }
+        s
+    };
+    if ["invalid_grant", "invalid_client", "unauthorized_client"].contains(&err_code.as_str()) {
+        return Err(TokenError::Revoked(described(&body)));
+    }
+    let retryable_code = ["internal_failure", "server_error", "temporarily_unavailable"].contains(&err_code.as_str());
+    if status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || retryable_code
+    {
+        return Err(TokenError::Transient(described(&body)));
+    }
+    if !status.is_success() {
+        return Err(TokenError::Invalid(described(&body)));
+    }
+    let Some(mut b) = body else {
+        return Err(TokenError::Invalid("the token endpoint answered 200 with a body that is not JSON".into()));
+    };
+    let access = b
+        .access_token
+        .take()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| TokenError::Invalid("the token endpoint answered without an access_token".into()))?;
+    // `expires_in` may be a number or a decimal string; absent means 3600 s (keyward choice).
+    let secs = match &b.expires_in {
+        None => 3600.0,
+        Some(serde_json::Value::Number(n)) => n.as_f64().unwrap_or(3600.0),
+        Some(serde_json::Value::String(s)) => {
+            s.trim().parse::<f64>().map_err(|_| TokenError::Invalid("expires_in is not a number".into()))?
+        }
+        Some(_) => return Err(TokenError::Invalid("expires_in is not a number".into())),
+    };
+    if !(0.0..=864_000.0).contains(&secs) {
+        return Err(TokenError::Invalid("expires_in is out of range".into()));
+    }
+    Ok(Granted {
+        access_token: Secret::new(access),
+        expires_in: Duration::from_secs_f64(secs),
+        refresh_token: b.refresh_token.take().filter(|t| !t.is_empty()).map(Secret::new),
+    })
+}
+
+/// The Google token manager.
+pub struct TokenManager {
+    creds: Arc<Credentials>,
+    http: reqwest::Client,
+    endpoints: Endpoints,
+    slots: Mutex<HashMap<String, Slot>>,
+    refreshes: AtomicU64,
+    /// First retry wait (1 s in production; tests shorten it).
+    retry_base: Duration,
+}
+
+impl std::fmt::Debug for TokenManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenManager").field("token_url", &self.endpoints.token.as_str()).finish()
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 1];
+    let _ = getrandom::fill(&mut b);
+    // ±10 %
+    let factor = 0.9 + f64::from(b[0]) / 255.0 * 0.2;
+    d.mul_f64(factor)
+}
+
+impl TokenManager {
+    /// A token manager for these credentials and endpoints.
+    pub fn new(creds: Arc<Credentials>, http: reqwest::Client, endpoints: Endpoints) -> Self {
+        TokenManager {
+            creds,
+            http,
+            endpoints,
+            slots: Mutex::default(),
+            refreshes: AtomicU64::new(0),
+            retry_base: Duration::from_secs(1),
+        }
+    }
+
+    /// Endpoints in use.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// The control-plane client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Refresh calls made since start (metrics).
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, tenant: &TenantId) -> Slot {
+        let Ok(mut m) = self.slots.lock() else { return Slot::default() };
+        if m.len() > 100_000 {
+            m.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        m.entry(tenant.as_str().to_string()).or_default().clone()
+    }
+
+    /// Forgets a tenant's access token (after a 401 from Google, or a credential change).
+    pub async fn invalidate(&self, tenant: &TenantId) {
+        let slot = self.slot(tenant);
+        *slot.lock().await = None;
+    }
+
+    /// Calls the token endpoint with up to three attempts for transient failures.
+    pub(crate) async fn refresh_with(&self, cred: &(dyn FieldSource + Sync)) -> Result<Granted, TokenError> {
+        let client_id = cred.public_field("client_id").unwrap_or_default();
+        let secret = cred.secret_field("client_secret").map(|s| s.expose()).unwrap_or_default();
+        let refresh = cred
+            .secret_field("refresh_token")
+            .map(|s| s.expose())
+            .ok_or_else(|| TokenError::Invalid("no refresh_token".into()))?;
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", client_id),
+            ("client_secret", secret),
+            ("refresh_token", refresh),
+        ];
+        let mut wait = self.retry_base;
+        let mut attempt = 1;
+        loop {
+            self.refreshes.fetch_add(1, Ordering::Relaxed);
+            match token_call(&self.http, &self.endpoints.token, &form).await {
+                Err(TokenError::Transient(m) | TokenError::Timeout(m)) if attempt < 3 => {
+                    tracing::info!(attempt, reason = %m, "Google token refresh failed; retrying");
+                    tokio::time::sleep(jitter(wait)).await;
+                    wait *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A valid access token for the tenant, refreshing when due. Errors are public.
+    pub async fn token(&self, tenant: &TenantId) -> Result<Secret, PublicError> {
+        let slot = self.slot(tenant);
+        let mut guard = slot.lock().await;
+        let cred = self.creds.resolve(tenant, "google").await.map_err(PublicError::from)?;
+        if let Some(c) = guard.as_ref() {
+            if c.version == cred.version && Instant::now() + EARLY_REFRESH < c.expires_at {
+                return Ok(c.token.clone());
+            }
+        }
+        match self.refresh_with(&*cred).await {
+            Ok(g) => {
+                let mut version = cred.version;
+                if let Some(rotated) = g.refresh_token {
+                    // Sealed and stored before the new access token is used.
+                    let st = self
+                        .creds
+                        .set_secret_field("keyward", tenant, "google", "refresh_token", rotated, None)
+                        .await
+                        .map_err(PublicError::from)?;
+                    version = st.version;
+                    tracing::info!(tenant = %tenant, "Google rotated the refresh token; stored the new one");
+                }
+                *guard =
+                    Some(Cached { token: g.access_token.clone(), expires_at: Instant::now() + g.expires_in, version });
+                Ok(g.access_token)
+            }
+            Err(e) => {
+                *guard = None;
+                let msg = format!("token refresh failed: {}", e.message());
+                let revoked = matches!(e, TokenError::Revoked(_));
+                let status = revoked.then_some(CredStatus::Revoked);
+                if let Err(w) =
+                    self.creds.record_check("keyward", tenant, "google", false, Some(msg.clone()), status).await
+                {
+                    tracing::warn!(tenant = %tenant, error = %w, "could not record the token refresh failure");
+                }
+                tracing::warn!(tenant = %tenant, reason = %e.message(), revoked, "Google token refresh failed");
+                Err(match e {
+                    TokenError::Revoked(_) => PublicError::new(
+                        StatusCode::FORBIDDEN,
+                        "credential_revoked",
+                        format!("Google refused the refresh token ({}); reconnect the tenant", e.message()),
+                    ),
+                    TokenError::Timeout(_) => PublicError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_timeout",
+                        "the Google token endpoint did not answer",
+                    ),
+                    _ => PublicError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream_connect_failed",
+                        format!("could not obtain a Google access token: {}", e.message()),
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Best-effort revocation of a refresh token at Google (on credential deletion).
+    pub async fn revoke(&self, token: &Secret) -> Result<(), String> {
+        let resp = self
+            .http
+            .post(self.endpoints.revoke.clone())
+            .form(&[("token", token.expose())])
+            .send()
+            .await
+            .map_err(|_| "the revoke endpoint could not be reached".to_string())?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the revoke endpoint answered HTTP {}", resp.status().as_u16()))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::proxy::TokenSource for TokenManager {
+    async fn access_token(&self, tenant: &TenantId) -> Result<Secret, PublicError> {
+        self.token(tenant).await
+    }
+
+    async fn invalidate(&self, tenant: &TenantId) {
+        TokenManager::invalidate(self, tenant).await;
+    }
+}
