@@ -60,10 +60,14 @@ fn fake_google(st: Arc<GoogleState>) -> Handler {
                     if f.get("grant_type").map(String::as_str) == Some("authorization_code") {
                         let code = f.get("code").cloned().unwrap_or_default();
                         let verifier = f.get("code_verifier").cloned().unwrap_or_default();
-                        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+                        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .encode(sha2::Sha256::digest(verifier.as_bytes()));
                         let expected = st.challenges.lock().unwrap().get(&code).cloned();
                         if expected.as_deref() != Some(challenge.as_str()) {
-                            return json_response(400, r#"{"error":"invalid_grant","error_description":"PKCE verification failed"}"#);
+                            return json_response(
+                                400,
+                                r#"{"error":"invalid_grant","error_description":"PKCE verification failed"}"#,
+                            );
                         }
                         return json_response(200, &json!({"access_token": "ya29.connected", "expires_in": 3599, "refresh_token": "1//CANARYconnectedRefresh0000000003"}).to_string());
                     }
@@ -75,14 +79,24 @@ fn fake_google(st: Arc<GoogleState>) -> Handler {
                     match mode {
                         Mode::Ok => {
                             st.issued.lock().unwrap().push(token.clone());
-                            json_response(200, &json!({"access_token": token, "expires_in": "3599", "token_type": "Bearer"}).to_string())
+                            json_response(
+                                200,
+                                &json!({"access_token": token, "expires_in": "3599", "token_type": "Bearer"})
+                                    .to_string(),
+                            )
                         }
                         Mode::Rotate(new) => {
                             st.issued.lock().unwrap().push(token.clone());
                             *st.mode.lock().unwrap() = Some(Mode::Ok);
-                            json_response(200, &json!({"access_token": token, "expires_in": 3599, "refresh_token": new}).to_string())
+                            json_response(
+                                200,
+                                &json!({"access_token": token, "expires_in": 3599, "refresh_token": new}).to_string(),
+                            )
                         }
-                        Mode::InvalidGrant => json_response(400, r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#),
+                        Mode::InvalidGrant => json_response(
+                            400,
+                            r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#,
+                        ),
                         Mode::Fail(code, left) => {
                             if left <= 1 {
                                 *st.mode.lock().unwrap() = Some(Mode::Ok);
@@ -192,7 +206,12 @@ async fn invalid_grant_revokes_the_credential_and_later_calls_do_not_reach_googl
     let e = env("10s").await;
     *e.st.mode.lock().unwrap() = Some(Mode::InvalidGrant);
     let (s, h, body) = e.d.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
-    assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "credential_revoked"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        (s, h["keyward-error"].to_str().unwrap()),
+        (403, "credential_revoked"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let calls = e.st.token_calls.load(Ordering::SeqCst);
     assert_eq!(calls, 1, "invalid_grant is not retried");
     let (_, v) = e.d.admin("GET", "/v1/tenants/acme/credentials/google", None).await;
@@ -202,7 +221,11 @@ async fn invalid_grant_revokes_the_credential_and_later_calls_do_not_reach_googl
     assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "credential_revoked"));
     assert_eq!(e.st.token_calls.load(Ordering::SeqCst), calls, "answered at once, without calling Google");
     let (_, audit) = e.d.admin("GET", "/v1/audit?limit=100", None).await;
-    assert!(audit["entries"].as_array().unwrap().iter().any(|x| x["action"] == "credential.check" && x["tenant"] == "acme"));
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|x| x["action"] == "credential.check" && x["tenant"] == "acme"));
 }
 
 #[tokio::test]
@@ -231,12 +254,22 @@ async fn transient_failures_are_retried_and_bad_answers_get_clear_errors() {
     assert_eq!(s, 200, "two 503s, then success on the third attempt");
     assert_eq!(e.st.token_calls.load(Ordering::SeqCst), 3);
 
-    for (mode, code) in [(Mode::Garbage, "upstream_connect_failed"), (Mode::EmptyToken, "upstream_connect_failed"), (Mode::Fail(500, 9), "upstream_connect_failed"), (Mode::Hang, "upstream_timeout")] {
+    for (mode, code) in [
+        (Mode::Garbage, "upstream_connect_failed"),
+        (Mode::EmptyToken, "upstream_connect_failed"),
+        (Mode::Fail(500, 9), "upstream_connect_failed"),
+        (Mode::Hang, "upstream_timeout"),
+    ] {
         e.d.admin("POST", "/v1/tenants/acme/credentials/google/verify", None).await;
         e.st.issued.lock().unwrap().clear();
         *e.st.mode.lock().unwrap() = Some(mode.clone());
         let (s, h, body) = e.d.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
-        assert_eq!(h.get("keyward-error").map(|v| v.to_str().unwrap()), Some(code), "{mode:?}: {s} {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            h.get("keyward-error").map(|v| v.to_str().unwrap()),
+            Some(code),
+            "{mode:?}: {s} {}",
+            String::from_utf8_lossy(&body)
+        );
         let (_, v) = e.d.admin("GET", "/v1/tenants/acme/credentials/google", None).await;
         assert_eq!(v["status"], "active", "{mode:?}: a failed refresh leaves the status");
         assert!(v["last_error"].is_string(), "{mode:?}: {v}");
@@ -257,7 +290,14 @@ async fn a_401_from_google_refreshes_once_and_retries_get_requests() {
     // A POST with a body is not retried: the 401 goes back to the app.
     let second = e.st.issued.lock().unwrap()[1].clone();
     e.st.refuse.lock().unwrap().push(second);
-    let (s, _, _) = e.d.app("POST", "/google/calendar/v3/calendars/primary/events", &[("keyward-tenant", "acme"), ("content-type", "application/json")], Some(b"{}".to_vec())).await;
+    let (s, _, _) =
+        e.d.app(
+            "POST",
+            "/google/calendar/v3/calendars/primary/events",
+            &[("keyward-tenant", "acme"), ("content-type", "application/json")],
+            Some(b"{}".to_vec()),
+        )
+        .await;
     assert_eq!(s, 401);
 }
 
@@ -279,7 +319,10 @@ async fn the_connect_flow_stores_a_refresh_token_with_pkce_and_single_use_state(
     assert_eq!(q["client_id"], "c2.apps.googleusercontent.com");
     assert_eq!(q["redirect_uri"], "https://hooks.test/oauth/google/callback");
     assert_eq!(q["scope"], "s1 s2");
-    assert_eq!((q["access_type"].as_str(), q["prompt"].as_str(), q["code_challenge_method"].as_str()), ("offline", "consent", "S256"));
+    assert_eq!(
+        (q["access_type"].as_str(), q["prompt"].as_str(), q["code_challenge_method"].as_str()),
+        ("offline", "consent", "S256")
+    );
     let state = q["state"].clone();
     // Google "remembers" the challenge for the code it will hand out.
     e.st.challenges.lock().unwrap().insert("the-code".into(), q["code_challenge"].clone());
@@ -288,7 +331,14 @@ async fn the_connect_flow_stores_a_refresh_token_with_pkce_and_single_use_state(
         let addr = e.d.addr("webhooks");
         async move {
             let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (st, _, body) = http_full(hyper_util::rt::TokioIo::new(s), "GET", &format!("/oauth/google/callback?{query}"), None, &[]).await;
+            let (st, _, body) = http_full(
+                hyper_util::rt::TokioIo::new(s),
+                "GET",
+                &format!("/oauth/google/callback?{query}"),
+                None,
+                &[],
+            )
+            .await;
             (st, String::from_utf8(body).unwrap())
         }
     };
@@ -311,7 +361,8 @@ async fn the_connect_flow_stores_a_refresh_token_with_pkce_and_single_use_state(
     }
     // A wrong PKCE verifier (the code was issued for another challenge) fails the exchange.
     let (_, v) = e.d.admin("POST", "/v1/tenants/initech/oauth/google/start", None).await;
-    let q: HashMap<String, String> = url::Url::parse(v["authorization_url"].as_str().unwrap()).unwrap().query_pairs().into_owned().collect();
+    let q: HashMap<String, String> =
+        url::Url::parse(v["authorization_url"].as_str().unwrap()).unwrap().query_pairs().into_owned().collect();
     e.st.challenges.lock().unwrap().insert("code-2".into(), "not-the-challenge".into());
     let (s, page) = cb(format!("code=code-2&state={}", q["state"])).await;
     assert_eq!(s, 400);
@@ -326,7 +377,8 @@ async fn deleting_the_google_credential_revokes_the_token_at_google() {
     assert_eq!(s, 200);
     assert_eq!(e.st.revoked.lock().unwrap().as_slice(), [REFRESH.to_string()]);
     let (_, audit) = e.d.admin("GET", "/v1/audit?limit=100", None).await;
-    let entry = audit["entries"].as_array().unwrap().iter().find(|x| x["action"] == "oauth.google.revoke").cloned().unwrap();
+    let entry =
+        audit["entries"].as_array().unwrap().iter().find(|x| x["action"] == "oauth.google.revoke").cloned().unwrap();
     assert_eq!(entry["result"], "ok");
     assert_eq!(canary_hits(audit.to_string().as_bytes(), &[REFRESH]), 0);
 }

@@ -38,7 +38,12 @@ fn provider(header: &'static str, expected: String, status_override: Arc<AtomicU
                 }
                 p if p.ends_with("/IncomingPhoneNumbers.json") => {
                     // Pages forever: keyward must stop at its bound.
-                    let page: u32 = r.path_and_query.split("Page=").nth(1).and_then(|c| c.split('&').next()?.parse().ok()).unwrap_or(0);
+                    let page: u32 = r
+                        .path_and_query
+                        .split("Page=")
+                        .nth(1)
+                        .and_then(|c| c.split('&').next()?.parse().ok())
+                        .unwrap_or(0);
                     json_response(200, &json!({"incoming_phone_numbers": [{"phone_number": format!("+1415555{:04}", page), "account_sid": SID}],
                         "next_page_uri": format!("/2010-04-01/Accounts/{SID}/IncomingPhoneNumbers.json?PageSize=1&Page={}", page + 1)}).to_string())
                 }
@@ -64,9 +69,11 @@ async fn env(verification: &str) -> Env {
     let down = Arc::new(AtomicU16::new(0));
     use base64::Engine;
     let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{SID}:{GOOD}")));
-    let vapi = FakeProvider::with_handler(&pki, provider("authorization", format!("Bearer {GOOD}"), down.clone())).await;
+    let vapi =
+        FakeProvider::with_handler(&pki, provider("authorization", format!("Bearer {GOOD}"), down.clone())).await;
     let twilio = FakeProvider::with_handler(&pki, provider("authorization", basic, down.clone())).await;
-    let resend = FakeProvider::with_handler(&pki, provider("authorization", format!("Bearer {GOOD}"), down.clone())).await;
+    let resend =
+        FakeProvider::with_handler(&pki, provider("authorization", format!("Bearer {GOOD}"), down.clone())).await;
     let eleven = FakeProvider::with_handler(&pki, provider("xi-api-key", GOOD.to_string(), down.clone())).await;
     let mut d = Daemon::new(DaemonConfig {
         extra: format!(
@@ -110,7 +117,12 @@ async fn every_provider_is_checked_live_and_the_outcome_recorded() {
         assert_eq!(v2["last_verified_at"], v["last_verified_at"]);
         assert!(v2["last_error"].as_str().unwrap().contains("503"));
         // Bad key: invalid credentials, status revoked, and the proxy refuses at once.
-        e.d.admin("PUT", &format!("/v1/tenants/acme/credentials/{p}"), Some(&fields(p, "CANARYbadKey00000000000000000002"))).await;
+        e.d.admin(
+            "PUT",
+            &format!("/v1/tenants/acme/credentials/{p}"),
+            Some(&fields(p, "CANARYbadKey00000000000000000002")),
+        )
+        .await;
         let (_, v3) = e.d.admin("POST", &format!("/v1/tenants/acme/credentials/{p}/verify"), None).await;
         assert_eq!(v3["verification"]["result"], "invalid", "{p}: {v3}");
         assert_eq!(v3["status"], "revoked");
@@ -131,15 +143,23 @@ async fn every_provider_is_checked_live_and_the_outcome_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_verify_true_nothing_is_stored_unless_it_verifies() {
     let e = env("[verification]\ndiscover_routes = false\ninterval = \"0s\"\n").await;
-    let (s, v) = e.d.admin("PUT", "/v1/tenants/acme/credentials/resend?verify=true", Some(&fields("resend", "CANARYbadKey00000000000000000002"))).await;
+    let (s, v) =
+        e.d.admin(
+            "PUT",
+            "/v1/tenants/acme/credentials/resend?verify=true",
+            Some(&fields("resend", "CANARYbadKey00000000000000000002")),
+        )
+        .await;
     assert_eq!((s, v["error"]["code"].as_str()), (422, Some("invalid_credential")), "{v}");
     let (s, _) = e.d.admin("GET", "/v1/tenants/acme/credentials/resend", None).await;
     assert_eq!(s, 404, "nothing stored");
     e.down.store(502, Ordering::SeqCst);
-    let (s, v) = e.d.admin("PUT", "/v1/tenants/acme/credentials/resend?verify=true", Some(&fields("resend", GOOD))).await;
+    let (s, v) =
+        e.d.admin("PUT", "/v1/tenants/acme/credentials/resend?verify=true", Some(&fields("resend", GOOD))).await;
     e.down.store(0, Ordering::SeqCst);
     assert_eq!((s, v["error"]["code"].as_str()), (502, Some("provider_unavailable")));
-    let (s, v) = e.d.admin("PUT", "/v1/tenants/acme/credentials/resend?verify=true", Some(&fields("resend", GOOD))).await;
+    let (s, v) =
+        e.d.admin("PUT", "/v1/tenants/acme/credentials/resend?verify=true", Some(&fields("resend", GOOD))).await;
     assert_eq!(s, 200, "{v}");
     assert!(v["last_verified_at"].is_string());
     let out = e.d.cli(&["cred", "put", "globex", "resend", "--verify"], Some(&fields("resend", GOOD)));
@@ -153,7 +173,8 @@ async fn routes_are_discovered_and_another_tenants_ids_are_never_moved() {
     e.d.admin("PUT", "/v1/routes/vapi-assistant/asst-2", Some(r#"{"tenant":"globex"}"#)).await;
     e.d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(&fields("vapi", GOOD))).await;
     let (_, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/vapi/verify", None).await;
-    let registered: Vec<&str> = v["routes"]["registered"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
+    let registered: Vec<&str> =
+        v["routes"]["registered"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
     assert!(registered.contains(&"vapi-assistant/asst-1") && registered.contains(&"vapi-phone-number/pn-1"), "{v}");
     assert_eq!(v["routes"]["conflicts"], json!(["vapi-assistant/asst-2"]));
     let (_, r) = e.d.admin("GET", "/v1/routes/vapi-assistant/asst-2", None).await;
@@ -174,7 +195,10 @@ async fn routes_are_discovered_and_another_tenants_ids_are_never_moved() {
     e.d.admin("PUT", "/v1/tenants/acme/credentials/elevenlabs", Some(&fields("elevenlabs", GOOD))).await;
     let (_, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/elevenlabs/verify", None).await;
     let regs: Vec<Value> = v["routes"]["registered"].as_array().unwrap().clone();
-    assert_eq!(regs, vec![json!("elevenlabs-agent/agent-0"), json!("elevenlabs-agent/agent-1"), json!("elevenlabs-agent/agent-2")]);
+    assert_eq!(
+        regs,
+        vec![json!("elevenlabs-agent/agent-0"), json!("elevenlabs-agent/agent-1"), json!("elevenlabs-agent/agent-2")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
