@@ -26,6 +26,7 @@ use crate::store::CredStatus;
 const STATE_TTL: Duration = Duration::from_secs(600);
 const MAX_PENDING: usize = 10_000;
 
+#[derive(Debug)]
 struct Pending {
     tenant: TenantId,
     verifier: Secret,
@@ -110,14 +111,8 @@ impl ConnectFlows {
         Ok(url.to_string())
     }
 
-    /// Completes a flow from the callback's query string. Returns the tenant connected.
-    pub async fn callback(
-        &self,
-        creds: &Credentials,
-        tokens: &TokenManager,
-        query: &str,
-        public_base_url: &Url,
-    ) -> Result<TenantId, CallbackError> {
+    /// Consumes the callback's state (single use) and returns the pending flow and code.
+    fn take(&self, query: &str) -> Result<(Pending, String), CallbackError> {
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         let state = params
             .get("state")
@@ -137,7 +132,20 @@ impl ConnectFlows {
         let code = params
             .get("code")
             .filter(|c| !c.is_empty())
-            .ok_or_else(|| CallbackError("the callback has no code".into()))?;
+            .ok_or_else(|| CallbackError("the callback has no code".into()))?
+            .clone();
+        Ok((pending, code))
+    }
+
+    /// Completes a flow from the callback's query string. Returns the tenant connected.
+    pub async fn callback(
+        &self,
+        creds: &Credentials,
+        tokens: &TokenManager,
+        query: &str,
+        public_base_url: &Url,
+    ) -> Result<TenantId, CallbackError> {
+        let (pending, code) = self.take(query)?;
         let tenant = pending.tenant;
         let cred = creds
             .resolve_any(&tenant, "google")
@@ -196,4 +204,38 @@ pub fn page(ok: bool, text: &str) -> String {
         .collect();
     let title = if ok { "Google connected" } else { "Google connection failed" };
     format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head><body><h1>{title}</h1><p>{esc}</p></body></html>\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flows_with(state: &str, age: Duration) -> ConnectFlows {
+        let f = ConnectFlows::default();
+        let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        f.pending.lock().unwrap().insert(
+            state.into(),
+            Pending { tenant: TenantId::parse("acme").unwrap(), verifier: Secret::new("v".into()), created },
+        );
+        f
+    }
+
+    #[test]
+    fn an_expired_state_is_refused_and_consumed() {
+        let f = flows_with("s1", Duration::from_secs(601));
+        assert!(f.take("state=s1&code=c").unwrap_err().0.contains("expired"));
+        assert!(f.take("state=s1&code=c").unwrap_err().0.contains("already used"));
+    }
+
+    #[test]
+    fn a_fresh_state_is_single_use_and_needs_a_code() {
+        let f = flows_with("s2", Duration::from_secs(1));
+        let (p, code) = f.take("state=s2&code=c").unwrap();
+        assert_eq!((p.tenant.as_str(), code.as_str()), ("acme", "c"));
+        assert!(f.take("state=s2&code=c").is_err());
+        let g = flows_with("s3", Duration::from_secs(1));
+        assert!(g.take("state=s3").unwrap_err().0.contains("no code"));
+        let h = flows_with("s4", Duration::from_secs(1));
+        assert!(h.take("state=s4&error=access_denied").unwrap_err().0.contains("access_denied"));
+    }
 }
