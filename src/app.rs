@@ -15,6 +15,7 @@ use crate::config::{Config, Env};
 use crate::creds::{CredError, Credentials};
 use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
 use crate::live::Live;
+use crate::metrics::{DerivedSource, Metrics};
 use crate::oauth::connect::ConnectFlows;
 use crate::oauth::{Endpoints, TokenManager};
 use crate::ops::{self, Readiness};
@@ -91,6 +92,7 @@ pub struct App {
     live: Arc<Live>,
     tokens: Arc<TokenManager>,
     connect: Arc<ConnectFlows>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for App {
@@ -150,6 +152,12 @@ impl App {
         ));
         let connect = Arc::new(ConnectFlows::default());
         let live = Arc::new(Live::new(creds.clone(), upstream.clone(), tokens.clone()));
+        let replay = ReplayCache::new(REPLAY_CAPACITY);
+        let metrics = Arc::new(Metrics::new(
+            creds.clone(),
+            config.ops.as_ref().is_some_and(|o| o.metrics_tenant_labels),
+            vec![tokens.clone() as Arc<dyn DerivedSource>, Arc::new(replay.clone())],
+        ));
         let proxy = match &config.app {
             None => None,
             Some(app) => {
@@ -161,9 +169,10 @@ impl App {
                 Some(Arc::new(ProxyState {
                     creds: creds.clone(),
                     upstream: upstream.clone(),
-                    policy: Policy::new(app.clients.clone()),
+                    policy: std::sync::RwLock::new(Arc::new(Policy::new(app.clients.clone()))),
                     limiter: RateLimiter::default(),
                     tokens: Some(tokens.clone() as Arc<dyn crate::proxy::TokenSource>),
+                    metrics: metrics.clone(),
                 }))
             }
         };
@@ -171,7 +180,7 @@ impl App {
         let webhooks = config.webhooks.as_ref().map(|w| {
             Arc::new(WebhookState {
                 creds: creds.clone(),
-                replay: ReplayCache::new(REPLAY_CAPACITY),
+                replay: replay.clone(),
                 app: AppClient::new(&w.forward_to, w.forward_timeout),
                 public_base_url: w.public_base_url.clone(),
                 max_body: w.max_body,
@@ -180,6 +189,7 @@ impl App {
                 verified: Default::default(),
                 connect: connect.clone(),
                 tokens: tokens.clone(),
+                metrics: metrics.clone(),
             })
         });
 
@@ -219,12 +229,17 @@ impl App {
         if let Some(o) = &config.ops {
             add("ops", Bound::Tcp(listen::bind_tcp(o.listen)?), None);
         }
-        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect })
+        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect, metrics })
     }
 
     /// `(listener name, address)` of every bound listener.
     pub fn addresses(&self) -> Vec<(&'static str, String)> {
         self.listeners.iter().map(|l| (l.name, l.bound.describe())).collect()
+    }
+
+    /// What SIGHUP can change in the running daemon.
+    pub fn reloader(&self) -> Reloader {
+        Reloader { creds: self.creds.clone(), proxy: self.proxy.clone(), log: self.log.clone(), current: std::sync::Mutex::new(self.config.clone()) }
     }
 
     /// The credential service (tests and benchmarks).
@@ -234,9 +249,12 @@ impl App {
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        let App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect } =
+        let App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect, metrics } =
             self;
-        let limits = ConnLimits::default();
+        let limits = ConnLimits {
+            drain_grace: config.ops.as_ref().map_or(Duration::from_secs(30), |o| o.drain_grace),
+            ..ConnLimits::default()
+        };
         let admin_state = Arc::new(AdminState {
             creds: creds.clone(),
             log,
@@ -279,14 +297,16 @@ impl App {
                 }
                 _ => {
                     let r = readiness.clone();
+                    let m = metrics.clone();
                     tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |_peer| {
-                        let r = r.clone();
-                        hyper::service::service_fn(move |req| ops::handle(r.clone(), req))
+                        let (r, m) = (r.clone(), m.clone());
+                        hyper::service::service_fn(move |req| ops::handle(r.clone(), m.clone(), req))
                     })));
                 }
             }
         }
         readiness.listeners_bound.store(true, Ordering::SeqCst);
+        crate::shutdown::notify_systemd("READY=1");
         if !config.verification.interval.is_zero() {
             tasks.push(tokio::spawn(live.clone().reverify_loop(
                 config.verification.interval,
@@ -301,6 +321,7 @@ impl App {
         let mut sd = shutdown;
         sd.wait().await;
         readiness.draining.store(true, Ordering::SeqCst);
+        crate::shutdown::notify_systemd("STOPPING=1");
         tracing::info!("shutting down: no new connections; draining in-flight requests");
         for t in tasks {
             let _ = t.await;
@@ -327,22 +348,73 @@ async fn purge_loop(creds: Arc<Credentials>, retention: Duration, mut shutdown: 
     }
 }
 
+/// Applies a reloaded configuration: providers (and their base URLs and rate limits),
+/// client policy and log level change in place; connections stay up. Changes to
+/// settings that need a restart are logged and ignored.
+#[derive(Debug)]
+pub struct Reloader {
+    creds: Arc<Credentials>,
+    proxy: Option<Arc<ProxyState>>,
+    log: LogHandle,
+    current: std::sync::Mutex<Config>,
+}
+
+impl Reloader {
+    /// Applies `new`; returns the settings that changed but need a restart.
+    pub fn apply(&self, new: Config) -> Vec<&'static str> {
+        let Ok(mut cur) = self.current.lock() else { return vec![] };
+        let restart = cur.restart_needed(&new);
+        self.creds.set_providers(Providers::from_config(&new.providers));
+        if let (Some(p), Some(app)) = (&self.proxy, &new.app) {
+            p.set_policy(Policy::new(app.clients.clone()));
+        }
+        if let Err(e) = self.log.set_level(&new.log.level) {
+            tracing::warn!(error = %e, "log level not changed");
+        }
+        *cur = new;
+        restart
+    }
+}
+
 /// Runs the daemon until SIGTERM/SIGINT: build, serve, drain.
 pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), StartError> {
+    // Handlers first: a SIGTERM right after "ready" must drain, not kill.
+    let mut signals = match crate::shutdown::Signals::new() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for signals; shutting down");
+            None
+        }
+    };
+    let source = config.source.clone();
     let app = App::build(config, env, log).await?;
+    let reloader = app.reloader();
     let (trigger, shutdown) = crate::shutdown::channel();
     let run = tokio::spawn(app.run(shutdown));
     loop {
-        match crate::shutdown::next_signal().await {
+        let event = match signals.as_mut() {
+            Some(s) => Ok(s.next().await),
+            None => Err("no signal handlers"),
+        };
+        match event {
             Ok(crate::shutdown::SignalEvent::Terminate) => {
                 tracing::info!("termination signal received");
                 trigger.fire();
                 break;
             }
             Ok(crate::shutdown::SignalEvent::Reload) => {
-                tracing::warn!(
-                    "SIGHUP received: configuration reload is not supported by this build; restart to apply changes"
-                );
+                crate::shutdown::notify_systemd("RELOADING=1");
+                match Config::load(&source, env) {
+                    Ok(new) => {
+                        let restart = reloader.apply(new);
+                        tracing::info!("configuration reloaded (providers, client policy, rate limits, log level)");
+                        if !restart.is_empty() {
+                            tracing::warn!(settings = %restart.join(", "), "these settings changed but only take effect after a restart");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
+                }
+                crate::shutdown::notify_systemd("READY=1");
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for signals; shutting down");

@@ -343,6 +343,10 @@ pub struct AdminConfig {
 pub struct OpsConfig {
     /// /healthz /readyz /metrics
     pub listen: SocketAddr,
+    /// Label outbound request metrics with tenant ids (unbounded: small fleets only).
+    pub metrics_tenant_labels: bool,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub drain_grace: Duration,
 }
 
 /// `[upstream]`
@@ -596,6 +600,9 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawOps {
     listen: String,
+    #[serde(default)]
+    metrics_tenant_labels: bool,
+    drain_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -850,6 +857,36 @@ impl Config {
         out
     }
 
+    /// Settings that differ from `new` and only take effect after a restart (listeners,
+    /// keys, store, TLS material, upstream client, webhook delivery).
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let differs = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        if differs(&self.store, &new.store) {
+            out.push("store");
+        }
+        if differs(&self.master_key, &new.master_key) {
+            out.push("master_key");
+        }
+        let listeners = |c: &Config| (c.app.as_ref().map(|a| (a.unix.clone(), a.unix_mode, a.tcp, a.tls.clone())), c.admin.clone(), c.ops.clone());
+        if differs(&listeners(self), &listeners(new)) {
+            out.push("listeners (app, admin, ops)");
+        }
+        if differs(&self.webhooks, &new.webhooks) {
+            out.push("webhooks");
+        }
+        if differs(&self.upstream, &new.upstream) {
+            out.push("upstream");
+        }
+        if differs(&self.danger, &new.danger) {
+            out.push("danger");
+        }
+        if differs(&self.verification, &new.verification) {
+            out.push("verification");
+        }
+        out
+    }
+
     /// One line per enabled `[danger]` knob, logged as a warning at start.
     pub fn danger_warnings(&self) -> Vec<&'static str> {
         let mut w = Vec::new();
@@ -947,7 +984,16 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
         return Err(ctx.err("admin.token_file", "admin.tcp needs a token_file holding the bearer token"));
     }
 
-    let ops = raw.ops.map(|o| ctx.addr("ops.listen", &o.listen).map(|listen| OpsConfig { listen })).transpose()?;
+    let ops = raw
+        .ops
+        .map(|o| -> Result<OpsConfig, ConfigError> {
+            Ok(OpsConfig {
+                listen: ctx.addr("ops.listen", &o.listen)?,
+                metrics_tenant_labels: o.metrics_tenant_labels,
+                drain_grace: ctx.duration("ops.drain_grace", o.drain_grace.as_deref(), Duration::from_secs(30))?,
+            })
+        })
+        .transpose()?;
 
     let upstream = UpstreamConfig {
         connect_timeout: ctx.duration(

@@ -217,6 +217,7 @@ pub struct Credentials {
     hits: AtomicU64,
     misses: AtomicU64,
     capacity: usize,
+    audit_seq: AtomicU64,
 }
 
 /// Decrypted credentials (and tenant data keys) kept in memory at most, by default. A full
@@ -267,13 +268,14 @@ impl Credentials {
         providers: Providers,
         retention: Duration,
     ) -> Result<Credentials, CredError> {
+        let mut store_head = store.audit_head().await?.seq;
         match store.get_meta(META_KEYCHECK).await? {
             Some(check) => keyring.open_check(&check)?,
             None => {
                 let value = keyring.seal_check()?;
                 let mut d = draft("keyward", "store.init", None, None, Some(keyring.active_id().to_string()));
                 d.target = Some(format!("master-key:{}", keyring.active_id()));
-                store.commit(vec![Op::PutMeta { key: META_KEYCHECK.into(), value }], d).await?;
+                store_head = store.commit(vec![Op::PutMeta { key: META_KEYCHECK.into(), value }], d).await?.seq;
             }
         }
         Ok(Credentials {
@@ -288,6 +290,7 @@ impl Credentials {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             capacity: DEFAULT_CACHE_ENTRIES,
+            audit_seq: AtomicU64::new(store_head),
         })
     }
 
@@ -295,6 +298,18 @@ impl Credentials {
     pub fn with_cache_entries(mut self, n: usize) -> Self {
         self.capacity = n.max(1);
         self
+    }
+
+    /// Commits through the store and tracks the audit chain's length.
+    async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let entry = self.store.commit(ops, audit).await?;
+        self.audit_seq.fetch_max(entry.seq, Ordering::Relaxed);
+        Ok(entry)
+    }
+
+    /// Entries in the audit chain (as of this process's last commit).
+    pub fn audit_length(&self) -> u64 {
+        self.audit_seq.load(Ordering::Relaxed)
     }
 
     /// The providers currently configured.
@@ -472,7 +487,7 @@ impl Credentials {
     ) {
         let mut d = draft(actor, action, tenant, provider, None);
         d.result = result.to_string();
-        if let Err(e) = self.store.commit(vec![], d).await {
+        if let Err(e) = self.commit(vec![], d).await {
             tracing::warn!(error = %e, action, "could not write an audit entry");
         }
     }
@@ -637,7 +652,7 @@ impl Credentials {
         };
         let expect = old.as_ref().map_or(Expect::Absent, |o| Expect::Version(o.version));
         ops.push(Op::PutCredential { record: rec.clone(), expect });
-        let result = self.store.commit(ops, draft(actor, action, Some(tenant.as_str()), Some(provider), None)).await;
+        let result = self.commit(ops, draft(actor, action, Some(tenant.as_str()), Some(provider), None)).await;
         // Invalidate even on failure: a failed commit may be ambiguous (fleet backends).
         self.invalidate(tenant.as_str(), provider);
         result?;
@@ -691,7 +706,7 @@ impl Credentials {
             };
             ops.push(Op::PutCredential { record, expect: Expect::Absent });
         }
-        self.store.commit(ops, draft(actor, "credential.import", None, None, Some(format!("{n} records")))).await?;
+        self.commit(ops, draft(actor, "credential.import", None, None, Some(format!("{n} records")))).await?;
         self.invalidate_all();
         Ok(n)
     }
@@ -855,7 +870,7 @@ impl Credentials {
                 ops.push(Op::DeleteTenant(tenant.clone()));
             }
             let action = if shred { "credential.purge+tenant.shred" } else { "credential.purge" };
-            self.store.commit(ops, draft("keyward", action, Some(&tenant), Some(&provider), None)).await?;
+            self.commit(ops, draft("keyward", action, Some(&tenant), Some(&provider), None)).await?;
             self.invalidate(&tenant, &provider);
             if shred {
                 if let Ok(mut d) = self.deks.write() {
@@ -901,7 +916,7 @@ impl Credentials {
                 batch.push(Op::PutMeta { key: META_KEYCHECK.into(), value: self.keyring.seal_check()? });
             }
             let target = Some(format!("master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"));
-            self.store.commit(batch, draft(actor, "keys.rotate", None, None, target)).await?;
+            self.commit(batch, draft(actor, "keys.rotate", None, None, target)).await?;
         }
         if let Ok(mut d) = self.deks.write() {
             d.clear();

@@ -30,6 +30,7 @@ pub mod hardening;
 pub mod ids;
 pub mod listen;
 pub mod live;
+pub mod metrics;
 pub mod oauth;
 pub mod ops;
 pub mod providers;

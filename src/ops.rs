@@ -1,5 +1,5 @@
 //! Ops listener (CONTRACT.md §7): `/healthz` (process alive), `/readyz` (store open, key
-//! loaded, listeners bound). Nothing secret is served here.
+//! loaded, listeners bound), `/metrics` (Prometheus text). Nothing secret is served here.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +42,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
 }
 
 /// Handles one ops request.
-pub async fn handle(ready: Arc<Readiness>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(ready: Arc<Readiness>, metrics: Arc<crate::metrics::Metrics>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -63,6 +63,11 @@ pub async fn handle(ready: Arc<Readiness>, req: Request<Incoming>) -> Result<Res
             } else {
                 json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready", "checks": checks}))
             }
+        }
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r
         }
         _ => json_response(
             StatusCode::NOT_FOUND,

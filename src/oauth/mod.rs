@@ -388,3 +388,9 @@ impl crate::proxy::TokenSource for TokenManager {
         TokenManager::invalidate(self, tenant).await;
     }
 }
+
+impl crate::metrics::DerivedSource for TokenManager {
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
+        vec![("keyward_google_token_refreshes", "Calls to Google's token endpoint to refresh access tokens", true, self.refresh_count())]
+    }
+}

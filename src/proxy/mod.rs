@@ -50,17 +50,33 @@ pub struct ProxyState {
     pub creds: Arc<Credentials>,
     /// Upstream clients.
     pub upstream: Upstream,
-    /// `[[app.clients]]`
-    pub policy: Policy,
+    /// `[[app.clients]]`, replaced on reload.
+    pub policy: std::sync::RwLock<Arc<Policy>>,
     /// Token buckets.
     pub limiter: RateLimiter,
     /// Google access tokens.
     pub tokens: Option<Arc<dyn TokenSource>>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for ProxyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyState").field("policy_rules", &!self.policy.is_open()).finish()
+        f.debug_struct("ProxyState").finish()
+    }
+}
+
+impl ProxyState {
+    /// The client policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the client policy (config reload); requests in flight keep the old one.
+    pub fn set_policy(&self, p: Policy) {
+        if let Ok(mut cur) = self.policy.write() {
+            *cur = Arc::new(p);
+        }
     }
 }
 
@@ -123,6 +139,12 @@ pub async fn handle(
     let method = req.method().clone();
     let (resp, tenant, provider) = proxy(&state, &peer, req).instrument(span.clone()).await;
     let resp = resp.unwrap_or_else(boxed_error);
+    let error = resp.headers().get("keyward-error").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let labels = crate::metrics::RequestLabels { provider: provider.clone().unwrap_or_else(|| "-".into()), status: resp.status().as_u16(), error };
+    state.metrics.proxy_requests.get_or_create(&labels).inc();
+    if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &tenant, &provider) {
+        f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.clone(), provider: p.clone(), status: resp.status().as_u16() }).inc();
+    }
     span.in_scope(|| {
         tracing::info!(
             target: "keyward::access",
@@ -169,7 +191,7 @@ async fn forward_one(
 ) -> Result<Response<ProxyBody>, PublicError> {
     let provider = &target.provider;
     let pname = provider.name.as_str();
-    if !state.policy.allows(peer, &target.tenant, pname) {
+    if !state.policy().allows(peer, &target.tenant, pname) {
         return Err(PublicError::new(
             StatusCode::FORBIDDEN,
             "tenant_not_allowed",
@@ -284,7 +306,9 @@ async fn forward_one(
     // The upstream connection negotiates its own version (ALPN).
 
     let mut extra_scrub = Vec::new();
+    let sent = Instant::now();
     let mut resp = state.upstream.send(up, websocket).await?;
+    state.metrics.upstream_latency.get_or_create(&crate::metrics::ProviderLabels { provider: pname.to_string() }).observe(sent.elapsed().as_secs_f64());
     if let (StatusCode::UNAUTHORIZED, Some((method, uri, mut headers)), Some(tokens)) =
         (resp.status(), retry, &state.tokens)
     {
@@ -409,7 +433,7 @@ async fn verify_endpoint(
     let d = crate::providers::inbound::Delivery { method, url, headers: &headers, body: &raw_body, now };
     let answer = match crate::webhook::verify::verify(&state.creds, None, &def, tenant, &d).await {
         Ok(v) => {
-            if !state.policy.allows(peer, &v.tenant, provider_name) {
+            if !state.policy().allows(peer, &v.tenant, provider_name) {
                 return Err(PublicError::new(
                     StatusCode::FORBIDDEN,
                     "tenant_not_allowed",

@@ -119,6 +119,19 @@ pub struct WebhookState {
     pub connect: Arc<crate::oauth::connect::ConnectFlows>,
     /// Google tokens (code exchange).
     pub tokens: Arc<crate::oauth::TokenManager>,
+    /// Metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl WebhookState {
+    fn count(&self, provider: &str, reason: Option<&str>) {
+        let labels = crate::metrics::WebhookLabels {
+            provider: provider.to_string(),
+            result: if reason.is_some() { "rejected" } else { "verified" }.to_string(),
+            reason: reason.unwrap_or("").to_string(),
+        };
+        self.metrics.webhook_verifications.get_or_create(&labels).inc();
+    }
 }
 
 fn now_secs() -> u64 {
@@ -263,6 +276,7 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
         Some(Err(_)) => {
             let r = Rejection { code: "no_credential", detail: "the path names no valid tenant".into() };
             state.rejections.record(def.name.as_str(), None, &r);
+            state.count(def.name.as_str(), Some(r.code));
             return rejection_response(&r);
         }
     };
@@ -291,9 +305,11 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
         Ok(v) => v,
         Err(r) => {
             state.rejections.record(def.name.as_str(), path_tenant.as_ref(), &r);
+            state.count(def.name.as_str(), Some(r.code));
             return rejection_response(&r);
         }
     };
+    state.count(def.name.as_str(), None);
     if let Ok(mut m) = state.verified.lock() {
         *m.entry(def.name.to_string()).or_default() += 1;
     }

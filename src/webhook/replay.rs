@@ -81,6 +81,12 @@ impl ReplayCache {
     }
 }
 
+impl crate::metrics::DerivedSource for ReplayCache {
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
+        vec![("keyward_webhook_replay_keys", "Webhook replay keys remembered", false, self.len() as u64)]
+    }
+}
+
 impl Reservation {
     /// Records the key (the app answered 2xx).
     pub fn commit(mut self) {

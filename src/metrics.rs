@@ -1,0 +1,142 @@
+//! Prometheus metrics (text format 0.0.4, served on the ops listener's `/metrics`).
+//!
+//! Labels are bounded sets only: provider names, HTTP status codes, public error codes,
+//! verification results. Tenant ids appear only when `[ops] metrics_tenant_labels = true`
+//! (an operator's choice for small fleets). Never a secret: nothing here sees one.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::creds::Credentials;
+
+/// `provider`, `status` (HTTP code) and `error` (keyward's code, or empty).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Provider name, or `-` when routing failed.
+    pub provider: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// keyward's error code, empty for relayed answers.
+    pub error: String,
+}
+
+/// The same, per tenant (opt-in).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantRequestLabels {
+    /// Tenant id.
+    pub tenant: String,
+    /// Provider name.
+    pub provider: String,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+/// `provider`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// `provider`, `result` (`verified` / `rejected`) and `reason` (the rejection code).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// Provider name.
+    pub provider: String,
+    /// `verified` or `rejected`.
+    pub result: String,
+    /// Rejection code, empty when verified.
+    pub reason: String,
+}
+
+/// Values read from the rest of the daemon at scrape time.
+#[derive(Debug)]
+struct Derived {
+    creds: Arc<Credentials>,
+    sources: Vec<Arc<dyn DerivedSource>>,
+}
+
+/// Something that contributes counters or gauges at scrape time.
+pub trait DerivedSource: std::fmt::Debug + Send + Sync {
+    /// `(name, help, is_counter, value)` rows.
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)>;
+}
+
+impl Collector for Derived {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let (hits, misses) = self.creds.cache_stats();
+        let mut rows = vec![
+            ("keyward_credential_cache_hits", "Credential lookups answered from memory", true, hits),
+            ("keyward_credential_cache_misses", "Credential lookups that read and opened the store", true, misses),
+            ("keyward_audit_chain_length", "Entries in the hash-chained audit log", false, self.creds.audit_length()),
+        ];
+        for s in &self.sources {
+            rows.extend(s.values());
+        }
+        for (name, help, counter, v) in rows {
+            if counter {
+                let m = ConstCounter::new(v);
+                let e = encoder.encode_descriptor(name, help, None, m.metric_type())?;
+                m.encode(e)?;
+            } else {
+                let m = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+                let e = encoder.encode_descriptor(name, help, None, m.metric_type())?;
+                m.encode(e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every metric keyward exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Outbound requests answered, by provider and status.
+    pub proxy_requests: Family<RequestLabels, Counter>,
+    /// The same by tenant, when enabled.
+    pub proxy_requests_by_tenant: Option<Family<TenantRequestLabels, Counter>>,
+    /// Time to the upstream's response head, by provider.
+    pub upstream_latency: Family<ProviderLabels, Histogram>,
+    /// Webhook verifications, by provider, result and reason.
+    pub webhook_verifications: Family<WebhookLabels, Counter>,
+}
+
+impl Metrics {
+    /// Registers every metric; `sources` add scrape-time values (token refreshes, replay
+    /// cache size…).
+    pub fn new(creds: Arc<Credentials>, tenant_labels: bool, sources: Vec<Arc<dyn DerivedSource>>) -> Metrics {
+        let mut registry = Registry::default();
+        let info = Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
+        registry.register("keyward_build", "keyward build information", info);
+        let proxy_requests = Family::<RequestLabels, Counter>::default();
+        registry.register("keyward_proxy_requests", "Outbound requests answered, by provider and status", proxy_requests.clone());
+        let proxy_requests_by_tenant = tenant_labels.then(|| {
+            let f = Family::<TenantRequestLabels, Counter>::default();
+            registry.register("keyward_proxy_requests_by_tenant", "Outbound requests answered, by tenant, provider and status", f.clone());
+            f
+        });
+        let upstream_latency = Family::<ProviderLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)));
+        registry.register("keyward_upstream_response_seconds", "Time from sending to the provider's response head", upstream_latency.clone());
+        let webhook_verifications = Family::<WebhookLabels, Counter>::default();
+        registry.register("keyward_webhook_verifications", "Webhook deliveries verified or rejected, by provider and reason", webhook_verifications.clone());
+        registry.register_collector(Box::new(Derived { creds, sources }));
+        Metrics { registry, proxy_requests, proxy_requests_by_tenant, upstream_latency, webhook_verifications }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
