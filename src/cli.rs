@@ -52,6 +52,12 @@ pub enum Command {
     /// Webhook tools (no daemon needed).
     #[command(subcommand)]
     Webhook(WebhookCmd),
+    /// Probe the ops listener (container HEALTHCHECK): exit 0 when it answers 200.
+    Health {
+        /// URL to GET.
+        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+    },
 }
 
 /// `keyward webhook …`

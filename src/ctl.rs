@@ -303,3 +303,22 @@ pub async fn log(ep: &Endpoint, cmd: LogCmd) -> Result<()> {
     print_json(&call(ep, Method::PUT, "/v1/log/level", Some(body)).await?);
     Ok(())
 }
+
+/// `keyward health`: one GET to the ops listener (plain HTTP, loopback); true on 200.
+pub async fn health(url: &str) -> Result<bool> {
+    let uri: http::Uri = url.parse().context("--url is not a URL")?;
+    if uri.scheme_str() != Some("http") {
+        bail!("--url must be http://host:port/path (the ops listener)");
+    }
+    let authority = uri.authority().context("--url needs host:port")?.to_string();
+    let stream = tokio::time::timeout(std::time::Duration::from_secs(3), tokio::net::TcpStream::connect(&authority))
+        .await
+        .context("timed out connecting")?
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    let req = Request::builder()
+        .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header("host", authority.as_str())
+        .body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(3), send(TokioIo::new(stream), req)).await.context("timed out")??;
+    Ok(resp.status() == StatusCode::OK)
+}

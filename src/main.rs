@@ -80,6 +80,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Health { url } => match runtime.block_on(ctl::health(&url)) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => fail(&format!("{url} is not ready")),
+            Err(e) => fail(&format!("{e:#}")),
+        },
         command => {
             telemetry::init_cli();
             runtime.block_on(client(cli.admin, cli.config, command))
@@ -158,7 +163,7 @@ async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, comma
         Command::Audit(c) => ctl::audit(&ep, c).await,
         Command::Key(c) => ctl::key(&ep, c).await.map(|()| true),
         Command::Log(c) => ctl::log(&ep, c).await.map(|()| true),
-        Command::Serve | Command::CheckConfig | Command::Keygen { .. } | Command::Webhook(_) => Ok(true),
+        Command::Serve | Command::CheckConfig | Command::Keygen { .. } | Command::Webhook(_) | Command::Health { .. } => Ok(true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
