@@ -229,7 +229,20 @@ impl App {
         if let Some(o) = &config.ops {
             add("ops", Bound::Tcp(listen::bind_tcp(o.listen)?), None);
         }
-        Ok(App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect, metrics })
+        Ok(App {
+            config,
+            creds,
+            readiness,
+            log,
+            token_digest,
+            listeners,
+            proxy,
+            webhooks,
+            live,
+            tokens,
+            connect,
+            metrics,
+        })
     }
 
     /// `(listener name, address)` of every bound listener.
@@ -239,7 +252,12 @@ impl App {
 
     /// What SIGHUP can change in the running daemon.
     pub fn reloader(&self) -> Reloader {
-        Reloader { creds: self.creds.clone(), proxy: self.proxy.clone(), log: self.log.clone(), current: std::sync::Mutex::new(self.config.clone()) }
+        Reloader {
+            creds: self.creds.clone(),
+            proxy: self.proxy.clone(),
+            log: self.log.clone(),
+            current: std::sync::Mutex::new(self.config.clone()),
+        }
     }
 
     /// The credential service (tests and benchmarks).
@@ -249,8 +267,20 @@ impl App {
 
     /// Serves until `shutdown` fires, then drains and returns.
     pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
-        let App { config, creds, readiness, log, token_digest, listeners, proxy, webhooks, live, tokens, connect, metrics } =
-            self;
+        let App {
+            config,
+            creds,
+            readiness,
+            log,
+            token_digest,
+            listeners,
+            proxy,
+            webhooks,
+            live,
+            tokens,
+            connect,
+            metrics,
+        } = self;
         let limits = ConnLimits {
             drain_grace: config.ops.as_ref().map_or(Duration::from_secs(30), |o| o.drain_grace),
             ..ConnLimits::default()
@@ -412,7 +442,9 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
                             tracing::warn!(settings = %restart.join(", "), "these settings changed but only take effect after a restart");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one")
+                    }
                 }
                 crate::shutdown::notify_systemd("READY=1");
             }

@@ -868,7 +868,13 @@ impl Config {
         if differs(&self.master_key, &new.master_key) {
             out.push("master_key");
         }
-        let listeners = |c: &Config| (c.app.as_ref().map(|a| (a.unix.clone(), a.unix_mode, a.tcp, a.tls.clone())), c.admin.clone(), c.ops.clone());
+        let listeners = |c: &Config| {
+            (
+                c.app.as_ref().map(|a| (a.unix.clone(), a.unix_mode, a.tcp, a.tls.clone())),
+                c.admin.clone(),
+                c.ops.clone(),
+            )
+        };
         if differs(&listeners(self), &listeners(new)) {
             out.push("listeners (app, admin, ops)");
         }

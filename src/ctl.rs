@@ -319,6 +319,8 @@ pub async fn health(url: &str) -> Result<bool> {
         .uri(uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"))
         .header("host", authority.as_str())
         .body(Full::new(Bytes::new()))?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(3), send(TokioIo::new(stream), req)).await.context("timed out")??;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(3), send(TokioIo::new(stream), req))
+        .await
+        .context("timed out")??;
     Ok(resp.status() == StatusCode::OK)
 }

@@ -163,7 +163,11 @@ async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, comma
         Command::Audit(c) => ctl::audit(&ep, c).await,
         Command::Key(c) => ctl::key(&ep, c).await.map(|()| true),
         Command::Log(c) => ctl::log(&ep, c).await.map(|()| true),
-        Command::Serve | Command::CheckConfig | Command::Keygen { .. } | Command::Webhook(_) | Command::Health { .. } => Ok(true),
+        Command::Serve
+        | Command::CheckConfig
+        | Command::Keygen { .. }
+        | Command::Webhook(_)
+        | Command::Health { .. } => Ok(true),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

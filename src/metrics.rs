@@ -118,16 +118,34 @@ impl Metrics {
         let info = Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
         registry.register("keyward_build", "keyward build information", info);
         let proxy_requests = Family::<RequestLabels, Counter>::default();
-        registry.register("keyward_proxy_requests", "Outbound requests answered, by provider and status", proxy_requests.clone());
+        registry.register(
+            "keyward_proxy_requests",
+            "Outbound requests answered, by provider and status",
+            proxy_requests.clone(),
+        );
         let proxy_requests_by_tenant = tenant_labels.then(|| {
             let f = Family::<TenantRequestLabels, Counter>::default();
-            registry.register("keyward_proxy_requests_by_tenant", "Outbound requests answered, by tenant, provider and status", f.clone());
+            registry.register(
+                "keyward_proxy_requests_by_tenant",
+                "Outbound requests answered, by tenant, provider and status",
+                f.clone(),
+            );
             f
         });
-        let upstream_latency = Family::<ProviderLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 14)));
-        registry.register("keyward_upstream_response_seconds", "Time from sending to the provider's response head", upstream_latency.clone());
+        let upstream_latency = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register(
+            "keyward_upstream_response_seconds",
+            "Time from sending to the provider's response head",
+            upstream_latency.clone(),
+        );
         let webhook_verifications = Family::<WebhookLabels, Counter>::default();
-        registry.register("keyward_webhook_verifications", "Webhook deliveries verified or rejected, by provider and reason", webhook_verifications.clone());
+        registry.register(
+            "keyward_webhook_verifications",
+            "Webhook deliveries verified or rejected, by provider and reason",
+            webhook_verifications.clone(),
+        );
         registry.register_collector(Box::new(Derived { creds, sources }));
         Metrics { registry, proxy_requests, proxy_requests_by_tenant, upstream_latency, webhook_verifications }
     }

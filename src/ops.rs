@@ -42,7 +42,11 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
 }
 
 /// Handles one ops request.
-pub async fn handle(ready: Arc<Readiness>, metrics: Arc<crate::metrics::Metrics>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    ready: Arc<Readiness>,
+    metrics: Arc<crate::metrics::Metrics>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -66,7 +70,10 @@ pub async fn handle(ready: Arc<Readiness>, metrics: Arc<crate::metrics::Metrics>
         }
         "/metrics" => {
             let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
-            r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             r
         }
         _ => json_response(

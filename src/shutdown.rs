@@ -62,7 +62,11 @@ impl Signals {
     /// Registers SIGTERM, SIGINT and SIGHUP handlers.
     pub fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        Ok(Signals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())?, hup: signal(SignalKind::hangup())? })
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
     }
 
     /// Waits for the next SIGTERM, SIGINT or SIGHUP.
@@ -85,7 +89,8 @@ pub fn notify_systemd(state: &str) {
     let sent = match path.to_str().and_then(|p| p.strip_prefix('@')) {
         Some(name) => {
             use std::os::linux::net::SocketAddrExt;
-            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+            std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
         }
         None => sock.send_to(state.as_bytes(), &path),
     };

@@ -391,6 +391,11 @@ impl crate::proxy::TokenSource for TokenManager {
 
 impl crate::metrics::DerivedSource for TokenManager {
     fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
-        vec![("keyward_google_token_refreshes", "Calls to Google's token endpoint to refresh access tokens", true, self.refresh_count())]
+        vec![(
+            "keyward_google_token_refreshes",
+            "Calls to Google's token endpoint to refresh access tokens",
+            true,
+            self.refresh_count(),
+        )]
     }
 }

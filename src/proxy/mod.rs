@@ -140,10 +140,19 @@ pub async fn handle(
     let (resp, tenant, provider) = proxy(&state, &peer, req).instrument(span.clone()).await;
     let resp = resp.unwrap_or_else(boxed_error);
     let error = resp.headers().get("keyward-error").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let labels = crate::metrics::RequestLabels { provider: provider.clone().unwrap_or_else(|| "-".into()), status: resp.status().as_u16(), error };
+    let labels = crate::metrics::RequestLabels {
+        provider: provider.clone().unwrap_or_else(|| "-".into()),
+        status: resp.status().as_u16(),
+        error,
+    };
     state.metrics.proxy_requests.get_or_create(&labels).inc();
     if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &tenant, &provider) {
-        f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.clone(), provider: p.clone(), status: resp.status().as_u16() }).inc();
+        f.get_or_create(&crate::metrics::TenantRequestLabels {
+            tenant: t.clone(),
+            provider: p.clone(),
+            status: resp.status().as_u16(),
+        })
+        .inc();
     }
     span.in_scope(|| {
         tracing::info!(
@@ -308,7 +317,11 @@ async fn forward_one(
     let mut extra_scrub = Vec::new();
     let sent = Instant::now();
     let mut resp = state.upstream.send(up, websocket).await?;
-    state.metrics.upstream_latency.get_or_create(&crate::metrics::ProviderLabels { provider: pname.to_string() }).observe(sent.elapsed().as_secs_f64());
+    state
+        .metrics
+        .upstream_latency
+        .get_or_create(&crate::metrics::ProviderLabels { provider: pname.to_string() })
+        .observe(sent.elapsed().as_secs_f64());
     if let (StatusCode::UNAUTHORIZED, Some((method, uri, mut headers)), Some(tokens)) =
         (resp.status(), retry, &state.tokens)
     {

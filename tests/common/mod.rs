@@ -28,6 +28,10 @@ pub struct DaemonConfig {
     pub admin_extra: String,
     /// When set, an [app] section with `unix = <dir>/app.sock` plus these lines.
     pub app: Option<String>,
+    /// Extra environment for the daemon process.
+    pub env: Vec<(String, String)>,
+    /// Extra lines inside [ops].
+    pub ops_extra: String,
 }
 
 impl Default for DaemonConfig {
@@ -41,6 +45,8 @@ impl Default for DaemonConfig {
             log_level: "keyward=trace,info".into(),
             admin_extra: String::new(),
             app: None,
+            env: vec![],
+            ops_extra: String::new(),
         }
     }
 }
@@ -110,6 +116,7 @@ unix = "{admin}"
 
 [ops]
 listen = "127.0.0.1:0"
+{ops_extra}
 {app}
 
 [log]
@@ -124,6 +131,7 @@ level = "{level}"
             previous = previous.join(", "),
             admin = self.admin_sock.display(),
             admin_extra = c.admin_extra,
+            ops_extra = c.ops_extra,
             verification = if c.extra.contains("[verification]") {
                 ""
             } else {
@@ -175,6 +183,7 @@ level = "{level}"
         let child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.config_path)
+            .envs(self.config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -232,6 +241,12 @@ level = "{level}"
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Sends a signal (e.g. "HUP").
+    pub fn signal(&self, sig: &str) {
+        let pid = self.pid().to_string();
+        assert!(Command::new("kill").args([&format!("-{sig}"), &pid]).status().unwrap().success());
     }
 
     /// SIGTERM and wait; returns the exit status code.
