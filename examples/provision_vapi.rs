@@ -53,9 +53,18 @@ async fn call(
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 1 {
+        // No arguments (also how `cargo test --all-targets` runs examples): show usage.
+        eprintln!(
+            "usage: provision_vapi --socket /run/keyward/app.sock --tenant TENANT --name NAME [--first-message TEXT]"
+        );
+        return;
+    }
     let socket = arg(&args, "--socket").unwrap_or_else(|| "/run/keyward/app.sock".into());
-    let tenant = arg(&args, "--tenant").expect("--tenant TENANT");
-    let name = arg(&args, "--name").expect("--name NAME");
+    let (Some(tenant), Some(name)) = (arg(&args, "--tenant"), arg(&args, "--name")) else {
+        eprintln!("provision_vapi: --tenant and --name are required");
+        std::process::exit(2);
+    };
     let first = arg(&args, "--first-message").unwrap_or_else(|| "Hello!".into());
     let config = json!({"name": name, "firstMessage": first, "model": {"provider": "openai", "model": "gpt-4o"}});
 

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::admin::{self, AdminState};
-use crate::config::{Config, Env};
+use crate::config::{Backend, Config, Env, PasswordSource, PostgresConfig};
 use crate::creds::{CredError, Credentials};
 use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
 use crate::live::Live;
@@ -22,7 +22,7 @@ use crate::ops::{self, Readiness};
 use crate::providers::Providers;
 use crate::proxy::{self, Policy, ProxyState, RateLimiter, Upstream};
 use crate::shutdown::Shutdown;
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{PgStore, PgTarget, SledStore, Store, StoreError};
 use crate::telemetry::LogHandle;
 use crate::tls::TlsError;
 use crate::vault::{Keyring, VaultError};
@@ -101,6 +101,53 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// Reads a secret file (mode 0600 or stricter), one trailing newline removed.
+fn read_secret_file(path: &std::path::Path, what: &str) -> Result<zeroize::Zeroizing<String>, StartError> {
+    let err = |reason: String| StartError::Credentials(format!("{what} {}: {reason}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {:04o} lets other users read it; chmod 600 it",
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// Connection settings for tools (`keyward store migrate`).
+pub fn pg_target_for_tools(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError> {
+    pg_target(pg, env)
+}
+
+/// Connection settings for PostgreSQL, with the password from its file or credential.
+fn pg_target(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError> {
+    let mut config: tokio_postgres::Config =
+        pg.url.parse().map_err(|e| StartError::Credentials(format!("store.url is not a PostgreSQL URL: {e}")))?;
+    match &pg.password {
+        PasswordSource::None => {}
+        PasswordSource::File(p) => {
+            config.password(read_secret_file(p, "store.password_file")?.as_bytes());
+        }
+        PasswordSource::Credential(name) => {
+            let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                StartError::Credentials(format!(
+                    "store.password_credential = \"{name}\" needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
+                ))
+            })?;
+            config.password(
+                read_secret_file(&std::path::Path::new(&dir).join(name), "store.password_credential")?.as_bytes(),
+            );
+        }
+    }
+    config.application_name("keyward");
+    let tls = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => None,
+        _ => Some(crate::tls::client_config(pg.tls_ca.as_deref(), &[b"postgresql"])?),
+    };
+    Ok(PgTarget { config, tls, display: pg.url.clone() })
+}
+
 fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
     let err = |reason: String| StartError::Token { path: path.display().to_string(), reason };
     let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
@@ -132,15 +179,24 @@ impl App {
         }
         tracing::info!(source = %key_source.description, key_id = %keyring.active_id(), previous = keyring.previous_ids().len(), "master key loaded");
 
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&config.store.path)?);
+        let store: Arc<dyn Store> = match &config.store.backend {
+            Backend::Sled => Arc::new(SledStore::open(&config.store.path)?),
+            Backend::Postgres(pg) => {
+                let target = pg_target(pg, env)?;
+                tracing::info!(db = %target.display, "opening the PostgreSQL store (fleet mode)");
+                PgStore::open(target).await?
+            }
+        };
+        let _ = readiness.store.set(store.clone());
         readiness.store_open.store(true, Ordering::SeqCst);
         let providers = Providers::from_config(&config.providers);
-        let creds = Arc::new(
+        let creds: Arc<Credentials> = Arc::new(
             Credentials::open(store, keyring, providers, config.store.deleted_retention)
                 .await?
                 .with_cache_entries(config.store.cache_entries),
         );
         readiness.key_loaded.store(true, Ordering::SeqCst);
+        creds.watch_changes();
 
         let token_digest = config.admin.token_file.as_deref().map(read_token).transpose()?;
 
@@ -180,7 +236,11 @@ impl App {
         let webhooks = config.webhooks.as_ref().map(|w| {
             Arc::new(WebhookState {
                 creds: creds.clone(),
-                replay: replay.clone(),
+                replay: if creds.store().as_pg().is_some() {
+                    webhook::replay::Replay::Shared(creds.store().clone(), replay.clone())
+                } else {
+                    webhook::replay::Replay::Memory(replay.clone())
+                },
                 app: AppClient::new(&w.forward_to, w.forward_timeout),
                 public_base_url: w.public_base_url.clone(),
                 max_body: w.max_body,
@@ -366,6 +426,11 @@ impl App {
 async fn purge_loop(creds: Arc<Credentials>, retention: Duration, mut shutdown: Shutdown) {
     let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
+        if let Some(pg) = creds.store().as_pg() {
+            if let Err(e) = pg.replay_prune().await {
+                tracing::debug!(error = %e, "could not prune expired replay keys");
+            }
+        }
         match creds.purge_expired().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "purge pass done"),

@@ -52,6 +52,9 @@ pub enum Command {
     /// Webhook tools (no daemon needed).
     #[command(subcommand)]
     Webhook(WebhookCmd),
+    /// Store maintenance.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Probe the ops listener (container HEALTHCHECK): exit 0 when it answers 200.
     Health {
         /// URL to GET.
@@ -200,5 +203,19 @@ pub enum LogCmd {
     Level {
         /// The filter.
         level: String,
+    },
+}
+
+/// `keyward store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCmd {
+    /// Copy a store into another (sled into PostgreSQL, or back); resumable.
+    Migrate {
+        /// Configuration of the source store.
+        #[arg(long, value_name = "CONFIG")]
+        from: PathBuf,
+        /// Configuration of the target store.
+        #[arg(long, value_name = "CONFIG")]
+        to: PathBuf,
     },
 }

@@ -203,10 +203,43 @@ pub struct VerificationConfig {
     pub discover_routes: bool,
 }
 
+/// Which store backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded sled database at `store.path`.
+    Sled,
+    /// PostgreSQL shared by a fleet of sidecars.
+    Postgres(PostgresConfig),
+}
+
+/// Where the PostgreSQL password comes from (never the URL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// No password (trust or certificate authentication).
+    None,
+    /// A file (mode 0600 or stricter).
+    File(PathBuf),
+    /// A systemd credential name.
+    Credential(String),
+}
+
+/// `[store] backend = "postgres"` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `postgres://user@host:port/db?sslmode=require` without a password.
+    pub url: String,
+    /// The password's source.
+    pub password: PasswordSource,
+    /// One more CA for the server certificate.
+    pub tls_ca: Option<PathBuf>,
+}
+
 /// `[store]`
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Embedded database directory.
+    /// Which backend.
+    pub backend: Backend,
+    /// Embedded database directory (sled).
     pub path: PathBuf,
     /// How long soft-deleted credentials stay restorable.
     pub deleted_retention: Duration,
@@ -525,9 +558,14 @@ struct RawVerification {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
-    path: String,
+    backend: Option<String>,
+    path: Option<String>,
     deleted_retention: Option<String>,
     cache_entries: Option<usize>,
+    url: Option<String>,
+    password_file: Option<String>,
+    password_credential: Option<String>,
+    tls_ca: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -923,8 +961,61 @@ fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBuf) -> Resul
         app_plain_tcp: raw.danger.app_plain_tcp,
     };
 
+    let rs = &raw.store;
+    let backend = match rs.backend.as_deref().unwrap_or("sled") {
+        "sled" => {
+            for (k, v) in [
+                ("store.url", rs.url.is_some()),
+                ("store.password_file", rs.password_file.is_some()),
+                ("store.password_credential", rs.password_credential.is_some()),
+                ("store.tls_ca", rs.tls_ca.is_some()),
+            ] {
+                if v {
+                    return Err(ctx.err(k, "only applies to backend = \"postgres\""));
+                }
+            }
+            Backend::Sled
+        }
+        "postgres" => {
+            let url = rs.url.clone().ok_or_else(|| {
+                ctx.err(
+                    "store.url",
+                    "backend = \"postgres\" needs url = \"postgres://user@host:5432/db?sslmode=require\"",
+                )
+            })?;
+            let parsed = Url::parse(&url).map_err(|e| ctx.err("store.url", format!("not a URL: {e}")))?;
+            if !["postgres", "postgresql"].contains(&parsed.scheme()) {
+                return Err(ctx.err("store.url", "must start with postgres://"));
+            }
+            if parsed.password().is_some() {
+                return Err(ctx.err("store.url", "must not contain a password (it would reach logs and process listings); use password_file or password_credential"));
+            }
+            let password = match (&rs.password_file, &rs.password_credential) {
+                (None, None) => PasswordSource::None,
+                (Some(f), None) => PasswordSource::File(ctx.path("store.password_file", f)?),
+                (None, Some(c)) if !c.is_empty() && !c.contains('/') => PasswordSource::Credential(c.clone()),
+                (None, Some(_)) => {
+                    return Err(ctx.err("store.password_credential", "must be a credential name without '/'"))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(ctx.err("store", "set only one of password_file and password_credential"))
+                }
+            };
+            let tls_ca = rs.tls_ca.as_deref().map(|p| ctx.path("store.tls_ca", p)).transpose()?;
+            Backend::Postgres(PostgresConfig { url, password, tls_ca })
+        }
+        other => {
+            return Err(ctx.err("store.backend", format!("\"{other}\" is not a backend; use \"sled\" or \"postgres\"")))
+        }
+    };
+    let path = match (&backend, rs.path.as_deref()) {
+        (_, Some(p)) => ctx.path("store.path", p)?,
+        (Backend::Sled, None) => return Err(ctx.err("store.path", "is required (the sled database directory)")),
+        (Backend::Postgres(_), None) => PathBuf::new(),
+    };
     let store = StoreConfig {
-        path: ctx.path("store.path", &raw.store.path)?,
+        backend,
+        path,
         deleted_retention: ctx.duration(
             "store.deleted_retention",
             raw.store.deleted_retention.as_deref(),

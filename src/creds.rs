@@ -356,6 +356,36 @@ impl Credentials {
         }
     }
 
+    /// Follows changes other replicas make to a shared store (fleet mode) and drops the
+    /// cached values they touch; after a reconnect (or if changes were missed) everything.
+    pub fn watch_changes(self: &Arc<Self>) {
+        let Some(mut rx) = self.store.subscribe() else { return };
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let change = rx.recv().await;
+                let Some(c) = me.upgrade() else { return };
+                match change {
+                    Ok(crate::store::Change::Credential { tenant, provider }) => c.invalidate(&tenant, &provider),
+                    Ok(crate::store::Change::Tenant(t)) => {
+                        if let Ok(mut d) = c.deks.write() {
+                            d.remove(&t);
+                        }
+                        c.invalidate_all();
+                    }
+                    Ok(crate::store::Change::All) | Err(RecvError::Lagged(_)) => {
+                        if let Ok(mut d) = c.deks.write() {
+                            d.clear();
+                        }
+                        c.invalidate_all();
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// Drops every cached credential (config reload, key rotation, fleet resync).
     pub fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);

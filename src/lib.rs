@@ -31,6 +31,7 @@ pub mod ids;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod migrate;
 pub mod oauth;
 pub mod ops;
 pub mod providers;

@@ -22,6 +22,8 @@ pub struct Readiness {
     pub listeners_bound: AtomicBool,
     /// Shutdown has begun: stop sending traffic here.
     pub draining: AtomicBool,
+    /// The store, whose backend may be unreachable (fleet mode).
+    pub store: std::sync::OnceLock<Arc<dyn crate::store::Store>>,
 }
 
 impl Readiness {
@@ -56,13 +58,18 @@ pub async fn handle(
     let resp = match req.uri().path() {
         "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => {
+            let connected = ready.store.get().is_none_or(|s| s.healthy());
             let checks = json!({
                 "store_open": ready.store_open.load(Ordering::SeqCst),
+                "store_connected": connected,
                 "key_loaded": ready.key_loaded.load(Ordering::SeqCst),
                 "listeners_bound": ready.listeners_bound.load(Ordering::SeqCst),
                 "draining": ready.draining.load(Ordering::SeqCst),
             });
-            if ready.is_ready() {
+            if ready.is_ready() && !connected {
+                // Still serving cached credentials: ready, but say so.
+                json_response(StatusCode::OK, json!({"status": "degraded", "checks": checks}))
+            } else if ready.is_ready() {
                 json_response(StatusCode::OK, json!({"status": "ready", "checks": checks}))
             } else {
                 json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not_ready", "checks": checks}))

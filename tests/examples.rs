@@ -18,11 +18,30 @@ const SID: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "CANARYtwilioExampleToken00000002";
 
 fn example_bin(name: &str) -> PathBuf {
-    // tests run from target/<profile>/deps; examples are built beside them.
+    // Tests run from target/<profile>/deps; `cargo test --all-targets` builds examples beside
+    // them as `<name>-<hash>` (and `cargo build --examples` as `<name>`).
     let exe = std::env::current_exe().unwrap();
-    let p = exe.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(p.exists(), "{} is not built: run the tests with --all-targets (scripts/test does)", p.display());
-    p
+    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
+    let plain = dir.join(name);
+    if plain.exists() {
+        return plain;
+    }
+    let prefix = format!("{name}-");
+    // The newest build wins (older hashes may linger in a reused target directory).
+    let found = std::fs::read_dir(&dir)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let f = p.file_name().unwrap().to_string_lossy().to_string();
+            f.starts_with(&prefix) && p.extension().is_none()
+        })
+        .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    found.unwrap_or_else(|| {
+        panic!("example {name} is not built in {}: run the tests with --all-targets (scripts/test does)", dir.display())
+    })
 }
 
 /// A fake Vapi that keeps assistants in memory.

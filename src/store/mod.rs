@@ -8,10 +8,40 @@
 //! mutation does not happen (fail closed).
 
 mod audit;
+pub mod pg;
 mod sled_store;
 
 pub use audit::{verify_chain, ChainReport, ChainVerifier};
+pub use pg::{PgStore, PgTarget};
 pub use sled_store::SledStore;
+
+/// A change another replica made (fleet mode), for cache invalidation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// One credential.
+    Credential {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        provider: String,
+    },
+    /// A tenant record (data key).
+    Tenant(String),
+    /// Anything: drop every cached value (also sent after a reconnect).
+    All,
+}
+
+impl Change {
+    /// Parses a NOTIFY payload (`cred/<tenant>/<provider>`, `tenant/<tenant>`, `all`).
+    pub fn parse(payload: &str) -> Change {
+        let mut parts = payload.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("cred"), Some(t), Some(p)) => Change::Credential { tenant: t.to_string(), provider: p.to_string() },
+            (Some("tenant"), Some(t), None) => Change::Tenant(t.to_string()),
+            _ => Change::All,
+        }
+    }
+}
 
 use std::collections::BTreeMap;
 
@@ -196,6 +226,33 @@ pub struct AuditHead {
     pub hash: String,
 }
 
+/// A record copied between stores by `keyward store migrate`.
+#[derive(Debug, Clone)]
+pub enum Imported {
+    /// A tenant and its wrapped data key.
+    Tenant(TenantRecord),
+    /// A credential record.
+    Credential(CredentialRecord),
+    /// A route.
+    Route {
+        /// Kind.
+        kind: String,
+        /// Id.
+        id: String,
+        /// Owner.
+        tenant: String,
+    },
+    /// A metadata value (the key check value).
+    Meta {
+        /// Key.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
+    /// An audit entry, appended as is.
+    Audit(AuditEntry),
+}
+
 /// Store failures. Messages name records, never contents.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -267,4 +324,32 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Number of stored credentials (for start-up logs and metrics).
     async fn credential_count(&self) -> Result<u64, StoreError>;
+
+    /// Routes in `(kind, id)` order, strictly after `after`: `(kind, id, tenant)`.
+    async fn list_routes(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String)>, StoreError>;
+
+    /// Writes records verbatim, without auditing (store migration). A record that already
+    /// exists unchanged is skipped, so an interrupted migration can be rerun; one that
+    /// differs is a conflict. Audit entries must continue the target's chain.
+    async fn import(&self, items: Vec<Imported>) -> Result<(), StoreError>;
+
+    /// Changes made by other processes sharing this store (fleet mode); `None` when the
+    /// store is private to this process.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+
+    /// Whether the backend is reachable right now (readiness).
+    fn healthy(&self) -> bool {
+        true
+    }
+
+    /// The PostgreSQL store, for fleet-only features (shared replay keys).
+    fn as_pg(&self) -> Option<&PgStore> {
+        None
+    }
 }

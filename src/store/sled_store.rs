@@ -16,7 +16,7 @@ use sled::Transactional;
 
 use super::audit::chain;
 use super::{
-    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Expect, Millis, Op, Store, StoreError,
+    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Expect, Imported, Millis, Op, Store, StoreError,
     TenantRecord,
 };
 
@@ -366,6 +366,83 @@ impl Store for SledStore {
 
     async fn credential_count(&self) -> Result<u64, StoreError> {
         Ok(self.creds.len() as u64)
+    }
+
+    async fn list_routes(
+        &self,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let iter = match after {
+            Some((k, i)) => {
+                let mut start = pair_key(k, i);
+                start.push(0);
+                self.routes.range(start..)
+            }
+            None => self.routes.iter(),
+        };
+        iter.take(limit)
+            .map(|r| {
+                let (k, v) = r.map_err(unavailable)?;
+                let mut parts = k.splitn(2, |b| *b == 0);
+                let kind = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+                Ok((kind, id, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect()
+    }
+
+    async fn import(&self, items: Vec<Imported>) -> Result<(), StoreError> {
+        let put_same = |tree: &sled::Tree, key: Vec<u8>, value: Vec<u8>, what: String| -> Result<(), StoreError> {
+            match tree.compare_and_swap(&key, None as Option<&[u8]>, Some(value.clone())).map_err(unavailable)? {
+                Ok(()) => Ok(()),
+                Err(cur) if cur.current.as_deref() == Some(value.as_slice()) => Ok(()),
+                Err(_) => Err(StoreError::Conflict(format!("{what} exists in the target with other content"))),
+            }
+        };
+        for item in items {
+            match item {
+                Imported::Tenant(t) => {
+                    put_same(&self.tenants, t.tenant.as_bytes().to_vec(), encode(&t), format!("tenant {}", t.tenant))?
+                }
+                Imported::Credential(c) => {
+                    if let Some(d) = c.deleted_at {
+                        self.purge.insert(purge_key(d, &c.tenant, &c.provider), &[][..]).map_err(unavailable)?;
+                    }
+                    put_same(
+                        &self.creds,
+                        pair_key(&c.tenant, &c.provider),
+                        encode(&c),
+                        format!("credential {}/{}", c.tenant, c.provider),
+                    )?
+                }
+                Imported::Route { kind, id, tenant } => {
+                    put_same(&self.routes, pair_key(&kind, &id), tenant.into_bytes(), format!("route {kind}/{id}"))?
+                }
+                Imported::Meta { key, value } => {
+                    put_same(&self.meta, key.clone().into_bytes(), value, format!("meta {key}"))?
+                }
+                Imported::Audit(e) => {
+                    let head = self.audit_head().await?;
+                    if e.seq <= head.seq {
+                        continue;
+                    }
+                    let expected_prev =
+                        if head.seq == 0 { super::audit::GENESIS.to_string() } else { head.hash.clone() };
+                    if e.seq != head.seq + 1 || e.prev != expected_prev {
+                        return Err(StoreError::Conflict(format!(
+                            "audit entry {} does not continue the target's chain",
+                            e.seq
+                        )));
+                    }
+                    self.audit.insert(e.seq.to_be_bytes(), encode(&e)).map_err(unavailable)?;
+                    self.meta
+                        .insert(AUDIT_HEAD, encode(&AuditHead { seq: e.seq, hash: e.hash.clone() }))
+                        .map_err(unavailable)?;
+                }
+            }
+        }
+        self.flush().await
     }
 }
 

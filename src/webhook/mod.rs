@@ -102,7 +102,7 @@ pub struct WebhookState {
     /// Credentials and routes.
     pub creds: Arc<Credentials>,
     /// Replay protection.
-    pub replay: ReplayCache,
+    pub replay: replay::Replay,
     /// The app.
     pub app: AppClient,
     /// The URL providers call.
@@ -362,19 +362,24 @@ async fn forward(
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = out;
-    let resp = match state.app.send(req).await {
+    let sent = state.app.send(req).await;
+    let Verified { reservation, tenant, provider, .. } = v;
+    let resp = match sent {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(tenant = %v.tenant, provider = %v.provider.name, error = %e, "verified webhook could not be forwarded to the app");
-            // The replay key is released (Verified dropped): the provider's retry passes.
+            tracing::warn!(tenant = %tenant, provider = %provider.name, error = %e, "verified webhook could not be forwarded to the app");
+            // The replay key is released: the provider's retry passes.
+            if let Some(r) = reservation {
+                r.release().await;
+            }
             return boxed(e.into());
         }
     };
-    let success = resp.status().is_success();
-    let Verified { reservation, .. } = v;
     if let Some(r) = reservation {
-        if success {
-            r.commit();
+        if resp.status().is_success() {
+            r.commit().await;
+        } else {
+            r.release().await;
         }
     }
     let (mut parts, body) = resp.into_parts();

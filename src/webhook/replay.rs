@@ -121,6 +121,93 @@ impl Drop for Reservation {
     }
 }
 
+/// Where replay keys live: this process's memory, or (fleet mode) the shared PostgreSQL
+/// store, so a delivery replayed to another sidecar is still refused. When PostgreSQL is
+/// unreachable the shared mode falls back to this process's memory (protection per
+/// sidecar) rather than refusing every delivery.
+#[derive(Debug, Clone)]
+pub enum Replay {
+    /// Per process.
+    Memory(ReplayCache),
+    /// Fleet-wide, with the local cache as fallback.
+    Shared(Arc<dyn crate::store::Store>, ReplayCache),
+}
+
+/// A replay key held while the app handles the delivery.
+#[derive(Debug)]
+pub enum Hold {
+    /// In memory (released on drop).
+    Memory(Reservation),
+    /// In PostgreSQL.
+    Shared {
+        /// The store.
+        store: Arc<dyn crate::store::Store>,
+        /// The key.
+        key: String,
+        /// How long to remember it.
+        keep: std::time::Duration,
+    },
+}
+
+/// How long a shared key stays in flight before it expires on its own (a crashed sidecar
+/// must not block the provider's retry for longer).
+const SHARED_INFLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Replay {
+    /// Reserves `key`, or refuses it as a replay.
+    pub async fn reserve(&self, key: String, keep: std::time::Duration) -> Result<Hold, Replayed> {
+        match self {
+            Replay::Memory(c) => c.reserve(key, keep).map(Hold::Memory),
+            Replay::Shared(store, local) => {
+                let Some(pg) = store.as_pg() else { return local.reserve(key, keep).map(Hold::Memory) };
+                match pg.replay_reserve(&key, SHARED_INFLIGHT).await {
+                    Ok(true) => Ok(Hold::Shared { store: store.clone(), key, keep }),
+                    Ok(false) => Err(Replayed),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shared replay keys unavailable; using this sidecar's memory");
+                        local.reserve(key, keep).map(Hold::Memory)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The in-memory cache (metrics).
+    pub fn local(&self) -> &ReplayCache {
+        match self {
+            Replay::Memory(c) | Replay::Shared(_, c) => c,
+        }
+    }
+}
+
+impl Hold {
+    /// Records the key (the app answered 2xx).
+    pub async fn commit(self) {
+        match self {
+            Hold::Memory(r) => r.commit(),
+            Hold::Shared { store, key, keep } => {
+                if let Some(pg) = store.as_pg() {
+                    if let Err(e) = pg.replay_commit(&key, keep).await {
+                        tracing::warn!(error = %e, "could not record a replay key");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Releases the key (the forward failed; the provider's retry must pass).
+    pub async fn release(self) {
+        match self {
+            Hold::Memory(r) => drop(r),
+            Hold::Shared { store, key, .. } => {
+                if let Some(pg) = store.as_pg() {
+                    let _ = pg.replay_release(&key).await;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

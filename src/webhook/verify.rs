@@ -11,7 +11,7 @@ use crate::providers::inbound::Delivery;
 use crate::providers::ProviderDef;
 use crate::store::CredStatus;
 
-use super::replay::{ReplayCache, Reservation};
+use super::replay::{Hold, Replay};
 
 /// Proof that a delivery verified for one tenant. The private field keeps construction
 /// inside this module.
@@ -28,7 +28,7 @@ pub struct Verified {
     /// Secrets to mask in the body before forwarding.
     pub mask: Vec<zeroize::Zeroizing<Vec<u8>>>,
     /// The replay key, held in flight until the app answers.
-    pub(super) reservation: Option<Reservation>,
+    pub(super) reservation: Option<Hold>,
     _proof: (),
 }
 
@@ -88,7 +88,7 @@ async fn resolve_tenant(
 /// Runs the pipeline for one delivery.
 pub async fn verify(
     creds: &Credentials,
-    replay: Option<&ReplayCache>,
+    replay: Option<&Replay>,
     provider: &Arc<ProviderDef>,
     path_tenant: Option<TenantId>,
     d: &Delivery<'_>,
@@ -119,6 +119,7 @@ pub async fn verify(
                     format!("{}/{}/{k}", provider.name, tenant),
                     std::time::Duration::from_secs(accepted.replay_keep),
                 )
+                .await
                 .map_err(|_| reject("replayed", "this delivery was already accepted"))?,
         ),
         _ => None,
