@@ -32,6 +32,8 @@ pub struct DaemonConfig {
     pub env: Vec<(String, String)>,
     /// Extra lines inside [ops].
     pub ops_extra: String,
+    /// Use PostgreSQL at this URL instead of sled.
+    pub pg_url: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -47,6 +49,7 @@ impl Default for DaemonConfig {
             app: None,
             env: vec![],
             ops_extra: String::new(),
+            pg_url: None,
         }
     }
 }
@@ -103,7 +106,7 @@ impl Daemon {
         let text = format!(
             r#"
 [store]
-path = "{store}"
+{store_lines}
 deleted_retention = "{retention}"
 
 [master_key]
@@ -125,7 +128,10 @@ level = "{level}"
 {verification}
 {extra}
 "#,
-            store = store.display(),
+            store_lines = match &c.pg_url {
+                Some(url) => format!("backend = \"postgres\"\nurl = \"{url}\""),
+                None => format!("path = \"{}\"", store.display()),
+            },
             retention = c.retention,
             key = c.master_key_file.as_ref().unwrap().display(),
             previous = previous.join(", "),
@@ -427,4 +433,30 @@ pub fn canary_hits(haystack: &[u8], canaries: &[&str]) -> usize {
         }
     }
     hits
+}
+
+/// The admin URL of the test PostgreSQL server, or `None` (and one line saying how to run
+/// the fleet tests) when `KEYWARD_TEST_PG_URL` is not set.
+pub fn pg_admin_url() -> Option<String> {
+    match std::env::var("KEYWARD_TEST_PG_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            eprintln!("SKIPPED: PostgreSQL fleet tests need KEYWARD_TEST_PG_URL (run `export KEYWARD_TEST_PG_URL=$(scripts/pg-test-server start)`, as scripts/test does)");
+            None
+        }
+    }
+}
+
+/// A fresh, empty database on the test server; returns its URL.
+pub async fn fresh_pg_db(admin: &str) -> String {
+    let (client, conn) =
+        tokio_postgres::connect(admin, tokio_postgres::NoTls).await.expect("connect to KEYWARD_TEST_PG_URL");
+    tokio::spawn(conn);
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).unwrap();
+    let name = format!("kw_{}", hex::encode(b));
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let mut url = url::Url::parse(admin).unwrap();
+    url.set_path(&format!("/{name}"));
+    url.to_string()
 }
