@@ -47,6 +47,7 @@ targets = {
     "webhook verify+forward added p99 < 500 us": all((ratios[f"{s}_{z}_added_p99_us"] or 10**9) < 500 for s in ("stdwh", "twilio") for z in (1024, 65536)),
     "cache hit < 1 us": (get("store", "cache_hit_ns", 10**9)) < 1000,
     "cold lookup < 50 us": (get("store", "cold_lookup_us", 10**9)) < 50,
+    "fleet invalidation p99 < 100 ms": (get("fleet", "invalidation_p99_ms", 10**9)) < 100,
 }
 
 results = {
@@ -76,6 +77,10 @@ if "hmac" in runs:
 if "store" in runs:
     s = runs["store"]
     print(f"store: cache hit {s['cache_hit_ns']:.0f} ns, cold lookup {s['cold_lookup_us']:.1f} µs, durable write {s['durable_write_ms']:.2f} ms, open with {s['startup_credentials']} creds {s['startup_ms']:.0f} ms")
+if "fleet" in runs:
+    f = runs["fleet"]
+    print(f"fleet: cache hit {f['pg_cache_hit_ns']:.0f} ns, cold lookup from PostgreSQL {f['pg_cold_lookup_p50_us']:.0f} µs p50 / {f['pg_cold_lookup_p99_us']:.0f} µs p99, "
+          f"invalidation across 3 replicas {f['invalidation_p50_ms']:.2f} ms p50 / {f['invalidation_p99_ms']:.2f} ms p99, start-up with {f['pg_startup_credentials']} creds {f['pg_startup_ms']:.0f} ms")
 print()
 for k, v in ratios.items():
     print(f"{k:<40} {v}")
