@@ -34,7 +34,16 @@ async fn fresh_db(admin: &str) -> String {
 
 async fn open(url: &str, key: &KeyBytes) -> (Arc<PgStore>, Arc<Credentials>) {
     let store = PgStore::open(target(url)).await.unwrap();
-    let creds = Arc::new(Credentials::open(store.clone() as Arc<dyn Store>, Keyring::from_keys(key.clone(), vec![]), Providers::default_builtin(), Duration::from_secs(86400)).await.unwrap());
+    let creds = Arc::new(
+        Credentials::open(
+            store.clone() as Arc<dyn Store>,
+            Keyring::from_keys(key.clone(), vec![]),
+            Providers::default_builtin(),
+            Duration::from_secs(86400),
+        )
+        .await
+        .unwrap(),
+    );
     creds.watch_changes();
     (store, creds)
 }
@@ -68,7 +77,13 @@ async fn main() {
     let mut i = 0;
     while i < n_start {
         let batch: Vec<_> = (i..(i + 1000).min(n_start))
-            .map(|j| (TenantId::parse(&format!("t{j:07}")).unwrap(), "vapi".to_string(), json!({"api_key": format!("bench-key-{j:08}-0123456789abcdef")})))
+            .map(|j| {
+                (
+                    TenantId::parse(&format!("t{j:07}")).unwrap(),
+                    "vapi".to_string(),
+                    json!({"api_key": format!("bench-key-{j:08}-0123456789abcdef")}),
+                )
+            })
             .collect();
         i += batch.len();
         a.import_batch("bench", batch).await.unwrap();

@@ -570,6 +570,37 @@ impl Credentials {
         Ok(dek.seal(RecordAad { tenant, provider, version }, &buf)?)
     }
 
+    /// Seals a short-lived value (a Google access token shared with the fleet) with the
+    /// tenant's data key; the AAD binds tenant, purpose and credential version.
+    pub async fn seal_aux(
+        &self,
+        tenant: &TenantId,
+        purpose: &str,
+        version: u64,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CredError> {
+        let dek = self
+            .data_key(tenant)
+            .await?
+            .ok_or_else(|| CredError::NotFound { tenant: tenant.to_string(), provider: purpose.to_string() })?;
+        Ok(dek.seal(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, plaintext)?)
+    }
+
+    /// Opens a value sealed by [`Credentials::seal_aux`].
+    pub async fn open_aux(
+        &self,
+        tenant: &TenantId,
+        purpose: &str,
+        version: u64,
+        blob: &[u8],
+    ) -> Result<crate::secret::SecretBytes, CredError> {
+        let dek = self
+            .data_key(tenant)
+            .await?
+            .ok_or_else(|| CredError::NotFound { tenant: tenant.to_string(), provider: purpose.to_string() })?;
+        Ok(dek.open(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, blob)?)
+    }
+
     /// Validates fields against the provider's schema (nothing is stored).
     pub fn parse(&self, provider: &str, fields: Value) -> Result<crate::providers::ParsedFields, CredError> {
         self.check_provider(provider)?;

@@ -138,19 +138,24 @@ fn fake_google(st: Arc<GoogleState>) -> Handler {
 }
 
 struct Env {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    pki: Pki,
     d: Daemon,
     google: FakeProvider,
     st: Arc<GoogleState>,
 }
 
-async fn env(request_timeout: &str) -> Env {
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(tmp.path());
-    let st = Arc::new(GoogleState::default());
-    let google = FakeProvider::with_handler(&pki, fake_google(st.clone())).await;
-    let mut d = Daemon::new(DaemonConfig {
+/// A daemon whose Google endpoints point at the fake (on PostgreSQL when `pg` is set).
+fn google_daemon(
+    pki: &Pki,
+    google: &FakeProvider,
+    request_timeout: &str,
+    pg: Option<(&str, Option<std::path::PathBuf>)>,
+) -> Daemon {
+    Daemon::new(DaemonConfig {
         app: Some(String::new()),
+        pg_url: pg.as_ref().map(|p| p.0.to_string()),
+        master_key_file: pg.and_then(|p| p.1),
         extra: format!(
             "[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"https://hooks.test\"\nforward_to = \"http://127.0.0.1:9\"\n\
              [upstream]\nextra_ca = \"{}\"\nrequest_timeout = \"{request_timeout}\"\n\
@@ -159,7 +164,15 @@ async fn env(request_timeout: &str) -> Env {
             u = google.url
         ),
         ..DaemonConfig::default()
-    });
+    })
+}
+
+async fn env_on(request_timeout: &str, pg: Option<&str>) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let st = Arc::new(GoogleState::default());
+    let google = FakeProvider::with_handler(&pki, fake_google(st.clone())).await;
+    let mut d = google_daemon(&pki, &google, request_timeout, pg.map(|u| (u, None)));
     d.start();
     let (s, v) = d
         .admin(
@@ -169,7 +182,11 @@ async fn env(request_timeout: &str) -> Env {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    Env { _tmp: tmp, d, google, st }
+    Env { tmp, pki, d, google, st }
+}
+
+async fn env(request_timeout: &str) -> Env {
+    env_on(request_timeout, None).await
 }
 
 const CAL: &str = "/google/calendar/v3/users/me/calendarList";
@@ -381,4 +398,43 @@ async fn deleting_the_google_credential_revokes_the_token_at_google() {
         audit["entries"].as_array().unwrap().iter().find(|x| x["action"] == "oauth.google.revoke").cloned().unwrap();
     assert_eq!(entry["result"], "ok");
     assert_eq!(canary_hits(audit.to_string().as_bytes(), &[REFRESH]), 0);
+}
+
+/// Fleet mode: sidecars on one PostgreSQL store refresh a tenant's token once between them
+/// (advisory lock + the sealed token shared in `keyward_tokens`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_refreshes_a_tenants_token_once_and_shares_it_sealed() {
+    let Some(admin) = pg_admin_url() else { return };
+    let db = fresh_pg_db(&admin).await;
+    let e = env_on("10s", Some(&db)).await;
+    let mut b = google_daemon(&e.pki, &e.google, "10s", Some((&db, e.d.config.master_key_file.clone())));
+    b.start();
+    let _ = &e.tmp;
+    // Both sidecars at once, 100 requests each.
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let sock = if i % 2 == 0 { e.d.app_sock() } else { b.app_sock() };
+            tokio::spawn(async move {
+                let s = tokio::net::UnixStream::connect(sock).await.unwrap();
+                http_full(hyper_util::rt::TokioIo::new(s), "GET", CAL, None, &[("keyward-tenant", "acme")]).await.0
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(e.st.token_calls.load(Ordering::SeqCst), 1, "one refresh for the whole fleet");
+    // The shared copy is sealed: neither the token nor the refresh token is in PostgreSQL.
+    let out = std::process::Command::new("pg_dump").arg(&db).output().expect("pg_dump");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("keyward_tokens"));
+    assert_eq!(canary_hits(&out.stdout, &["ya29.token-1", REFRESH, CLIENT_SECRET]), 0);
+    // Google refuses the token on b: b drops the shared copy and refreshes once; a keeps
+    // working with its cached token.
+    e.st.refuse.lock().unwrap().push("ya29.token-1".into());
+    let (s, _, _) = b.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 200);
+    assert_eq!(e.st.token_calls.load(Ordering::SeqCst), 2, "the refused token was not reused");
+    let (s, _, _) = e.d.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 200);
+    assert_eq!(e.st.token_calls.load(Ordering::SeqCst), 2);
 }

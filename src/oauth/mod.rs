@@ -269,7 +269,15 @@ impl TokenManager {
     /// Forgets a tenant's access token (after a 401 from Google, or a credential change).
     pub async fn invalidate(&self, tenant: &TenantId) {
         let slot = self.slot(tenant);
-        *slot.lock().await = None;
+        let mut guard = slot.lock().await;
+        // The fleet's shared copy is the same token: drop it too, or the next call would
+        // pick it up again.
+        if let Some(pg) = self.creds.store().as_pg() {
+            if let Err(e) = pg.drop_shared_token(tenant.as_str(), "google").await {
+                tracing::debug!(error = %e, "could not drop the fleet's shared access token");
+            }
+        }
+        *guard = None;
     }
 
     /// Calls the token endpoint with up to three attempts for transient failures.
@@ -312,6 +320,29 @@ impl TokenManager {
                 return Ok(c.token.clone());
             }
         }
+        // Fleet mode: one refresh per tenant for the whole fleet. Take the tenant's lock,
+        // then use a token another replica obtained meanwhile, if any.
+        let store = self.creds.store().clone();
+        let mut cred = cred;
+        let _fleet_lock = match store.as_pg() {
+            Some(pg) => match pg.lock_refresh(tenant.as_str(), "google").await {
+                Ok(l) => {
+                    // The wait may have spanned another replica's refresh-token rotation.
+                    cred = self.creds.resolve(tenant, "google").await.map_err(PublicError::from)?;
+                    if let Some(shared) = self.shared_token(pg, tenant, cred.version).await {
+                        let token = shared.token.clone();
+                        *guard = Some(shared);
+                        return Ok(token);
+                    }
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %tenant, error = %e, "fleet refresh lock unavailable; refreshing locally");
+                    None
+                }
+            },
+            None => None,
+        };
         match self.refresh_with(&*cred).await {
             Ok(g) => {
                 let mut version = cred.version;
@@ -324,6 +355,9 @@ impl TokenManager {
                         .map_err(PublicError::from)?;
                     version = st.version;
                     tracing::info!(tenant = %tenant, "Google rotated the refresh token; stored the new one");
+                }
+                if let Some(pg) = store.as_pg() {
+                    self.share_token(pg, tenant, version, &g.access_token, g.expires_in).await;
                 }
                 *guard =
                     Some(Cached { token: g.access_token.clone(), expires_at: Instant::now() + g.expires_in, version });
@@ -358,6 +392,38 @@ impl TokenManager {
                     ),
                 })
             }
+        }
+    }
+
+    /// A still-valid token another replica stored (sealed) for this credential version.
+    async fn shared_token(&self, pg: &crate::store::PgStore, tenant: &TenantId, version: u64) -> Option<Cached> {
+        let (sealed, expires_at, v) = pg.shared_token(tenant.as_str(), "google").await.ok()??;
+        let left = Duration::from_millis(u64::try_from(expires_at - crate::store::now_millis()).ok()?);
+        if v != version || left <= EARLY_REFRESH {
+            return None;
+        }
+        let plain = self.creds.open_aux(tenant, "google-access-token", version, &sealed).await.ok()?;
+        let token = Secret::new(String::from_utf8(plain.to_vec()).ok()?);
+        Some(Cached { token, expires_at: Instant::now() + left, version })
+    }
+
+    /// Shares a fresh token with the fleet (sealed with the tenant's data key).
+    async fn share_token(
+        &self,
+        pg: &crate::store::PgStore,
+        tenant: &TenantId,
+        version: u64,
+        token: &Secret,
+        expires_in: Duration,
+    ) {
+        let expires_at = crate::store::now_millis() + i64::try_from(expires_in.as_millis()).unwrap_or(0);
+        match self.creds.seal_aux(tenant, "google-access-token", version, token.expose().as_bytes()).await {
+            Ok(sealed) => {
+                if let Err(e) = pg.put_shared_token(tenant.as_str(), "google", &sealed, expires_at, version).await {
+                    tracing::debug!(error = %e, "could not share the access token with the fleet");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not seal the access token"),
         }
     }
 

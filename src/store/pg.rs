@@ -24,13 +24,29 @@ use super::{
     TenantRecord,
 };
 
-/// Advisory lock keys (arbitrary, fixed): migrations, audit appends.
+/// Advisory lock keys (arbitrary, fixed): migrations, audit appends; token refreshes use
+/// the two-key form `(LOCK_REFRESH_SPACE, hash(tenant))`.
 const LOCK_MIGRATE: i64 = 0x6b65_7977_6172_6401;
 const LOCK_AUDIT: i64 = 0x6b65_7977_6172_6402;
+const LOCK_REFRESH_SPACE: i32 = 0x6b77_7266;
 
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE keyward_tenants (tenant text PRIMARY KEY, record text NOT NULL);
+/// Held while one replica refreshes a tenant's token; dropping it closes its connection,
+/// which releases the lock.
+pub struct RefreshLock {
+    _client: Client,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RefreshLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefreshLock")
+    }
+}
+
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE keyward_tenants (tenant text PRIMARY KEY, record text NOT NULL);
      CREATE TABLE keyward_credentials (tenant text NOT NULL, provider text NOT NULL, record text NOT NULL,
          deleted_at bigint, PRIMARY KEY (tenant, provider));
      CREATE INDEX keyward_credentials_deleted ON keyward_credentials (deleted_at) WHERE deleted_at IS NOT NULL;
@@ -39,7 +55,13 @@ const MIGRATIONS: &[(i32, &str)] = &[(
      CREATE TABLE keyward_meta (key text PRIMARY KEY, value bytea NOT NULL);
      CREATE TABLE keyward_replay (key text PRIMARY KEY, expires_at bigint NOT NULL, inflight boolean NOT NULL);
      CREATE INDEX keyward_replay_expiry ON keyward_replay (expires_at);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE keyward_tokens (tenant text NOT NULL, provider text NOT NULL, sealed bytea NOT NULL,
+             expires_at bigint NOT NULL, version bigint NOT NULL, PRIMARY KEY (tenant, provider));",
+    ),
+];
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -247,13 +269,74 @@ impl PgStore {
         Ok(())
     }
 
-    /// Deletes expired replay keys (bounded growth).
-    pub async fn replay_prune(&self) -> Result<u64, StoreError> {
+    /// Takes the fleet-wide refresh lock for a tenant's provider tokens (waits for another
+    /// replica's refresh to finish).
+    pub async fn lock_refresh(&self, tenant: &str, provider: &str) -> Result<RefreshLock, StoreError> {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{tenant}\0{provider}").as_bytes());
+        let key = i32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+        let (client, task) = connect(&self.target).await?;
+        // A lock wait is bounded: a replica stuck mid-refresh must not stall every caller.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&LOCK_REFRESH_SPACE, &key];
+        tokio::time::timeout(Duration::from_secs(30), client.execute("SELECT pg_advisory_lock($1, $2)", &params))
+            .await
+            .map_err(|_| unavailable("timed out waiting for another replica's token refresh"))?
+            .map_err(unavailable)?;
+        Ok(RefreshLock { _client: client, _task: task })
+    }
+
+    /// A token another replica obtained: `(sealed, expires_at, credential version)`.
+    pub async fn shared_token(&self, tenant: &str, provider: &str) -> Result<Option<(Vec<u8>, i64, u64)>, StoreError> {
+        let c = self.conns().await?;
+        let row = c
+            .reader
+            .query_opt(
+                "SELECT sealed, expires_at, version FROM keyward_tokens WHERE tenant = $1 AND provider = $2",
+                &[&tenant, &provider],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| (r.get(0), r.get(1), u64::try_from(r.get::<_, i64>(2)).unwrap_or(0))))
+    }
+
+    /// Shares a sealed token with the fleet.
+    pub async fn put_shared_token(
+        &self,
+        tenant: &str,
+        provider: &str,
+        sealed: &[u8],
+        expires_at: i64,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        let c = self.conns().await?;
+        let v = i64::try_from(version).unwrap_or(i64::MAX);
+        c.reader
+            .execute(
+                "INSERT INTO keyward_tokens (tenant, provider, sealed, expires_at, version) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (tenant, provider) DO UPDATE SET sealed = EXCLUDED.sealed, expires_at = EXCLUDED.expires_at, version = EXCLUDED.version",
+                &[&tenant, &provider, &sealed, &expires_at, &v],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Forgets the fleet's shared token (Google refused it).
+    pub async fn drop_shared_token(&self, tenant: &str, provider: &str) -> Result<(), StoreError> {
         let c = self.conns().await?;
         c.reader
-            .execute("DELETE FROM keyward_replay WHERE expires_at < $1", &[&super::now_millis()])
+            .execute("DELETE FROM keyward_tokens WHERE tenant = $1 AND provider = $2", &[&tenant, &provider])
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Deletes expired replay keys and shared tokens (bounded growth).
+    pub async fn replay_prune(&self) -> Result<u64, StoreError> {
+        let c = self.conns().await?;
+        let now = super::now_millis();
+        c.reader.execute("DELETE FROM keyward_tokens WHERE expires_at < $1", &[&now]).await.map_err(unavailable)?;
+        c.reader.execute("DELETE FROM keyward_replay WHERE expires_at < $1", &[&now]).await.map_err(unavailable)
     }
 }
 
