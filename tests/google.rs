@@ -438,3 +438,49 @@ async fn a_fleet_refreshes_a_tenants_token_once_and_shares_it_sealed() {
     assert_eq!(s, 200);
     assert_eq!(e.st.token_calls.load(Ordering::SeqCst), 2);
 }
+
+/// Fleet mode: a connect flow started on one sidecar completes on another (the state is
+/// single use fleet-wide) and PostgreSQL holds neither the state nor the verifier in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flow_started_on_one_sidecar_completes_on_another() {
+    let Some(admin) = pg_admin_url() else { return };
+    let db = fresh_pg_db(&admin).await;
+    let e = env_on("10s", Some(&db)).await;
+    let mut b = google_daemon(&e.pki, &e.google, "10s", Some((&db, e.d.config.master_key_file.clone())));
+    b.start();
+    let fields =
+        json!({"client_id": "c2.apps.googleusercontent.com", "client_secret": CLIENT_SECRET, "scopes": ["s1"]});
+    let (s, _) = e.d.admin("PUT", "/v1/tenants/initech/credentials/google", Some(&fields.to_string())).await;
+    assert_eq!(s, 200);
+    let (s, v) = e.d.admin("POST", "/v1/tenants/initech/oauth/google/start", None).await;
+    assert_eq!(s, 200, "{v}");
+    let q: HashMap<String, String> =
+        url::Url::parse(v["authorization_url"].as_str().unwrap()).unwrap().query_pairs().into_owned().collect();
+    e.st.challenges.lock().unwrap().insert("fleet-code".into(), q["code_challenge"].clone());
+    let dump = std::process::Command::new("pg_dump").arg(&db).output().expect("pg_dump").stdout;
+    assert!(String::from_utf8_lossy(&dump).contains("keyward_connect"));
+    assert_eq!(canary_hits(&dump, &[q["state"].as_str()]), 0, "the state is stored hashed");
+    let cb = |d: &Daemon, query: String| {
+        let addr = d.addr("webhooks");
+        async move {
+            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (st, _, body) = http_full(
+                hyper_util::rt::TokioIo::new(s),
+                "GET",
+                &format!("/oauth/google/callback?{query}"),
+                None,
+                &[],
+            )
+            .await;
+            (st, String::from_utf8(body).unwrap())
+        }
+    };
+    let (s, page) = cb(&b, format!("code=fleet-code&state={}", q["state"])).await;
+    assert_eq!(s, 200, "{page}");
+    let (_, v) = e.d.admin("GET", "/v1/tenants/initech/credentials/google", None).await;
+    assert_eq!(v["status"], "active", "{v}");
+    // The same state on the sidecar that issued it: already used.
+    let (s, page) = cb(&e.d, format!("code=fleet-code&state={}", q["state"])).await;
+    assert_eq!(s, 400);
+    assert!(page.contains("already used"), "{page}");
+}

@@ -3,8 +3,9 @@
 //! the tenant (10 minutes) and a PKCE S256 challenge; the callback on the webhook listener
 //! exchanges the code and seals the refresh token into the tenant's Google credential.
 //!
-//! Pending states live in memory (bounded): the callback must reach the daemon that issued
-//! the URL.
+//! Pending states live in memory (bounded) on a single daemon; in fleet mode they live in
+//! PostgreSQL (state hashed, PKCE verifier sealed with the tenant's data key) so the
+//! callback may reach any sidecar, and each state is still usable once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -30,7 +31,22 @@ const MAX_PENDING: usize = 10_000;
 struct Pending {
     tenant: TenantId,
     verifier: Secret,
-    created: Instant,
+    deadline: Instant,
+}
+
+/// What a flow's verifier is sealed as (AAD purpose).
+const VERIFIER_PURPOSE: &str = "google-connect-verifier";
+
+fn state_hash(state: &str) -> Vec<u8> {
+    Sha256::digest(state.as_bytes()).to_vec()
+}
+
+fn too_many() -> PublicError {
+    PublicError::new(
+        http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many connect flows are pending; finish or wait for them to expire",
+    )
 }
 
 /// Pending connect flows.
@@ -97,32 +113,69 @@ impl ConnectFlows {
             .append_pair("state", &state)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        if let Ok(mut p) = self.pending.lock() {
-            p.retain(|_, v| v.created.elapsed() < STATE_TTL);
-            if p.len() >= MAX_PENDING {
-                return Err(PublicError::new(
-                    http::StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many connect flows are pending; finish or wait for them to expire",
-                ));
+        if let Some(pg) = creds.store().as_pg() {
+            if pg.connect_states_pending().await.map_err(|e| PublicError::from(&e))? >= MAX_PENDING as i64 {
+                return Err(too_many());
             }
-            p.insert(state, Pending { tenant: tenant.clone(), verifier, created: Instant::now() });
+            let sealed = creds
+                .seal_aux(tenant, VERIFIER_PURPOSE, 0, verifier.expose().as_bytes())
+                .await
+                .map_err(PublicError::from)?;
+            let ttl = i64::try_from(STATE_TTL.as_millis()).unwrap_or(i64::MAX / 2);
+            pg.put_connect_state(&state_hash(&state), tenant.as_str(), &sealed, crate::store::now_millis() + ttl)
+                .await
+                .map_err(|e| PublicError::from(&e))?;
+        } else if let Ok(mut p) = self.pending.lock() {
+            let now = Instant::now();
+            p.retain(|_, v| v.deadline > now);
+            if p.len() >= MAX_PENDING {
+                return Err(too_many());
+            }
+            p.insert(state, Pending { tenant: tenant.clone(), verifier, deadline: now + STATE_TTL });
         }
         Ok(url.to_string())
     }
 
+    /// Removes a pending flow from wherever it is kept (single use).
+    async fn remove(&self, fleet: Option<&Credentials>, state: &str) -> Result<Option<Pending>, CallbackError> {
+        let Some((pg, creds)) = fleet.and_then(|c| Some((c.store().as_pg()?, c))) else {
+            return Ok(self.pending.lock().ok().and_then(|mut p| p.remove(state)));
+        };
+        let unavailable =
+            |_| CallbackError("the credential store is unavailable; try the callback again shortly".into());
+        let Some((tenant, sealed, expires_at)) =
+            pg.take_connect_state(&state_hash(state)).await.map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let tenant = TenantId::parse(&tenant).map_err(|_| CallbackError("the stored flow is corrupt".into()))?;
+        let verifier = creds
+            .open_aux(&tenant, VERIFIER_PURPOSE, 0, &sealed)
+            .await
+            .ok()
+            .and_then(|v| String::from_utf8(v.to_vec()).ok())
+            .ok_or_else(|| CallbackError("the stored flow could not be opened; start the connect flow again".into()))?;
+        let left = u64::try_from(expires_at - crate::store::now_millis()).unwrap_or(0);
+        Ok(Some(Pending {
+            tenant,
+            verifier: Secret::new(verifier),
+            deadline: Instant::now() + Duration::from_millis(left),
+        }))
+    }
+
     /// Consumes the callback's state (single use) and returns the pending flow and code.
-    fn take(&self, query: &str) -> Result<(Pending, String), CallbackError> {
+    /// `fleet` is where flows live when the store is PostgreSQL (`None`: in memory).
+    async fn take(&self, fleet: Option<&Credentials>, query: &str) -> Result<(Pending, String), CallbackError> {
         let params: HashMap<String, String> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
         let state = params
             .get("state")
             .filter(|s| !s.is_empty())
             .ok_or_else(|| CallbackError("the callback has no state; start the connect flow again".into()))?;
         // Single use: the state is removed whatever happens next.
-        let pending = self.pending.lock().ok().and_then(|mut p| p.remove(state)).ok_or_else(|| {
+        let pending = self.remove(fleet, state).await?.ok_or_else(|| {
             CallbackError("the state is unknown or was already used; start the connect flow again".into())
         })?;
-        if pending.created.elapsed() >= STATE_TTL {
+        if Instant::now() >= pending.deadline {
             return Err(CallbackError("the connect flow expired (10 minutes); start it again".into()));
         }
         if let Some(e) = params.get("error") {
@@ -145,7 +198,7 @@ impl ConnectFlows {
         query: &str,
         public_base_url: &Url,
     ) -> Result<TenantId, CallbackError> {
-        let (pending, code) = self.take(query)?;
+        let (pending, code) = self.take(Some(creds), query).await?;
         let tenant = pending.tenant;
         let cred = creds
             .resolve_any(&tenant, "google")
@@ -212,30 +265,30 @@ mod tests {
 
     fn flows_with(state: &str, age: Duration) -> ConnectFlows {
         let f = ConnectFlows::default();
-        let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        let deadline = (Instant::now() + STATE_TTL).checked_sub(age).unwrap_or_else(Instant::now);
         f.pending.lock().unwrap().insert(
             state.into(),
-            Pending { tenant: TenantId::parse("acme").unwrap(), verifier: Secret::new("v".into()), created },
+            Pending { tenant: TenantId::parse("acme").unwrap(), verifier: Secret::new("v".into()), deadline },
         );
         f
     }
 
-    #[test]
-    fn an_expired_state_is_refused_and_consumed() {
+    #[tokio::test]
+    async fn an_expired_state_is_refused_and_consumed() {
         let f = flows_with("s1", Duration::from_secs(601));
-        assert!(f.take("state=s1&code=c").unwrap_err().0.contains("expired"));
-        assert!(f.take("state=s1&code=c").unwrap_err().0.contains("already used"));
+        assert!(f.take(None, "state=s1&code=c").await.unwrap_err().0.contains("expired"));
+        assert!(f.take(None, "state=s1&code=c").await.unwrap_err().0.contains("already used"));
     }
 
-    #[test]
-    fn a_fresh_state_is_single_use_and_needs_a_code() {
+    #[tokio::test]
+    async fn a_fresh_state_is_single_use_and_needs_a_code() {
         let f = flows_with("s2", Duration::from_secs(1));
-        let (p, code) = f.take("state=s2&code=c").unwrap();
+        let (p, code) = f.take(None, "state=s2&code=c").await.unwrap();
         assert_eq!((p.tenant.as_str(), code.as_str()), ("acme", "c"));
-        assert!(f.take("state=s2&code=c").is_err());
+        assert!(f.take(None, "state=s2&code=c").await.is_err());
         let g = flows_with("s3", Duration::from_secs(1));
-        assert!(g.take("state=s3").unwrap_err().0.contains("no code"));
+        assert!(g.take(None, "state=s3").await.unwrap_err().0.contains("no code"));
         let h = flows_with("s4", Duration::from_secs(1));
-        assert!(h.take("state=s4&error=access_denied").unwrap_err().0.contains("access_denied"));
+        assert!(h.take(None, "state=s4&error=access_denied").await.unwrap_err().0.contains("access_denied"));
     }
 }

@@ -59,7 +59,9 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (
         2,
         "CREATE TABLE keyward_tokens (tenant text NOT NULL, provider text NOT NULL, sealed bytea NOT NULL,
-             expires_at bigint NOT NULL, version bigint NOT NULL, PRIMARY KEY (tenant, provider));",
+             expires_at bigint NOT NULL, version bigint NOT NULL, PRIMARY KEY (tenant, provider));
+         CREATE TABLE keyward_connect (state_hash bytea PRIMARY KEY, tenant text NOT NULL, sealed bytea NOT NULL,
+             expires_at bigint NOT NULL);",
     ),
 ];
 
@@ -321,6 +323,52 @@ impl PgStore {
         Ok(())
     }
 
+    /// Records a pending Google connect flow (`sealed` is the PKCE verifier, sealed with the
+    /// tenant's data key; the state itself is stored only as a hash).
+    pub async fn put_connect_state(
+        &self,
+        state_hash: &[u8],
+        tenant: &str,
+        sealed: &[u8],
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let c = self.conns().await?;
+        c.reader
+            .execute(
+                "INSERT INTO keyward_connect (state_hash, tenant, sealed, expires_at) VALUES ($1, $2, $3, $4)",
+                &[&state_hash, &tenant, &sealed, &expires_at],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Removes and returns a pending connect flow (single use across the fleet):
+    /// `(tenant, sealed verifier, expires_at)`.
+    pub async fn take_connect_state(&self, state_hash: &[u8]) -> Result<Option<(String, Vec<u8>, i64)>, StoreError> {
+        let c = self.conns().await?;
+        let row = c
+            .reader
+            .query_opt(
+                "DELETE FROM keyward_connect WHERE state_hash = $1 RETURNING tenant, sealed, expires_at",
+                &[&state_hash],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Pending connect flows not yet expired (the bound on pending flows).
+    pub async fn connect_states_pending(&self) -> Result<i64, StoreError> {
+        let c = self.conns().await?;
+        let row = c
+            .reader
+            .query_one("SELECT count(*) FROM keyward_connect WHERE expires_at >= $1", &[&super::now_millis()])
+            .await
+            .map_err(unavailable)?;
+        Ok(row.get(0))
+    }
+
     /// Forgets the fleet's shared token (Google refused it).
     pub async fn drop_shared_token(&self, tenant: &str, provider: &str) -> Result<(), StoreError> {
         let c = self.conns().await?;
@@ -331,11 +379,12 @@ impl PgStore {
         Ok(())
     }
 
-    /// Deletes expired replay keys and shared tokens (bounded growth).
+    /// Deletes expired replay keys, shared tokens and connect flows (bounded growth).
     pub async fn replay_prune(&self) -> Result<u64, StoreError> {
         let c = self.conns().await?;
         let now = super::now_millis();
         c.reader.execute("DELETE FROM keyward_tokens WHERE expires_at < $1", &[&now]).await.map_err(unavailable)?;
+        c.reader.execute("DELETE FROM keyward_connect WHERE expires_at < $1", &[&now]).await.map_err(unavailable)?;
         c.reader.execute("DELETE FROM keyward_replay WHERE expires_at < $1", &[&now]).await.map_err(unavailable)
     }
 }
