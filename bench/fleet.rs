@@ -53,9 +53,40 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// Writes `n` Vapi credentials for tenants `t0000000…` through `creds`, 1,000 per batch.
+async fn populate(creds: &Credentials, n: usize) {
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + 1000).min(n))
+            .map(|j| {
+                (
+                    TenantId::parse(&format!("t{j:07}")).unwrap(),
+                    "vapi".to_string(),
+                    json!({"api_key": format!("bench-key-{j:08}-0123456789abcdef")}),
+                )
+            })
+            .collect();
+        i += batch.len();
+        creds.import_batch("bench", batch).await.unwrap();
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `--populate ADMIN_URL KEYFILE N`: a fresh database holding N credentials for the
+    // daemon start-up measurement in bench/run-store; prints its URL and exits.
+    if let Some(i) = args.iter().position(|a| a == "--populate") {
+        let url = fresh_db(&args[i + 1]).await;
+        let text = std::fs::read_to_string(&args[i + 2]).unwrap();
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD.decode(text.trim()).unwrap();
+        let key = KeyBytes::new(raw.try_into().unwrap());
+        let (_s, c) = open(&url, &key).await;
+        populate(&c, args[i + 3].parse().unwrap()).await;
+        println!("{url}");
+        return;
+    }
     if !args.iter().any(|a| a == "--bench") {
         println!("fleet benchmarks: run with `cargo bench --bench fleet` and KEYWARD_BENCH_PG_URL set");
         return;
@@ -73,21 +104,7 @@ async fn main() {
     let (sb, b) = open(&url, &key).await;
     let (sc, c) = open(&url, &key).await;
 
-    // Populate.
-    let mut i = 0;
-    while i < n_start {
-        let batch: Vec<_> = (i..(i + 1000).min(n_start))
-            .map(|j| {
-                (
-                    TenantId::parse(&format!("t{j:07}")).unwrap(),
-                    "vapi".to_string(),
-                    json!({"api_key": format!("bench-key-{j:08}-0123456789abcdef")}),
-                )
-            })
-            .collect();
-        i += batch.len();
-        a.import_batch("bench", batch).await.unwrap();
-    }
+    populate(&a, n_start).await;
     let t = TenantId::parse("t0000042").unwrap();
 
     // Cache hit (as with sled: a hash-map read).
@@ -156,4 +173,9 @@ async fn main() {
             "invalidation_p50_ms": inv_p50, "invalidation_p99_ms": inv_p99, "pg_startup_ms": start_ms, "pg_startup_credentials": n_start});
         std::fs::write(p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
     }
+    // Leave the test cluster as it was.
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let name = format!("kwbench_{}", std::process::id());
+    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
 }

@@ -85,11 +85,7 @@ async fn the_vapi_provisioner_is_idempotent_through_keyward() {
     let vapi = FakeProvider::with_handler(&pki, fake_vapi(assistants.clone())).await;
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            vapi.url
-        ),
+        extra: pki.upstream("vapi", &vapi.url),
         ..DaemonConfig::default()
     });
     d.start();
@@ -152,11 +148,7 @@ async fn the_twilio_sdk_sends_an_sms_through_keyward() {
             pki.server_key.display(),
             pki.ca_pem.display()
         )),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.twilio]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            twilio.url
-        ),
+        extra: pki.upstream("twilio", &twilio.url),
         ..DaemonConfig::default()
     });
     d.start();

@@ -31,11 +31,7 @@ async fn a_postgres_outage_degrades_to_cached_reads_and_recovers() {
         app: Some(String::new()),
         pg_url: Some(db.clone()),
         master_key_file: key,
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            vapi.url
-        ),
+        extra: pki.upstream("vapi", &vapi.url),
         ..DaemonConfig::default()
     };
     let mut a = Daemon::new(cfg(None));

@@ -189,6 +189,14 @@ async fn env(request_timeout: &str) -> Env {
     env_on(request_timeout, None).await
 }
 
+/// Calls the Google connect callback on `d`'s webhook listener: (status, page).
+async fn callback(d: &Daemon, query: String) -> (u16, String) {
+    let s = tokio::net::TcpStream::connect(d.addr("webhooks")).await.unwrap();
+    let (st, _, body) =
+        http_full(hyper_util::rt::TokioIo::new(s), "GET", &format!("/oauth/google/callback?{query}"), None, &[]).await;
+    (st, String::from_utf8(body).unwrap())
+}
+
 const CAL: &str = "/google/calendar/v3/users/me/calendarList";
 
 #[tokio::test]
@@ -344,21 +352,7 @@ async fn the_connect_flow_stores_a_refresh_token_with_pkce_and_single_use_state(
     // Google "remembers" the challenge for the code it will hand out.
     e.st.challenges.lock().unwrap().insert("the-code".into(), q["code_challenge"].clone());
 
-    let cb = |query: String| {
-        let addr = e.d.addr("webhooks");
-        async move {
-            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (st, _, body) = http_full(
-                hyper_util::rt::TokioIo::new(s),
-                "GET",
-                &format!("/oauth/google/callback?{query}"),
-                None,
-                &[],
-            )
-            .await;
-            (st, String::from_utf8(body).unwrap())
-        }
-    };
+    let cb = |query: String| callback(&e.d, query);
     let (s, page) = cb(format!("code=the-code&state={state}")).await;
     assert_eq!(s, 200, "{page}");
     assert!(page.contains("connected for tenant initech"));
@@ -460,27 +454,12 @@ async fn a_connect_flow_started_on_one_sidecar_completes_on_another() {
     let dump = std::process::Command::new("pg_dump").arg(&db).output().expect("pg_dump").stdout;
     assert!(String::from_utf8_lossy(&dump).contains("keyward_connect"));
     assert_eq!(canary_hits(&dump, &[q["state"].as_str()]), 0, "the state is stored hashed");
-    let cb = |d: &Daemon, query: String| {
-        let addr = d.addr("webhooks");
-        async move {
-            let s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let (st, _, body) = http_full(
-                hyper_util::rt::TokioIo::new(s),
-                "GET",
-                &format!("/oauth/google/callback?{query}"),
-                None,
-                &[],
-            )
-            .await;
-            (st, String::from_utf8(body).unwrap())
-        }
-    };
-    let (s, page) = cb(&b, format!("code=fleet-code&state={}", q["state"])).await;
+    let (s, page) = callback(&b, format!("code=fleet-code&state={}", q["state"])).await;
     assert_eq!(s, 200, "{page}");
     let (_, v) = e.d.admin("GET", "/v1/tenants/initech/credentials/google", None).await;
     assert_eq!(v["status"], "active", "{v}");
     // The same state on the sidecar that issued it: already used.
-    let (s, page) = cb(&e.d, format!("code=fleet-code&state={}", q["state"])).await;
+    let (s, page) = callback(&e.d, format!("code=fleet-code&state={}", q["state"])).await;
     assert_eq!(s, 400);
     assert!(page.contains("already used"), "{page}");
 }

@@ -117,11 +117,7 @@ async fn tenant_labels_appear_only_when_enabled() {
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
         ops_extra: "metrics_tenant_labels = true".into(),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            vapi.url
-        ),
+        extra: pki.upstream("vapi", &vapi.url),
         ..DaemonConfig::default()
     });
     d.start();

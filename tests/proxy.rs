@@ -405,11 +405,7 @@ async fn a_chunked_audio_response_reaches_the_app_chunk_by_chunk() {
     let eleven = FakeProvider::with_handler(&pki, handler).await;
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            eleven.url
-        ),
+        extra: pki.upstream("elevenlabs", &eleven.url),
         ..DaemonConfig::default()
     });
     d.start();

@@ -147,11 +147,7 @@ async fn the_mtls_listener_requires_a_client_certificate_and_applies_san_policy(
     let other_cert = pki.client_cert("other", "spiffe://test/ns/other/sa/x");
     let mut d = Daemon::new(DaemonConfig {
         app: Some(mtls_app(&pki, "[[app.clients]]\nsan = \"spiffe://test/ns/voice/sa/agent\"\ntenants = [\"acme\"]\n")),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            vapi.url
-        ),
+        extra: pki.upstream("vapi", &vapi.url),
         ..DaemonConfig::default()
     });
     d.start();
@@ -183,11 +179,7 @@ async fn h2c_on_the_socket_and_h2_upstream_work() {
     let vapi = FakeProvider::start(&pki).await;
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            vapi.url
-        ),
+        extra: pki.upstream("vapi", &vapi.url),
         ..DaemonConfig::default()
     });
     d.start();
@@ -244,11 +236,7 @@ async fn large_bodies_stream_both_ways_without_buffering() {
     let mut d = Daemon::new(DaemonConfig {
         app: Some(String::new()),
         log_level: "info".into(),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.elevenlabs]\nbase_url = \"{}\"\n",
-            pki.ca_pem.display(),
-            fake.url
-        ),
+        extra: pki.upstream("elevenlabs", &fake.url),
         ..DaemonConfig::default()
     });
     d.start();

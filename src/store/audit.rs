@@ -115,6 +115,19 @@ impl ChainVerifier {
     }
 }
 
+/// Whether an imported entry (`keyward store migrate`) extends the target's chain: `Ok(false)`
+/// when the target already holds it (a rerun), an error when it would fork the chain.
+pub(super) fn import_continues(head: &AuditHead, e: &AuditEntry) -> Result<bool, super::StoreError> {
+    if e.seq <= head.seq {
+        return Ok(false);
+    }
+    let expected_prev = if head.seq == 0 { GENESIS } else { head.hash.as_str() };
+    if e.seq != head.seq + 1 || e.prev != expected_prev {
+        return Err(super::StoreError::Conflict(format!("audit entry {} does not continue the target's chain", e.seq)));
+    }
+    Ok(true)
+}
+
 /// Checks a whole chain held in memory.
 pub fn verify_chain(entries: &[AuditEntry], head: &AuditHead) -> ChainReport {
     let mut v = ChainVerifier::default();

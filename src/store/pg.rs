@@ -810,16 +810,8 @@ impl Store for PgStore {
                             .map_err(|_| StoreError::Corrupt("audit head".into()))?,
                         None => AuditHead::default(),
                     };
-                    if e.seq <= head.seq {
+                    if !super::audit::import_continues(&head, e)? {
                         continue;
-                    }
-                    let expected_prev =
-                        if head.seq == 0 { super::audit::GENESIS.to_string() } else { head.hash.clone() };
-                    if e.seq != head.seq + 1 || e.prev != expected_prev {
-                        return Err(StoreError::Conflict(format!(
-                            "audit entry {} does not continue the target's chain",
-                            e.seq
-                        )));
                     }
                     let seq = i64::try_from(e.seq).map_err(|_| StoreError::Corrupt("audit sequence".into()))?;
                     tx.execute("INSERT INTO keyward_audit (seq, entry) VALUES ($1, $2)", &[&seq, &encode(e)])

@@ -424,16 +424,8 @@ impl Store for SledStore {
                 }
                 Imported::Audit(e) => {
                     let head = self.audit_head().await?;
-                    if e.seq <= head.seq {
+                    if !super::audit::import_continues(&head, &e)? {
                         continue;
-                    }
-                    let expected_prev =
-                        if head.seq == 0 { super::audit::GENESIS.to_string() } else { head.hash.clone() };
-                    if e.seq != head.seq + 1 || e.prev != expected_prev {
-                        return Err(StoreError::Conflict(format!(
-                            "audit entry {} does not continue the target's chain",
-                            e.seq
-                        )));
                     }
                     self.audit.insert(e.seq.to_be_bytes(), encode(&e)).map_err(unavailable)?;
                     self.meta

@@ -35,6 +35,11 @@ pub struct Pki {
 }
 
 impl Pki {
+    /// Config lines that trust this CA and point `provider` at a fake's `url`.
+    pub fn upstream(&self, provider: &str, url: &str) -> String {
+        format!("[upstream]\nextra_ca = \"{}\"\n[providers.{provider}]\nbase_url = \"{url}\"\n", self.ca_pem.display())
+    }
+
     pub fn new(dir: &Path) -> Pki {
         keyward::tls::install_crypto_provider();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -239,6 +244,23 @@ impl Drop for FakeApp {
     }
 }
 
+/// Serves one app connection: records every request, answers with `handler`.
+async fn serve_app_conn<IO>(io: TokioIo<IO>, reqs: Arc<Mutex<Vec<Recorded>>>, handler: Handler)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let reqs = reqs.clone();
+        let handler = handler.clone();
+        async move {
+            let rec = record(req).await;
+            reqs.lock().unwrap().push(rec.clone());
+            Ok::<_, Infallible>(handler(rec).await)
+        }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+}
+
 impl FakeApp {
     pub async fn start(handler: Handler) -> FakeApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -248,22 +270,7 @@ impl FakeApp {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let reqs = reqs.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let reqs = reqs.clone();
-                        let handler = handler.clone();
-                        async move {
-                            let rec = record(req).await;
-                            reqs.lock().unwrap().push(rec.clone());
-                            Ok::<_, Infallible>(handler(rec).await)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
+                tokio::spawn(serve_app_conn(TokioIo::new(tcp), reqs.clone(), handler.clone()));
             }
         });
         FakeApp { addr, url: format!("http://127.0.0.1:{}", addr.port()), requests, task }
@@ -277,22 +284,7 @@ impl FakeApp {
         let task = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else { return };
-                let reqs = reqs.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let reqs = reqs.clone();
-                        let handler = handler.clone();
-                        async move {
-                            let rec = record(req).await;
-                            reqs.lock().unwrap().push(rec.clone());
-                            Ok::<_, Infallible>(handler(rec).await)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc)
-                        .await;
-                });
+                tokio::spawn(serve_app_conn(TokioIo::new(s), reqs.clone(), handler.clone()));
             }
         });
         FakeApp { addr: "127.0.0.1:0".parse().unwrap(), url: format!("unix:{}", path.display()), requests, task }
