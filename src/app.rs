@@ -101,18 +101,20 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Reads a secret file (mode 0600 or stricter), one trailing newline removed.
-fn read_secret_file(path: &std::path::Path, what: &str) -> Result<zeroize::Zeroizing<String>, StartError> {
-    let err = |reason: String| StartError::Credentials(format!("{what} {}: {reason}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+/// Reads a secret file (mode 0600 or stricter), one trailing newline removed. The error is
+/// the reason alone; callers name the file.
+fn read_private_file(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {:04o} lets other users read it; chmod 600 it",
-            meta.permissions().mode() & 0o777
-        )));
+        return Err(format!("mode {:04o} lets other users read it; chmod 600 it", meta.permissions().mode() & 0o777));
     }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?);
     Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
+}
+
+/// [`read_private_file`] for a store password.
+fn read_secret_file(path: &std::path::Path, what: &str) -> Result<zeroize::Zeroizing<String>, StartError> {
+    read_private_file(path).map_err(|reason| StartError::Credentials(format!("{what} {}: {reason}", path.display())))
 }
 
 /// Connection settings for tools (`keyward store migrate`).
@@ -150,15 +152,7 @@ fn pg_target(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError>
 
 fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
     let err = |reason: String| StartError::Token { path: path.display().to_string(), reason };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {:04o} lets other users read it; chmod 600 it",
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
-    let token = text.trim_end_matches(['\n', '\r']);
+    let token = read_private_file(path).map_err(err)?;
     if token.len() < 16 {
         return Err(err("the token must be at least 16 characters".into()));
     }

@@ -134,6 +134,17 @@ pub enum Expect {
     Version(u64),
 }
 
+impl Expect {
+    /// Whether `current` (the stored credential's version, if any) meets the precondition.
+    pub fn holds(self, current: Option<u64>) -> bool {
+        match (self, current) {
+            (Expect::Absent, None) => true,
+            (Expect::Version(v), Some(c)) => c == v,
+            _ => false,
+        }
+    }
+}
+
 /// One change in a [`Store::commit`] batch.
 #[derive(Debug, Clone)]
 pub enum Op {

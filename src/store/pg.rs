@@ -20,8 +20,7 @@ use tokio_postgres::{Client, NoTls};
 
 use super::audit::chain;
 use super::{
-    AuditDraft, AuditEntry, AuditHead, Change, CredentialRecord, Expect, Imported, Millis, Op, Store, StoreError,
-    TenantRecord,
+    AuditDraft, AuditEntry, AuditHead, Change, CredentialRecord, Imported, Millis, Op, Store, StoreError, TenantRecord,
 };
 
 /// Advisory lock keys (arbitrary, fixed): migrations, audit appends; token refreshes use
@@ -484,12 +483,7 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
                 Some(row) => Some(decode("credential", row.get::<_, &str>(0))?),
                 None => None,
             };
-            let ok = match (expect, &old) {
-                (Expect::Absent, None) => true,
-                (Expect::Version(v), Some(o)) => o.version == *v,
-                _ => false,
-            };
-            if !ok {
+            if !expect.holds(old.as_ref().map(|o| o.version)) {
                 return Err(StoreError::Conflict(format!("credential {}/{}", record.tenant, record.provider)));
             }
             tx.execute(

@@ -16,7 +16,7 @@ use sled::Transactional;
 
 use super::audit::chain;
 use super::{
-    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Expect, Imported, Millis, Op, Store, StoreError,
+    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Imported, Millis, Op, Store, StoreError,
     TenantRecord,
 };
 
@@ -142,12 +142,7 @@ impl Trees<'_> {
                     Some(v) => Some(decode::<CredentialRecord>("credential", &v).map_err(abort)?),
                     None => None,
                 };
-                let ok = match (expect, &old) {
-                    (Expect::Absent, None) => true,
-                    (Expect::Version(v), Some(o)) => o.version == *v,
-                    _ => false,
-                };
-                if !ok {
+                if !expect.holds(old.as_ref().map(|o| o.version)) {
                     return Err(abort(StoreError::Conflict(format!(
                         "credential {}/{}",
                         record.tenant, record.provider
@@ -441,7 +436,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{verify_chain, CredStatus};
+    use crate::store::{verify_chain, CredStatus, Expect};
     use std::collections::BTreeMap;
 
     fn draft(action: &str) -> AuditDraft {
