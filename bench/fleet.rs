@@ -17,6 +17,9 @@ use keyward::store::{Change, PgStore, PgTarget, Store};
 use keyward::vault::Keyring;
 use serde_json::json;
 
+#[path = "common.rs"]
+mod common;
+
 fn target(url: &str) -> PgTarget {
     PgTarget { config: url.parse().unwrap(), tls: None, display: url.to_string() }
 }
@@ -55,20 +58,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// Writes `n` Vapi credentials for tenants `t0000000…` through `creds`, 1,000 per batch.
 async fn populate(creds: &Credentials, n: usize) {
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<_> = (i..(i + 1000).min(n))
-            .map(|j| {
-                (
-                    TenantId::parse(&format!("t{j:07}")).unwrap(),
-                    "vapi".to_string(),
-                    json!({"api_key": format!("bench-key-{j:08}-0123456789abcdef")}),
-                )
-            })
-            .collect();
-        i += batch.len();
-        creds.import_batch("bench", batch).await.unwrap();
-    }
+    common::populate_provider(creds, n, "vapi").await
 }
 
 #[tokio::main]

@@ -18,6 +18,10 @@ use keyward::store::{SledStore, Store};
 use keyward::vault::Keyring;
 use serde_json::json;
 
+#[path = "common.rs"]
+mod common;
+use common::{fields_for, populate_provider};
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -37,30 +41,8 @@ async fn open(dir: &std::path::Path, key: &KeyBytes) -> Arc<Credentials> {
     )
 }
 
-fn fields(i: usize) -> serde_json::Value {
-    json!({"account_sid": "AC0123456789abcdef0123456789abcdef", "auth_token": format!("token-{i:08}-0123456789abcdef")})
-}
-
-fn fields_for(provider: &str, i: usize) -> serde_json::Value {
-    match provider {
-        "vapi" => json!({"api_key": format!("bench-key-{i:08}-0123456789abcdef")}),
-        _ => fields(i),
-    }
-}
-
 async fn populate(creds: &Credentials, n: usize) {
     populate_provider(creds, n, "twilio").await
-}
-
-async fn populate_provider(creds: &Credentials, n: usize, provider: &str) {
-    let mut i = 0;
-    while i < n {
-        let batch: Vec<_> = (i..(i + 1000).min(n))
-            .map(|j| (TenantId::parse(&format!("t{j:07}")).unwrap(), provider.to_string(), fields_for(provider, j)))
-            .collect();
-        i += batch.len();
-        creds.import_batch("bench", batch).await.unwrap();
-    }
 }
 
 #[tokio::main]
@@ -127,7 +109,7 @@ async fn main() {
     let iters = if quick { 50 } else { 300 };
     let t0 = Instant::now();
     for i in 0..iters {
-        creds.put("bench", &tenant, "twilio", fields(i)).await.unwrap();
+        creds.put("bench", &tenant, "twilio", fields_for("twilio", i)).await.unwrap();
     }
     let write_ms = t0.elapsed().as_secs_f64() * 1000.0 / iters as f64;
     drop(creds);
