@@ -13,6 +13,7 @@ WORKDIR /src
 # Manifests first so dependency builds are cached across source changes.
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY src ./src
+COPY crates ./crates
 COPY bench ./bench
 COPY examples ./examples
 RUN cargo build --release --locked --bin keyward \

@@ -1,7 +1,7 @@
 //! Google: credential schema (PROVIDERS.md §0, §4).
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
-use crate::store::CredStatus;
+use crate::status::CredStatus;
 
 fn channel_token(s: &str) -> bool {
     (22..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')

@@ -47,6 +47,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use keyward_core::status::CredStatus;
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
@@ -81,18 +83,6 @@ pub struct TenantRecord {
     pub wrapped_key: Vec<u8>,
     /// When the tenant was first seen.
     pub created_at: Millis,
-}
-
-/// Credential status (CONTRACT.md §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CredStatus {
-    /// Usable.
-    Active,
-    /// Stored but not usable yet (e.g. Google without a refresh token).
-    Inactive,
-    /// The provider rejected it; outbound calls answer `credential_revoked`.
-    Revoked,
 }
 
 /// One tenant's credential for one provider: public metadata plus the sealed secrets.

@@ -1,6 +1,7 @@
 //! Providers: one file per provider holding its credential schema, how it injects auth and
 //! how it verifies webhooks; plus generic providers declared in config. Pure: no I/O.
 
+pub mod config;
 mod elevenlabs;
 pub mod fields;
 mod generic;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 pub use fields::{FieldError, ParsedFields, Schema};
 pub use outbound::{FieldSource, Injection, OutboundError};
 
-use crate::config::{BuiltinOverride, GenericProvider, ProvidersConfig};
 use crate::ids::ProviderName;
+use config::{BuiltinOverride, GenericProvider, ProvidersConfig};
 
 /// The built-in providers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,7 +132,7 @@ impl Providers {
 
 impl ProviderDef {
     /// The per-tenant rate limit configured for this provider.
-    pub fn rate_limit(&self) -> Option<crate::config::RateLimit> {
+    pub fn rate_limit(&self) -> Option<config::RateLimit> {
         match &self.kind {
             ProviderKind::Builtin(_, ov) => ov.rate_limit,
             ProviderKind::Generic(g) => g.rate_limit,

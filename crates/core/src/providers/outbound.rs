@@ -8,7 +8,7 @@ use url::Url;
 use zeroize::Zeroizing;
 
 use super::{Builtin, ProviderDef, ProviderKind};
-use crate::config::InjectTemplate;
+use crate::providers::config::InjectTemplate;
 use crate::secret::Secret;
 
 /// Read access to a credential's fields (implemented by `creds::Credential`), so the
@@ -300,7 +300,7 @@ fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result<Injection,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProvidersConfig;
+    use crate::providers::config::ProvidersConfig;
     use crate::providers::Providers;
     use std::collections::BTreeMap;
 

@@ -468,7 +468,7 @@ mod tests {
 
 use super::outbound::FieldSource;
 use super::{Builtin, ProviderDef, ProviderKind};
-use crate::config::WebhookScheme;
+use crate::providers::config::WebhookScheme;
 
 /// The keys to try for one delivery.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! inject template references are required.
 
 use super::fields::{FieldDef, Rule, Schema};
-use crate::config::{template_fields, GenericProvider, InjectTemplate};
+use crate::providers::config::{template_fields, GenericProvider, InjectTemplate};
 
 pub(crate) fn schema(name: &str, g: &GenericProvider) -> Schema {
     let templates: Vec<&str> = match &g.inject {

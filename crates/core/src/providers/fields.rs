@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use crate::secret::Secret;
-use crate::store::CredStatus;
+use crate::status::CredStatus;
 
 /// A rejected credential input. Displays as `twilio.account_sid must match …`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

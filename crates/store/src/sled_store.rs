@@ -436,7 +436,7 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{verify_chain, CredStatus, Expect};
+    use crate::{verify_chain, CredStatus, Expect};
     use std::collections::BTreeMap;
 
     fn draft(action: &str) -> AuditDraft {

@@ -1,0 +1,9 @@
+//! keyward's pure core: the types every layer shares and the rules that need no I/O.
+//! Nothing here opens a socket or a file or needs an async runtime, so it can be fuzzed and
+//! unit-tested alone.
+
+pub mod ids;
+pub mod providers;
+pub mod redact;
+pub mod secret;
+pub mod status;
