@@ -23,6 +23,7 @@ use crate::store::{
     Store, StoreError, TenantRecord,
 };
 use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
+use keyward_core::time::rfc3339;
 
 /// A decrypted credential, shared by the cache and in-flight requests.
 pub struct Credential {
@@ -116,12 +117,6 @@ pub struct StatusObject {
     /// When a soft-deleted credential will be purged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purge_after: Option<String>,
-}
-
-/// Formats milliseconds as RFC 3339 (UTC, millisecond precision).
-pub fn rfc3339(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Credential-layer failures, mapped to public codes in `error.rs`.

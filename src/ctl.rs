@@ -239,7 +239,7 @@ pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
                 if json {
                     println!("{e}");
                 } else {
-                    let ts = e["ts"].as_i64().map(crate::creds::rfc3339).unwrap_or_default();
+                    let ts = e["ts"].as_i64().map(keyward_core::time::rfc3339).unwrap_or_default();
                     let scope = [e["tenant"].as_str(), e["provider"].as_str(), e["target"].as_str()]
                         .iter()
                         .flatten()

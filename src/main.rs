@@ -58,9 +58,7 @@ fn main() -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return fail(&format!("cannot read {}: {e}", body_file.display())),
             };
-            let now = now.unwrap_or_else(|| {
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-            });
+            let now = now.unwrap_or_else(keyward_core::time::now_secs);
             let delivery = keyward::webhook::offline::OfflineDelivery {
                 provider: &provider,
                 url: &url,

@@ -5,9 +5,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(s) = std::str::from_utf8(data) {
-        let _ = keyward::ids::TenantId::parse(s);
-        let _ = keyward::ids::RouteId::parse(s);
-        let _ = keyward::config::parse_duration(s);
-        let _ = keyward::config::parse_size(s);
+        let _ = keyward_core::ids::TenantId::parse(s);
+        let _ = keyward_core::ids::RouteId::parse(s);
+        let _ = keyward_core::units::parse_duration(s);
+        let _ = keyward_core::units::parse_size(s);
     }
 });

@@ -4,8 +4,8 @@
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use keyward::providers::inbound::{Delivery, WebhookKeys};
-use keyward::providers::Providers;
+use keyward_core::providers::inbound::{Delivery, WebhookKeys};
+use keyward_core::providers::Providers;
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 14] = [

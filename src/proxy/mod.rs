@@ -442,7 +442,7 @@ async fn verify_endpoint(
     let def = state.creds.providers().get(provider_name).cloned().ok_or_else(|| {
         PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("unknown provider {provider_name:?}"))
     })?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = keyward_core::time::now_secs();
     let d = crate::providers::inbound::Delivery { method, url, headers: &headers, body: &raw_body, now };
     let answer = match crate::webhook::verify::verify(&state.creds, None, &def, tenant, &d).await {
         Ok(v) => {

@@ -134,10 +134,6 @@ impl WebhookState {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 fn boxed(e: PublicError) -> Response<ProxyBody> {
     e.into_response().map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
@@ -299,8 +295,13 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
     };
     let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let url = state.signed_url(peer, &parts.headers, &pq);
-    let delivery =
-        Delivery { method: parts.method.as_str(), url: &url, headers: &parts.headers, body: &body, now: now_secs() };
+    let delivery = Delivery {
+        method: parts.method.as_str(),
+        url: &url,
+        headers: &parts.headers,
+        body: &body,
+        now: keyward_core::time::now_secs(),
+    };
     let verified = match verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery).await {
         Ok(v) => v,
         Err(r) => {

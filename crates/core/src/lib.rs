@@ -7,3 +7,5 @@ pub mod providers;
 pub mod redact;
 pub mod secret;
 pub mod status;
+pub mod time;
+pub mod units;

@@ -49,14 +49,7 @@ use serde::{Deserialize, Serialize};
 
 pub use keyward_core::status::CredStatus;
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
-
-/// The current time in [`Millis`].
-pub fn now_millis() -> Millis {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub use keyward_core::time::{now_millis, Millis};
 
 /// Serde helper: bytes as standard base64 text.
 pub(crate) mod b64 {
