@@ -387,3 +387,15 @@ fn rand_unit() -> f64 {
     let _ = getrandom::fill(&mut b);
     f64::from(u16::from_le_bytes(b)) / 65535.0
 }
+
+/// `[verification]`: periodic live re-checks of every credential.
+#[derive(Debug, Clone)]
+pub struct VerificationConfig {
+    /// How often (each pass jittered by ±20 %); zero disables.
+    pub interval: Duration,
+    /// Checks in flight at most.
+    pub concurrency: usize,
+    /// List the tenant's ids at the provider and register routes after a credential is
+    /// stored or verified.
+    pub discover_routes: bool,
+}

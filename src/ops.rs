@@ -2,8 +2,10 @@
 //! loaded, listeners bound), `/metrics` (Prometheus text). Nothing secret is served here.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -89,4 +91,15 @@ pub async fn handle(
         ),
     };
     Ok(resp)
+}
+
+/// `[ops]`
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    /// /healthz /readyz /metrics
+    pub listen: SocketAddr,
+    /// Label outbound request metrics with tenant ids (unbounded: small fleets only).
+    pub metrics_tenant_labels: bool,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub drain_grace: Duration,
 }

@@ -7,8 +7,6 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Registry};
 
-use crate::config::{LogConfig, LogFormat};
-
 /// Request headers that may appear in logs. Everything else (Authorization, cookies,
 /// signature headers, provider keys) never does.
 pub const LOGGABLE_HEADERS: &[&str] =
@@ -73,4 +71,22 @@ pub fn init_cli() {
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+/// `[log]`
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Output format.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `keyward=debug`.
+    pub level: String,
 }

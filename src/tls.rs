@@ -10,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, ServerConnection};
 
-use crate::config::{MtlsFiles, TlsFiles};
+use std::path::PathBuf;
 
 /// Certificate and key loading failures.
 #[derive(Debug, thiserror::Error)]
@@ -114,4 +114,24 @@ pub fn peer_identity(conn: &ServerConnection) -> Option<String> {
         }
     }
     dns
+}
+
+/// Server certificate, key and the CA that client certificates must chain to.
+#[derive(Debug, Clone)]
+pub struct MtlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates.
+    pub client_ca: PathBuf,
+}
+
+/// Server certificate and key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }

@@ -26,6 +26,8 @@ pub use handlers::read_body;
 mod router;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -143,4 +145,15 @@ pub async fn handle(
         "admin request"
     );
     Ok(resp)
+}
+
+/// `[admin]`
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Unix socket (mode 0600).
+    pub unix: Option<PathBuf>,
+    /// TCP address, bearer token required.
+    pub tcp: Option<SocketAddr>,
+    /// File with the bearer token for `tcp`.
+    pub token_file: Option<PathBuf>,
 }

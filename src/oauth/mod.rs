@@ -41,7 +41,7 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// Google's endpoints, with config overrides.
-    pub fn from_config(ov: Option<&crate::config::BuiltinOverride>) -> Endpoints {
+    pub fn from_config(ov: Option<&keyward_core::providers::config::BuiltinOverride>) -> Endpoints {
         let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| fixed(d));
         Endpoints {
             token: pick(ov.and_then(|o| o.token_url.as_ref()), "https://oauth2.googleapis.com/token"),
@@ -116,7 +116,7 @@ impl std::fmt::Debug for Granted {
 }
 
 /// Builds the control-plane HTTP client (rustls, webpki roots plus `upstream.extra_ca`).
-pub fn http_client(cfg: &crate::config::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
+pub fn http_client(cfg: &crate::proxy::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
     let tls = crate::tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)

@@ -14,8 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::UpstreamConfig;
 use crate::tls::{self, TlsError};
+use std::path::PathBuf;
 
 /// Errors carried by proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -123,4 +123,15 @@ impl Upstream {
             }
         }
     }
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// TCP + TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (until response headers).
+    pub request_timeout: Duration,
+    /// One more CA to trust.
+    pub extra_ca: Option<PathBuf>,
 }

@@ -13,6 +13,8 @@ mod route;
 mod scrub;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,7 +26,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-pub use forward::{BoxError, ProxyBody, Upstream, UpstreamError};
+pub use forward::{BoxError, ProxyBody, Upstream, UpstreamConfig, UpstreamError};
 pub use policy::{Policy, RateLimiter};
 pub use route::RouteError;
 
@@ -33,6 +35,8 @@ use crate::error::PublicError;
 use crate::listen::Peer;
 use crate::providers::ProviderKind;
 use crate::secret::Secret;
+use crate::tls::MtlsFiles;
+use policy::ClientPolicy;
 
 /// Supplies Google access tokens (the token manager); absent until one is configured.
 #[async_trait::async_trait]
@@ -462,4 +466,19 @@ async fn verify_endpoint(
     );
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(resp)
+}
+
+/// `[app]`
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Unix socket path.
+    pub unix: Option<PathBuf>,
+    /// Unix socket mode.
+    pub unix_mode: u32,
+    /// mTLS TCP address.
+    pub tcp: Option<SocketAddr>,
+    /// Certificates for `tcp`.
+    pub tls: Option<MtlsFiles>,
+    /// Client policy; empty means every local client may use every tenant.
+    pub clients: Vec<ClientPolicy>,
 }

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::config::{ClientIdentity, ClientPolicy, RateLimit};
+use crate::ids::ProviderName;
 use crate::ids::TenantId;
 use crate::listen::Peer;
+use keyward_core::providers::config::RateLimit;
 
 /// The client policy table. Empty means every client may use every tenant.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +83,26 @@ impl RateLimiter {
             Err(Duration::from_secs_f64((1.0 - b.tokens) / limit.per_second))
         }
     }
+}
+
+/// Who a client is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientIdentity {
+    /// A peer uid on the Unix socket.
+    Uid(u32),
+    /// A URI or DNS SAN of an mTLS client certificate.
+    San(String),
+}
+
+/// One `[[app.clients]]` entry.
+#[derive(Debug, Clone)]
+pub struct ClientPolicy {
+    /// Whom it applies to.
+    pub identity: ClientIdentity,
+    /// Allowed tenants; `None` means all (`"*"`).
+    pub tenants: Option<Vec<TenantId>>,
+    /// Allowed providers; `None` means all (`"*"`).
+    pub providers: Option<Vec<ProviderName>>,
 }
 
 #[cfg(test)]

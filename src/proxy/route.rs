@@ -154,8 +154,8 @@ pub(crate) fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ProvidersConfig;
     use http::HeaderValue;
+    use keyward_core::providers::config::ProvidersConfig;
 
     fn providers() -> Providers {
         Providers::from_config(&ProvidersConfig::default())

@@ -12,9 +12,9 @@ use zeroize::Zeroizing;
 
 use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
 use super::VaultError;
-use crate::config::{Env, KeySource, MasterKeyConfig};
 use crate::ids::TenantId;
 use crate::secret::KeyBytes;
+use keyward_core::env::Env;
 
 /// Where the active key was found, for the start-up log line (never the key).
 #[derive(Debug, Clone)]
@@ -213,6 +213,36 @@ impl Keyring {
         let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
         open_raw(&mk.key, b"keyward/keycheck/v1", blob).map(|_| ())
     }
+}
+
+/// Where the active master key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A file holding base64 of 32 bytes (mode 0600 or stricter).
+    File(PathBuf),
+    /// An environment variable holding base64 of 32 bytes.
+    Env(String),
+    /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>` (LoadCredential=).
+    Credential(String),
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "file {}", p.display()),
+            KeySource::Env(v) => write!(f, "environment variable {v}"),
+            KeySource::Credential(n) => write!(f, "systemd credential {n}"),
+        }
+    }
+}
+
+/// `[master_key]`
+#[derive(Debug, Clone)]
+pub struct MasterKeyConfig {
+    /// The active key.
+    pub source: KeySource,
+    /// Older key files, still able to open records during a rotation.
+    pub previous: Vec<PathBuf>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 mod keyring;
 mod seal;
 
-pub use keyring::{write_new_key_file, Keyring, MasterKeySource};
+pub use keyring::{write_new_key_file, KeySource, Keyring, MasterKeyConfig, MasterKeySource};
 pub use seal::{blob_key_id, DataKey, KeyId, RecordAad};
 
 use std::path::PathBuf;

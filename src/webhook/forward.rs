@@ -14,8 +14,8 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::config::ForwardTo;
 use crate::proxy::{ProxyBody, UpstreamError};
+use url::Url;
 
 /// A Unix-socket stream usable by the pooled client.
 #[derive(Debug)]
@@ -134,4 +134,13 @@ impl AppClient {
             }
         }
     }
+}
+
+/// Where verified webhooks go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardTo {
+    /// `http://host:port` (a path prefix is kept).
+    Http(Url),
+    /// `unix:/path/to/socket`
+    Unix(PathBuf),
 }

@@ -14,7 +14,7 @@ pub mod verify;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,7 @@ use ipnet::IpNet;
 use percent_encoding::percent_decode_str;
 use url::Url;
 
-pub use forward::AppClient;
+pub use forward::{AppClient, ForwardTo};
 pub use replay::ReplayCache;
 pub use verify::{Rejection, Verified};
 
@@ -37,6 +37,7 @@ use crate::ids::TenantId;
 use crate::listen::Peer;
 use crate::providers::inbound::Delivery;
 use crate::proxy::{BoxError, ProxyBody};
+use crate::tls::TlsFiles;
 
 /// Counts and rate-limits rejection logs per (provider, reason).
 #[derive(Debug, Default)]
@@ -388,4 +389,23 @@ async fn forward(
         parts.headers.remove(h);
     }
     Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// The URL providers call, which Twilio signs. No trailing slash.
+    pub public_base_url: Url,
+    /// The app.
+    pub forward_to: ForwardTo,
+    /// Largest body accepted.
+    pub max_body: u64,
+    /// Peers allowed to set X-Forwarded-Proto / X-Forwarded-Host.
+    pub trusted_proxies: Vec<IpNet>,
+    /// TLS on the listener.
+    pub tls: Option<TlsFiles>,
+    /// How long the app may take to answer a forwarded delivery.
+    pub forward_timeout: Duration,
 }

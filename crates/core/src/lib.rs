@@ -2,6 +2,7 @@
 //! Nothing here opens a socket or a file or needs an async runtime, so it can be fuzzed and
 //! unit-tested alone.
 
+pub mod env;
 pub mod ids;
 pub mod providers;
 pub mod redact;

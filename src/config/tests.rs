@@ -1,0 +1,144 @@
+use std::collections::BTreeMap;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[store]
+path = "/var/lib/keyward"
+[master_key]
+file = "/run/key"
+[admin]
+unix = "/run/keyward/admin.sock"
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/keyward/keyward.toml"), text, &BTreeMap::new())
+}
+
+fn key_of(text: &str) -> String {
+    parse(text).unwrap_err().key().unwrap_or("(none)").to_string()
+}
+
+#[test]
+fn a_minimal_config_parses_with_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.store.deleted_retention, Duration::from_secs(14 * 86_400));
+    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.app.is_none());
+}
+
+#[test]
+fn the_example_config_with_every_key_parses() {
+    let text = include_str!("../../config/keyward.toml");
+    let c = parse(text).unwrap();
+    assert!(c.app.is_some() && c.webhooks.is_some() && c.ops.is_some());
+    assert!(c.providers.generic.contains_key(&ProviderName::parse("acme").unwrap()));
+}
+
+#[test]
+fn the_dev_config_parses() {
+    let c =
+        Config::parse(Path::new("config/dev.toml"), include_str!("../../config/dev.toml"), &BTreeMap::new()).unwrap();
+    assert!(c.danger.create_missing_master_key);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_path() {
+    let e = parse(&MINIMAL.replace("path =", "pathx = \"x\"\npath =")).unwrap_err().to_string();
+    assert!(e.contains("/etc/keyward/keyward.toml"), "{e}");
+    assert!(e.contains("store") && e.contains("pathx"), "{e}");
+    assert!(parse(&format!("{MINIMAL}\n[bogus]\nx = 1\n")).unwrap_err().to_string().contains("bogus"));
+}
+
+#[test]
+fn bad_values_name_their_key() {
+    assert_eq!(
+        key_of(&format!("{MINIMAL}\n[upstream]\nconnect_timeout = \"5 seconds\"\n")),
+        "upstream.connect_timeout"
+    );
+    assert_eq!(
+            key_of(&format!("{MINIMAL}\n[webhooks]\nlisten = \"0.0.0.0:8443\"\npublic_base_url = \"https://u:p@h.example\"\nforward_to = \"http://127.0.0.1:3000\"\n")),
+            "webhooks.public_base_url"
+        );
+    assert_eq!(
+            key_of(&format!("{MINIMAL}\n[webhooks]\nlisten = \"0.0.0.0:8443\"\npublic_base_url = \"https://h.example\"\nforward_to = \"http://127.0.0.1:3000\"\nmax_body = \"1 MB\"\n")),
+            "webhooks.max_body"
+        );
+    assert_eq!(key_of(&format!("{MINIMAL}\n[app]\ntcp = \"127.0.0.1:7443\"\n")), "app.tls");
+    assert_eq!(key_of(&format!("{MINIMAL}\n[app]\nunix = \"/a.sock\"\nunix_mode = \"0666\"\n")), "app.unix_mode");
+    assert_eq!(
+        key_of(&format!("{MINIMAL}\n[providers.twilio]\nbase_url = \"http://127.0.0.1:1\"\n")),
+        "providers.twilio.base_url"
+    );
+    assert_eq!(
+        key_of(&format!("{MINIMAL}\n[providers.twilio]\nrate_limit = {{ per_tenant = \"fast\" }}\n")),
+        "providers.twilio.rate_limit.per_tenant"
+    );
+    assert_eq!(key_of(&format!("{MINIMAL}\n[log]\nformat = \"xml\"\n")), "log.format");
+    assert_eq!(key_of(&MINIMAL.replace("file = \"/run/key\"", "file = \"/run/key\"\nenv = \"K\"")), "master_key");
+}
+
+#[test]
+fn a_missing_section_is_named() {
+    let e = parse("[store]\npath = \"/x\"\n[admin]\nunix = \"/a\"\n").unwrap_err().to_string();
+    assert!(e.contains("master_key"), "{e}");
+}
+
+#[test]
+fn syntax_errors_give_line_and_column() {
+    let e = parse("[store]\npath = \n").unwrap_err();
+    assert!(matches!(e, ConfigError::Syntax { line: 2, .. }), "{e}");
+}
+
+#[test]
+fn relative_paths_are_resolved_against_the_config_directory() {
+    let c = parse(&MINIMAL.replace("/var/lib/keyward", "data")).unwrap();
+    assert_eq!(c.store.path, Path::new("/etc/keyward/data"));
+}
+
+#[test]
+fn generic_providers_check_their_templates() {
+    let base =
+        format!("{MINIMAL}\n[providers.acme]\nbase_url = \"https://api.acme.example\"\nfields = [\"api_key\"]\n");
+    let ok =
+        parse(&format!("{base}inject = {{ header = \"Authorization\", value = \"Bearer {{api_key}}\" }}\n")).unwrap();
+    let acme = &ok.providers.generic[&ProviderName::parse("acme").unwrap()];
+    assert_eq!(acme.hosts, vec!["api.acme.example".to_string()]);
+    assert_eq!(
+        key_of(&format!("{base}inject = {{ header = \"Authorization\", value = \"Bearer {{token}}\" }}\n")),
+        "providers.acme.inject.value"
+    );
+    assert_eq!(key_of(&format!("{base}inject = {{ header = \"X\" }}\n")), "providers.acme.inject");
+    assert_eq!(
+        key_of(&format!(
+            "{base}inject = {{ query = \"key\", value = \"{{api_key}}\" }}\nwebhook = {{ scheme = \"stripe\" }}\n"
+        )),
+        "providers.acme.fields"
+    );
+}
+
+#[test]
+fn env_overlay_changes_the_log_level_and_names_itself_on_error() {
+    let mut env = BTreeMap::new();
+    env.insert("KEYWARD_LOG".to_string(), "debug".to_string());
+    let c = Config::parse(Path::new("/k.toml"), MINIMAL, &env).unwrap();
+    assert_eq!(c.log.level, "debug");
+    env.insert("KEYWARD_LOG_FORMAT".to_string(), "yaml".to_string());
+    let e = Config::parse(Path::new("/k.toml"), MINIMAL, &env).unwrap_err();
+    assert_eq!(e.key(), Some("KEYWARD_LOG_FORMAT (environment)"));
+}
+
+#[test]
+fn durations_sizes_and_rates_parse() {
+    assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86_400));
+    for bad in ["", "5", "s", "-5s", "5 s", "1.5s", "99999999999999999s"] {
+        assert!(parse_duration(bad).is_err(), "{bad}");
+    }
+    assert_eq!(parse_size("64KiB").unwrap(), 65_536);
+    assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+    assert!(parse_size("1MB").is_err());
+    assert_eq!(parse_rate("50/s").unwrap(), 50.0);
+    assert!(parse_rate("0/s").is_err());
+}
