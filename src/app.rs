@@ -19,14 +19,14 @@ use crate::metrics::{DerivedSource, Metrics};
 use crate::oauth::connect::ConnectFlows;
 use crate::oauth::{Endpoints, TokenManager};
 use crate::ops::{self, Readiness};
-use crate::providers::Providers;
 use crate::proxy::{self, Policy, ProxyState, RateLimiter, Upstream};
 use crate::shutdown::Shutdown;
-use crate::store::{PgStore, PgTarget, SledStore, Store, StoreError};
 use crate::telemetry::LogHandle;
 use crate::tls::TlsError;
 use crate::vault::{Keyring, VaultError};
 use crate::webhook::{self, AppClient, ReplayCache, WebhookState};
+use keyward_core::providers::Providers;
+use keyward_store::{PgStore, PgTarget, SledStore, Store, StoreError};
 
 /// Why the daemon could not start. Every variant's message says what to fix.
 #[derive(Debug, thiserror::Error)]

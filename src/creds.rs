@@ -15,15 +15,15 @@ use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
-use crate::ids::{RouteId, RouteKind, TenantId};
-use crate::providers::{FieldError, Providers};
-use crate::secret::Secret;
-use crate::store::{
+use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
+use keyward_core::ids::{RouteId, RouteKind, TenantId};
+use keyward_core::providers::{FieldError, Providers};
+use keyward_core::secret::Secret;
+use keyward_core::time::rfc3339;
+use keyward_store::{
     now_millis, AuditDraft, AuditEntry, AuditHead, ChainReport, CredStatus, CredentialRecord, Expect, Millis, Op,
     Store, StoreError, TenantRecord,
 };
-use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
-use keyward_core::time::rfc3339;
 
 /// A decrypted credential, shared by the cache and in-flight requests.
 pub struct Credential {
@@ -55,7 +55,7 @@ impl std::fmt::Debug for Credential {
 impl Credential {
     /// A credential that is not stored: fields checked live before they are saved
     /// (`?verify=true`).
-    pub fn ephemeral(tenant: TenantId, provider: &str, parsed: crate::providers::ParsedFields) -> Credential {
+    pub fn ephemeral(tenant: TenantId, provider: &str, parsed: keyward_core::providers::ParsedFields) -> Credential {
         Credential {
             tenant,
             provider: provider.to_string(),
@@ -67,8 +67,8 @@ impl Credential {
     }
 
     /// The fields back, to store a credential checked with [`Credential::ephemeral`].
-    pub fn into_parsed(self) -> crate::providers::ParsedFields {
-        crate::providers::ParsedFields {
+    pub fn into_parsed(self) -> keyward_core::providers::ParsedFields {
+        keyward_core::providers::ParsedFields {
             public: self.public,
             secrets: self.secrets,
             warnings: vec![],
@@ -362,14 +362,14 @@ impl Credentials {
                 let change = rx.recv().await;
                 let Some(c) = me.upgrade() else { return };
                 match change {
-                    Ok(crate::store::Change::Credential { tenant, provider }) => c.invalidate(&tenant, &provider),
-                    Ok(crate::store::Change::Tenant(t)) => {
+                    Ok(keyward_store::Change::Credential { tenant, provider }) => c.invalidate(&tenant, &provider),
+                    Ok(keyward_store::Change::Tenant(t)) => {
                         if let Ok(mut d) = c.deks.write() {
                             d.remove(&t);
                         }
                         c.invalidate_all();
                     }
-                    Ok(crate::store::Change::All) | Err(RecvError::Lagged(_)) => {
+                    Ok(keyward_store::Change::All) | Err(RecvError::Lagged(_)) => {
                         if let Ok(mut d) = c.deks.write() {
                             d.clear();
                         }
@@ -588,7 +588,7 @@ impl Credentials {
         purpose: &str,
         version: u64,
         blob: &[u8],
-    ) -> Result<crate::secret::SecretBytes, CredError> {
+    ) -> Result<keyward_core::secret::SecretBytes, CredError> {
         let dek = self
             .data_key(tenant)
             .await?
@@ -597,7 +597,7 @@ impl Credentials {
     }
 
     /// Validates fields against the provider's schema (nothing is stored).
-    pub fn parse(&self, provider: &str, fields: Value) -> Result<crate::providers::ParsedFields, CredError> {
+    pub fn parse(&self, provider: &str, fields: Value) -> Result<keyward_core::providers::ParsedFields, CredError> {
         self.check_provider(provider)?;
         let providers = self.providers();
         let def = providers.get(provider).ok_or_else(|| CredError::UnknownProvider(provider.into(), String::new()))?;
@@ -635,7 +635,7 @@ impl Credentials {
         actor: &str,
         tenant: &TenantId,
         provider: &str,
-        parsed: crate::providers::ParsedFields,
+        parsed: keyward_core::providers::ParsedFields,
         verified_at: Option<Millis>,
     ) -> Result<(StatusObject, Vec<String>), CredError> {
         let status = parsed.status.unwrap_or(CredStatus::Active);
@@ -1023,7 +1023,7 @@ impl Credentials {
     /// Walks the whole audit chain.
     pub async fn audit_verify(&self) -> Result<ChainReport, CredError> {
         let head = self.store.audit_head().await?;
-        let mut v = crate::store::ChainVerifier::default();
+        let mut v = keyward_store::ChainVerifier::default();
         let mut after = 0;
         loop {
             let page = self.store.audit_range(after, 1000).await?;
@@ -1037,7 +1037,7 @@ impl Credentials {
     }
 }
 
-impl crate::providers::FieldSource for Credential {
+impl keyward_core::providers::FieldSource for Credential {
     fn secret_field(&self, name: &str) -> Option<&Secret> {
         self.secret(name)
     }

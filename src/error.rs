@@ -9,10 +9,10 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::creds::CredError;
-use crate::providers::OutboundError;
 use crate::proxy::UpstreamError;
-use crate::store::StoreError;
 use crate::vault::VaultError;
+use keyward_core::providers::OutboundError;
+use keyward_store::StoreError;
 
 /// An error as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,13 +20,13 @@ use serde_json::Value;
 
 use crate::creds::{Credential, Credentials, StatusObject};
 use crate::error::PublicError;
-use crate::ids::{RouteId, RouteKind, TenantId};
 use crate::oauth::TokenManager;
-use crate::providers::{Builtin, FieldSource, ProviderDef, ProviderKind};
 use crate::proxy::{BoxError, Upstream};
-use crate::secret::Secret;
 use crate::shutdown::Shutdown;
-use crate::store::CredStatus;
+use keyward_core::ids::{RouteId, RouteKind, TenantId};
+use keyward_core::providers::{Builtin, FieldSource, ProviderDef, ProviderKind};
+use keyward_core::secret::Secret;
+use keyward_store::CredStatus;
 
 /// The verdict of one live check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -325,7 +325,7 @@ impl Live {
             };
             match self.creds.put_route(actor, &k, &i, &cred.tenant, true).await {
                 Ok(()) => d.registered.push(format!("{kind}/{id}")),
-                Err(crate::creds::CredError::Store(crate::store::StoreError::RouteTaken { owner, .. })) => {
+                Err(crate::creds::CredError::Store(keyward_store::StoreError::RouteTaken { owner, .. })) => {
                     tracing::warn!(tenant = %cred.tenant, route = %format!("{kind}/{id}"), owner = %owner, "route discovery: id already routed to another tenant; left alone");
                     d.conflicts.push(format!("{kind}/{id}"));
                 }

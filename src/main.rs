@@ -42,13 +42,13 @@ fn main() -> ExitCode {
         }) => {
             let providers = match &cli.config {
                 Some(path) => match Config::load(path, &ProcessEnv) {
-                    Ok(c) => keyward::providers::Providers::from_config(&c.providers),
+                    Ok(c) => keyward_core::providers::Providers::from_config(&c.providers),
                     Err(e) => {
                         eprintln!("keyward: bad configuration: {e}");
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 },
-                None => keyward::providers::Providers::default_builtin(),
+                None => keyward_core::providers::Providers::default_builtin(),
             };
             let secret = match std::fs::read(&secret_file) {
                 Ok(s) => zeroize::Zeroizing::new(s),

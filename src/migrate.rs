@@ -8,14 +8,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Backend, Config, Env};
-use crate::store::{ChainVerifier, Imported, Store};
+use keyward_store::{ChainVerifier, Imported, Store};
 
 async fn open(cfg: &Config, env: &dyn Env) -> Result<Arc<dyn Store>> {
     Ok(match &cfg.store.backend {
-        Backend::Sled => Arc::new(crate::store::SledStore::open(&cfg.store.path).with_context(|| {
+        Backend::Sled => Arc::new(keyward_store::SledStore::open(&cfg.store.path).with_context(|| {
             format!("cannot open {} (stop the daemon that uses it first)", cfg.store.path.display())
         })?),
-        Backend::Postgres(pg) => crate::store::PgStore::open(crate::app::pg_target_for_tools(pg, env)?).await?,
+        Backend::Postgres(pg) => keyward_store::PgStore::open(crate::app::pg_target_for_tools(pg, env)?).await?,
     })
 }
 

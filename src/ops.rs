@@ -25,7 +25,7 @@ pub struct Readiness {
     /// Shutdown has begun: stop sending traffic here.
     pub draining: AtomicBool,
     /// The store, whose backend may be unreachable (fleet mode).
-    pub store: std::sync::OnceLock<Arc<dyn crate::store::Store>>,
+    pub store: std::sync::OnceLock<Arc<dyn keyward_store::Store>>,
 }
 
 impl Readiness {

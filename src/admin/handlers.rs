@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 use super::router::Endpoint;
 use super::{AdminState, MAX_ADMIN_BODY};
 use crate::error::PublicError;
-use crate::ids::TenantId;
+use keyward_core::ids::TenantId;
 
 type Answer = Result<(StatusCode, Value), PublicError>;
 
@@ -159,7 +159,8 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
                     ));
                 }
                 let parsed = candidate.into_parsed();
-                let (st, w) = creds.put_parsed(actor, &t, p.as_str(), parsed, Some(crate::store::now_millis())).await?;
+                let (st, w) =
+                    creds.put_parsed(actor, &t, p.as_str(), parsed, Some(keyward_store::now_millis())).await?;
                 (st, w, Some(verdict))
             } else {
                 let (st, w) = creds.put(actor, &t, p.as_str(), fields).await?;

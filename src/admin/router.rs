@@ -4,7 +4,7 @@ use http::Method;
 use percent_encoding::percent_decode_str;
 
 use crate::error::PublicError;
-use crate::ids::{ProviderName, RouteId, RouteKind, TenantId};
+use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
 
 /// A recognised admin request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,6 @@ use ipnet::IpNet;
 use url::Url;
 
 use crate::admin::AdminConfig;
-use crate::ids::{ProviderName, TenantId};
 use crate::live::VerificationConfig;
 use crate::ops::OpsConfig;
 use crate::proxy::policy::{ClientIdentity, ClientPolicy};
@@ -23,6 +22,7 @@ use crate::tls::{MtlsFiles, TlsFiles};
 use crate::vault::{KeySource, MasterKeyConfig};
 use crate::webhook::{ForwardTo, WebhooksConfig};
 pub use keyward_core::env::{Env, ProcessEnv};
+use keyward_core::ids::{ProviderName, TenantId};
 
 use build::{line_col, typed, Ctx};
 use raw::RawConfig;

@@ -19,10 +19,10 @@ use url::Url;
 use super::{token_call, TokenError, TokenManager};
 use crate::creds::Credentials;
 use crate::error::PublicError;
-use crate::ids::TenantId;
-use crate::providers::FieldSource;
-use crate::secret::Secret;
-use crate::store::CredStatus;
+use keyward_core::ids::TenantId;
+use keyward_core::providers::FieldSource;
+use keyward_core::secret::Secret;
+use keyward_store::CredStatus;
 
 const STATE_TTL: Duration = Duration::from_secs(600);
 const MAX_PENDING: usize = 10_000;
@@ -122,7 +122,7 @@ impl ConnectFlows {
                 .await
                 .map_err(PublicError::from)?;
             let ttl = i64::try_from(STATE_TTL.as_millis()).unwrap_or(i64::MAX / 2);
-            pg.put_connect_state(&state_hash(&state), tenant.as_str(), &sealed, crate::store::now_millis() + ttl)
+            pg.put_connect_state(&state_hash(&state), tenant.as_str(), &sealed, keyward_store::now_millis() + ttl)
                 .await
                 .map_err(|e| PublicError::from(&e))?;
         } else if let Ok(mut p) = self.pending.lock() {
@@ -155,7 +155,7 @@ impl ConnectFlows {
             .ok()
             .and_then(|v| String::from_utf8(v.to_vec()).ok())
             .ok_or_else(|| CallbackError("the stored flow could not be opened; start the connect flow again".into()))?;
-        let left = u64::try_from(expires_at - crate::store::now_millis()).unwrap_or(0);
+        let left = u64::try_from(expires_at - keyward_store::now_millis()).unwrap_or(0);
         Ok(Some(Pending {
             tenant,
             verifier: Secret::new(verifier),

@@ -23,10 +23,10 @@ use zeroize::Zeroizing;
 
 use crate::creds::Credentials;
 use crate::error::PublicError;
-use crate::ids::TenantId;
-use crate::providers::FieldSource;
-use crate::secret::Secret;
-use crate::store::CredStatus;
+use keyward_core::ids::TenantId;
+use keyward_core::providers::FieldSource;
+use keyward_core::secret::Secret;
+use keyward_store::CredStatus;
 
 /// Where the token manager talks to Google.
 #[derive(Debug, Clone)]
@@ -396,9 +396,9 @@ impl TokenManager {
     }
 
     /// A still-valid token another replica stored (sealed) for this credential version.
-    async fn shared_token(&self, pg: &crate::store::PgStore, tenant: &TenantId, version: u64) -> Option<Cached> {
+    async fn shared_token(&self, pg: &keyward_store::PgStore, tenant: &TenantId, version: u64) -> Option<Cached> {
         let (sealed, expires_at, v) = pg.shared_token(tenant.as_str(), "google").await.ok()??;
-        let left = Duration::from_millis(u64::try_from(expires_at - crate::store::now_millis()).ok()?);
+        let left = Duration::from_millis(u64::try_from(expires_at - keyward_store::now_millis()).ok()?);
         if v != version || left <= EARLY_REFRESH {
             return None;
         }
@@ -410,13 +410,13 @@ impl TokenManager {
     /// Shares a fresh token with the fleet (sealed with the tenant's data key).
     async fn share_token(
         &self,
-        pg: &crate::store::PgStore,
+        pg: &keyward_store::PgStore,
         tenant: &TenantId,
         version: u64,
         token: &Secret,
         expires_in: Duration,
     ) {
-        let expires_at = crate::store::now_millis() + i64::try_from(expires_in.as_millis()).unwrap_or(0);
+        let expires_at = keyward_store::now_millis() + i64::try_from(expires_in.as_millis()).unwrap_or(0);
         match self.creds.seal_aux(tenant, "google-access-token", version, token.expose().as_bytes()).await {
             Ok(sealed) => {
                 if let Err(e) = pg.put_shared_token(tenant.as_str(), "google", &sealed, expires_at, version).await {

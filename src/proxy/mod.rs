@@ -33,19 +33,19 @@ pub use route::RouteError;
 use crate::creds::{CredError, Credentials};
 use crate::error::PublicError;
 use crate::listen::Peer;
-use crate::providers::ProviderKind;
-use crate::secret::Secret;
 use crate::tls::MtlsFiles;
+use keyward_core::providers::ProviderKind;
+use keyward_core::secret::Secret;
 use policy::ClientPolicy;
 
 /// Supplies Google access tokens (the token manager); absent until one is configured.
 #[async_trait::async_trait]
 pub trait TokenSource: Send + Sync {
     /// A valid access token for the tenant.
-    async fn access_token(&self, tenant: &crate::ids::TenantId) -> Result<Secret, PublicError>;
+    async fn access_token(&self, tenant: &keyward_core::ids::TenantId) -> Result<Secret, PublicError>;
 
     /// Forgets the tenant's access token (the provider answered 401).
-    async fn invalidate(&self, tenant: &crate::ids::TenantId);
+    async fn invalidate(&self, tenant: &keyward_core::ids::TenantId);
 }
 
 /// Shared state of the app listener.
@@ -246,7 +246,7 @@ async fn forward_one(
         ));
     }
     let token = match (&provider.kind, &state.tokens) {
-        (ProviderKind::Builtin(crate::providers::Builtin::Google, _), Some(src)) => {
+        (ProviderKind::Builtin(keyward_core::providers::Builtin::Google, _), Some(src)) => {
             Some(src.access_token(&target.tenant).await?)
         }
         _ => None,
@@ -305,7 +305,7 @@ async fn forward_one(
     let (parts, body) = req.into_parts();
     // Google: a 401 may mean the access token was revoked early. Retry once with a fresh
     // token, only for idempotent requests without a body (nothing to replay).
-    let is_google = provider.builtin() == Some(crate::providers::Builtin::Google);
+    let is_google = provider.builtin() == Some(keyward_core::providers::Builtin::Google);
     let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
         && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
     let retry = (is_google
@@ -440,14 +440,14 @@ async fn verify_endpoint(
         _ => return Err(PublicError::bad_request("headers must be an object or a list of [name, value] pairs")),
     }
     let tenant = match field("tenant") {
-        Some(t) => Some(crate::ids::TenantId::parse(t).map_err(|e| PublicError::bad_request(e.to_string()))?),
+        Some(t) => Some(keyward_core::ids::TenantId::parse(t).map_err(|e| PublicError::bad_request(e.to_string()))?),
         None => None,
     };
     let def = state.creds.providers().get(provider_name).cloned().ok_or_else(|| {
         PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("unknown provider {provider_name:?}"))
     })?;
     let now = keyward_core::time::now_secs();
-    let d = crate::providers::inbound::Delivery { method, url, headers: &headers, body: &raw_body, now };
+    let d = keyward_core::providers::inbound::Delivery { method, url, headers: &headers, body: &raw_body, now };
     let answer = match crate::webhook::verify::verify(&state.creds, None, &def, tenant, &d).await {
         Ok(v) => {
             if !state.policy().allows(peer, &v.tenant, provider_name) {

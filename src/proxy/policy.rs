@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ids::ProviderName;
-use crate::ids::TenantId;
 use crate::listen::Peer;
+use keyward_core::ids::ProviderName;
+use keyward_core::ids::TenantId;
 use keyward_core::providers::config::RateLimit;
 
 /// The client policy table. Empty means every client may use every tenant.
@@ -108,7 +108,7 @@ pub struct ClientPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::ProviderName;
+    use keyward_core::ids::ProviderName;
 
     fn t(s: &str) -> TenantId {
         TenantId::parse(s).unwrap()

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use http::{HeaderMap, Uri, Version};
 use percent_encoding::percent_decode_str;
 
-use crate::ids::TenantId;
-use crate::providers::{ProviderDef, Providers};
+use keyward_core::ids::TenantId;
+use keyward_core::providers::{ProviderDef, Providers};
 
 /// Where a request goes, before the credential is known.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame};
 use zeroize::Zeroizing;
 
-pub(crate) use crate::redact::mask;
+pub(crate) use keyward_core::redact::mask;
 
 /// Masks secrets in response header values. Returns how many headers were changed.
 pub(crate) fn scrub_headers(headers: &mut HeaderMap, patterns: &[Zeroizing<Vec<u8>>]) -> usize {

@@ -12,9 +12,9 @@ use zeroize::Zeroizing;
 
 use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
 use super::VaultError;
-use crate::ids::TenantId;
-use crate::secret::KeyBytes;
 use keyward_core::env::Env;
+use keyward_core::ids::TenantId;
+use keyward_core::secret::KeyBytes;
 
 /// Where the active key was found, for the start-up log line (never the key).
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use zeroize::Zeroizing;
 
 use super::VaultError;
-use crate::ids::TenantId;
-use crate::secret::{KeyBytes, SecretBytes};
+use keyward_core::ids::TenantId;
+use keyward_core::secret::{KeyBytes, SecretBytes};
 
 const BLOB_VERSION: u8 = 1;
 const HEADER_LEN: usize = 1 + 8 + 12;

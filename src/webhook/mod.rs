@@ -33,11 +33,11 @@ pub use verify::{Rejection, Verified};
 
 use crate::creds::Credentials;
 use crate::error::PublicError;
-use crate::ids::TenantId;
 use crate::listen::Peer;
-use crate::providers::inbound::Delivery;
 use crate::proxy::{BoxError, ProxyBody};
 use crate::tls::TlsFiles;
+use keyward_core::ids::TenantId;
+use keyward_core::providers::inbound::Delivery;
 
 /// Counts and rate-limits rejection logs per (provider, reason).
 #[derive(Debug, Default)]
@@ -357,7 +357,7 @@ async fn forward(
         body
     } else {
         let mut b = body.to_vec();
-        crate::redact::mask(&mut b, &v.mask);
+        keyward_core::redact::mask(&mut b, &v.mask);
         Bytes::from(b)
     };
     let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());

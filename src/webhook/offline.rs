@@ -5,8 +5,8 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use zeroize::Zeroizing;
 
-use crate::providers::inbound::{Delivery, WebhookKeys};
-use crate::providers::Providers;
+use keyward_core::providers::inbound::{Delivery, WebhookKeys};
+use keyward_core::providers::Providers;
 
 /// One delivery as the operator describes it on the command line.
 #[derive(Debug, Clone, Copy)]

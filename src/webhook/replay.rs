@@ -130,7 +130,7 @@ pub enum Replay {
     /// Per process.
     Memory(ReplayCache),
     /// Fleet-wide, with the local cache as fallback.
-    Shared(Arc<dyn crate::store::Store>, ReplayCache),
+    Shared(Arc<dyn keyward_store::Store>, ReplayCache),
 }
 
 /// A replay key held while the app handles the delivery.
@@ -141,7 +141,7 @@ pub enum Hold {
     /// In PostgreSQL.
     Shared {
         /// The store.
-        store: Arc<dyn crate::store::Store>,
+        store: Arc<dyn keyward_store::Store>,
         /// The key.
         key: String,
         /// How long to remember it.

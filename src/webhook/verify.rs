@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use crate::creds::{CredError, Credentials};
-use crate::ids::TenantId;
-use crate::providers::inbound::Delivery;
-use crate::providers::ProviderDef;
-use crate::store::CredStatus;
+use keyward_core::ids::TenantId;
+use keyward_core::providers::inbound::Delivery;
+use keyward_core::providers::ProviderDef;
+use keyward_store::CredStatus;
 
 use super::replay::{Hold, Replay};
 
@@ -134,7 +134,7 @@ pub async fn verify(
     }
     // What to mask in the body: fields the provider is known to echo, and this
     // credential's own secrets wherever they appear.
-    let mut mask = crate::redact::json_field_values(d.body, provider.echoed_secret_fields());
+    let mut mask = keyward_core::redact::json_field_values(d.body, provider.echoed_secret_fields());
     for name in provider.schema.fields.iter().filter(|f| f.secret).map(|f| f.name.as_str()) {
         if let Some(s) = cred.secret(name) {
             mask.push(zeroize::Zeroizing::new(s.expose().as_bytes().to_vec()));
