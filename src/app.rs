@@ -13,13 +13,15 @@ use zeroize::Zeroizing;
 use crate::admin::{self, AdminState};
 use crate::config::{Backend, Config, Env, PasswordSource, PostgresConfig};
 use crate::creds::{CredError, Credentials};
+use crate::http::Upstream;
 use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
 use crate::live::Live;
 use crate::metrics::{DerivedSource, Metrics};
 use crate::oauth::connect::ConnectFlows;
 use crate::oauth::{Endpoints, TokenManager};
 use crate::ops::{self, Readiness};
-use crate::proxy::{self, Policy, ProxyState, RateLimiter, Upstream};
+use crate::policy::{Policy, RateLimiter};
+use crate::proxy::{self, ProxyState};
 use crate::shutdown::Shutdown;
 use crate::telemetry::LogHandle;
 use crate::tls::TlsError;
@@ -204,9 +206,8 @@ impl App {
         let live = Arc::new(Live::new(creds.clone(), upstream.clone(), tokens.clone()));
         let replay = ReplayCache::new(REPLAY_CAPACITY);
         let metrics = Arc::new(Metrics::new(
-            creds.clone(),
             config.ops.as_ref().is_some_and(|o| o.metrics_tenant_labels),
-            vec![tokens.clone() as Arc<dyn DerivedSource>, Arc::new(replay.clone())],
+            vec![creds.clone() as Arc<dyn DerivedSource>, tokens.clone(), Arc::new(replay.clone())],
         ));
         let proxy = match &config.app {
             None => None,
@@ -221,7 +222,7 @@ impl App {
                     upstream: upstream.clone(),
                     policy: std::sync::RwLock::new(Arc::new(Policy::new(app.clients.clone()))),
                     limiter: RateLimiter::default(),
-                    tokens: Some(tokens.clone() as Arc<dyn crate::proxy::TokenSource>),
+                    tokens: Some(tokens.clone()),
                     metrics: metrics.clone(),
                 }))
             }

@@ -119,7 +119,8 @@ pub struct StatusObject {
     pub purge_after: Option<String>,
 }
 
-/// Credential-layer failures, mapped to public codes in `error.rs`.
+/// Credential-layer failures; each has a public code ([`CredError::code`]), and `error.rs`
+/// gives them their HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum CredError {
     /// The provider is not built in nor declared in config.
@@ -180,6 +181,22 @@ pub enum CredError {
     /// Crypto failed (wrong key, tampered record).
     #[error(transparent)]
     Vault(#[from] VaultError),
+}
+
+impl CredError {
+    /// The public error code (CONTRACT.md §6), also the `result` of a refused audit entry.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CredError::UnknownProvider(..) => "unknown_provider",
+            CredError::Invalid(_) => "invalid_credential",
+            CredError::NotFound { .. } | CredError::Deleted { .. } => "no_credential",
+            CredError::NotDeleted { .. } => "conflict",
+            CredError::Inactive { .. } => "credential_inactive",
+            CredError::Revoked { .. } => "credential_revoked",
+            CredError::Store(s) => s.code(),
+            CredError::Vault(_) => "internal",
+        }
+    }
 }
 
 /// Progress of one key-rotation call.
@@ -615,14 +632,7 @@ impl Credentials {
         let parsed = match self.parse(provider, fields) {
             Ok(p) => p,
             Err(e) => {
-                self.audit_failure(
-                    actor,
-                    "credential.put",
-                    Some(tenant.as_str()),
-                    Some(provider),
-                    crate::error::cred_code(&e),
-                )
-                .await;
+                self.audit_failure(actor, "credential.put", Some(tenant.as_str()), Some(provider), e.code()).await;
                 return Err(e);
             }
         };
@@ -1044,6 +1054,17 @@ impl keyward_core::providers::FieldSource for Credential {
 
     fn public_field(&self, name: &str) -> Option<&str> {
         self.public_str(name)
+    }
+}
+
+impl crate::metrics::DerivedSource for Credentials {
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
+        let (hits, misses) = self.cache_stats();
+        vec![
+            ("keyward_credential_cache_hits", "Credential lookups answered from memory", true, hits),
+            ("keyward_credential_cache_misses", "Credential lookups that read and opened the store", true, misses),
+            ("keyward_audit_chain_length", "Entries in the hash-chained audit log", false, self.audit_length()),
+        ]
     }
 }
 

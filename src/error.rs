@@ -9,7 +9,10 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::creds::CredError;
-use crate::proxy::UpstreamError;
+use crate::http::{BodyError, RouteError, UpstreamError};
+use crate::live::LiveError;
+use crate::oauth::connect::ConnectError;
+use crate::oauth::AccessTokenError;
 use crate::vault::VaultError;
 use keyward_core::providers::OutboundError;
 use keyward_store::StoreError;
@@ -83,27 +86,20 @@ impl PublicError {
     }
 }
 
-/// The public code of a credential-layer error (also used in audit results).
-pub fn cred_code(e: &CredError) -> &'static str {
-    PublicError::from(e).code
-}
-
 impl From<&StoreError> for PublicError {
     fn from(e: &StoreError) -> Self {
-        match e {
-            StoreError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            StoreError::RouteTaken { .. } => Self::new(StatusCode::CONFLICT, "route_taken", e.to_string()),
-            StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => Self::new(
+        let (status, message) = match e {
+            StoreError::Conflict(_) | StoreError::RouteTaken { .. } => (StatusCode::CONFLICT, e.to_string()),
+            StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the credential store is unavailable; retry, and check keyward's log",
+                "the credential store is unavailable; retry, and check keyward's log".to_string(),
             ),
-            StoreError::Corrupt(what) => Self::new(
+            StoreError::Corrupt(what) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
                 format!("{what} could not be decoded; run `keyward audit verify` and check the store"),
             ),
-        }
+        };
+        Self::new(status, e.code(), message)
     }
 }
 
@@ -122,18 +118,17 @@ impl From<&VaultError> for PublicError {
 
 impl From<&CredError> for PublicError {
     fn from(e: &CredError) -> Self {
-        match e {
-            CredError::UnknownProvider(..) => Self::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string()),
-            CredError::Invalid(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_credential", e.to_string()),
-            CredError::NotFound { .. } | CredError::Deleted { .. } => {
-                Self::new(StatusCode::NOT_FOUND, "no_credential", e.to_string())
+        let status = match e {
+            CredError::UnknownProvider(..) | CredError::NotFound { .. } | CredError::Deleted { .. } => {
+                StatusCode::NOT_FOUND
             }
-            CredError::NotDeleted { .. } => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
-            CredError::Inactive { .. } => Self::new(StatusCode::FORBIDDEN, "credential_inactive", e.to_string()),
-            CredError::Revoked { .. } => Self::new(StatusCode::FORBIDDEN, "credential_revoked", e.to_string()),
-            CredError::Store(s) => s.into(),
-            CredError::Vault(v) => v.into(),
-        }
+            CredError::Invalid(_) => StatusCode::BAD_REQUEST,
+            CredError::NotDeleted { .. } => StatusCode::CONFLICT,
+            CredError::Inactive { .. } | CredError::Revoked { .. } => StatusCode::FORBIDDEN,
+            CredError::Store(s) => return s.into(),
+            CredError::Vault(v) => return v.into(),
+        };
+        Self::new(status, e.code(), e.to_string())
     }
 }
 
@@ -143,9 +138,18 @@ impl From<CredError> for PublicError {
     }
 }
 
-impl From<crate::proxy::RouteError> for PublicError {
-    fn from(e: crate::proxy::RouteError) -> Self {
-        use crate::proxy::RouteError as R;
+impl From<BodyError> for PublicError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge(limit) => Self::too_large(limit),
+            BodyError::Unreadable => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<RouteError> for PublicError {
+    fn from(e: RouteError) -> Self {
+        use RouteError as R;
         match &e {
             R::BadRequest(_) => Self::bad_request(e.to_string()),
             R::UnknownProvider(_) => Self::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string()),
@@ -183,6 +187,41 @@ impl From<UpstreamError> for PublicError {
     }
 }
 
+impl From<AccessTokenError> for PublicError {
+    fn from(e: AccessTokenError) -> Self {
+        let status = match &e {
+            AccessTokenError::Cred(c) => return c.into(),
+            AccessTokenError::Revoked(_) => {
+                return Self::new(StatusCode::FORBIDDEN, "credential_revoked", e.to_string())
+            }
+            AccessTokenError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            AccessTokenError::Failed(_) => StatusCode::BAD_GATEWAY,
+        };
+        let code = if status == StatusCode::GATEWAY_TIMEOUT { "upstream_timeout" } else { "upstream_connect_failed" };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<ConnectError> for PublicError {
+    fn from(e: ConnectError) -> Self {
+        match &e {
+            ConnectError::Cred(c) => c.into(),
+            ConnectError::NoClientId => Self::bad_request(e.to_string()),
+            ConnectError::TooMany => Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()),
+            ConnectError::Random => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        }
+    }
+}
+
+impl From<LiveError> for PublicError {
+    fn from(e: LiveError) -> Self {
+        match &e {
+            LiveError::UnknownProvider(_) => Self::new(StatusCode::NOT_FOUND, "unknown_provider", e.to_string()),
+            LiveError::Cred(c) => c.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +231,24 @@ mod tests {
         let r = PublicError::bad_request("tenant id must match").into_response();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
         assert_eq!(r.headers()["keyward-error"], "bad_request");
+    }
+
+    #[test]
+    fn every_credential_error_answers_with_its_own_code() {
+        let t = || "acme".to_string();
+        let p = || "vapi".to_string();
+        let cases = [
+            CredError::UnknownProvider(p(), "vapi".into()),
+            CredError::NotFound { tenant: t(), provider: p() },
+            CredError::NotDeleted { tenant: t(), provider: p() },
+            CredError::Store(StoreError::Conflict("x".into())),
+            CredError::Store(StoreError::RouteTaken { kind: "k".into(), id: "i".into(), owner: "o".into() }),
+            CredError::Store(StoreError::Unavailable("down".into())),
+            CredError::Store(StoreError::Corrupt("x".into())),
+        ];
+        for e in cases {
+            assert_eq!(PublicError::from(&e).code, e.code(), "{e:?}");
+        }
     }
 
     #[test]

@@ -18,15 +18,25 @@ use http_body_util::{BodyExt, Full, Limited};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::creds::{Credential, Credentials, StatusObject};
-use crate::error::PublicError;
+use crate::creds::{CredError, Credential, Credentials, StatusObject};
+use crate::http::{BoxError, Upstream};
 use crate::oauth::TokenManager;
-use crate::proxy::{BoxError, Upstream};
 use crate::shutdown::Shutdown;
 use keyward_core::ids::{RouteId, RouteKind, TenantId};
 use keyward_core::providers::{Builtin, FieldSource, ProviderDef, ProviderKind};
 use keyward_core::secret::Secret;
 use keyward_store::CredStatus;
+
+/// Why a stored credential could not be checked.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The provider is not configured.
+    #[error("unknown provider {0:?}")]
+    UnknownProvider(String),
+    /// The credential cannot be read.
+    #[error(transparent)]
+    Cred(#[from] CredError),
+}
 
 /// The verdict of one live check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -188,11 +198,9 @@ impl Live {
         tenant: &TenantId,
         provider: &str,
         discover: bool,
-    ) -> Result<(StatusObject, Verdict, Option<Discovery>), PublicError> {
+    ) -> Result<(StatusObject, Verdict, Option<Discovery>), LiveError> {
         let providers = self.creds.providers();
-        let def = providers.get(provider).cloned().ok_or_else(|| {
-            PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("unknown provider {provider:?}"))
-        })?;
+        let def = providers.get(provider).cloned().ok_or_else(|| LiveError::UnknownProvider(provider.to_string()))?;
         let cred = self.creds.resolve_any(tenant, provider).await?;
         let verdict = self.check(&def, &cred).await;
         let status = match &verdict {
@@ -366,7 +374,7 @@ impl Live {
                         let tenant = tenant.clone();
                         tokio::spawn(async move {
                             if let Err(e) = me.verify_stored("keyward", &tenant, &c.provider, discover).await {
-                                tracing::warn!(tenant = %tenant, provider = %c.provider, error = %e.message, "periodic re-verification failed");
+                                tracing::warn!(tenant = %tenant, provider = %c.provider, error = %e, "periodic re-verification failed");
                             }
                             drop(permit);
                         });

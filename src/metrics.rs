@@ -15,8 +15,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
-use crate::creds::Credentials;
-
 /// `provider`, `status` (HTTP code) and `error` (keyward's code, or empty).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -60,7 +58,6 @@ pub struct WebhookLabels {
 /// Values read from the rest of the daemon at scrape time.
 #[derive(Debug)]
 struct Derived {
-    creds: Arc<Credentials>,
     sources: Vec<Arc<dyn DerivedSource>>,
 }
 
@@ -72,12 +69,7 @@ pub trait DerivedSource: std::fmt::Debug + Send + Sync {
 
 impl Collector for Derived {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let (hits, misses) = self.creds.cache_stats();
-        let mut rows = vec![
-            ("keyward_credential_cache_hits", "Credential lookups answered from memory", true, hits),
-            ("keyward_credential_cache_misses", "Credential lookups that read and opened the store", true, misses),
-            ("keyward_audit_chain_length", "Entries in the hash-chained audit log", false, self.creds.audit_length()),
-        ];
+        let mut rows = Vec::new();
         for s in &self.sources {
             rows.extend(s.values());
         }
@@ -113,7 +105,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric; `sources` add scrape-time values (token refreshes, replay
     /// cache size…).
-    pub fn new(creds: Arc<Credentials>, tenant_labels: bool, sources: Vec<Arc<dyn DerivedSource>>) -> Metrics {
+    pub fn new(tenant_labels: bool, sources: Vec<Arc<dyn DerivedSource>>) -> Metrics {
         let mut registry = Registry::default();
         let info = Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
         registry.register("keyward_build", "keyward build information", info);
@@ -146,7 +138,7 @@ impl Metrics {
             "Webhook deliveries verified or rejected, by provider and reason",
             webhook_verifications.clone(),
         );
-        registry.register_collector(Box::new(Derived { creds, sources }));
+        registry.register_collector(Box::new(Derived { sources }));
         Metrics { registry, proxy_requests, proxy_requests_by_tenant, upstream_latency, webhook_verifications }
     }
 

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
-use zeroize::Zeroizing;
 
 use super::router::Endpoint;
 use super::{AdminState, MAX_ADMIN_BODY};
 use crate::error::PublicError;
+use crate::http::read_body;
 use keyward_core::ids::TenantId;
 
 type Answer = Result<(StatusCode, Value), PublicError>;
@@ -22,31 +22,6 @@ fn ok(v: Value) -> Answer {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-/// Reads the whole body (bounded) into a buffer that is wiped on drop: admin bodies carry
-/// secrets.
-pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, PublicError> {
-    if let Some(len) = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit {
-            return Err(PublicError::too_large(limit));
-        }
-    }
-    let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    let collected = limited.collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            PublicError::too_large(limit)
-        } else {
-            PublicError::bad_request("the request body could not be read")
-        }
-    })?;
-    let bytes = collected.to_bytes();
-    Ok(Zeroizing::new(bytes.to_vec()))
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, PublicError> {
@@ -131,7 +106,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
                 let parsed = match creds.parse(p.as_str(), fields) {
                     Ok(parsed) => parsed,
                     Err(e) => {
-                        let code = crate::error::cred_code(&e);
+                        let code = e.code();
                         creds.audit_failure(actor, "credential.put", Some(t.as_str()), Some(p.as_str()), code).await;
                         return Err(e.into());
                     }

@@ -22,7 +22,6 @@
 //! through `creds`, never the store.
 
 mod handlers;
-pub use handlers::read_body;
 mod router;
 
 use std::convert::Infallible;

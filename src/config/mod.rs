@@ -13,10 +13,11 @@ use ipnet::IpNet;
 use url::Url;
 
 use crate::admin::AdminConfig;
+use crate::http::UpstreamConfig;
 use crate::live::VerificationConfig;
 use crate::ops::OpsConfig;
-use crate::proxy::policy::{ClientIdentity, ClientPolicy};
-use crate::proxy::{AppConfig, UpstreamConfig};
+use crate::policy::{ClientIdentity, ClientPolicy};
+use crate::proxy::AppConfig;
 use crate::telemetry::{LogConfig, LogFormat};
 use crate::tls::{MtlsFiles, TlsFiles};
 use crate::vault::{KeySource, MasterKeyConfig};

@@ -17,12 +17,11 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::{token_call, TokenError, TokenManager};
-use crate::creds::Credentials;
-use crate::error::PublicError;
+use crate::creds::{CredError, Credentials};
 use keyward_core::ids::TenantId;
 use keyward_core::providers::FieldSource;
 use keyward_core::secret::Secret;
-use keyward_store::CredStatus;
+use keyward_store::{CredStatus, StoreError};
 
 const STATE_TTL: Duration = Duration::from_secs(600);
 const MAX_PENDING: usize = 10_000;
@@ -41,12 +40,27 @@ fn state_hash(state: &str) -> Vec<u8> {
     Sha256::digest(state.as_bytes()).to_vec()
 }
 
-fn too_many() -> PublicError {
-    PublicError::new(
-        http::StatusCode::TOO_MANY_REQUESTS,
-        "rate_limited",
-        "too many connect flows are pending; finish or wait for them to expire",
-    )
+/// Why a connect flow cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The tenant's Google credential cannot be read.
+    #[error(transparent)]
+    Cred(#[from] CredError),
+    /// The credential lacks the OAuth client id.
+    #[error("the Google credential has no client_id")]
+    NoClientId,
+    /// `MAX_PENDING` flows are waiting for their callback.
+    #[error("too many connect flows are pending; finish or wait for them to expire")]
+    TooMany,
+    /// The operating system's random number generator failed.
+    #[error("the random number generator failed")]
+    Random,
+}
+
+impl From<StoreError> for ConnectError {
+    fn from(e: StoreError) -> Self {
+        ConnectError::Cred(CredError::Store(e))
+    }
 }
 
 /// Pending connect flows.
@@ -61,11 +75,9 @@ impl std::fmt::Debug for ConnectFlows {
     }
 }
 
-fn random_b64(n: usize) -> Result<String, PublicError> {
+fn random_b64(n: usize) -> Result<String, ConnectError> {
     let mut b = vec![0u8; n];
-    getrandom::fill(&mut b).map_err(|_| {
-        PublicError::new(http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "the random number generator failed")
-    })?;
+    getrandom::fill(&mut b).map_err(|_| ConnectError::Random)?;
     Ok(URL_SAFE_NO_PAD.encode(b))
 }
 
@@ -87,11 +99,9 @@ impl ConnectFlows {
         tokens: &TokenManager,
         tenant: &TenantId,
         public_base_url: &Url,
-    ) -> Result<String, PublicError> {
-        let cred = creds.resolve_any(tenant, "google").await.map_err(PublicError::from)?;
-        let client_id = cred
-            .public_field("client_id")
-            .ok_or_else(|| PublicError::bad_request("the Google credential has no client_id"))?;
+    ) -> Result<String, ConnectError> {
+        let cred = creds.resolve_any(tenant, "google").await?;
+        let client_id = cred.public_field("client_id").ok_or(ConnectError::NoClientId)?;
         let scopes: Vec<&str> = cred
             .public
             .get("scopes")
@@ -114,22 +124,18 @@ impl ConnectFlows {
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
         if let Some(pg) = creds.store().as_pg() {
-            if pg.connect_states_pending().await.map_err(|e| PublicError::from(&e))? >= MAX_PENDING as i64 {
-                return Err(too_many());
+            if pg.connect_states_pending().await? >= MAX_PENDING as i64 {
+                return Err(ConnectError::TooMany);
             }
-            let sealed = creds
-                .seal_aux(tenant, VERIFIER_PURPOSE, 0, verifier.expose().as_bytes())
-                .await
-                .map_err(PublicError::from)?;
+            let sealed = creds.seal_aux(tenant, VERIFIER_PURPOSE, 0, verifier.expose().as_bytes()).await?;
             let ttl = i64::try_from(STATE_TTL.as_millis()).unwrap_or(i64::MAX / 2);
             pg.put_connect_state(&state_hash(&state), tenant.as_str(), &sealed, keyward_store::now_millis() + ttl)
-                .await
-                .map_err(|e| PublicError::from(&e))?;
+                .await?;
         } else if let Ok(mut p) = self.pending.lock() {
             let now = Instant::now();
             p.retain(|_, v| v.deadline > now);
             if p.len() >= MAX_PENDING {
-                return Err(too_many());
+                return Err(ConnectError::TooMany);
             }
             p.insert(state, Pending { tenant: tenant.clone(), verifier, deadline: now + STATE_TTL });
         }
@@ -235,9 +241,7 @@ impl ConnectFlows {
         creds
             .set_secret_field("oauth-callback", &tenant, "google", "refresh_token", refresh, Some(CredStatus::Active))
             .await
-            .map_err(|e| {
-                CallbackError(format!("the refresh token could not be stored: {}", crate::error::cred_code(&e)))
-            })?;
+            .map_err(|e| CallbackError(format!("the refresh token could not be stored: {}", e.code())))?;
         tokens.invalidate(&tenant).await;
         Ok(tenant)
     }

@@ -21,8 +21,7 @@ use serde::Deserialize;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::creds::Credentials;
-use crate::error::PublicError;
+use crate::creds::{CredError, Credentials};
 use keyward_core::ids::TenantId;
 use keyward_core::providers::FieldSource;
 use keyward_core::secret::Secret;
@@ -81,6 +80,23 @@ pub enum TokenError {
     Invalid(String),
 }
 
+/// Why no access token could be had for a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessTokenError {
+    /// The Google credential cannot be used (missing, inactive, store down…).
+    #[error(transparent)]
+    Cred(#[from] CredError),
+    /// Google refused the refresh token.
+    #[error("Google refused the refresh token ({0}); reconnect the tenant")]
+    Revoked(String),
+    /// The token endpoint did not answer in time (after retries).
+    #[error("the Google token endpoint did not answer")]
+    Timeout,
+    /// Any other failure of the token call.
+    #[error("could not obtain a Google access token: {0}")]
+    Failed(String),
+}
+
 impl TokenError {
     fn message(&self) -> &str {
         match self {
@@ -116,7 +132,7 @@ impl std::fmt::Debug for Granted {
 }
 
 /// Builds the control-plane HTTP client (rustls, webpki roots plus `upstream.extra_ca`).
-pub fn http_client(cfg: &crate::proxy::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
+pub fn http_client(cfg: &crate::http::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
     let tls = crate::tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -310,11 +326,11 @@ impl TokenManager {
         }
     }
 
-    /// A valid access token for the tenant, refreshing when due. Errors are public.
-    pub async fn token(&self, tenant: &TenantId) -> Result<Secret, PublicError> {
+    /// A valid access token for the tenant, refreshing when due.
+    pub async fn token(&self, tenant: &TenantId) -> Result<Secret, AccessTokenError> {
         let slot = self.slot(tenant);
         let mut guard = slot.lock().await;
-        let cred = self.creds.resolve(tenant, "google").await.map_err(PublicError::from)?;
+        let cred = self.creds.resolve(tenant, "google").await?;
         if let Some(c) = guard.as_ref() {
             if c.version == cred.version && Instant::now() + EARLY_REFRESH < c.expires_at {
                 return Ok(c.token.clone());
@@ -328,7 +344,7 @@ impl TokenManager {
             Some(pg) => match pg.lock_refresh(tenant.as_str(), "google").await {
                 Ok(l) => {
                     // The wait may have spanned another replica's refresh-token rotation.
-                    cred = self.creds.resolve(tenant, "google").await.map_err(PublicError::from)?;
+                    cred = self.creds.resolve(tenant, "google").await?;
                     if let Some(shared) = self.shared_token(pg, tenant, cred.version).await {
                         let token = shared.token.clone();
                         *guard = Some(shared);
@@ -351,8 +367,7 @@ impl TokenManager {
                     let st = self
                         .creds
                         .set_secret_field("keyward", tenant, "google", "refresh_token", rotated, None)
-                        .await
-                        .map_err(PublicError::from)?;
+                        .await?;
                     version = st.version;
                     tracing::info!(tenant = %tenant, "Google rotated the refresh token; stored the new one");
                 }
@@ -375,21 +390,9 @@ impl TokenManager {
                 }
                 tracing::warn!(tenant = %tenant, reason = %e.message(), revoked, "Google token refresh failed");
                 Err(match e {
-                    TokenError::Revoked(_) => PublicError::new(
-                        StatusCode::FORBIDDEN,
-                        "credential_revoked",
-                        format!("Google refused the refresh token ({}); reconnect the tenant", e.message()),
-                    ),
-                    TokenError::Timeout(_) => PublicError::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        "the Google token endpoint did not answer",
-                    ),
-                    _ => PublicError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream_connect_failed",
-                        format!("could not obtain a Google access token: {}", e.message()),
-                    ),
+                    TokenError::Revoked(m) => AccessTokenError::Revoked(m),
+                    TokenError::Timeout(_) => AccessTokenError::Timeout,
+                    TokenError::Transient(m) | TokenError::Invalid(m) => AccessTokenError::Failed(m),
                 })
             }
         }
@@ -441,17 +444,6 @@ impl TokenManager {
         } else {
             Err(format!("the revoke endpoint answered HTTP {}", resp.status().as_u16()))
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::proxy::TokenSource for TokenManager {
-    async fn access_token(&self, tenant: &TenantId) -> Result<Secret, PublicError> {
-        self.token(tenant).await
-    }
-
-    async fn invalidate(&self, tenant: &TenantId) {
-        TokenManager::invalidate(self, tenant).await;
     }
 }
 

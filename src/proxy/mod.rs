@@ -7,9 +7,6 @@
 //! → response hygiene and [`scrub`]bing → the app. WebSocket upgrades take the same path
 //! and then become a byte tunnel.
 
-mod forward;
-pub mod policy;
-mod route;
 mod scrub;
 
 use std::convert::Infallible;
@@ -26,27 +23,15 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-pub use forward::{BoxError, ProxyBody, Upstream, UpstreamConfig, UpstreamError};
-pub use policy::{Policy, RateLimiter};
-pub use route::RouteError;
-
 use crate::creds::{CredError, Credentials};
 use crate::error::PublicError;
+use crate::http::target as route;
+use crate::http::{headers, BoxError, ProxyBody, Upstream};
 use crate::listen::Peer;
+use crate::oauth::TokenManager;
+use crate::policy::{ClientPolicy, Policy, RateLimiter};
 use crate::tls::MtlsFiles;
 use keyward_core::providers::ProviderKind;
-use keyward_core::secret::Secret;
-use policy::ClientPolicy;
-
-/// Supplies Google access tokens (the token manager); absent until one is configured.
-#[async_trait::async_trait]
-pub trait TokenSource: Send + Sync {
-    /// A valid access token for the tenant.
-    async fn access_token(&self, tenant: &keyward_core::ids::TenantId) -> Result<Secret, PublicError>;
-
-    /// Forgets the tenant's access token (the provider answered 401).
-    async fn invalidate(&self, tenant: &keyward_core::ids::TenantId);
-}
 
 /// Shared state of the app listener.
 pub struct ProxyState {
@@ -59,7 +44,7 @@ pub struct ProxyState {
     /// Token buckets.
     pub limiter: RateLimiter,
     /// Google access tokens.
-    pub tokens: Option<Arc<dyn TokenSource>>,
+    pub tokens: Option<Arc<TokenManager>>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -84,18 +69,6 @@ impl ProxyState {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
-
 /// Credential headers an app may have sent; keyward's own injection replaces them.
 const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "proxy-authorization", "xi-api-key"];
 
@@ -110,20 +83,9 @@ fn boxed_error(e: PublicError) -> Response<ProxyBody> {
 }
 
 /// Header names listed in `Connection` (they are hop-by-hop too).
-fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
 fn is_websocket(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && connection_listed(req.headers()).iter().any(|t| t == "upgrade")
+        && headers::connection_listed(req.headers()).iter().any(|t| t == "upgrade")
         && req
             .headers()
             .get(header::UPGRADE)
@@ -183,7 +145,7 @@ async fn proxy(state: &ProxyState, peer: &Peer, req: Request<Incoming>) -> Outco
         return (Err(e), None, None);
     }
     if req.uri().path() == "/v1/webhooks/verify" {
-        return (verify_endpoint(state, peer, req).await, None, None);
+        return (crate::webhook::verify_api::handle(&state.creds, &state.policy(), peer, req).await, None, None);
     }
     let providers = state.creds.providers();
     let target = match route::route(req.version(), req.uri(), req.headers(), &providers) {
@@ -247,7 +209,7 @@ async fn forward_one(
     }
     let token = match (&provider.kind, &state.tokens) {
         (ProviderKind::Builtin(keyward_core::providers::Builtin::Google, _), Some(src)) => {
-            Some(src.access_token(&target.tenant).await?)
+            Some(src.token(&target.tenant).await?)
         }
         _ => None,
     };
@@ -272,12 +234,12 @@ async fn forward_one(
 
     // Headers: drop hop-by-hop, client credentials, Keyward-*, Host; add the injection.
     let websocket = is_websocket(&req);
-    let listed = connection_listed(req.headers());
+    let listed = headers::connection_listed(req.headers());
     let injected_names: Vec<HeaderName> = injection.headers.iter().map(|(n, _)| n.clone()).collect();
     let mut headers = HeaderMap::with_capacity(req.headers().len() + 2);
     for (name, value) in req.headers() {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
+        if headers::is_hop_by_hop(n)
             || CLIENT_CREDENTIALS.contains(&n)
             || n.starts_with("keyward-")
             || name == header::HOST
@@ -330,7 +292,7 @@ async fn forward_one(
         (resp.status(), retry, &state.tokens)
     {
         tokens.invalidate(&target.tenant).await;
-        let fresh = tokens.access_token(&target.tenant).await?;
+        let fresh = tokens.token(&target.tenant).await?;
         let again_inj = provider.inject(&*cred, &target.path, Some(&fresh))?;
         extra_scrub.extend(again_inj.scrub);
         for (n, v) in again_inj.headers {
@@ -373,13 +335,7 @@ async fn forward_one(
     }
 
     let (mut parts, body) = resp.into_parts();
-    let listed = connection_listed(&parts.headers);
-    for h in HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
-    for l in listed {
-        parts.headers.remove(l.as_str());
-    }
+    headers::strip_hop_by_hop(&mut parts.headers);
     scrub::scrub_headers(&mut parts.headers, &scrub);
     let body: ProxyBody = if scrub::is_scannable(&parts.headers) {
         scrub::Scrubbed::new(body.map_err(|e| Box::new(e) as BoxError), scrub).boxed_unsync()
@@ -387,85 +343,6 @@ async fn forward_one(
         body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
     };
     Ok(Response::from_parts(parts, body))
-}
-
-/// `POST /v1/webhooks/verify`: for apps that terminate webhooks themselves. Runs the same
-/// verification as the webhook listener (tenant, credential, signature, window, in-body
-/// ids) without recording a replay key, and answers `{valid, tenant, reason}`.
-async fn verify_endpoint(
-    state: &ProxyState,
-    peer: &Peer,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, PublicError> {
-    use base64::Engine;
-    if req.method() != Method::POST {
-        return Err(PublicError::method_not_allowed("use POST /v1/webhooks/verify"));
-    }
-    let limit = 4 << 20;
-    let body = crate::admin::read_body(req, limit).await?;
-    let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        PublicError::bad_request(format!("the body is not valid JSON (line {}, column {})", e.line(), e.column()))
-    })?;
-    let field = |name: &str| v.get(name).and_then(serde_json::Value::as_str);
-    let provider_name = field("provider").ok_or_else(|| PublicError::bad_request("provider is required"))?;
-    let url = field("url").ok_or_else(|| PublicError::bad_request("url is required (the URL the provider called)"))?;
-    let method = field("method").unwrap_or("POST");
-    let raw_body = base64::engine::general_purpose::STANDARD
-        .decode(field("body_base64").unwrap_or(""))
-        .map_err(|_| PublicError::bad_request("body_base64 is not base64"))?;
-    let mut headers = HeaderMap::new();
-    let mut add = |k: &str, val: &str| -> Result<(), PublicError> {
-        let n = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| PublicError::bad_request(format!("{k:?} is not a header name")))?;
-        let hv = HeaderValue::from_str(val)
-            .map_err(|_| PublicError::bad_request(format!("the value of {k} is not a valid header value")))?;
-        headers.append(n, hv);
-        Ok(())
-    };
-    match v.get("headers") {
-        Some(serde_json::Value::Object(m)) => {
-            for (k, val) in m {
-                add(k, val.as_str().ok_or_else(|| PublicError::bad_request("header values must be strings"))?)?;
-            }
-        }
-        Some(serde_json::Value::Array(a)) => {
-            for pair in a {
-                match pair.as_array().map(Vec::as_slice) {
-                    Some([k, val]) => add(k.as_str().unwrap_or(""), val.as_str().unwrap_or(""))?,
-                    _ => return Err(PublicError::bad_request("headers as a list must hold [name, value] pairs")),
-                }
-            }
-        }
-        None => {}
-        _ => return Err(PublicError::bad_request("headers must be an object or a list of [name, value] pairs")),
-    }
-    let tenant = match field("tenant") {
-        Some(t) => Some(keyward_core::ids::TenantId::parse(t).map_err(|e| PublicError::bad_request(e.to_string()))?),
-        None => None,
-    };
-    let def = state.creds.providers().get(provider_name).cloned().ok_or_else(|| {
-        PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", format!("unknown provider {provider_name:?}"))
-    })?;
-    let now = keyward_core::time::now_secs();
-    let d = keyward_core::providers::inbound::Delivery { method, url, headers: &headers, body: &raw_body, now };
-    let answer = match crate::webhook::verify::verify(&state.creds, None, &def, tenant, &d).await {
-        Ok(v) => {
-            if !state.policy().allows(peer, &v.tenant, provider_name) {
-                return Err(PublicError::new(
-                    StatusCode::FORBIDDEN,
-                    "tenant_not_allowed",
-                    "this client may not verify deliveries for that tenant",
-                ));
-            }
-            serde_json::json!({"valid": true, "tenant": v.tenant, "reason": null, "event_id": v.event_id})
-        }
-        Err(r) => serde_json::json!({"valid": false, "tenant": null, "reason": r.code, "detail": r.detail}),
-    };
-    let mut resp = Response::new(
-        http_body_util::Full::new(Bytes::from(answer.to_string())).map_err(|never| match never {}).boxed_unsync(),
-    );
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(resp)
 }
 
 /// `[app]`

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::proxy::{ProxyBody, UpstreamError};
+use crate::http::{ProxyBody, UpstreamError};
 use url::Url;
 
 /// A Unix-socket stream usable by the pooled client.

@@ -11,6 +11,7 @@ mod forward;
 pub mod offline;
 pub mod replay;
 pub mod verify;
+pub mod verify_api;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -33,8 +34,9 @@ pub use verify::{Rejection, Verified};
 
 use crate::creds::Credentials;
 use crate::error::PublicError;
+use crate::http::headers::{connection_listed, is_hop_by_hop, strip_hop_by_hop};
+use crate::http::{BoxError, ProxyBody};
 use crate::listen::Peer;
-use crate::proxy::{BoxError, ProxyBody};
 use crate::tls::TlsFiles;
 use keyward_core::ids::TenantId;
 use keyward_core::providers::inbound::Delivery;
@@ -318,10 +320,6 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
     forward(state, verified, parts.method, &pq, parts.headers, body).await
 }
 
-/// Hop-by-hop headers, never forwarded.
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "host"];
-
 async fn forward(
     state: &WebhookState,
     v: Verified,
@@ -333,10 +331,16 @@ async fn forward(
     let Ok(uri) = state.app.uri(pq) else {
         return boxed(PublicError::bad_request("the request path cannot be forwarded"));
     };
+    let listed = connection_listed(&headers);
     let mut out = HeaderMap::with_capacity(headers.len() + 4);
     for (name, value) in &headers {
         let n = name.as_str();
-        if n.starts_with("keyward-") || HOP_BY_HOP.contains(&n) || v.strip.contains(&n) {
+        if n.starts_with("keyward-")
+            || is_hop_by_hop(n)
+            || name == header::HOST
+            || listed.iter().any(|l| l == n)
+            || v.strip.contains(&n)
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -385,9 +389,7 @@ async fn forward(
         }
     }
     let (mut parts, body) = resp.into_parts();
-    for h in HOP_BY_HOP {
-        parts.headers.remove(h);
-    }
+    strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
 }
 

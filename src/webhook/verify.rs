@@ -99,12 +99,7 @@ pub async fn verify(
         Ok(c) => c,
         // Unknown tenants read the same as tenants without a key: no enumeration.
         Err(CredError::NotFound { .. }) => return Err(no_cred()),
-        Err(e) => {
-            return Err(reject(
-                "no_credential",
-                format!("the credential cannot be read: {}", crate::error::cred_code(&e)),
-            ))
-        }
+        Err(e) => return Err(reject("no_credential", format!("the credential cannot be read: {}", e.code()))),
     };
     if cred.status == CredStatus::Inactive {
         return Err(no_cred());

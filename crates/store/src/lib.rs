@@ -282,6 +282,18 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// The public error code (CONTRACT.md §6) this failure answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Conflict(_) => "conflict",
+            StoreError::RouteTaken { .. } => "route_taken",
+            StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => "store_unavailable",
+            StoreError::Corrupt(_) => "internal",
+        }
+    }
+}
+
 /// The persistence interface shared by every backend.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {

@@ -5,22 +5,17 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::tls::{self, TlsError};
 use std::path::PathBuf;
 
-/// Errors carried by proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type of every request and response the proxy handles.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+use super::body::ProxyBody;
+use crate::tls::{self, TlsError};
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
