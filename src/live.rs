@@ -16,14 +16,13 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::creds::{CredError, Credential, Credentials, StatusObject};
 use crate::http::{BoxError, Upstream};
 use crate::oauth::TokenManager;
 use crate::shutdown::Shutdown;
 use keyward_core::ids::{RouteId, RouteKind, TenantId};
-use keyward_core::providers::{Builtin, FieldSource, ProviderDef, ProviderKind};
+use keyward_core::providers::ProviderDef;
 use keyward_core::secret::Secret;
 use keyward_store::CredStatus;
 
@@ -138,25 +137,12 @@ impl Live {
         Ok(Answer { status, body })
     }
 
-    fn check_path(def: &ProviderDef, cred: &Credential) -> Option<String> {
-        match &def.kind {
-            ProviderKind::Builtin(Builtin::Twilio, _) => {
-                Some(format!("/2010-04-01/Accounts/{}.json", cred.public_field("account_sid").unwrap_or("_")))
-            }
-            ProviderKind::Builtin(Builtin::Vapi, _) => Some("/assistant?limit=1".into()),
-            ProviderKind::Builtin(Builtin::Resend, _) => Some("/domains".into()),
-            ProviderKind::Builtin(Builtin::ElevenLabs, _) => Some("/v1/user".into()),
-            ProviderKind::Builtin(Builtin::Google, _) => Some("/calendar/v3/users/me/calendarList?maxResults=1".into()),
-            ProviderKind::Generic(g) => g.verify_path.clone(),
-        }
-    }
-
     /// Checks a credential (stored or not) against its provider.
     pub async fn check(&self, def: &ProviderDef, cred: &Credential) -> Verdict {
-        let Some(path) = Self::check_path(def, cred) else {
+        let Some(path) = def.rules().check_path(cred) else {
             return Verdict::Unavailable(format!("provider {} has no verify_path configured", def.name));
         };
-        let google = if def.builtin() == Some(Builtin::Google) {
+        let google = if def.uses_access_token() {
             match self.tokens.refresh_with(cred).await {
                 Ok(g) => Some(g.access_token),
                 Err(crate::oauth::TokenError::Revoked(m)) => {
@@ -172,14 +158,7 @@ impl Live {
         match self.get(def, cred, &path, google.as_ref()).await {
             Err(e) => Verdict::Unavailable(e),
             Ok(a) if a.status.is_success() => Verdict::Valid,
-            // A sending-only Resend key cannot list domains but is a valid key (PROVIDERS.md §5.1).
-            Ok(a)
-                if def.builtin() == Some(Builtin::Resend)
-                    && a.status == StatusCode::UNAUTHORIZED
-                    && String::from_utf8_lossy(&a.body).contains("restricted_api_key") =>
-            {
-                Verdict::Valid
-            }
+            Ok(a) if def.rules().check_passes_anyway(a.status.as_u16(), &a.body) => Verdict::Valid,
             Ok(a) if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN => {
                 Verdict::Invalid(format!("invalid credentials (HTTP {})", a.status.as_u16()))
             }
@@ -225,7 +204,7 @@ impl Live {
                 self.creds.record_check(actor, tenant, provider, false, Some(m.clone()), None).await?
             }
         };
-        if def.builtin() == Some(Builtin::Google) {
+        if def.uses_access_token() {
             self.tokens.invalidate(tenant).await;
         }
         let discovery =
@@ -236,95 +215,28 @@ impl Live {
     /// Lists the tenant's ids at the provider and registers their routes.
     pub async fn discover(&self, actor: &str, def: &ProviderDef, cred: &Credential) -> Discovery {
         let mut d = Discovery::default();
-        let mut found: Vec<(&'static str, String)> = Vec::new();
-        match def.builtin() {
-            Some(Builtin::Vapi) => {
-                for (kind, path) in
-                    [("vapi-assistant", "/assistant?limit=1000"), ("vapi-phone-number", "/phone-number?limit=1000")]
-                {
-                    match self.get(def, cred, path, None).await {
-                        Ok(a) if a.status.is_success() => match serde_json::from_slice::<Value>(&a.body) {
-                            Ok(Value::Array(items)) => found
-                                .extend(items.iter().filter_map(|i| i["id"].as_str()).map(|id| (kind, id.to_string()))),
-                            _ => d.errors.push(format!("{path}: not a JSON list")),
-                        },
-                        Ok(a) => d.errors.push(format!("{path}: HTTP {}", a.status.as_u16())),
-                        Err(e) => d.errors.push(format!("{path}: {e}")),
-                    }
+        let (mut found, listings) = def.rules().discovery(cred);
+        for listing in listings {
+            let mut next = Some(listing.first.clone());
+            let mut pages = 0;
+            while let Some(path) = next.take() {
+                pages += 1;
+                if pages > MAX_PAGES {
+                    d.truncated = true;
+                    break;
+                }
+                match self.get(def, cred, &path, None).await {
+                    Ok(a) if a.status.is_success() => match (listing.read)(&a.body) {
+                        Ok(page) => {
+                            found.extend(page.found);
+                            next = page.next;
+                        }
+                        Err(e) => d.errors.push(format!("{}: {e}", listing.label)),
+                    },
+                    Ok(a) => d.errors.push(format!("{}: HTTP {}", listing.label, a.status.as_u16())),
+                    Err(e) => d.errors.push(format!("{}: {e}", listing.label)),
                 }
             }
-            Some(Builtin::Twilio) => {
-                if let Some(sid) = cred.public_field("account_sid") {
-                    found.push(("twilio-account", sid.to_string()));
-                    let mut next = Some(format!("/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json?PageSize=1000"));
-                    let mut pages = 0;
-                    while let Some(path) = next.take() {
-                        pages += 1;
-                        if pages > MAX_PAGES {
-                            d.truncated = true;
-                            break;
-                        }
-                        match self.get(def, cred, &path, None).await {
-                            Ok(a) if a.status.is_success() => {
-                                let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
-                                for n in v["incoming_phone_numbers"].as_array().into_iter().flatten() {
-                                    if let Some(num) = n["phone_number"].as_str() {
-                                        found.push(("twilio-number", num.to_string()));
-                                    }
-                                }
-                                next = v["next_page_uri"]
-                                    .as_str()
-                                    .filter(|u| u.starts_with("/2010-04-01/"))
-                                    .map(str::to_string);
-                            }
-                            Ok(a) => d.errors.push(format!("incoming numbers: HTTP {}", a.status.as_u16())),
-                            Err(e) => d.errors.push(format!("incoming numbers: {e}")),
-                        }
-                    }
-                }
-            }
-            Some(Builtin::ElevenLabs) => {
-                let mut cursor: Option<String> = None;
-                let mut pages = 0;
-                loop {
-                    pages += 1;
-                    if pages > MAX_PAGES {
-                        d.truncated = true;
-                        break;
-                    }
-                    let mut path = "/v1/convai/agents?page_size=100".to_string();
-                    if let Some(c) = &cursor {
-                        path.push_str("&cursor=");
-                        path.push_str(&url::form_urlencoded::byte_serialize(c.as_bytes()).collect::<String>());
-                    }
-                    match self.get(def, cred, &path, None).await {
-                        Ok(a) if a.status.is_success() => {
-                            let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
-                            found.extend(
-                                v["agents"]
-                                    .as_array()
-                                    .into_iter()
-                                    .flatten()
-                                    .filter_map(|x| x["agent_id"].as_str())
-                                    .map(|id| ("elevenlabs-agent", id.to_string())),
-                            );
-                            cursor = v["next_cursor"].as_str().map(str::to_string);
-                            if v["has_more"].as_bool() != Some(true) || cursor.is_none() {
-                                break;
-                            }
-                        }
-                        Ok(a) => {
-                            d.errors.push(format!("agents: HTTP {}", a.status.as_u16()));
-                            break;
-                        }
-                        Err(e) => {
-                            d.errors.push(format!("agents: {e}"));
-                            break;
-                        }
-                    }
-                }
-            }
-            _ => {}
         }
         for (kind, id) in found {
             let (Ok(k), Ok(i)) = (RouteKind::parse(kind), RouteId::parse(&id)) else {

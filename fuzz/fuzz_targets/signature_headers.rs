@@ -44,8 +44,8 @@ fuzz_target!(|data: &[u8]| {
     let d = Delivery { method: "POST", url: "https://hooks.example.com/webhooks/x/acme?a=1", headers: &h, body: rest, now: 1_700_000_000 };
     for name in ["twilio", "vapi", "google", "resend", "elevenlabs"] {
         let def = providers.get(name).unwrap();
-        for vapi_hmac in [false, true] {
-            let keys = WebhookKeys { keys: vec![b"the-fuzzer-does-not-know-this-key"], vapi_hmac };
+        for hmac in [false, true] {
+            let keys = WebhookKeys { keys: vec![b"the-fuzzer-does-not-know-this-key"], hmac };
             assert!(def.verify_delivery(&d, &keys).is_err(), "{name} accepted a delivery without the key");
         }
         let _ = def.route_candidates(&d);

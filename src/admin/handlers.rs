@@ -175,8 +175,10 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
         }
         Endpoint::GetCredential(t, p) => ok(to_json(&creds.status(&t, p.as_str()).await?)),
         Endpoint::DeleteCredential(t, p) => {
-            // Google: revoke the refresh token at Google too (best effort, audited).
-            let refresh = if p.as_str() == "google" {
+            // A token-managed credential (Google): revoke the refresh token at the provider
+            // too (best effort, audited).
+            let token_managed = creds.providers().get(p.as_str()).is_some_and(|d| d.uses_access_token());
+            let refresh = if token_managed {
                 creds.resolve_any(&t, "google").await.ok().and_then(|c| c.secret("refresh_token").cloned())
             } else {
                 None
@@ -246,9 +248,9 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
 }
 
 /// After a credential is stored, lists the tenant's ids at the provider and registers
-/// their routes, in the background (providers with route kinds only).
+/// their routes, in the background (providers that offer discovery only).
 fn spawn_discovery(state: &AdminState, actor: &str, tenant: &TenantId, provider: &str) {
-    if !state.discover_routes || !["vapi", "twilio", "elevenlabs"].contains(&provider) {
+    if !state.discover_routes {
         return;
     }
     let (live, creds, actor, tenant, provider) =
@@ -256,6 +258,10 @@ fn spawn_discovery(state: &AdminState, actor: &str, tenant: &TenantId, provider:
     tokio::spawn(async move {
         let providers = creds.providers();
         let (Some(def), Ok(cred)) = (providers.get(&provider), creds.resolve(&tenant, &provider).await) else { return };
+        let (known, listings) = def.rules().discovery(&*cred);
+        if known.is_empty() && listings.is_empty() {
+            return;
+        }
         let d = live.discover(&actor, def, &cred).await;
         tracing::info!(tenant = %tenant, provider = %provider, registered = d.registered.len(), conflicts = d.conflicts.len(), errors = d.errors.len(), "route discovery");
     });

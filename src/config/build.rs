@@ -452,7 +452,7 @@ fn build_providers(
                     revoke_url: url("revoke_url", &g.revoke_url)?,
                 },
             );
-        } else if BUILTIN_PROVIDERS.contains(&name.as_str()) {
+        } else if keyward_core::providers::builtin_names().any(|b| b == name) {
             let b: RawBuiltin = typed(ctx, &key, value)?;
             out.builtin.insert(
                 name.clone(),

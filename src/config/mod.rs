@@ -163,7 +163,6 @@ pub struct DangerConfig {
 
 pub use keyward_core::providers::config::{
     template_fields, BuiltinOverride, GenericProvider, InjectTemplate, ProvidersConfig, RateLimit, WebhookScheme,
-    BUILTIN_PROVIDERS,
 };
 pub use keyward_core::units::{parse_duration, parse_rate, parse_size};
 
@@ -239,7 +238,7 @@ impl Config {
         let generic: Vec<&str> = self.providers.generic.keys().map(ProviderName::as_str).collect();
         line(format!(
             "providers:   {} built-in{}",
-            BUILTIN_PROVIDERS.join(", "),
+            keyward_core::providers::builtin_names().collect::<Vec<_>>().join(", "),
             if generic.is_empty() { String::new() } else { format!("; generic: {}", generic.join(", ")) }
         ));
         for w in self.danger_warnings() {

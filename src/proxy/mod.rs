@@ -31,7 +31,6 @@ use crate::listen::Peer;
 use crate::oauth::TokenManager;
 use crate::policy::{ClientPolicy, Policy, RateLimiter};
 use crate::tls::MtlsFiles;
-use keyward_core::providers::ProviderKind;
 
 /// Shared state of the app listener.
 pub struct ProxyState {
@@ -207,10 +206,8 @@ async fn forward_one(
             format!("{host}:{port} is not a host this tenant's {pname} credential may be sent to"),
         ));
     }
-    let token = match (&provider.kind, &state.tokens) {
-        (ProviderKind::Builtin(keyward_core::providers::Builtin::Google, _), Some(src)) => {
-            Some(src.token(&target.tenant).await?)
-        }
+    let token = match &state.tokens {
+        Some(src) if provider.uses_access_token() => Some(src.token(&target.tenant).await?),
         _ => None,
     };
     let injection = provider.inject(&*cred, &target.path, token.as_ref())?;
@@ -267,7 +264,7 @@ async fn forward_one(
     let (parts, body) = req.into_parts();
     // Google: a 401 may mean the access token was revoked early. Retry once with a fresh
     // token, only for idempotent requests without a body (nothing to replay).
-    let is_google = provider.builtin() == Some(keyward_core::providers::Builtin::Google);
+    let is_google = provider.uses_access_token();
     let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
         && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
     let retry = (is_google

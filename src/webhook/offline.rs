@@ -5,7 +5,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use zeroize::Zeroizing;
 
-use keyward_core::providers::inbound::{Delivery, WebhookKeys};
+use keyward_core::providers::inbound::Delivery;
 use keyward_core::providers::Providers;
 
 /// One delivery as the operator describes it on the command line.
@@ -51,7 +51,6 @@ pub fn verify_offline(providers: &Providers, secret_file_content: &[u8], o: Offl
         .unwrap_or(secret_file_content);
     let key = Zeroizing::new(trimmed.to_vec());
     let d = Delivery { method, url, headers: &h, body, now };
-    // Vapi: HMAC when the delivery carries x-signature, else the static secret.
-    let keys = WebhookKeys { keys: vec![&key[..]], vapi_hmac: h.contains_key("x-signature") };
+    let keys = def.rules().offline_keys(&key[..], &h);
     def.verify_delivery(&d, &keys).map(|_| ()).map_err(|r| format!("{}: {}", r.code(), r.detail()))
 }

@@ -105,9 +105,6 @@ pub struct ProvidersConfig {
     pub generic: BTreeMap<ProviderName, GenericProvider>,
 }
 
-/// The names of the built-in providers.
-pub const BUILTIN_PROVIDERS: [&str; 5] = ["vapi", "twilio", "google", "resend", "elevenlabs"];
-
 /// The field names referenced as `{name}` in a template.
 pub fn template_fields(t: &str) -> Result<Vec<&str>, String> {
     let mut out = Vec::new();

@@ -1,7 +1,61 @@
-//! Google: credential schema (PROVIDERS.md §0, §4).
+//! Google (PROVIDERS.md §0, §4): an OAuth access token, refreshed by keyward's token
+//! manager, as a bearer token; push notifications authenticated by their channel token,
+//! routed by channel id.
+
+use url::Url;
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
+use super::outbound::{bearer_value, exact, parse_fixed, FieldSource, HostRule, Injection, OutboundError};
+use super::{Provider, WebhookKeys};
+use crate::secret::Secret;
 use crate::status::CredStatus;
+
+/// The Google (Calendar) rules.
+#[derive(Debug)]
+pub(crate) struct Google;
+
+impl Provider for Google {
+    fn name(&self) -> &str {
+        "google"
+    }
+
+    fn schema(&self) -> Schema {
+        schema()
+    }
+
+    fn default_base_url(&self, _region: &str) -> Url {
+        parse_fixed("https://www.googleapis.com")
+    }
+
+    fn hosts(&self) -> Vec<HostRule> {
+        vec![exact("www.googleapis.com")]
+    }
+
+    fn inject(&self, _cred: &dyn FieldSource, _path: &str, token: Option<&Secret>) -> Result<Injection, OutboundError> {
+        bearer_value(token.ok_or(OutboundError::NoToken)?)
+    }
+
+    fn uses_access_token(&self) -> bool {
+        true
+    }
+
+    fn verify(&self, d: &Delivery<'_>, k: &WebhookKeys<'_>) -> Result<Accepted, Reject> {
+        verify(d, &k.keys)
+    }
+
+    fn route_candidates(&self, d: &Delivery<'_>) -> Vec<(&'static str, String)> {
+        d.headers
+            .get("x-goog-channel-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| ("google-channel", s.to_string()))
+            .into_iter()
+            .collect()
+    }
+
+    fn check_path(&self, _cred: &dyn FieldSource) -> Option<String> {
+        Some("/calendar/v3/users/me/calendarList?maxResults=1".into())
+    }
+}
 
 fn channel_token(s: &str) -> bool {
     (22..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
@@ -22,7 +76,7 @@ fn status(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
     Ok(())
 }
 
-pub(crate) fn schema() -> Schema {
+fn schema() -> Schema {
     Schema {
         provider: "google".into(),
         fields: vec![
@@ -67,7 +121,7 @@ mod tests {
 use super::inbound::{secret_eq, single, Accepted, Delivery, Reject};
 
 /// Push notifications carry no signature: the channel token is the secret.
-pub(crate) fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
+fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
     let id = single(d.headers, "x-goog-channel-id")?;
     if id.len() > 64 {
         return Err(Reject::BadSignature("X-Goog-Channel-ID is longer than 64 characters".into()));

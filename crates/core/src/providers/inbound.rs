@@ -463,137 +463,59 @@ mod tests {
 }
 
 // ---------------------------------------------------------------------------------------
-// Dispatch by provider
+// Per provider, through its rules
 // ---------------------------------------------------------------------------------------
 
 use super::outbound::FieldSource;
-use super::{Builtin, ProviderDef, ProviderKind};
-use crate::providers::config::WebhookScheme;
+use super::ProviderDef;
 
 /// The keys to try for one delivery.
 #[derive(Debug)]
 pub struct WebhookKeys<'a> {
     /// Candidate keys, current first.
     pub keys: Vec<&'a [u8]>,
-    /// Vapi: HMAC mode rather than the static shared secret.
-    pub vapi_hmac: bool,
+    /// The credential holds an HMAC key rather than a shared secret, for providers that
+    /// offer both (Vapi).
+    pub hmac: bool,
+}
+
+impl<'a> WebhookKeys<'a> {
+    /// The secret fields among `names` that the credential holds, in that order.
+    pub fn from_fields(cred: &'a dyn FieldSource, names: &[&str], hmac: bool) -> Self {
+        let keys = names.iter().filter_map(|n| cred.secret_field(n)).map(|s| s.expose().as_bytes()).collect();
+        WebhookKeys { keys, hmac }
+    }
 }
 
 impl ProviderDef {
     /// Whether this provider's deliveries can be verified at all.
     pub fn has_webhooks(&self) -> bool {
-        match &self.kind {
-            ProviderKind::Builtin(..) => true,
-            ProviderKind::Generic(g) => g.webhook.is_some(),
-        }
+        self.rules().has_webhooks()
     }
 
     /// The webhook keys a stored credential holds (PROVIDERS.md §0), or `None` when it has
     /// none (`no_credential`).
     pub fn webhook_keys<'c>(&self, cred: &'c dyn FieldSource) -> Option<WebhookKeys<'c>> {
-        let get = |names: &[&str]| -> Vec<&'c [u8]> {
-            names.iter().filter_map(|n| cred.secret_field(n)).map(|s| s.expose().as_bytes()).collect()
-        };
-        let (keys, vapi_hmac) = match self.builtin() {
-            Some(Builtin::Twilio) => {
-                cred.secret_field("auth_token")?;
-                (get(&["auth_token", "secondary_auth_token", "webhook_secret_previous"]), false)
-            }
-            Some(Builtin::Vapi) => {
-                if cred.secret_field("webhook_hmac_secret").is_some() {
-                    (get(&["webhook_hmac_secret", "webhook_secret_previous"]), true)
-                } else if cred.secret_field("webhook_secret").is_some() {
-                    (get(&["webhook_secret", "webhook_secret_previous"]), false)
-                } else {
-                    return None;
-                }
-            }
-            _ => {
-                if cred.secret_field("webhook_secret").is_none() || !self.has_webhooks() {
-                    return None;
-                }
-                (get(&["webhook_secret", "webhook_secret_previous"]), false)
-            }
-        };
-        Some(WebhookKeys { keys, vapi_hmac })
+        self.rules().webhook_keys(cred)
     }
 
     /// Verifies a delivery with the given keys.
     pub fn verify_delivery(&self, d: &Delivery<'_>, k: &WebhookKeys<'_>) -> Result<Accepted, Reject> {
-        match &self.kind {
-            ProviderKind::Builtin(Builtin::Twilio, _) => super::twilio::verify(d, &k.keys),
-            ProviderKind::Builtin(Builtin::Vapi, _) if k.vapi_hmac => super::vapi::verify_hmac(d, &k.keys),
-            ProviderKind::Builtin(Builtin::Vapi, _) => super::vapi::verify_static(d, &k.keys),
-            ProviderKind::Builtin(Builtin::Google, _) => super::google::verify(d, &k.keys),
-            ProviderKind::Builtin(Builtin::Resend, _) => standard_webhooks(d, &k.keys, 300),
-            ProviderKind::Builtin(Builtin::ElevenLabs, _) => stripe_style(
-                d,
-                &k.keys,
-                StripeStyle { header: "elevenlabs-signature", label: "v0", past: 1800, future: 300 },
-            ),
-            ProviderKind::Generic(g) => match &g.webhook {
-                Some(WebhookScheme::StandardWebhooks { tolerance }) => {
-                    standard_webhooks(d, &k.keys, tolerance.as_secs())
-                }
-                Some(WebhookScheme::Stripe { header, tolerance }) => {
-                    let t = tolerance.as_secs();
-                    stripe_style(d, &k.keys, StripeStyle { header, label: "v1", past: t, future: t })
-                }
-                None => Err(Reject::BadSignature(format!("provider {} has no webhook scheme configured", self.name))),
-            },
-        }
+        self.rules().verify(d, k)
     }
 
     /// Route ids an (unverified) delivery names, for `/webhooks/{provider}` without a tenant.
     pub fn route_candidates(&self, d: &Delivery<'_>) -> Vec<(&'static str, String)> {
-        match self.builtin() {
-            Some(Builtin::Twilio) => super::twilio::account_sid(d).map(|s| ("twilio-account", s)).into_iter().collect(),
-            Some(Builtin::Vapi) => super::vapi::route_ids(d.body),
-            Some(Builtin::Google) => d
-                .headers
-                .get("x-goog-channel-id")
-                .and_then(|v| v.to_str().ok())
-                .map(|s| ("google-channel", s.to_string()))
-                .into_iter()
-                .collect(),
-            Some(Builtin::ElevenLabs) => serde_json::from_slice::<serde_json::Value>(d.body)
-                .ok()
-                .and_then(|v| v["data"]["agent_id"].as_str().map(|s| ("elevenlabs-agent", s.to_string())))
-                .into_iter()
-                .collect(),
-            _ => vec![],
-        }
+        self.rules().route_candidates(d)
     }
 
     /// In-body ids checked against the tenant after verification (§1.8).
     pub fn check_body_ids(&self, d: &Delivery<'_>, cred: &dyn FieldSource) -> Result<(), String> {
-        match self.builtin() {
-            Some(Builtin::Twilio) => match (super::twilio::account_sid(d), cred.public_field("account_sid")) {
-                (Some(found), Some(own)) if found != own => {
-                    Err(format!("AccountSid {found} is not this tenant's account"))
-                }
-                _ => Ok(()),
-            },
-            Some(Builtin::Vapi) => {
-                let org = serde_json::from_slice::<serde_json::Value>(d.body)
-                    .ok()
-                    .and_then(|v| v["message"]["call"]["orgId"].as_str().map(str::to_string));
-                match (org, cred.public_field("org_id")) {
-                    (Some(found), Some(own)) if found != own => {
-                        Err(format!("call.orgId {found} is not this tenant's org"))
-                    }
-                    _ => Ok(()),
-                }
-            }
-            _ => Ok(()),
-        }
+        self.rules().check_body_ids(d, cred)
     }
 
     /// JSON field names whose values are masked before forwarding (echoed secrets).
     pub fn echoed_secret_fields(&self) -> &'static [&'static str] {
-        match self.builtin() {
-            Some(Builtin::Vapi) => super::vapi::ECHOED_SECRETS,
-            _ => &[],
-        }
+        self.rules().echoed_secret_fields()
     }
 }

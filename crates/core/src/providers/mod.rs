@@ -1,7 +1,12 @@
-//! Providers: one file per provider holding its credential schema, how it injects auth and
-//! how it verifies webhooks; plus generic providers declared in config. Pure: no I/O.
+//! Providers: one file per provider, each implementing [`Provider`]: its credential schema,
+//! where its calls go and how auth is injected, how its webhooks are verified and which
+//! tenant they name, how a credential is checked live and which ids discovery lists. The
+//! registry below ([`BUILTIN`]) is the only list of them; adding a provider means its file
+//! and one line there. Generic providers declared in config implement the same trait.
+//! Pure: no I/O.
 
 pub mod config;
+pub mod discovery;
 mod elevenlabs;
 pub mod fields;
 mod generic;
@@ -15,72 +20,168 @@ mod vapi;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use http::HeaderMap;
+use url::Url;
+
+pub use discovery::{Listing, Page};
 pub use fields::{FieldError, ParsedFields, Schema};
-pub use outbound::{FieldSource, Injection, OutboundError};
+pub use inbound::{Accepted, Delivery, Reject, WebhookKeys};
+pub use outbound::{FieldSource, HostRule, Injection, OutboundError};
 
 use crate::ids::ProviderName;
-use config::{BuiltinOverride, GenericProvider, ProvidersConfig};
+use crate::secret::Secret;
+use config::{BuiltinOverride, ProvidersConfig, RateLimit};
 
-/// The built-in providers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Builtin {
-    /// Vapi
-    Vapi,
-    /// Twilio
-    Twilio,
-    /// Google (Calendar)
-    Google,
-    /// Resend
-    Resend,
-    /// ElevenLabs
-    ElevenLabs,
-}
+/// One provider's rules. Every method is pure; the daemon does the I/O around them.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The name used in URLs, config and the store.
+    fn name(&self) -> &str;
 
-impl Builtin {
-    /// Every built-in, in documentation order.
-    pub const ALL: [Builtin; 5] =
-        [Builtin::Vapi, Builtin::Twilio, Builtin::Google, Builtin::Resend, Builtin::ElevenLabs];
+    /// The credential fields and their validation.
+    fn schema(&self) -> Schema;
 
-    /// The provider name used in URLs and config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Builtin::Vapi => "vapi",
-            Builtin::Twilio => "twilio",
-            Builtin::Google => "google",
-            Builtin::Resend => "resend",
-            Builtin::ElevenLabs => "elevenlabs",
-        }
+    // ---- outbound ----
+
+    /// Where calls go when no `base_url` is configured, for a credential's region (`us`
+    /// when it names none).
+    fn default_base_url(&self, region: &str) -> Url;
+
+    /// Every host the provider is reached at, whatever the region (absolute-form routing
+    /// and the credential's host allow-list).
+    fn hosts(&self) -> Vec<HostRule>;
+
+    /// Whether a credential is bound to its region's host alone (Vapi keys are).
+    fn region_bound(&self) -> bool {
+        false
     }
 
-    fn schema(self) -> Schema {
-        match self {
-            Builtin::Vapi => vapi::schema(),
-            Builtin::Twilio => twilio::schema(),
-            Builtin::Google => google::schema(),
-            Builtin::Resend => resend::schema(),
-            Builtin::ElevenLabs => elevenlabs::schema(),
+    /// The auth for one request to `path`; `access_token` is the token manager's, for
+    /// providers that [use one](Provider::uses_access_token).
+    fn inject(
+        &self,
+        cred: &dyn FieldSource,
+        path: &str,
+        access_token: Option<&Secret>,
+    ) -> Result<Injection, OutboundError>;
+
+    /// Whether calls carry an OAuth access token that keyward refreshes (Google).
+    fn uses_access_token(&self) -> bool {
+        false
+    }
+
+    // ---- inbound ----
+
+    /// Whether the provider sends webhooks keyward can verify.
+    fn has_webhooks(&self) -> bool {
+        true
+    }
+
+    /// The keys a stored credential verifies deliveries with, current first, or `None`
+    /// when it holds none (`no_credential`). The default is `webhook_secret` and
+    /// `webhook_secret_previous`.
+    fn webhook_keys<'c>(&self, cred: &'c dyn FieldSource) -> Option<WebhookKeys<'c>> {
+        if cred.secret_field("webhook_secret").is_none() || !self.has_webhooks() {
+            return None;
         }
+        Some(WebhookKeys::from_fields(cred, &["webhook_secret", "webhook_secret_previous"], false))
+    }
+
+    /// The keys for an offline check with one key from a file (`keyward webhook verify`),
+    /// where the credential's other fields are unknown and the delivery shows the mode.
+    fn offline_keys<'k>(&self, key: &'k [u8], _headers: &HeaderMap) -> WebhookKeys<'k> {
+        WebhookKeys { keys: vec![key], hmac: false }
+    }
+
+    /// Verifies one delivery with the given keys.
+    fn verify(&self, d: &Delivery<'_>, keys: &WebhookKeys<'_>) -> Result<Accepted, Reject>;
+
+    /// Route ids an (unverified) delivery names, for `/webhooks/{provider}` without a
+    /// tenant in the path.
+    fn route_candidates(&self, _d: &Delivery<'_>) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// In-body ids that must be the tenant's own, checked after verification (§1.8).
+    fn check_body_ids(&self, _d: &Delivery<'_>, _cred: &dyn FieldSource) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// JSON field names whose values are masked before a delivery reaches the app.
+    fn echoed_secret_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    // ---- live checks and discovery ----
+
+    /// A cheap authenticated GET (path and query) that proves the credential works, or
+    /// `None` when the provider has none.
+    fn check_path(&self, cred: &dyn FieldSource) -> Option<String>;
+
+    /// Whether a failed check answer still proves a valid credential (a sending-only
+    /// Resend key answers 401 `restricted_api_key`).
+    fn check_passes_anyway(&self, _status: u16, _body: &[u8]) -> bool {
+        false
+    }
+
+    /// Ids the credential itself names, and the listings to read for more.
+    fn discovery(&self, _cred: &dyn FieldSource) -> (Vec<(&'static str, String)>, Vec<Listing>) {
+        (Vec::new(), Vec::new())
     }
 }
 
-/// What kind of provider a name refers to.
-#[derive(Debug, Clone)]
-pub enum ProviderKind {
-    /// Built in, with config overrides.
-    Builtin(Builtin, BuiltinOverride),
-    /// Declared in config.
-    Generic(GenericProvider),
-}
+/// The built-in providers, in documentation order: the registry.
+pub static BUILTIN: [&(dyn Provider + 'static); 5] =
+    [&vapi::Vapi, &twilio::Twilio, &google::Google, &resend::Resend, &elevenlabs::ElevenLabs];
 
-/// One provider as configured.
+/// One provider as configured: its rules, its schema and the operator's overrides.
 #[derive(Debug)]
 pub struct ProviderDef {
     /// Name.
     pub name: ProviderName,
-    /// Kind and settings.
-    pub kind: ProviderKind,
     /// Credential schema.
     pub schema: Schema,
+    rules: Rules,
+    overrides: BuiltinOverride,
+}
+
+/// A provider's rules: a registry entry, or a generic provider built from config.
+#[derive(Debug)]
+enum Rules {
+    Builtin(&'static dyn Provider),
+    Generic(Box<dyn Provider>),
+}
+
+impl ProviderDef {
+    fn new(name: ProviderName, rules: Rules, overrides: BuiltinOverride) -> Self {
+        let schema = match &rules {
+            Rules::Builtin(p) => p.schema(),
+            Rules::Generic(p) => p.schema(),
+        };
+        ProviderDef { name, schema, rules, overrides }
+    }
+
+    /// The provider's rules.
+    pub fn rules(&self) -> &dyn Provider {
+        match &self.rules {
+            Rules::Builtin(p) => *p,
+            Rules::Generic(p) => &**p,
+        }
+    }
+
+    /// Whether it is built in (rather than declared in config).
+    pub fn is_builtin(&self) -> bool {
+        matches!(self.rules, Rules::Builtin(_))
+    }
+
+    /// The per-tenant rate limit configured for this provider.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.overrides.rate_limit
+    }
+
+    /// Whether calls carry an access token from the token manager.
+    pub fn uses_access_token(&self) -> bool {
+        self.rules().uses_access_token()
+    }
 }
 
 /// Every provider this daemon knows, by name.
@@ -93,23 +194,23 @@ impl Providers {
     /// Built-ins (with their overrides) plus the config's generic providers.
     pub fn from_config(cfg: &ProvidersConfig) -> Providers {
         let mut defs = BTreeMap::new();
-        for b in Builtin::ALL {
-            let ov = cfg.builtin.get(b.name()).cloned().unwrap_or_default();
-            if let Ok(name) = ProviderName::parse(b.name()) {
-                defs.insert(
-                    b.name().to_string(),
-                    Arc::new(ProviderDef { name, kind: ProviderKind::Builtin(b, ov), schema: b.schema() }),
-                );
+        for p in BUILTIN {
+            let ov = cfg.builtin.get(p.name()).cloned().unwrap_or_default();
+            if let Ok(name) = ProviderName::parse(p.name()) {
+                defs.insert(p.name().to_string(), Arc::new(ProviderDef::new(name, Rules::Builtin(p), ov)));
             }
         }
         for (name, g) in &cfg.generic {
-            let schema = generic::schema(name.as_str(), g);
-            defs.insert(
-                name.as_str().to_string(),
-                Arc::new(ProviderDef { name: name.clone(), kind: ProviderKind::Generic(g.clone()), schema }),
-            );
+            let ov = BuiltinOverride { rate_limit: g.rate_limit, ..BuiltinOverride::default() };
+            let rules = Rules::Generic(Box::new(generic::Generic::new(name.as_str(), g.clone())));
+            defs.insert(name.as_str().to_string(), Arc::new(ProviderDef::new(name.clone(), rules, ov)));
         }
         Providers { defs }
+    }
+
+    /// Only the built-in providers, without overrides (tests and benchmarks).
+    pub fn default_builtin() -> Providers {
+        Providers::from_config(&ProvidersConfig::default())
     }
 
     /// Looks a provider up by name.
@@ -123,27 +224,100 @@ impl Providers {
     }
 }
 
-impl Providers {
-    /// Only the built-in providers, without overrides (tests and benchmarks).
-    pub fn default_builtin() -> Providers {
-        Providers::from_config(&ProvidersConfig::default())
-    }
+/// The names of the built-in providers, in registry order.
+pub fn builtin_names() -> impl Iterator<Item = &'static str> {
+    BUILTIN.iter().map(|p| p.name())
 }
 
-impl ProviderDef {
-    /// The per-tenant rate limit configured for this provider.
-    pub fn rate_limit(&self) -> Option<config::RateLimit> {
-        match &self.kind {
-            ProviderKind::Builtin(_, ov) => ov.rate_limit,
-            ProviderKind::Generic(g) => g.rate_limit,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap as Map;
+
+    struct Fields(Map<&'static str, Secret>, Map<&'static str, &'static str>);
+
+    impl FieldSource for Fields {
+        fn secret_field(&self, name: &str) -> Option<&Secret> {
+            self.0.get(name)
+        }
+        fn public_field(&self, name: &str) -> Option<&str> {
+            self.1.get(name).copied()
         }
     }
 
-    /// The built-in this is, if any.
-    pub fn builtin(&self) -> Option<Builtin> {
-        match &self.kind {
-            ProviderKind::Builtin(b, _) => Some(*b),
-            ProviderKind::Generic(_) => None,
+    fn public(p: &[(&'static str, &'static str)]) -> Fields {
+        Fields(Map::new(), p.iter().copied().collect())
+    }
+
+    #[test]
+    fn the_registry_names_each_provider_once_and_each_owns_its_hosts() {
+        let names: Vec<&str> = builtin_names().collect();
+        let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for p in BUILTIN {
+            assert!(ProviderName::parse(p.name()).is_ok(), "{}", p.name());
+            assert_eq!(p.schema().provider, p.name());
+            for region in ["us", "eu", "in", "sg"] {
+                let u = p.default_base_url(region);
+                let (host, port) = (u.host_str().unwrap_or(""), u.port_or_known_default().unwrap_or(0));
+                assert!(p.hosts().iter().any(|r| r.matches(host, port)), "{} does not claim {u}", p.name());
+            }
         }
+        let all = Providers::default_builtin();
+        assert_eq!(all.names().collect::<Vec<_>>().len(), BUILTIN.len());
+        assert!(all.get("google").is_some_and(|d| d.uses_access_token() && d.is_builtin()));
+    }
+
+    fn listings(provider: &str, cred: &Fields) -> (Vec<(&'static str, String)>, Vec<Listing>) {
+        Providers::default_builtin().get(provider).map(|d| d.rules().discovery(cred)).unwrap_or_default()
+    }
+
+    #[test]
+    fn twilio_discovery_knows_the_account_and_follows_its_own_next_pages_only() {
+        let (known, l) = listings("twilio", &public(&[("account_sid", "AC1")]));
+        assert_eq!(known, vec![("twilio-account", "AC1".to_string())]);
+        assert_eq!(l[0].first, "/2010-04-01/Accounts/AC1/IncomingPhoneNumbers.json?PageSize=1000");
+        let page = (l[0].read)(
+            br#"{"incoming_phone_numbers":[{"phone_number":"+15550001"}],"next_page_uri":"/2010-04-01/Accounts/AC1/IncomingPhoneNumbers.json?Page=1"}"#,
+        );
+        assert_eq!(page.as_ref().map(|p| p.found.clone()), Ok(vec![("twilio-number", "+15550001".to_string())]));
+        assert!(page.is_ok_and(|p| p.next.is_some()));
+        let elsewhere = (l[0].read)(br#"{"incoming_phone_numbers":[],"next_page_uri":"https://evil.example/x"}"#);
+        assert_eq!(elsewhere.map(|p| p.next), Ok(None));
+        assert!(listings("twilio", &public(&[])).1.is_empty());
+    }
+
+    #[test]
+    fn elevenlabs_discovery_follows_the_cursor_while_has_more() {
+        let (_, l) = listings("elevenlabs", &public(&[]));
+        let more = (l[0].read)(br#"{"agents":[{"agent_id":"a1"}],"has_more":true,"next_cursor":"c d"}"#);
+        assert_eq!(more.map(|p| p.next), Ok(Some("/v1/convai/agents?page_size=100&cursor=c+d".to_string())));
+        let last = (l[0].read)(br#"{"agents":[{"agent_id":"a2"}],"has_more":false,"next_cursor":"x"}"#);
+        assert_eq!(last.map(|p| (p.found, p.next)), Ok((vec![("elevenlabs-agent", "a2".to_string())], None)));
+    }
+
+    #[test]
+    fn vapi_discovery_reads_two_lists_and_refuses_anything_else() {
+        let (_, l) = listings("vapi", &public(&[]));
+        assert_eq!(
+            l.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(),
+            ["/assistant?limit=1000", "/phone-number?limit=1000"]
+        );
+        assert_eq!(
+            (l[1].read)(br#"[{"id":"pn1"}]"#).map(|p| p.found),
+            Ok(vec![("vapi-phone-number", "pn1".to_string())])
+        );
+        assert_eq!((l[0].read)(br#"{"error":1}"#), Err("not a JSON list".to_string()));
+    }
+
+    #[test]
+    fn only_providers_with_a_check_path_can_be_checked() {
+        let all = Providers::default_builtin();
+        for name in builtin_names() {
+            assert!(all.get(name).and_then(|d| d.rules().check_path(&public(&[]))).is_some(), "{name}");
+        }
+        let resend = all.get("resend").map(|d| d.rules().check_passes_anyway(401, br#"{"name":"restricted_api_key"}"#));
+        assert_eq!(resend, Some(true));
+        assert_eq!(all.get("vapi").map(|d| d.rules().check_passes_anyway(401, b"restricted_api_key")), Some(false));
     }
 }

@@ -7,7 +7,7 @@ use http::{HeaderName, HeaderValue};
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::{Builtin, ProviderDef, ProviderKind};
+use super::ProviderDef;
 use crate::providers::config::InjectTemplate;
 use crate::secret::Secret;
 
@@ -67,14 +67,16 @@ pub enum OutboundError {
 
 /// A host (lower case) and port a credential may be sent to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum HostRule {
+pub enum HostRule {
+    /// This host and port.
     Exact(String, u16),
     /// Any subdomain of the suffix (which starts with a dot), on port 443.
     Suffix(&'static str),
 }
 
 impl HostRule {
-    fn matches(&self, host: &str, port: u16) -> bool {
+    /// Whether `host` (lower case) and `port` fit the rule.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
         match self {
             HostRule::Exact(h, p) => h == host && *p == port,
             // ^([a-z0-9-]+\.)+<suffix>$
@@ -92,71 +94,37 @@ impl HostRule {
     }
 }
 
-fn exact(host: &str) -> HostRule {
+pub(crate) fn exact(host: &str) -> HostRule {
     HostRule::Exact(host.to_string(), 443)
 }
 
-fn url_host_rule(u: &Url) -> Option<HostRule> {
+pub(crate) fn url_host_rule(u: &Url) -> Option<HostRule> {
     Some(HostRule::Exact(u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
 }
 
-// Invariant: only called with the URL literals of this file, each exercised by the unit
-// tests below, so parsing cannot fail at run time.
+// Invariant: only called with the URL literals of the provider files, each exercised by
+// the unit tests below, so parsing cannot fail at run time.
 #[allow(clippy::expect_used)]
-fn parse_fixed(s: &str) -> Url {
+pub(crate) fn parse_fixed(s: &str) -> Url {
     Url::parse(s).expect("a literal base URL parses")
 }
 
-const VAPI_US: &str = "https://api.vapi.ai";
-const VAPI_EU: &str = "https://api.eu.vapi.ai";
-const ELEVEN: [(&str, &str); 4] = [
-    ("us", "https://api.elevenlabs.io"),
-    ("eu", "https://api.eu.residency.elevenlabs.io"),
-    ("in", "https://api.in.residency.elevenlabs.io"),
-    ("sg", "https://api.sg.residency.elevenlabs.io"),
-];
-
 impl ProviderDef {
-    fn override_url(&self) -> Option<&Url> {
-        match &self.kind {
-            ProviderKind::Builtin(_, ov) => ov.base_url.as_ref(),
-            ProviderKind::Generic(g) => Some(&g.base_url),
-        }
-    }
-
-    /// Where this provider's calls go for a credential (region-aware), or its default.
+    /// Where this provider's calls go for a credential (region-aware), or the configured
+    /// `base_url`.
     pub fn base_url(&self, cred: Option<&dyn FieldSource>) -> Url {
-        if let Some(u) = self.override_url() {
+        if let Some(u) = &self.overrides.base_url {
             return u.clone();
         }
         let region = cred.and_then(|c| c.public_field("region")).unwrap_or("us");
-        match &self.kind {
-            ProviderKind::Builtin(Builtin::Vapi, _) => parse_fixed(if region == "eu" { VAPI_EU } else { VAPI_US }),
-            ProviderKind::Builtin(Builtin::Twilio, _) => parse_fixed("https://api.twilio.com"),
-            ProviderKind::Builtin(Builtin::Google, _) => parse_fixed("https://www.googleapis.com"),
-            ProviderKind::Builtin(Builtin::Resend, _) => parse_fixed("https://api.resend.com"),
-            ProviderKind::Builtin(Builtin::ElevenLabs, _) => {
-                parse_fixed(ELEVEN.iter().find(|(r, _)| *r == region).map_or(ELEVEN[0].1, |(_, u)| u))
-            }
-            ProviderKind::Generic(g) => g.base_url.clone(),
-        }
+        self.rules().default_base_url(region)
     }
 
     /// Every host the provider can be reached at, whatever the region: used to find the
     /// provider of an absolute-form request.
     fn all_hosts(&self) -> Vec<HostRule> {
-        let mut rules: Vec<HostRule> = self.override_url().and_then(url_host_rule).into_iter().collect();
-        match &self.kind {
-            ProviderKind::Builtin(Builtin::Vapi, _) => rules.extend([exact("api.vapi.ai"), exact("api.eu.vapi.ai")]),
-            ProviderKind::Builtin(Builtin::Twilio, _) => rules.push(HostRule::Suffix(".twilio.com")),
-            ProviderKind::Builtin(Builtin::Google, _) => rules.push(exact("www.googleapis.com")),
-            ProviderKind::Builtin(Builtin::Resend, _) => rules.push(exact("api.resend.com")),
-            ProviderKind::Builtin(Builtin::ElevenLabs, _) => {
-                rules.extend(ELEVEN.iter().filter_map(|(_, u)| Url::parse(u).ok()).filter_map(|u| url_host_rule(&u)));
-                rules.push(exact("api.us.elevenlabs.io"));
-            }
-            ProviderKind::Generic(g) => rules.extend(g.hosts.iter().map(|h| exact(h))),
-        }
+        let mut rules: Vec<HostRule> = self.overrides.base_url.as_ref().and_then(url_host_rule).into_iter().collect();
+        rules.extend(self.rules().hosts());
         rules
     }
 
@@ -166,15 +134,12 @@ impl ProviderDef {
         self.all_hosts().iter().any(|r| r.matches(&host, port))
     }
 
-    /// Whether this credential may be sent to `host:port`. Vapi keys are region-bound:
-    /// only the tenant's region host (or the override) receives them.
+    /// Whether this credential may be sent to `host:port`. A region-bound credential goes
+    /// only to its region's host (or the configured base URL).
     pub fn allows(&self, cred: &dyn FieldSource, host: &str, port: u16) -> bool {
         let host = host.to_ascii_lowercase();
-        if let ProviderKind::Builtin(Builtin::Vapi, ov) = &self.kind {
-            let target = match &ov.base_url {
-                Some(u) => u.clone(),
-                None => self.base_url(Some(cred)),
-            };
+        if self.rules().region_bound() {
+            let target = self.base_url(Some(cred));
             return url_host_rule(&target).is_some_and(|r| r.matches(&host, port));
         }
         self.claims_host(&host, port)
@@ -185,26 +150,9 @@ impl ProviderDef {
         &self,
         cred: &dyn FieldSource,
         path: &str,
-        google_token: Option<&Secret>,
+        access_token: Option<&Secret>,
     ) -> Result<Injection, OutboundError> {
-        match &self.kind {
-            ProviderKind::Builtin(Builtin::Vapi, _) => bearer(cred, "api_key"),
-            ProviderKind::Builtin(Builtin::Resend, _) => bearer(cred, "api_key"),
-            ProviderKind::Builtin(Builtin::ElevenLabs, _) => {
-                let key = need(cred, "api_key")?;
-                Ok(Injection {
-                    headers: vec![(HeaderName::from_static("xi-api-key"), sensitive(key.expose().as_bytes())?)],
-                    scrub: vec![Zeroizing::new(key.expose().as_bytes().to_vec())],
-                    ..Injection::default()
-                })
-            }
-            ProviderKind::Builtin(Builtin::Twilio, _) => super::twilio::inject(cred, path),
-            ProviderKind::Builtin(Builtin::Google, _) => {
-                let token = google_token.ok_or(OutboundError::NoToken)?;
-                bearer_value(token)
-            }
-            ProviderKind::Generic(g) => generic(cred, &g.inject),
-        }
+        self.rules().inject(cred, path, access_token)
     }
 }
 
@@ -220,11 +168,11 @@ pub(super) fn sensitive(bytes: &[u8]) -> Result<HeaderValue, OutboundError> {
     Ok(v)
 }
 
-fn bearer(cred: &dyn FieldSource, field: &str) -> Result<Injection, OutboundError> {
+pub(crate) fn bearer(cred: &dyn FieldSource, field: &str) -> Result<Injection, OutboundError> {
     bearer_value(need(cred, field)?)
 }
 
-fn bearer_value(secret: &Secret) -> Result<Injection, OutboundError> {
+pub(crate) fn bearer_value(secret: &Secret) -> Result<Injection, OutboundError> {
     let value = Zeroizing::new(format!("Bearer {}", secret.expose()));
     Ok(Injection {
         headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
@@ -273,7 +221,7 @@ fn render(
     Ok(out)
 }
 
-fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result<Injection, OutboundError> {
+pub(crate) fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result<Injection, OutboundError> {
     let mut scrub = Vec::new();
     match inject {
         InjectTemplate::Header { name, value } => {

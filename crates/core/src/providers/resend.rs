@@ -1,9 +1,54 @@
-//! Resend: credential schema (PROVIDERS.md §0, §5).
+//! Resend (PROVIDERS.md §0, §5): API key as a bearer token; webhooks signed with Standard
+//! Webhooks (svix) and a `whsec_` key.
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
+use url::Url;
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
+use super::inbound::{standard_webhooks, Accepted, Delivery, Reject};
+use super::outbound::{bearer, exact, parse_fixed, FieldSource, HostRule, Injection, OutboundError};
+use super::{Provider, WebhookKeys};
+use crate::secret::Secret;
+
+/// The Resend rules.
+#[derive(Debug)]
+pub(crate) struct Resend;
+
+impl Provider for Resend {
+    fn name(&self) -> &str {
+        "resend"
+    }
+
+    fn schema(&self) -> Schema {
+        schema()
+    }
+
+    fn default_base_url(&self, _region: &str) -> Url {
+        parse_fixed("https://api.resend.com")
+    }
+
+    fn hosts(&self) -> Vec<HostRule> {
+        vec![exact("api.resend.com")]
+    }
+
+    fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
+        bearer(cred, "api_key")
+    }
+
+    fn verify(&self, d: &Delivery<'_>, k: &WebhookKeys<'_>) -> Result<Accepted, Reject> {
+        standard_webhooks(d, &k.keys, 300)
+    }
+
+    fn check_path(&self, _cred: &dyn FieldSource) -> Option<String> {
+        Some("/domains".into())
+    }
+
+    // A sending-only key cannot list domains but is a valid key (PROVIDERS.md §5.1).
+    fn check_passes_anyway(&self, status: u16, body: &[u8]) -> bool {
+        status == 401 && String::from_utf8_lossy(body).contains("restricted_api_key")
+    }
+}
 
 /// Standard alphabet, padding optional but canonical: how `whsec_` keys are decoded.
 pub(crate) const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
@@ -37,7 +82,7 @@ fn remarks(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
     Ok(())
 }
 
-pub(crate) fn schema() -> Schema {
+fn schema() -> Schema {
     let pattern = Rule::Pattern("^whsec_[A-Za-z0-9+/]+={0,2}$ (strict base64 after the prefix)", whsec);
     Schema {
         provider: "resend".into(),

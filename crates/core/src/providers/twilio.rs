@@ -1,6 +1,89 @@
-//! Twilio: credential schema (PROVIDERS.md §0, §3).
+//! Twilio (PROVIDERS.md §0, §3): HTTP Basic with an API key or the auth token and the
+//! `Accounts/_` rewrite; `X-Twilio-Signature` over URL and form (or `bodySHA256`); the
+//! account and its phone numbers as routes.
 
+use serde_json::Value;
+use url::Url;
+
+use super::discovery::{Listing, Page};
 use super::fields::{prefixed_hex, FieldDef, ParsedFields, Rule, Schema};
+use super::outbound::{parse_fixed, HostRule};
+use super::{Provider, WebhookKeys};
+use crate::secret::Secret;
+
+/// The Twilio rules.
+#[derive(Debug)]
+pub(crate) struct Twilio;
+
+impl Provider for Twilio {
+    fn name(&self) -> &str {
+        "twilio"
+    }
+
+    fn schema(&self) -> Schema {
+        schema()
+    }
+
+    fn default_base_url(&self, _region: &str) -> Url {
+        parse_fixed("https://api.twilio.com")
+    }
+
+    fn hosts(&self) -> Vec<HostRule> {
+        vec![HostRule::Suffix(".twilio.com")]
+    }
+
+    fn inject(&self, cred: &dyn FieldSource, path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
+        inject(cred, path)
+    }
+
+    fn webhook_keys<'c>(&self, cred: &'c dyn FieldSource) -> Option<WebhookKeys<'c>> {
+        cred.secret_field("auth_token")?;
+        Some(WebhookKeys::from_fields(cred, &["auth_token", "secondary_auth_token", "webhook_secret_previous"], false))
+    }
+
+    fn verify(&self, d: &Delivery<'_>, k: &WebhookKeys<'_>) -> Result<Accepted, Reject> {
+        verify(d, &k.keys)
+    }
+
+    fn route_candidates(&self, d: &Delivery<'_>) -> Vec<(&'static str, String)> {
+        account_sid(d).map(|s| ("twilio-account", s)).into_iter().collect()
+    }
+
+    fn check_body_ids(&self, d: &Delivery<'_>, cred: &dyn FieldSource) -> Result<(), String> {
+        match (account_sid(d), cred.public_field("account_sid")) {
+            (Some(found), Some(own)) if found != own => Err(format!("AccountSid {found} is not this tenant's account")),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_path(&self, cred: &dyn FieldSource) -> Option<String> {
+        Some(format!("/2010-04-01/Accounts/{}.json", cred.public_field("account_sid").unwrap_or("_")))
+    }
+
+    fn discovery(&self, cred: &dyn FieldSource) -> (Vec<(&'static str, String)>, Vec<Listing>) {
+        let Some(sid) = cred.public_field("account_sid") else { return (Vec::new(), Vec::new()) };
+        let numbers = Listing {
+            label: "incoming numbers".into(),
+            first: format!("/2010-04-01/Accounts/{sid}/IncomingPhoneNumbers.json?PageSize=1000"),
+            read: incoming_numbers,
+        };
+        (vec![("twilio-account", sid.to_string())], vec![numbers])
+    }
+}
+
+/// One page of `IncomingPhoneNumbers.json`; the next page only when it stays in the API.
+fn incoming_numbers(body: &[u8]) -> Result<Page, String> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let found = v["incoming_phone_numbers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["phone_number"].as_str())
+        .map(|num| ("twilio-number", num.to_string()))
+        .collect();
+    let next = v["next_page_uri"].as_str().filter(|u| u.starts_with("/2010-04-01/")).map(str::to_string);
+    Ok(Page { found, next })
+}
 
 fn phone(s: &str) -> bool {
     let n = s.strip_prefix("whatsapp:").unwrap_or(s);
@@ -32,7 +115,7 @@ fn pairs(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
     Ok(())
 }
 
-pub(crate) fn schema() -> Schema {
+fn schema() -> Schema {
     Schema {
         provider: "twilio".into(),
         fields: vec![
@@ -99,7 +182,7 @@ use super::outbound::{basic, need, FieldSource, Injection, OutboundError};
 
 /// Basic auth (API key preferred over the auth token) and the `Accounts/_` rewrite: the
 /// segment after `/2010-04-01/Accounts/` must be `_` (filled in) or the tenant's own SID.
-pub(super) fn inject(cred: &dyn FieldSource, path: &str) -> Result<Injection, OutboundError> {
+fn inject(cred: &dyn FieldSource, path: &str) -> Result<Injection, OutboundError> {
     let sid = cred.public_field("account_sid").ok_or_else(|| OutboundError::MissingField("account_sid".into()))?;
     let mut inj = match (cred.public_field("api_key_sid"), cred.secret_field("api_key_secret")) {
         (Some(user), Some(secret)) => basic(user, secret)?,

@@ -1,8 +1,119 @@
-//! Vapi: credential schema (PROVIDERS.md §0, §2).
+//! Vapi (PROVIDERS.md §0, §2): API key as a bearer token, bound to the key's region; webhooks
+//! signed by HMAC or carrying a static shared secret; assistants and phone numbers listed
+//! for discovery.
 
+use http::HeaderMap;
+use serde_json::Value;
+use url::Url;
+
+use super::discovery::{Listing, Page};
 use super::fields::{one_of, FieldDef, Rule, Schema};
+use super::outbound::{bearer, exact, parse_fixed, FieldSource, HostRule, Injection, OutboundError};
+use super::{Provider, WebhookKeys};
+use crate::secret::Secret;
 
-pub(crate) fn schema() -> Schema {
+/// The Vapi rules.
+#[derive(Debug)]
+pub(crate) struct Vapi;
+
+const US: &str = "https://api.vapi.ai";
+const EU: &str = "https://api.eu.vapi.ai";
+
+impl Provider for Vapi {
+    fn name(&self) -> &str {
+        "vapi"
+    }
+
+    fn schema(&self) -> Schema {
+        schema()
+    }
+
+    fn default_base_url(&self, region: &str) -> Url {
+        parse_fixed(if region == "eu" { EU } else { US })
+    }
+
+    fn hosts(&self) -> Vec<HostRule> {
+        vec![exact("api.vapi.ai"), exact("api.eu.vapi.ai")]
+    }
+
+    // A Vapi key works in its own region only; sending it to the other is a leak.
+    fn region_bound(&self) -> bool {
+        true
+    }
+
+    fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
+        bearer(cred, "api_key")
+    }
+
+    fn webhook_keys<'c>(&self, cred: &'c dyn FieldSource) -> Option<WebhookKeys<'c>> {
+        if cred.secret_field("webhook_hmac_secret").is_some() {
+            Some(WebhookKeys::from_fields(cred, &["webhook_hmac_secret", "webhook_secret_previous"], true))
+        } else if cred.secret_field("webhook_secret").is_some() {
+            Some(WebhookKeys::from_fields(cred, &["webhook_secret", "webhook_secret_previous"], false))
+        } else {
+            None
+        }
+    }
+
+    // Offline, the delivery tells the mode: HMAC when it carries x-signature.
+    fn offline_keys<'k>(&self, key: &'k [u8], headers: &HeaderMap) -> WebhookKeys<'k> {
+        WebhookKeys { keys: vec![key], hmac: headers.contains_key("x-signature") }
+    }
+
+    fn verify(&self, d: &Delivery<'_>, k: &WebhookKeys<'_>) -> Result<Accepted, Reject> {
+        if k.hmac {
+            verify_hmac(d, &k.keys)
+        } else {
+            verify_static(d, &k.keys)
+        }
+    }
+
+    fn route_candidates(&self, d: &Delivery<'_>) -> Vec<(&'static str, String)> {
+        route_ids(d.body)
+    }
+
+    fn check_body_ids(&self, d: &Delivery<'_>, cred: &dyn FieldSource) -> Result<(), String> {
+        let org = serde_json::from_slice::<Value>(d.body)
+            .ok()
+            .and_then(|v| v["message"]["call"]["orgId"].as_str().map(str::to_string));
+        match (org, cred.public_field("org_id")) {
+            (Some(found), Some(own)) if found != own => Err(format!("call.orgId {found} is not this tenant's org")),
+            _ => Ok(()),
+        }
+    }
+
+    fn echoed_secret_fields(&self) -> &'static [&'static str] {
+        ECHOED_SECRETS
+    }
+
+    fn check_path(&self, _cred: &dyn FieldSource) -> Option<String> {
+        Some("/assistant?limit=1".into())
+    }
+
+    fn discovery(&self, _cred: &dyn FieldSource) -> (Vec<(&'static str, String)>, Vec<Listing>) {
+        let listing = |first: &str, read| Listing { label: first.to_string(), first: first.to_string(), read };
+        (
+            Vec::new(),
+            vec![
+                listing("/assistant?limit=1000", |b| id_list(b, "vapi-assistant")),
+                listing("/phone-number?limit=1000", |b| id_list(b, "vapi-phone-number")),
+            ],
+        )
+    }
+}
+
+/// A JSON list of objects with `id`s (one page: Vapi's lists are not paged at 1,000).
+fn id_list(body: &[u8], kind: &'static str) -> Result<Page, String> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => Ok(Page {
+            found: items.iter().filter_map(|i| i["id"].as_str()).map(|id| (kind, id.to_string())).collect(),
+            next: None,
+        }),
+        _ => Err("not a JSON list".into()),
+    }
+}
+
+fn schema() -> Schema {
     Schema {
         provider: "vapi".into(),
         fields: vec![
@@ -23,7 +134,7 @@ use super::inbound::{ct_eq, hmac_sha256, lower_hex, secret_eq, single, timestamp
 
 /// HMAC mode: `x-signature` (optionally `sha256=`-prefixed lower hex) over
 /// `{x-timestamp}.{body}`, or the body alone without a timestamp.
-pub(crate) fn verify_hmac(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
+fn verify_hmac(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
     let raw = single(d.headers, "x-signature")?;
     let hexsig = raw.strip_prefix("sha256=").unwrap_or(raw);
     let sig = lower_hex(hexsig, 32)
@@ -58,7 +169,7 @@ pub(crate) fn verify_hmac(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, 
 }
 
 /// Static-secret mode: `X-Vapi-Secret` (whole) or `Authorization: Bearer <secret>`.
-pub(crate) fn verify_static(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
+fn verify_static(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
     let mut cands: Vec<&[u8]> = Vec::new();
     if d.headers.contains_key("x-vapi-secret") {
         cands.push(single(d.headers, "x-vapi-secret")?.as_bytes());
@@ -83,7 +194,7 @@ pub(crate) fn verify_static(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted
 }
 
 /// Route ids named by a Vapi payload: `message.call.{assistantId, phoneNumberId, orgId}`.
-pub(crate) fn route_ids(body: &[u8]) -> Vec<(&'static str, String)> {
+fn route_ids(body: &[u8]) -> Vec<(&'static str, String)> {
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else { return vec![] };
     let call = &v["message"]["call"];
     [("vapi-assistant", "assistantId"), ("vapi-phone-number", "phoneNumberId"), ("vapi-org", "orgId")]
@@ -93,7 +204,7 @@ pub(crate) fn route_ids(body: &[u8]) -> Vec<(&'static str, String)> {
 }
 
 /// Field names whose values Vapi may echo and the app must not receive.
-pub(crate) const ECHOED_SECRETS: &[&str] = &[
+const ECHOED_SECRETS: &[&str] = &[
     "twilioAuthToken",
     "twilioApiSecret",
     "vonageApiSecret",
