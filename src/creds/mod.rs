@@ -1,0 +1,334 @@
+//! Credentials: joins the store and the vault. The only place plaintext credentials are
+//! produced, the in-memory cache of them, and every audited mutation (credentials, routes,
+//! key rotation, purge). Knows nothing of HTTP.
+//!
+//! Cache rule: an entry is filled on first use and dropped on every write, delete and
+//! restore of that credential, so the next request sees the change (no TTL). A fill that
+//! raced with a write is discarded (generation counter), never stored stale.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
+use keyward_core::ids::{RouteId, RouteKind, TenantId};
+use keyward_core::providers::{FieldError, Providers};
+use keyward_core::secret::Secret;
+use keyward_core::time::rfc3339;
+mod audit;
+mod resolve;
+mod rotate;
+mod routes;
+mod status;
+mod write;
+
+pub use resolve::DEFAULT_CACHE_ENTRIES;
+pub use rotate::RotateReport;
+pub use status::StatusObject;
+
+use keyward_store::{
+    now_millis, AuditDraft, AuditEntry, AuditHead, ChainReport, CredStatus, CredentialRecord, Expect, Millis, Op,
+    Store, StoreError, TenantRecord,
+};
+
+/// A decrypted credential, shared by the cache and in-flight requests.
+pub struct Credential {
+    /// Owner.
+    pub tenant: TenantId,
+    /// Provider name.
+    pub provider: String,
+    /// Record version.
+    pub version: u64,
+    /// Status when loaded.
+    pub status: CredStatus,
+    /// Non-secret fields.
+    pub public: BTreeMap<String, Value>,
+    secrets: BTreeMap<String, Secret>,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("tenant", &self.tenant)
+            .field("provider", &self.provider)
+            .field("version", &self.version)
+            .field("status", &self.status)
+            .field("secret_fields", &self.secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Credential {
+    /// A credential that is not stored: fields checked live before they are saved
+    /// (`?verify=true`).
+    pub fn ephemeral(tenant: TenantId, provider: &str, parsed: keyward_core::providers::ParsedFields) -> Credential {
+        Credential {
+            tenant,
+            provider: provider.to_string(),
+            version: 0,
+            status: parsed.status.unwrap_or(CredStatus::Active),
+            public: parsed.public,
+            secrets: parsed.secrets,
+        }
+    }
+
+    /// The fields back, to store a credential checked with [`Credential::ephemeral`].
+    pub fn into_parsed(self) -> keyward_core::providers::ParsedFields {
+        keyward_core::providers::ParsedFields {
+            public: self.public,
+            secrets: self.secrets,
+            warnings: vec![],
+            status: Some(self.status),
+        }
+    }
+
+    /// A secret field.
+    pub fn secret(&self, name: &str) -> Option<&Secret> {
+        self.secrets.get(name)
+    }
+
+    /// A public string field.
+    pub fn public_str(&self, name: &str) -> Option<&str> {
+        self.public.get(name).and_then(Value::as_str)
+    }
+}
+
+/// Credential-layer failures; each has a public code ([`CredError::code`]), and `error.rs`
+/// gives them their HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum CredError {
+    /// The provider is not built in nor declared in config.
+    #[error("unknown provider \"{0}\"; use one of {1}")]
+    UnknownProvider(String, String),
+    /// The fields do not fit the provider's schema.
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// No such credential.
+    #[error("tenant {tenant} has no {provider} credential")]
+    NotFound {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        provider: String,
+    },
+    /// The credential is soft-deleted.
+    #[error("the {provider} credential of tenant {tenant} was deleted at {deleted_at}; restore it before {purge_after} with `keyward cred restore {tenant} {provider}`")]
+    Deleted {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        provider: String,
+        /// When.
+        deleted_at: String,
+        /// Purge time.
+        purge_after: String,
+    },
+    /// Restore of a credential that is not deleted.
+    #[error("the {provider} credential of tenant {tenant} is not deleted; nothing to restore")]
+    NotDeleted {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        provider: String,
+    },
+    /// Stored but unusable until completed (e.g. Google without a refresh token).
+    #[error("the {provider} credential of tenant {tenant} is inactive: {reason}")]
+    Inactive {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        provider: String,
+        /// Why.
+        reason: String,
+    },
+    /// The provider rejected it.
+    #[error("the {provider} credential of tenant {tenant} was revoked by the provider; store a new one")]
+    Revoked {
+        /// Tenant.
+        tenant: String,
+        /// Provider.
+        provider: String,
+    },
+    /// Persistence failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Crypto failed (wrong key, tampered record).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+}
+
+impl CredError {
+    /// The public error code (CONTRACT.md §6), also the `result` of a refused audit entry.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CredError::UnknownProvider(..) => "unknown_provider",
+            CredError::Invalid(_) => "invalid_credential",
+            CredError::NotFound { .. } | CredError::Deleted { .. } => "no_credential",
+            CredError::NotDeleted { .. } => "conflict",
+            CredError::Inactive { .. } => "credential_inactive",
+            CredError::Revoked { .. } => "credential_revoked",
+            CredError::Store(s) => s.code(),
+            CredError::Vault(_) => "internal",
+        }
+    }
+}
+
+type CacheKey = (String, String);
+
+/// The credential service.
+pub struct Credentials {
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    providers: RwLock<Arc<Providers>>,
+    cache: RwLock<HashMap<CacheKey, Arc<Credential>>>,
+    deks: RwLock<HashMap<String, Arc<DataKey>>>,
+    generation: AtomicU64,
+    // Admin writes are rare; serialising them keeps version numbering simple. The store's
+    // preconditions still protect against writers in other processes (fleet mode).
+    write_lock: tokio::sync::Mutex<()>,
+    retention: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    capacity: usize,
+    audit_seq: AtomicU64,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("store", &self.store).field("keyring", &self.keyring).finish()
+    }
+}
+
+const META_KEYCHECK: &str = "keycheck";
+
+fn draft(
+    actor: &str,
+    action: &str,
+    tenant: Option<&str>,
+    provider: Option<&str>,
+    target: Option<String>,
+) -> AuditDraft {
+    AuditDraft {
+        actor: actor.to_string(),
+        action: action.to_string(),
+        tenant: tenant.map(str::to_string),
+        provider: provider.map(str::to_string),
+        target,
+        result: "ok".to_string(),
+    }
+}
+
+impl Credentials {
+    /// Joins a store and a keyring. Checks that the keyring opens this store (a wrong master
+    /// key is refused before anything is written) and records the check value on first use.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        providers: Providers,
+        retention: Duration,
+    ) -> Result<Credentials, CredError> {
+        let mut store_head = store.audit_head().await?.seq;
+        match store.get_meta(META_KEYCHECK).await? {
+            Some(check) => keyring.open_check(&check)?,
+            None => {
+                let value = keyring.seal_check()?;
+                let mut d = draft("keyward", "store.init", None, None, Some(keyring.active_id().to_string()));
+                d.target = Some(format!("master-key:{}", keyring.active_id()));
+                store_head = store.commit(vec![Op::PutMeta { key: META_KEYCHECK.into(), value }], d).await?.seq;
+            }
+        }
+        Ok(Credentials {
+            store,
+            keyring,
+            providers: RwLock::new(Arc::new(providers)),
+            cache: RwLock::new(HashMap::new()),
+            deks: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            write_lock: tokio::sync::Mutex::new(()),
+            retention,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            capacity: DEFAULT_CACHE_ENTRIES,
+            audit_seq: AtomicU64::new(store_head),
+        })
+    }
+
+    /// Sets how many decrypted credentials (and tenant keys) stay in memory.
+    pub fn with_cache_entries(mut self, n: usize) -> Self {
+        self.capacity = n.max(1);
+        self
+    }
+
+    /// Commits through the store and tracks the audit chain's length.
+    async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let entry = self.store.commit(ops, audit).await?;
+        self.audit_seq.fetch_max(entry.seq, Ordering::Relaxed);
+        Ok(entry)
+    }
+
+    /// Entries in the audit chain (as of this process's last commit).
+    pub fn audit_length(&self) -> u64 {
+        self.audit_seq.load(Ordering::Relaxed)
+    }
+
+    /// The providers currently configured.
+    pub fn providers(&self) -> Arc<Providers> {
+        self.providers.read().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the provider set (config reload).
+    pub fn set_providers(&self, providers: Providers) {
+        if let Ok(mut p) = self.providers.write() {
+            *p = Arc::new(providers);
+        }
+        self.invalidate_all();
+    }
+
+    /// The store (for readiness checks and metrics).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Active master key id.
+    pub fn active_key_id(&self) -> KeyId {
+        self.keyring.active_id()
+    }
+
+    /// (hits, misses) of the cache since start.
+    pub fn cache_stats(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
+
+    fn check_provider(&self, provider: &str) -> Result<(), CredError> {
+        let providers = self.providers();
+        if providers.get(provider).is_some() {
+            Ok(())
+        } else {
+            Err(CredError::UnknownProvider(provider.to_string(), providers.names().collect::<Vec<_>>().join(", ")))
+        }
+    }
+}
+
+impl keyward_core::providers::FieldSource for Credential {
+    fn secret_field(&self, name: &str) -> Option<&Secret> {
+        self.secret(name)
+    }
+
+    fn public_field(&self, name: &str) -> Option<&str> {
+        self.public_str(name)
+    }
+}
+
+impl crate::metrics::DerivedSource for Credentials {
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
+        let (hits, misses) = self.cache_stats();
+        vec![
+            ("keyward_credential_cache_hits", "Credential lookups answered from memory", true, hits),
+            ("keyward_credential_cache_misses", "Credential lookups that read and opened the store", true, misses),
+            ("keyward_audit_chain_length", "Entries in the hash-chained audit log", false, self.audit_length()),
+        ]
+    }
+}

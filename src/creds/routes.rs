@@ -1,0 +1,41 @@
+//! Webhook routes (a provider's id to the tenant that owns it). Writes go through the one
+//! audited commit like every other mutation.
+
+use super::*;
+
+impl Credentials {
+    /// Maps a route to a tenant. `keep_other_owner` refuses to move a route another tenant
+    /// owns (automatic discovery); operators may move routes explicitly.
+    pub async fn put_route(
+        &self,
+        actor: &str,
+        kind: &RouteKind,
+        id: &RouteId,
+        tenant: &TenantId,
+        keep_other_owner: bool,
+    ) -> Result<(), CredError> {
+        let op =
+            Op::PutRoute { kind: kind.to_string(), id: id.to_string(), tenant: tenant.to_string(), keep_other_owner };
+        self.store
+            .commit(vec![op], draft(actor, "route.put", Some(tenant.as_str()), None, Some(format!("{kind}/{id}"))))
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant a route points at: one store lookup, O(1) in the number of routes.
+    pub async fn route(&self, kind: &str, id: &str) -> Result<Option<TenantId>, CredError> {
+        Ok(self.store.get_route(kind, id).await?.and_then(|t| TenantId::parse(&t).ok()))
+    }
+
+    /// Removes a route; false when there was none.
+    pub async fn delete_route(&self, actor: &str, kind: &RouteKind, id: &RouteId) -> Result<bool, CredError> {
+        let Some(owner) = self.store.get_route(kind.as_str(), id.as_str()).await? else {
+            return Ok(false);
+        };
+        let op = Op::DeleteRoute { kind: kind.to_string(), id: id.to_string() };
+        self.store
+            .commit(vec![op], draft(actor, "route.delete", Some(&owner), None, Some(format!("{kind}/{id}"))))
+            .await?;
+        Ok(true)
+    }
+}
