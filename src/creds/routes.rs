@@ -16,8 +16,7 @@ impl Credentials {
     ) -> Result<(), CredError> {
         let op =
             Op::PutRoute { kind: kind.to_string(), id: id.to_string(), tenant: tenant.to_string(), keep_other_owner };
-        self.store
-            .commit(vec![op], draft(actor, "route.put", Some(tenant.as_str()), None, Some(format!("{kind}/{id}"))))
+        self.commit(vec![op], draft(actor, "route.put", Some(tenant.as_str()), None, Some(format!("{kind}/{id}"))))
             .await?;
         Ok(())
     }
@@ -33,9 +32,35 @@ impl Credentials {
             return Ok(false);
         };
         let op = Op::DeleteRoute { kind: kind.to_string(), id: id.to_string() };
-        self.store
-            .commit(vec![op], draft(actor, "route.delete", Some(&owner), None, Some(format!("{kind}/{id}"))))
-            .await?;
+        self.commit(vec![op], draft(actor, "route.delete", Some(&owner), None, Some(format!("{kind}/{id}")))).await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_core::secret::KeyBytes;
+    use keyward_store::SledStore;
+
+    async fn creds(dir: &std::path::Path) -> Credentials {
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db")).unwrap());
+        let keyring = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
+        Credentials::open(store, keyring, Providers::default_builtin(), Duration::from_secs(60)).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn route_writes_go_through_the_one_commit_so_the_chain_length_keeps_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = creds(dir.path()).await;
+        let (kind, id, tenant) = (
+            RouteKind::parse("vapi-assistant").unwrap(),
+            RouteId::parse("asst_1").unwrap(),
+            TenantId::parse("acme").unwrap(),
+        );
+        c.put_route("test", &kind, &id, &tenant, false).await.unwrap();
+        assert_eq!(c.audit_length(), c.store().audit_head().await.unwrap().seq, "after route.put");
+        assert!(c.delete_route("test", &kind, &id).await.unwrap());
+        assert_eq!(c.audit_length(), c.store().audit_head().await.unwrap().seq, "after route.delete");
     }
 }
