@@ -25,7 +25,7 @@ use crate::proxy::{self, ProxyState};
 use crate::shutdown::Shutdown;
 use crate::telemetry::LogHandle;
 use crate::tls::TlsError;
-use crate::vault::{Keyring, VaultError};
+use crate::vault::{KeyId, Keyring, VaultError};
 use crate::webhook::{self, AppClient, ReplayCache, WebhookState};
 use keyward_core::providers::Providers;
 use keyward_store::{PgStore, PgTarget, SledStore, Store, StoreError};
@@ -39,9 +39,21 @@ pub enum StartError {
     /// Store problems.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The key does not open the store, or similar.
+    /// The store was sealed under a master key that is not configured.
+    #[error("the store was sealed under master key {0}, which is not loaded: configure that key as master_key (or list it in master_key.previous); nothing was changed")]
+    MasterKeyNotLoaded(KeyId),
+    /// The configured master key fails the store's check value.
+    #[error("the loaded master key does not open this store (check value sealed under key {0} fails to open): wrong key file? nothing was changed")]
+    WrongMasterKey(KeyId),
+    /// The PostgreSQL URL or password source is unusable.
     #[error("{0}")]
-    Credentials(String),
+    PostgresSettings(String),
+    /// The server task panicked or was cancelled.
+    #[error("the server task failed: {0}")]
+    Crashed(String),
+    /// Opening the credential service failed otherwise.
+    #[error(transparent)]
+    Credentials(CredError),
     /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -61,13 +73,9 @@ pub enum StartError {
 impl From<CredError> for StartError {
     fn from(e: CredError) -> Self {
         match e {
-            CredError::Vault(VaultError::UnknownKey(id)) => StartError::Credentials(format!(
-                "the store was sealed under master key {id}, which is not loaded: configure that key as master_key (or list it in master_key.previous); nothing was changed"
-            )),
-            CredError::Vault(VaultError::Integrity(id)) => StartError::Credentials(format!(
-                "the loaded master key does not open this store (check value sealed under key {id} fails to open): wrong key file? nothing was changed"
-            )),
-            other => StartError::Credentials(other.to_string()),
+            CredError::Vault(VaultError::UnknownKey(id)) => StartError::MasterKeyNotLoaded(id),
+            CredError::Vault(VaultError::Integrity(id)) => StartError::WrongMasterKey(id),
+            other => StartError::Credentials(other),
         }
     }
 }
@@ -116,7 +124,8 @@ fn read_private_file(path: &std::path::Path) -> Result<Zeroizing<String>, String
 
 /// [`read_private_file`] for a store password.
 fn read_secret_file(path: &std::path::Path, what: &str) -> Result<zeroize::Zeroizing<String>, StartError> {
-    read_private_file(path).map_err(|reason| StartError::Credentials(format!("{what} {}: {reason}", path.display())))
+    read_private_file(path)
+        .map_err(|reason| StartError::PostgresSettings(format!("{what} {}: {reason}", path.display())))
 }
 
 /// Connection settings for tools (`keyward store migrate`).
@@ -127,7 +136,7 @@ pub fn pg_target_for_tools(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarge
 /// Connection settings for PostgreSQL, with the password from its file or credential.
 fn pg_target(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError> {
     let mut config: tokio_postgres::Config =
-        pg.url.parse().map_err(|e| StartError::Credentials(format!("store.url is not a PostgreSQL URL: {e}")))?;
+        pg.url.parse().map_err(|e| StartError::PostgresSettings(format!("store.url is not a PostgreSQL URL: {e}")))?;
     match &pg.password {
         PasswordSource::None => {}
         PasswordSource::File(p) => {
@@ -135,7 +144,7 @@ fn pg_target(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError>
         }
         PasswordSource::Credential(name) => {
             let dir = env.var("CREDENTIALS_DIRECTORY").ok_or_else(|| {
-                StartError::Credentials(format!(
+                StartError::PostgresSettings(format!(
                     "store.password_credential = \"{name}\" needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=)"
                 ))
             })?;
@@ -517,6 +526,6 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
     }
     match run.await {
         Ok(r) => r,
-        Err(e) => Err(StartError::Credentials(format!("the server task failed: {e}"))),
+        Err(e) => Err(StartError::Crashed(e.to_string())),
     }
 }

@@ -59,15 +59,16 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot read {}: {e}", body_file.display())),
             };
             let now = now.unwrap_or_else(keyward_core::time::now_secs);
-            let delivery = keyward::webhook::offline::OfflineDelivery {
-                provider: &provider,
-                url: &url,
-                method: &method,
-                headers: &headers,
-                body: &body,
-                now,
+            let headers = match keyward::webhook::offline::header_map(&headers) {
+                Ok(h) => h,
+                Err(why) => {
+                    println!("invalid: {why}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
             };
-            match keyward::webhook::offline::verify_offline(&providers, &secret, delivery) {
+            let delivery =
+                keyward_core::providers::Delivery { method: &method, url: &url, headers: &headers, body: &body, now };
+            match keyward::webhook::offline::verify_offline(&providers, &provider, &secret, &delivery) {
                 Ok(()) => {
                     println!("valid");
                     ExitCode::SUCCESS

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Backend, Config, Env};
-use keyward_store::{ChainVerifier, Imported, Store};
+use keyward_store::{Imported, Store};
 
 async fn open(cfg: &Config, env: &dyn Env) -> Result<Arc<dyn Store>> {
     Ok(match &cfg.store.backend {
@@ -102,18 +102,8 @@ pub async fn migrate(from: &Config, to: &Config, env: &dyn Env) -> Result<Copied
     bar.finish_and_clear();
 
     // The copy must verify on its own.
+    let report = keyward_store::verify_store(&*dst).await?;
     let head = dst.audit_head().await?;
-    let mut v = ChainVerifier::default();
-    let mut after = 0;
-    loop {
-        let page = dst.audit_range(after, 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        if !page.iter().all(|e| v.push(e)) {
-            break;
-        }
-    }
-    let report = v.finish(&head);
     if !report.ok {
         bail!("the target's audit chain does not verify: {}", report.problem.unwrap_or_default());
     }

@@ -446,14 +446,15 @@ fn every_sdk_vector_gives_the_expected_verdict() {
             .iter()
             .map(|(k, val)| format!("{k}: {}", val.as_str().unwrap()))
             .collect();
+        let header_map = keyward::webhook::offline::header_map(&headers).unwrap();
         let got = keyward::webhook::offline::verify_offline(
             &providers,
+            v["provider"].as_str().unwrap(),
             v["secret"].as_str().unwrap().as_bytes(),
-            keyward::webhook::offline::OfflineDelivery {
-                provider: v["provider"].as_str().unwrap(),
+            &keyward::providers::Delivery {
                 url: v["url"].as_str().unwrap(),
                 method: v["method"].as_str().unwrap(),
-                headers: &headers,
+                headers: &header_map,
                 body: v["body"].as_str().unwrap().as_bytes(),
                 now: v["now"].as_u64().unwrap(),
             },

@@ -41,17 +41,6 @@ impl Credentials {
 
     /// Walks the whole audit chain.
     pub async fn audit_verify(&self) -> Result<ChainReport, CredError> {
-        let head = self.store.audit_head().await?;
-        let mut v = keyward_store::ChainVerifier::default();
-        let mut after = 0;
-        loop {
-            let page = self.store.audit_range(after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            if !page.iter().all(|e| v.push(e)) {
-                break;
-            }
-        }
-        Ok(v.finish(&head))
+        Ok(keyward_store::verify_store(&*self.store).await?)
     }
 }

@@ -23,6 +23,7 @@ use zeroize::Zeroizing;
 
 use crate::creds::{CredError, Credentials};
 use keyward_core::ids::TenantId;
+use keyward_core::providers::outbound::literal_url;
 use keyward_core::providers::FieldSource;
 use keyward_core::secret::Secret;
 use keyward_store::CredStatus;
@@ -41,19 +42,13 @@ pub struct Endpoints {
 impl Endpoints {
     /// Google's endpoints, with config overrides.
     pub fn from_config(ov: Option<&keyward_core::providers::config::BuiltinOverride>) -> Endpoints {
-        let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| fixed(d));
+        let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| literal_url(d));
         Endpoints {
             token: pick(ov.and_then(|o| o.token_url.as_ref()), "https://oauth2.googleapis.com/token"),
             auth: pick(ov.and_then(|o| o.auth_url.as_ref()), "https://accounts.google.com/o/oauth2/v2/auth"),
             revoke: pick(ov.and_then(|o| o.revoke_url.as_ref()), "https://oauth2.googleapis.com/revoke"),
         }
     }
-}
-
-// Invariant: called only with the URL literals above, which parse.
-#[allow(clippy::expect_used)]
-fn fixed(s: &str) -> Url {
-    Url::parse(s).expect("a literal Google endpoint parses")
 }
 
 /// Seconds before expiry at which a token is refreshed (google-auth's REFRESH_THRESHOLD).

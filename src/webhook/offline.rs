@@ -8,34 +8,10 @@ use zeroize::Zeroizing;
 use keyward_core::providers::inbound::Delivery;
 use keyward_core::providers::Providers;
 
-/// One delivery as the operator describes it on the command line.
-#[derive(Debug, Clone, Copy)]
-pub struct OfflineDelivery<'a> {
-    /// Provider name.
-    pub provider: &'a str,
-    /// The URL the provider called.
-    pub url: &'a str,
-    /// HTTP method.
-    pub method: &'a str,
-    /// `Name: value` lines.
-    pub headers: &'a [String],
-    /// Raw body.
-    pub body: &'a [u8],
-    /// Unix seconds to verify at.
-    pub now: u64,
-}
-
-/// `Ok` for a valid delivery, else `<code>: <detail>`.
-pub fn verify_offline(providers: &Providers, secret_file_content: &[u8], o: OfflineDelivery<'_>) -> Result<(), String> {
-    let OfflineDelivery { provider, url, method, headers, body, now } = o;
-    let def = providers
-        .get(provider)
-        .ok_or_else(|| format!("unknown_provider: no provider {provider} (generic providers need --config)"))?;
-    if !def.has_webhooks() {
-        return Err(format!("no_credential: provider {provider} has no webhook scheme"));
-    }
+/// `Name: value` lines from the command line as a header map.
+pub fn header_map(lines: &[String]) -> Result<HeaderMap, String> {
     let mut h = HeaderMap::new();
-    for line in headers {
+    for line in lines {
         let (k, v) =
             line.split_once(':').ok_or_else(|| format!("bad_request: --header {line:?} is not 'Name: value'"))?;
         let name = HeaderName::from_bytes(k.trim().as_bytes())
@@ -44,13 +20,28 @@ pub fn verify_offline(providers: &Providers, secret_file_content: &[u8], o: Offl
             .map_err(|_| format!("bad_request: the value of {k} is not a valid header value"))?;
         h.append(name, value);
     }
+    Ok(h)
+}
+
+/// `Ok` for a valid delivery to `provider`, else `<code>: <detail>`.
+pub fn verify_offline(
+    providers: &Providers,
+    provider: &str,
+    secret_file_content: &[u8],
+    d: &Delivery<'_>,
+) -> Result<(), String> {
+    let def = providers
+        .get(provider)
+        .ok_or_else(|| format!("unknown_provider: no provider {provider} (generic providers need --config)"))?;
+    if !def.has_webhooks() {
+        return Err(format!("no_credential: provider {provider} has no webhook scheme"));
+    }
     // One trailing LF or CRLF is not part of the key.
     let trimmed = secret_file_content
         .strip_suffix(b"\r\n")
         .or_else(|| secret_file_content.strip_suffix(b"\n"))
         .unwrap_or(secret_file_content);
     let key = Zeroizing::new(trimmed.to_vec());
-    let d = Delivery { method, url, headers: &h, body, now };
-    let keys = def.rules().offline_keys(&key[..], &h);
-    def.verify_delivery(&d, &keys).map(|_| ()).map_err(|r| format!("{}: {}", r.code(), r.detail()))
+    let keys = def.rules().offline_keys(&key[..], d.headers);
+    def.verify_delivery(d, &keys).map(|_| ()).map_err(|r| format!("{}: {}", r.code(), r.detail()))
 }

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{AuditDraft, AuditEntry, AuditHead, Millis};
+use super::{AuditDraft, AuditEntry, AuditHead, Millis, Store, StoreError};
 
 /// The `prev` of the first entry.
 pub(crate) const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -137,6 +137,23 @@ pub fn verify_chain(entries: &[AuditEntry], head: &AuditHead) -> ChainReport {
         }
     }
     v.finish(head)
+}
+
+/// Walks a store's whole audit chain page by page and checks it against the stored head:
+/// the one walk behind `keyward audit verify` and the check after `store migrate`.
+pub async fn verify_store(store: &dyn Store) -> Result<ChainReport, StoreError> {
+    let head = store.audit_head().await?;
+    let mut v = ChainVerifier::default();
+    let mut after = 0;
+    loop {
+        let page = store.audit_range(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        if !page.iter().all(|e| v.push(e)) {
+            break;
+        }
+    }
+    Ok(v.finish(&head))
 }
 
 #[cfg(test)]

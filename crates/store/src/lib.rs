@@ -11,7 +11,7 @@ mod audit;
 pub mod pg;
 mod sled_store;
 
-pub use audit::{verify_chain, ChainReport, ChainVerifier};
+pub use audit::{verify_chain, verify_store, ChainReport, ChainVerifier};
 pub use pg::{PgStore, PgTarget};
 pub use sled_store::SledStore;
 

@@ -11,7 +11,7 @@ use super::discovery::{Listing, Page};
 use super::fields::{one_of, FieldDef, Rule, Schema};
 use super::inbound::{stripe_style, Accepted, Delivery, Reject, StripeStyle};
 use super::outbound::{
-    exact, need, parse_fixed, sensitive, url_host_rule, FieldSource, HostRule, Injection, OutboundError,
+    exact, literal_url, need, sensitive, url_host_rule, FieldSource, HostRule, Injection, OutboundError,
 };
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
@@ -50,7 +50,7 @@ impl Provider for ElevenLabs {
     }
 
     fn default_base_url(&self, region: &str) -> Url {
-        parse_fixed(REGIONS.iter().find(|(r, _)| *r == region).map_or(REGIONS[0].1, |(_, u)| u))
+        literal_url(REGIONS.iter().find(|(r, _)| *r == region).map_or(REGIONS[0].1, |(_, u)| u))
     }
 
     fn hosts(&self) -> Vec<HostRule> {

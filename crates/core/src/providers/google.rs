@@ -5,7 +5,7 @@
 use url::Url;
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
-use super::outbound::{bearer_value, exact, parse_fixed, FieldSource, HostRule, Injection, OutboundError};
+use super::outbound::{bearer_value, exact, literal_url, FieldSource, HostRule, Injection, OutboundError};
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
 use crate::status::CredStatus;
@@ -24,7 +24,7 @@ impl Provider for Google {
     }
 
     fn default_base_url(&self, _region: &str) -> Url {
-        parse_fixed("https://www.googleapis.com")
+        literal_url("https://www.googleapis.com")
     }
 
     fn hosts(&self) -> Vec<HostRule> {

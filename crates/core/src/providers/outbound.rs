@@ -102,11 +102,14 @@ pub(crate) fn url_host_rule(u: &Url) -> Option<HostRule> {
     Some(HostRule::Exact(u.host_str()?.to_ascii_lowercase(), u.port_or_known_default()?))
 }
 
-// Invariant: only called with the URL literals of the provider files, each exercised by
-// the unit tests below, so parsing cannot fail at run time.
+/// A URL written as a literal in keyward's source (provider base URLs, Google's OAuth
+/// endpoints).
+// Invariant: only called with literals, each exercised by a unit test (the registry test
+// parses every provider's base URL in every region; oauth's tests use its endpoints), so
+// parsing cannot fail at run time.
 #[allow(clippy::expect_used)]
-pub(crate) fn parse_fixed(s: &str) -> Url {
-    Url::parse(s).expect("a literal base URL parses")
+pub fn literal_url(s: &str) -> Url {
+    Url::parse(s).expect("a literal URL parses")
 }
 
 impl ProviderDef {

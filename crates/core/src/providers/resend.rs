@@ -7,7 +7,7 @@ use url::Url;
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
 use super::inbound::{standard_webhooks, Accepted, Delivery, Reject};
-use super::outbound::{bearer, exact, parse_fixed, FieldSource, HostRule, Injection, OutboundError};
+use super::outbound::{bearer, exact, literal_url, FieldSource, HostRule, Injection, OutboundError};
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
 
@@ -25,7 +25,7 @@ impl Provider for Resend {
     }
 
     fn default_base_url(&self, _region: &str) -> Url {
-        parse_fixed("https://api.resend.com")
+        literal_url("https://api.resend.com")
     }
 
     fn hosts(&self) -> Vec<HostRule> {

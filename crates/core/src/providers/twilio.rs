@@ -7,7 +7,7 @@ use url::Url;
 
 use super::discovery::{Listing, Page};
 use super::fields::{prefixed_hex, FieldDef, ParsedFields, Rule, Schema};
-use super::outbound::{parse_fixed, HostRule};
+use super::outbound::{literal_url, HostRule};
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
 
@@ -25,7 +25,7 @@ impl Provider for Twilio {
     }
 
     fn default_base_url(&self, _region: &str) -> Url {
-        parse_fixed("https://api.twilio.com")
+        literal_url("https://api.twilio.com")
     }
 
     fn hosts(&self) -> Vec<HostRule> {

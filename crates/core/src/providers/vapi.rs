@@ -8,7 +8,7 @@ use url::Url;
 
 use super::discovery::{Listing, Page};
 use super::fields::{one_of, FieldDef, Rule, Schema};
-use super::outbound::{bearer, exact, parse_fixed, FieldSource, HostRule, Injection, OutboundError};
+use super::outbound::{bearer, exact, literal_url, FieldSource, HostRule, Injection, OutboundError};
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
 
@@ -29,7 +29,7 @@ impl Provider for Vapi {
     }
 
     fn default_base_url(&self, region: &str) -> Url {
-        parse_fixed(if region == "eu" { EU } else { US })
+        literal_url(if region == "eu" { EU } else { US })
     }
 
     fn hosts(&self) -> Vec<HostRule> {
