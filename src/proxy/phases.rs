@@ -1,0 +1,369 @@
+//! One app request as named phases (pingora's `ProxyHttp` is the model):
+//! [`authorize`] (client policy, rate limit) → [`resolve`] (the tenant's credential) →
+//! [`build`] (where it goes, the injection, the upstream request) → [`send`] (with the
+//! token-refresh retry) → [`respond`] (hop-by-hop hygiene and scrubbing, or the WebSocket
+//! tunnel). Each phase returns a typed value the next one takes, so a phase cannot be
+//! skipped and each can be tested alone.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use zeroize::Zeroizing;
+
+use super::{is_websocket, scrub, ProxyState, CLIENT_CREDENTIALS};
+use crate::creds::{CredError, Credential};
+use crate::error::PublicError;
+use crate::http::target::Target;
+use crate::http::{headers, BoxError, ProxyBody};
+use crate::listen::Peer;
+use keyward_core::providers::Injection;
+
+/// Byte strings that must not reach the app in a response.
+type ScrubList = Vec<Zeroizing<Vec<u8>>>;
+
+/// Client policy, then the tenant's rate limit for the provider.
+pub(super) fn authorize(state: &ProxyState, peer: &Peer, target: &Target) -> Result<(), PublicError> {
+    let pname = target.provider.name.as_str();
+    if !state.policy().allows(peer, &target.tenant, pname) {
+        return Err(PublicError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_not_allowed",
+            format!("this client may not use {pname} for tenant {}", target.tenant),
+        ));
+    }
+    if let Some(limit) = target.provider.rate_limit() {
+        state.limiter.check(&target.tenant, pname, limit).map_err(PublicError::rate_limited)?;
+    }
+    Ok(())
+}
+
+/// The tenant's credential for the provider; a tenant keyward has never seen is
+/// `unknown_tenant` rather than `no_credential`.
+pub(super) async fn resolve(state: &ProxyState, target: &Target) -> Result<Arc<Credential>, PublicError> {
+    match state.creds.resolve(&target.tenant, target.provider.name.as_str()).await {
+        Ok(c) => Ok(c),
+        Err(CredError::NotFound { .. }) if !state.creds.tenant_exists(&target.tenant).await? => Err(PublicError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("keyward has no tenant {}", target.tenant),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Where a call goes: scheme, host (lower case), port and the base URL's path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Destination {
+    scheme: String,
+    host: String,
+    port: u16,
+    prefix: String,
+}
+
+impl Destination {
+    /// The absolute-form authority the app named, else the provider's base URL for this
+    /// credential.
+    fn of(target: &Target, cred: &Credential) -> Destination {
+        match &target.authority {
+            Some((h, p)) => Destination { scheme: "https".into(), host: h.clone(), port: *p, prefix: String::new() },
+            None => {
+                let base = target.provider.base_url(Some(cred));
+                Destination {
+                    scheme: base.scheme().to_string(),
+                    host: base.host_str().unwrap_or_default().to_ascii_lowercase(),
+                    port: base.port_or_known_default().unwrap_or(443),
+                    prefix: base.path().trim_end_matches('/').to_string(),
+                }
+            }
+        }
+    }
+
+    /// The upstream URI for `path` and `query` (as received), with the injection's path
+    /// rewrite and query parameter applied.
+    fn uri(&self, path: &str, query: Option<&str>, injection: &Injection) -> Result<Uri, PublicError> {
+        let path = injection.path.as_deref().unwrap_or(path);
+        let mut query = query.unwrap_or_default().to_string();
+        if let Some((name, value)) = &injection.query {
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(&url::form_urlencoded::Serializer::new(String::new()).append_pair(name, value).finish());
+        }
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        let host_part = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        let authority = if self.port == default_port { host_part } else { format!("{host_part}:{}", self.port) };
+        let prefix = &self.prefix;
+        let pq = if query.is_empty() { format!("{prefix}{path}") } else { format!("{prefix}{path}?{query}") };
+        format!("{}://{authority}{pq}", self.scheme)
+            .parse()
+            .map_err(|_| PublicError::bad_request("the request path or query cannot be forwarded (invalid characters)"))
+    }
+}
+
+/// The app's headers as the provider gets them: hop-by-hop, client credentials, `Keyward-*`,
+/// `Host` and anything the injection sets are dropped; `TE: trailers` is kept; a WebSocket
+/// upgrade is restated; the injection is added.
+pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, websocket: bool) -> HeaderMap {
+    let listed = headers::connection_listed(from_app);
+    let injected: Vec<&HeaderName> = injection.headers.iter().map(|(n, _)| n).collect();
+    let mut out = HeaderMap::with_capacity(from_app.len() + 2);
+    for (name, value) in from_app {
+        let n = name.as_str();
+        if headers::is_hop_by_hop(n)
+            || CLIENT_CREDENTIALS.contains(&n)
+            || n.starts_with("keyward-")
+            || name == header::HOST
+            || listed.iter().any(|l| l == n)
+            || injected.contains(&name)
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    if let Some(te) = from_app.get(header::TE) {
+        if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            out.insert(header::TE, te.clone());
+        }
+    }
+    if websocket {
+        out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    for (n, v) in injection.headers {
+        out.insert(n, v);
+    }
+    out
+}
+
+/// What [`build`] hands to [`send`].
+pub(super) struct Prepared {
+    request: Request<ProxyBody>,
+    /// A copy for one retry with a fresh access token, when the request can be replayed.
+    retry: Option<(Method, Uri, HeaderMap)>,
+    /// The app side of a WebSocket upgrade.
+    client_upgrade: Option<OnUpgrade>,
+    scrub: ScrubList,
+}
+
+/// Checks the destination against the credential's hosts, injects and builds the
+/// upstream request.
+pub(super) async fn build(
+    state: &ProxyState,
+    target: &Target,
+    cred: &Credential,
+    mut req: Request<Incoming>,
+) -> Result<Prepared, PublicError> {
+    let provider = &target.provider;
+    let dest = Destination::of(target, cred);
+    if !provider.allows(cred, &dest.host, dest.port) {
+        return Err(PublicError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "{}:{} is not a host this tenant's {} credential may be sent to",
+                dest.host, dest.port, provider.name
+            ),
+        ));
+    }
+    let token = match &state.tokens {
+        Some(src) if provider.uses_access_token() => Some(src.token(&target.tenant).await?),
+        _ => None,
+    };
+    let mut injection = provider.inject(cred, &target.path, token.as_ref())?;
+    let uri = dest.uri(&target.path, target.query.as_deref(), &injection)?;
+    let scrub = std::mem::take(&mut injection.scrub);
+    let websocket = is_websocket(&req);
+    let headers = upstream_headers(req.headers(), injection, websocket);
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let retry = (provider.uses_access_token() && replayable(&parts.method, &parts.headers))
+        .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+    let mut request = Request::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    // The upstream connection negotiates its own HTTP version (ALPN).
+    Ok(Prepared { request, retry, client_upgrade, scrub })
+}
+
+/// Idempotent and without a body: safe to send twice, nothing to buffer.
+fn replayable(method: &Method, h: &HeaderMap) -> bool {
+    let bodiless = !h.contains_key(header::TRANSFER_ENCODING)
+        && h.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+    bodiless && matches!(*method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS)
+}
+
+/// What [`send`] hands to [`respond`].
+pub(super) struct Sent {
+    response: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+    scrub: ScrubList,
+}
+
+/// Sends the request; a token-managed provider's 401 gets one retry with a fresh token.
+pub(super) async fn send(
+    state: &ProxyState,
+    target: &Target,
+    cred: &Credential,
+    p: Prepared,
+) -> Result<Sent, PublicError> {
+    let Prepared { request, retry, client_upgrade, mut scrub } = p;
+    let websocket = client_upgrade.is_some();
+    let started = Instant::now();
+    let mut response = state.upstream.send(request, websocket).await?;
+    state
+        .metrics
+        .upstream_latency
+        .get_or_create(&crate::metrics::ProviderLabels { provider: target.provider.name.to_string() })
+        .observe(started.elapsed().as_secs_f64());
+    if let (StatusCode::UNAUTHORIZED, Some(retry)) = (response.status(), retry) {
+        if let Some(again) = retry_with_fresh_token(state, target, cred, retry, &mut scrub).await? {
+            response = again;
+        }
+    }
+    Ok(Sent { response, client_upgrade, scrub })
+}
+
+/// Google: a 401 may mean the access token was revoked early. Forget it, get a fresh one
+/// and send the request once more (it was replayable: idempotent, no body).
+async fn retry_with_fresh_token(
+    state: &ProxyState,
+    target: &Target,
+    cred: &Credential,
+    (method, uri, mut headers): (Method, Uri, HeaderMap),
+    scrub: &mut ScrubList,
+) -> Result<Option<Response<Incoming>>, PublicError> {
+    let Some(tokens) = &state.tokens else { return Ok(None) };
+    tokens.invalidate(&target.tenant).await;
+    let fresh = tokens.token(&target.tenant).await?;
+    let again = target.provider.inject(cred, &target.path, Some(&fresh))?;
+    scrub.extend(again.scrub);
+    for (n, v) in again.headers {
+        headers.insert(n, v);
+    }
+    let mut request =
+        Request::new(http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    tracing::info!(tenant = %target.tenant, "Google answered 401; retrying once with a fresh access token");
+    Ok(Some(state.upstream.send(request, false).await?))
+}
+
+/// The provider's answer as the app gets it: a WebSocket tunnel when the upgrade was
+/// accepted, else the response with hop-by-hop headers dropped and the credential
+/// scrubbed from headers and (text) body.
+pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
+    let Sent { mut response, client_upgrade, scrub } = sent;
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            return tunnel(client_upgrade, &mut response, &scrub);
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    scrub::scrub_headers(&mut parts.headers, &scrub);
+    let body: ProxyBody = if scrub::is_scannable(&parts.headers) {
+        scrub::Scrubbed::new(body.map_err(|e| Box::new(e) as BoxError), scrub).boxed_unsync()
+    } else {
+        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Joins the app's and the provider's upgraded connections into a byte tunnel (in the
+/// background) and answers the app's upgrade with the provider's 101 headers.
+fn tunnel(client: OnUpgrade, upstream: &mut Response<Incoming>, scrub: &ScrubList) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut *upstream);
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream_upgrade) {
+            Ok((c, u)) => {
+                let mut c = hyper_util::rt::TokioIo::new(c);
+                let mut u = hyper_util::rt::TokioIo::new(u);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "websocket tunnel closed with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut out = Response::new(http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut h = upstream.headers().clone();
+    scrub::scrub_headers(&mut h, scrub);
+    *out.headers_mut() = h;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(scheme: &str, host: &str, port: u16, prefix: &str) -> Destination {
+        Destination { scheme: scheme.into(), host: host.into(), port, prefix: prefix.into() }
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_the_path_as_received_and_adds_the_injected_query() {
+        let inj = Injection { query: Some(("key".into(), Zeroizing::new("a b&c".into()))), ..Injection::default() };
+        let uri = dest("https", "api.example", 443, "/v2").uri("/calls/%2A", Some("x=1"), &inj).unwrap();
+        assert_eq!(uri.to_string(), "https://api.example/v2/calls/%2A?x=1&key=a+b%26c");
+        let uri = dest("http", "::1", 8080, "").uri("/a", None, &Injection::default()).unwrap();
+        assert_eq!(uri.to_string(), "http://[::1]:8080/a");
+        let rewritten = Injection { path: Some("/2010-04-01/Accounts/AC1/Calls.json".into()), ..Injection::default() };
+        let uri = dest("https", "api.twilio.com", 443, "").uri("/2010-04-01/Accounts/_/Calls.json", None, &rewritten);
+        assert_eq!(uri.unwrap().path(), "/2010-04-01/Accounts/AC1/Calls.json");
+        assert_eq!(
+            dest("https", "a.example", 443, "").uri("/a b", None, &Injection::default()).unwrap_err().code,
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn the_provider_never_sees_the_apps_credentials_or_hop_headers() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("authorization", "Bearer app-secret"),
+            ("xi-api-key", "app"),
+            ("keyward-tenant", "acme"),
+            ("host", "localhost"),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("te", "trailers"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        let inj = Injection {
+            headers: vec![(header::AUTHORIZATION, HeaderValue::from_static("Bearer injected"))],
+            ..Injection::default()
+        };
+        let out = upstream_headers(&h, inj, false);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "content-type", "te"]);
+        assert_eq!(out["authorization"], "Bearer injected");
+        let ws = upstream_headers(&HeaderMap::new(), Injection::default(), true);
+        assert_eq!((ws["connection"].as_bytes(), ws["upgrade"].as_bytes()), (&b"upgrade"[..], &b"websocket"[..]));
+    }
+
+    #[test]
+    fn only_idempotent_bodiless_requests_are_replayed() {
+        let mut h = HeaderMap::new();
+        assert!(replayable(&Method::GET, &h));
+        assert!(!replayable(&Method::POST, &h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(replayable(&Method::DELETE, &h));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(!replayable(&Method::GET, &h));
+        let mut chunked = HeaderMap::new();
+        chunked.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(!replayable(&Method::GET, &chunked));
+    }
+}
