@@ -1,7 +1,7 @@
 //! What the store and fleet benchmarks share: the bench tenants and their credentials.
 
-use keyward::creds::Credentials;
 use keyward::ids::TenantId;
+use keyward::Credentials;
 use serde_json::json;
 
 /// Credential fields for bench tenant `i` (Vapi, else Twilio).

@@ -9,12 +9,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward::creds::Credentials;
 use keyward::ids::TenantId;
 use keyward::providers::Providers;
 use keyward::secret::KeyBytes;
 use keyward::store::{Change, PgStore, PgTarget, Store};
-use keyward::vault::Keyring;
+use keyward::Credentials;
+use keyward::Keyring;
 use serde_json::json;
 
 #[path = "common.rs"]

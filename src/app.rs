@@ -90,7 +90,7 @@ struct Listener {
 }
 
 /// A built, bound, not yet serving daemon.
-pub struct App {
+pub(crate) struct App {
     config: Config,
     creds: Arc<Credentials>,
     readiness: Arc<Readiness>,
@@ -129,7 +129,7 @@ fn read_secret_file(path: &std::path::Path, what: &str) -> Result<zeroize::Zeroi
 }
 
 /// Connection settings for tools (`keyward store migrate`).
-pub fn pg_target_for_tools(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError> {
+pub(crate) fn pg_target_for_tools(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError> {
     pg_target(pg, env)
 }
 
@@ -173,7 +173,7 @@ fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
 impl App {
     /// Loads the master key, opens the store, checks the key against it, and binds every
     /// configured listener.
-    pub async fn build(config: Config, env: &dyn Env, log: LogHandle) -> Result<App, StartError> {
+    pub(crate) async fn build(config: Config, env: &dyn Env, log: LogHandle) -> Result<App, StartError> {
         let readiness = Arc::new(Readiness::default());
         let (keyring, key_source) = Keyring::load(&config.master_key, env, config.danger.create_missing_master_key)?;
         if key_source.created {
@@ -250,7 +250,6 @@ impl App {
                 max_body: w.max_body,
                 trusted_proxies: w.trusted_proxies.clone(),
                 rejections: Default::default(),
-                verified: Default::default(),
                 connect: connect.clone(),
                 tokens: tokens.clone(),
                 metrics: metrics.clone(),
@@ -310,12 +309,12 @@ impl App {
     }
 
     /// `(listener name, address)` of every bound listener.
-    pub fn addresses(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn addresses(&self) -> Vec<(&'static str, String)> {
         self.listeners.iter().map(|l| (l.name, l.bound.describe())).collect()
     }
 
     /// What SIGHUP can change in the running daemon.
-    pub fn reloader(&self) -> Reloader {
+    pub(crate) fn reloader(&self) -> Reloader {
         Reloader {
             creds: self.creds.clone(),
             proxy: self.proxy.clone(),
@@ -324,13 +323,8 @@ impl App {
         }
     }
 
-    /// The credential service (tests and benchmarks).
-    pub fn credentials(&self) -> Arc<Credentials> {
-        self.creds.clone()
-    }
-
     /// Serves until `shutdown` fires, then drains and returns.
-    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         let App {
             config,
             creds,
@@ -451,7 +445,7 @@ async fn purge_loop(creds: Arc<Credentials>, retention: Duration, mut shutdown: 
 /// client policy and log level change in place; connections stay up. Changes to
 /// settings that need a restart are logged and ignored.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     creds: Arc<Credentials>,
     proxy: Option<Arc<ProxyState>>,
     log: LogHandle,
@@ -460,7 +454,7 @@ pub struct Reloader {
 
 impl Reloader {
     /// Applies `new`; returns the settings that changed but need a restart.
-    pub fn apply(&self, new: Config) -> Vec<&'static str> {
+    pub(crate) fn apply(&self, new: Config) -> Vec<&'static str> {
         let Ok(mut cur) = self.current.lock() else { return vec![] };
         let restart = cur.restart_needed(&new);
         self.creds.set_providers(Providers::from_config(&new.providers));

@@ -19,7 +19,7 @@ use keyward_store::StoreError;
 
 /// An error as a client sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublicError {
+pub(crate) struct PublicError {
     /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code.
@@ -32,27 +32,27 @@ pub struct PublicError {
 
 impl PublicError {
     /// Builds an error.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         PublicError { retry_after: None, status, code, message: message.into() }
     }
 
     /// 400 `bad_request`.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
     /// 404 `not_found`.
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     /// 405 `method_not_allowed`.
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+    pub(crate) fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message)
     }
 
     /// 413 `payload_too_large`.
-    pub fn too_large(limit: u64) -> Self {
+    pub(crate) fn too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
@@ -61,7 +61,7 @@ impl PublicError {
     }
 
     /// 429 `rate_limited` with `Retry-After`.
-    pub fn rate_limited(wait: std::time::Duration) -> Self {
+    pub(crate) fn rate_limited(wait: std::time::Duration) -> Self {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -73,7 +73,7 @@ impl PublicError {
     }
 
     /// The JSON error response: `{"error":{"code","message"}}` plus `Keyward-Error`.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         let body = json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
         *resp.status_mut() = self.status;

@@ -48,7 +48,7 @@ pub enum ListenError {
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// A Unix-socket peer, identified by SO_PEERCRED.
     Unix {
         /// Effective uid of the peer process.
@@ -67,7 +67,7 @@ pub enum Peer {
 
 /// A bound Unix socket; the file is removed when this is dropped.
 #[derive(Debug)]
-pub struct UnixBinding {
+pub(crate) struct UnixBinding {
     /// The listener.
     pub listener: UnixListener,
     /// Its path.
@@ -83,7 +83,7 @@ impl Drop for UnixBinding {
 /// Binds a Unix socket at `path` with `mode`. A stale socket (nobody listening) is removed;
 /// a live one is refused. The socket is bound under a temporary name, given its mode, then
 /// renamed into place, so no client can connect while it has the default permissions.
-pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenError> {
+pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenError> {
     let err = |e: std::io::Error| ListenError::Unix { path: path.to_path_buf(), reason: e.to_string() };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -108,7 +108,7 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenError> {
 }
 
 /// Binds a TCP port (port 0 picks a free one; read it back with `local_addr`).
-pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     let err = |e: std::io::Error| ListenError::Tcp { addr, reason: e.to_string() };
     let std_listener = std::net::TcpListener::bind(addr).map_err(err)?;
     std_listener.set_nonblocking(true).map_err(err)?;
@@ -117,7 +117,7 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
 
 /// A bound listener of either kind.
 #[derive(Debug)]
-pub enum Bound {
+pub(crate) enum Bound {
     /// Unix socket.
     Unix(UnixBinding),
     /// TCP port.
@@ -126,7 +126,7 @@ pub enum Bound {
 
 impl Bound {
     /// A printable address (path or ip:port).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Bound::Unix(u) => u.path.display().to_string(),
             Bound::Tcp(t) => t.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -136,7 +136,7 @@ impl Bound {
 
 /// Connection-level limits shared by listeners.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
+pub(crate) struct ConnLimits {
     /// Time allowed for a client to send a request head (slow-client defence).
     pub header_read_timeout: Duration,
     /// Largest request head (HTTP/1) before 431.
@@ -160,7 +160,7 @@ impl Default for ConnLimits {
 
 /// Optional TLS on a TCP listener: the acceptor plus how to name the verified peer.
 #[derive(Clone)]
-pub struct TlsSetup {
+pub(crate) struct TlsSetup {
     /// rustls acceptor.
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Extracts a client identity from the verified certificate chain.
@@ -210,7 +210,7 @@ struct ConnCtx<F> {
 
 /// Serves `bound` until `shutdown` fires, then drains in-flight connections for up to
 /// `limits.drain_grace`. `make` builds a service for each connection from its [`Peer`].
-pub async fn serve<F, S, B>(
+pub(crate) async fn serve<F, S, B>(
     name: &'static str,
     bound: Bound,
     tls: Option<TlsSetup>,

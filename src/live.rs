@@ -28,7 +28,7 @@ use keyward_store::CredStatus;
 
 /// Why a stored credential could not be checked.
 #[derive(Debug, thiserror::Error)]
-pub enum LiveError {
+pub(crate) enum LiveError {
     /// The provider is not configured.
     #[error("unknown provider {0:?}")]
     UnknownProvider(String),
@@ -40,7 +40,7 @@ pub enum LiveError {
 /// The verdict of one live check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "result", content = "detail", rename_all = "snake_case")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// The provider accepted the credential.
     Valid,
     /// The provider refused it (401/403, or a dead refresh token).
@@ -51,7 +51,7 @@ pub enum Verdict {
 
 /// Routes registered (or refused) by discovery.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     /// `kind/id` now routed to the tenant.
     pub registered: Vec<String>,
     /// `kind/id` owned by another tenant: left alone.
@@ -68,7 +68,7 @@ const MAX_PAGES: usize = 10;
 const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// Live checks, discovery and periodic re-verification.
-pub struct Live {
+pub(crate) struct Live {
     creds: Arc<Credentials>,
     upstream: Upstream,
     tokens: Arc<TokenManager>,
@@ -87,7 +87,7 @@ struct Answer {
 
 impl Live {
     /// Joins the credential service, the upstream client and the token manager.
-    pub fn new(creds: Arc<Credentials>, upstream: Upstream, tokens: Arc<TokenManager>) -> Self {
+    pub(crate) fn new(creds: Arc<Credentials>, upstream: Upstream, tokens: Arc<TokenManager>) -> Self {
         Live { creds, upstream, tokens }
     }
 
@@ -138,7 +138,7 @@ impl Live {
     }
 
     /// Checks a credential (stored or not) against its provider.
-    pub async fn check(&self, def: &ProviderDef, cred: &Credential) -> Verdict {
+    pub(crate) async fn check(&self, def: &ProviderDef, cred: &Credential) -> Verdict {
         let Some(path) = def.rules().check_path(cred) else {
             return Verdict::Unavailable(format!("provider {} has no verify_path configured", def.name));
         };
@@ -171,7 +171,7 @@ impl Live {
 
     /// Checks a stored credential and records the outcome (`last_verified_at`,
     /// `last_error`, status). A valid credential then gets its routes discovered.
-    pub async fn verify_stored(
+    pub(crate) async fn verify_stored(
         &self,
         actor: &str,
         tenant: &TenantId,
@@ -213,7 +213,7 @@ impl Live {
     }
 
     /// Lists the tenant's ids at the provider and registers their routes.
-    pub async fn discover(&self, actor: &str, def: &ProviderDef, cred: &Credential) -> Discovery {
+    pub(crate) async fn discover(&self, actor: &str, def: &ProviderDef, cred: &Credential) -> Discovery {
         let mut d = Discovery::default();
         let (mut found, listings) = def.rules().discovery(cred);
         for listing in listings {
@@ -257,7 +257,7 @@ impl Live {
 
     /// Re-checks every stored credential every `interval` (each jittered by up to a fifth),
     /// at most `concurrency` at a time, until shutdown.
-    pub async fn reverify_loop(
+    pub(crate) async fn reverify_loop(
         self: Arc<Self>,
         interval: Duration,
         concurrency: usize,

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use keyward::cli::{Cli, Command};
 use keyward::config::{Config, ConfigError, ProcessEnv};
-use keyward::{app, ctl, hardening, telemetry, vault};
+use keyward::{ctl, hardening, telemetry};
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 64;
@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve => runtime.block_on(serve(cli.config)),
         Command::CheckConfig => check_config(cli.config),
-        Command::Keygen { out } => match vault::write_new_key_file(&out) {
+        Command::Keygen { out } => match keyward::write_new_key_file(&out) {
             Ok(()) => {
                 println!("wrote a new master key to {} (mode 0600)", out.display());
                 ExitCode::SUCCESS
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(&format!("cannot read {}: {e}", body_file.display())),
             };
             let now = now.unwrap_or_else(keyward_core::time::now_secs);
-            let headers = match keyward::webhook::offline::header_map(&headers) {
+            let headers = match keyward::offline::header_map(&headers) {
                 Ok(h) => h,
                 Err(why) => {
                     println!("invalid: {why}");
@@ -68,7 +68,7 @@ fn main() -> ExitCode {
             };
             let delivery =
                 keyward_core::providers::Delivery { method: &method, url: &url, headers: &headers, body: &body, now };
-            match keyward::webhook::offline::verify_offline(&providers, &provider, &secret, &delivery) {
+            match keyward::offline::verify_offline(&providers, &provider, &secret, &delivery) {
                 Ok(()) => {
                     println!("valid");
                     ExitCode::SUCCESS
@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                 (Err(code), _) | (_, Err(code)) => return code,
             };
             telemetry::init_cli();
-            match runtime.block_on(keyward::migrate::migrate(&from, &to, &ProcessEnv)) {
+            match runtime.block_on(keyward::migrate(&from, &to, &ProcessEnv)) {
                 Ok(n) => {
                     println!("copied {} tenants, {} credentials, {} routes, {} audit entries; the target's audit chain verifies", n.tenants, n.credentials, n.routes, n.audit);
                     ExitCode::SUCCESS
@@ -151,7 +151,7 @@ async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
     for w in config.danger_warnings() {
         tracing::warn!("{w}");
     }
-    match app::serve(config, &ProcessEnv, log).await {
+    match keyward::serve(config, &ProcessEnv, log).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "keyward could not start");

@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 /// `provider`, `status` (HTTP code) and `error` (keyward's code, or empty).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// Provider name, or `-` when routing failed.
     pub provider: String,
     /// HTTP status answered.
@@ -28,7 +28,7 @@ pub struct RequestLabels {
 
 /// The same, per tenant (opt-in).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TenantRequestLabels {
+pub(crate) struct TenantRequestLabels {
     /// Tenant id.
     pub tenant: String,
     /// Provider name.
@@ -39,14 +39,14 @@ pub struct TenantRequestLabels {
 
 /// `provider`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProviderLabels {
+pub(crate) struct ProviderLabels {
     /// Provider name.
     pub provider: String,
 }
 
 /// `provider`, `result` (`verified` / `rejected`) and `reason` (the rejection code).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WebhookLabels {
+pub(crate) struct WebhookLabels {
     /// Provider name.
     pub provider: String,
     /// `verified` or `rejected`.
@@ -62,7 +62,7 @@ struct Derived {
 }
 
 /// Something that contributes counters or gauges at scrape time.
-pub trait DerivedSource: std::fmt::Debug + Send + Sync {
+pub(crate) trait DerivedSource: std::fmt::Debug + Send + Sync {
     /// `(name, help, is_counter, value)` rows.
     fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)>;
 }
@@ -90,7 +90,7 @@ impl Collector for Derived {
 
 /// Every metric keyward exports.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Outbound requests answered, by provider and status.
     pub proxy_requests: Family<RequestLabels, Counter>,
@@ -105,7 +105,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric; `sources` add scrape-time values (token refreshes, replay
     /// cache size…).
-    pub fn new(tenant_labels: bool, sources: Vec<Arc<dyn DerivedSource>>) -> Metrics {
+    pub(crate) fn new(tenant_labels: bool, sources: Vec<Arc<dyn DerivedSource>>) -> Metrics {
         let mut registry = Registry::default();
         let info = Info::new(vec![("version".to_string(), env!("CARGO_PKG_VERSION").to_string())]);
         registry.register("keyward_build", "keyward build information", info);
@@ -143,7 +143,7 @@ impl Metrics {
     }
 
     /// The exposition text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);

@@ -15,7 +15,7 @@ use serde_json::json;
 
 /// Readiness flags, set by the composition root as start-up progresses.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// The store is open.
     pub store_open: AtomicBool,
     /// The master key opened the store's check value.
@@ -30,7 +30,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Whether every check passes.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.store_open.load(Ordering::SeqCst)
             && self.key_loaded.load(Ordering::SeqCst)
             && self.listeners_bound.load(Ordering::SeqCst)
@@ -46,7 +46,7 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
 }
 
 /// Handles one ops request.
-pub async fn handle(
+pub(crate) async fn handle(
     ready: Arc<Readiness>,
     metrics: Arc<crate::metrics::Metrics>,
     req: Request<Incoming>,

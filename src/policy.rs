@@ -12,24 +12,19 @@ use keyward_core::providers::config::RateLimit;
 
 /// The client policy table. Empty means every client may use every tenant.
 #[derive(Debug, Clone, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     rules: Vec<ClientPolicy>,
 }
 
 impl Policy {
     /// From `[[app.clients]]`.
-    pub fn new(rules: Vec<ClientPolicy>) -> Self {
+    pub(crate) fn new(rules: Vec<ClientPolicy>) -> Self {
         Policy { rules }
-    }
-
-    /// Whether any rule is configured.
-    pub fn is_open(&self) -> bool {
-        self.rules.is_empty()
     }
 
     /// Whether `peer` may call `provider` for `tenant`. Several rules for one identity
     /// add up.
-    pub fn allows(&self, peer: &Peer, tenant: &TenantId, provider: &str) -> bool {
+    pub(crate) fn allows(&self, peer: &Peer, tenant: &TenantId, provider: &str) -> bool {
         if self.rules.is_empty() {
             return true;
         }
@@ -54,7 +49,7 @@ struct Bucket {
 /// Token buckets keyed by (tenant, provider). Idle full buckets are pruned, so a flood of
 /// tenant ids cannot grow the table without bound.
 #[derive(Debug, Default)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     buckets: Mutex<HashMap<(String, String), Bucket>>,
 }
 
@@ -62,7 +57,7 @@ const PRUNE_AT: usize = 50_000;
 
 impl RateLimiter {
     /// Takes one token, or says how long until one is available.
-    pub fn check(&self, tenant: &TenantId, provider: &str, limit: RateLimit) -> Result<(), Duration> {
+    pub(crate) fn check(&self, tenant: &TenantId, provider: &str, limit: RateLimit) -> Result<(), Duration> {
         let now = Instant::now();
         let Ok(mut map) = self.buckets.lock() else { return Ok(()) };
         if map.len() >= PRUNE_AT {

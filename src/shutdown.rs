@@ -5,45 +5,45 @@ use tokio::sync::watch;
 
 /// A cloneable "stop now" signal.
 #[derive(Debug, Clone)]
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     rx: watch::Receiver<bool>,
 }
 
 /// The side that fires [`Shutdown`].
 #[derive(Debug)]
-pub struct ShutdownTrigger {
+pub(crate) struct ShutdownTrigger {
     tx: watch::Sender<bool>,
 }
 
 /// A connected trigger and signal.
-pub fn channel() -> (ShutdownTrigger, Shutdown) {
+pub(crate) fn channel() -> (ShutdownTrigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
     (ShutdownTrigger { tx }, Shutdown { rx })
 }
 
 impl ShutdownTrigger {
     /// Fires the signal (idempotent).
-    pub fn fire(&self) {
+    pub(crate) fn fire(&self) {
         let _ = self.tx.send(true);
     }
 }
 
 impl Shutdown {
     /// Resolves once shutdown has been requested.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         // An error means every trigger is gone: treat as shutdown.
         let _ = self.rx.wait_for(|v| *v).await;
     }
 
     /// Whether shutdown has been requested.
-    pub fn is_fired(&self) -> bool {
+    pub(crate) fn is_fired(&self) -> bool {
         *self.rx.borrow()
     }
 }
 
 /// What a signal asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignalEvent {
+pub(crate) enum SignalEvent {
     /// SIGTERM or SIGINT.
     Terminate,
     /// SIGHUP.
@@ -52,7 +52,7 @@ pub enum SignalEvent {
 
 /// The process's signal streams, registered once so no signal is lost between waits.
 #[derive(Debug)]
-pub struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
@@ -60,7 +60,7 @@ pub struct Signals {
 
 impl Signals {
     /// Registers SIGTERM, SIGINT and SIGHUP handlers.
-    pub fn new() -> std::io::Result<Signals> {
+    pub(crate) fn new() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Signals {
             term: signal(SignalKind::terminate())?,
@@ -70,7 +70,7 @@ impl Signals {
     }
 
     /// Waits for the next SIGTERM, SIGINT or SIGHUP.
-    pub async fn next(&mut self) -> SignalEvent {
+    pub(crate) async fn next(&mut self) -> SignalEvent {
         tokio::select! {
             _ = self.term.recv() => SignalEvent::Terminate,
             _ = self.int.recv() => SignalEvent::Terminate,
@@ -82,7 +82,7 @@ impl Signals {
 /// Tells systemd about the daemon's state (`READY=1`, `STOPPING=1`, `RELOADING=1`…) when it
 /// runs under `Type=notify`: one datagram to `$NOTIFY_SOCKET`, which may be an abstract
 /// socket (`@name`). Without the variable this does nothing.
-pub fn notify_systemd(state: &str) {
+pub(crate) fn notify_systemd(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
     let path = std::path::PathBuf::from(path);

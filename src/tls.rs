@@ -65,7 +65,7 @@ fn roots(extra_ca: Option<&Path>) -> Result<RootCertStore, TlsError> {
 }
 
 /// The upstream client configuration. `alpn` lists the protocols offered.
-pub fn client_config(extra_ca: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+pub(crate) fn client_config(extra_ca: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
     install_crypto_provider();
     let mut cfg = ClientConfig::builder().with_root_certificates(roots(extra_ca)?).with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
@@ -73,7 +73,7 @@ pub fn client_config(extra_ca: Option<&Path>, alpn: &[&[u8]]) -> Result<ClientCo
 }
 
 /// A TLS server that requires a client certificate chaining to `client_ca` (mTLS).
-pub fn mtls_server_config(files: &MtlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn mtls_server_config(files: &MtlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
     let mut ca = RootCertStore::empty();
     for c in certs(&files.client_ca)? {
@@ -89,7 +89,7 @@ pub fn mtls_server_config(files: &MtlsFiles) -> Result<Arc<ServerConfig>, TlsErr
 }
 
 /// A TLS server without client authentication.
-pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
     let mut cfg = ServerConfig::builder()
         .with_no_client_auth()
@@ -101,7 +101,7 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 
 /// The verified client certificate's identity: its first URI SAN (SPIFFE style), else its
 /// first DNS SAN.
-pub fn peer_identity(conn: &ServerConnection) -> Option<String> {
+pub(crate) fn peer_identity(conn: &ServerConnection) -> Option<String> {
     let cert = conn.peer_certificates()?.first()?;
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;

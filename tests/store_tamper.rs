@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyward::creds::{CredError, Credentials};
 use keyward::ids::TenantId;
 use keyward::providers::Providers;
 use keyward::secret::KeyBytes;
 use keyward::store::{SledStore, Store};
-use keyward::vault::{Keyring, VaultError};
+use keyward::{CredError, Credentials};
+use keyward::{Keyring, VaultError};
 use serde_json::{json, Value};
 
 const SID: &str = "AC0123456789abcdef0123456789abcdef";

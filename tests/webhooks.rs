@@ -446,8 +446,8 @@ fn every_sdk_vector_gives_the_expected_verdict() {
             .iter()
             .map(|(k, val)| format!("{k}: {}", val.as_str().unwrap()))
             .collect();
-        let header_map = keyward::webhook::offline::header_map(&headers).unwrap();
-        let got = keyward::webhook::offline::verify_offline(
+        let header_map = keyward::offline::header_map(&headers).unwrap();
+        let got = keyward::offline::verify_offline(
             &providers,
             v["provider"].as_str().unwrap(),
             v["secret"].as_str().unwrap().as_bytes(),

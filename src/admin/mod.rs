@@ -43,11 +43,11 @@ use crate::listen::Peer;
 use crate::telemetry::LogHandle;
 
 /// Largest admin request body.
-pub const MAX_ADMIN_BODY: u64 = 64 * 1024;
+pub(crate) const MAX_ADMIN_BODY: u64 = 64 * 1024;
 
 /// Shared state of the admin listener.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The credential service.
     pub creds: Arc<Credentials>,
     /// Run-time log level control.
@@ -118,7 +118,7 @@ impl AdminState {
 }
 
 /// Handles one admin request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: Arc<AdminState>,
     peer: Peer,
     req: Request<Incoming>,

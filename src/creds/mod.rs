@@ -25,9 +25,8 @@ mod routes;
 mod status;
 mod write;
 
-pub use resolve::DEFAULT_CACHE_ENTRIES;
-pub use rotate::RotateReport;
-pub use status::StatusObject;
+pub(crate) use resolve::DEFAULT_CACHE_ENTRIES;
+pub(crate) use status::StatusObject;
 
 use keyward_store::{
     now_millis, AuditDraft, AuditEntry, AuditHead, ChainReport, CredStatus, CredentialRecord, Expect, Millis, Op,

@@ -13,7 +13,7 @@ use super::*;
 /// Decrypted credentials (and tenant data keys) kept in memory at most, by default. A full
 /// cache drops an arbitrary entry per insert: memory stays bounded however many tenants
 /// are active, and a dropped entry costs one cold lookup (about 2 µs) when next used.
-pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+pub(crate) const DEFAULT_CACHE_ENTRIES: usize = 10_000;
 
 fn insert_bounded<K: std::hash::Hash + Eq + Clone, V>(map: &mut HashMap<K, V>, key: K, value: V, cap: usize) {
     if map.len() >= cap && !map.contains_key(&key) {

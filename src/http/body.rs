@@ -8,13 +8,13 @@ use hyper::body::Incoming;
 use zeroize::Zeroizing;
 
 /// Errors carried by proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every request and response keyward relays.
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Why a request body could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// Declared or sent larger than the limit.
     #[error("the body is larger than the {0}-byte limit")]
     TooLarge(u64),
@@ -25,7 +25,7 @@ pub enum BodyError {
 
 /// Reads a whole request body of at most `limit` bytes into zeroized memory (admin bodies
 /// carry secrets). A `Content-Length` over the limit is refused before reading.
-pub async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, BodyError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, BodyError> {
     if let Some(len) = req
         .headers()
         .get(http::header::CONTENT_LENGTH)

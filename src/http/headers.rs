@@ -6,7 +6,7 @@ use http::HeaderMap;
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the proxy-authentication pair of RFC 9110
 /// §11.7, which authenticates a hop, not the origin). `Host` is not here: it is replaced
 /// when a request is rebuilt for its next hop, and a response never carries it.
-pub const HOP_BY_HOP: [&str; 9] = [
+pub(crate) const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -19,12 +19,12 @@ pub const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Whether `name` (lower case) is hop-by-hop.
-pub fn is_hop_by_hop(name: &str) -> bool {
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
 /// The header names a `Connection` header lists (hop-by-hop for this message only).
-pub fn connection_listed(h: &HeaderMap) -> Vec<String> {
+pub(crate) fn connection_listed(h: &HeaderMap) -> Vec<String> {
     h.get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -35,7 +35,7 @@ pub fn connection_listed(h: &HeaderMap) -> Vec<String> {
 }
 
 /// Removes every hop-by-hop header, the ones `Connection` names included.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     for l in connection_listed(h) {
         h.remove(l.as_str());
     }

@@ -2,11 +2,11 @@
 //! body types and bounded reads, the hop-by-hop rules, the upstream client and the app
 //! listener's request-target parser. Nothing here knows credentials or answers a request.
 
-pub mod body;
-pub mod headers;
-pub mod target;
-pub mod upstream;
+pub(crate) mod body;
+pub(crate) mod headers;
+pub(crate) mod target;
+pub(crate) mod upstream;
 
-pub use body::{read_body, BodyError, BoxError, ProxyBody};
-pub use target::RouteError;
-pub use upstream::{Upstream, UpstreamConfig, UpstreamError};
+pub(crate) use body::{read_body, BodyError, BoxError, ProxyBody};
+pub(crate) use target::RouteError;
+pub(crate) use upstream::{Upstream, UpstreamConfig, UpstreamError};

@@ -29,7 +29,7 @@ pub(crate) struct Target {
 
 /// Why a request cannot be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("{0}")]
     BadRequest(String),
     #[error("unknown provider \"{0}\"")]

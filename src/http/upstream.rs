@@ -21,7 +21,7 @@ type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
 
 /// Why an upstream call failed, before any response arrived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     /// TCP connect failed or timed out, or the connection broke before a response.
     #[error("{0}")]
     Connect(String),
@@ -35,7 +35,7 @@ pub enum UpstreamError {
 
 /// The pooled upstream clients.
 #[derive(Clone)]
-pub struct Upstream {
+pub(crate) struct Upstream {
     client: HttpsClient,
     upgrade_client: HttpsClient,
     request_timeout: Duration,
@@ -89,7 +89,7 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 
 impl Upstream {
     /// Builds both clients.
-    pub fn new(cfg: &UpstreamConfig, allow_http: bool) -> Result<Upstream, TlsError> {
+    pub(crate) fn new(cfg: &UpstreamConfig, allow_http: bool) -> Result<Upstream, TlsError> {
         Ok(Upstream {
             client: build(cfg, allow_http, true)?,
             upgrade_client: build(cfg, allow_http, false)?,
@@ -99,7 +99,11 @@ impl Upstream {
 
     /// Sends one request and waits for the response head (bounded by the request
     /// timeout); the body streams afterwards.
-    pub async fn send(&self, req: Request<ProxyBody>, upgrade: bool) -> Result<Response<Incoming>, UpstreamError> {
+    pub(crate) async fn send(
+        &self,
+        req: Request<ProxyBody>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         let client = if upgrade { &self.upgrade_client } else { &self.client };
         match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),

@@ -42,7 +42,7 @@ fn state_hash(state: &str) -> Vec<u8> {
 
 /// Why a connect flow cannot start.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// The tenant's Google credential cannot be read.
     #[error(transparent)]
     Cred(#[from] CredError),
@@ -65,7 +65,7 @@ impl From<StoreError> for ConnectError {
 
 /// Pending connect flows.
 #[derive(Default)]
-pub struct ConnectFlows {
+pub(crate) struct ConnectFlows {
     pending: Mutex<HashMap<String, Pending>>,
 }
 
@@ -83,17 +83,17 @@ fn random_b64(n: usize) -> Result<String, ConnectError> {
 
 /// Why a callback failed (shown on the page and logged; never a secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallbackError(pub String);
+pub(crate) struct CallbackError(pub String);
 
 impl ConnectFlows {
     /// The redirect URI registered with Google: `<public_base_url>/oauth/google/callback`.
-    pub fn redirect_uri(public_base_url: &Url) -> String {
+    pub(crate) fn redirect_uri(public_base_url: &Url) -> String {
         format!("{}/oauth/google/callback", public_base_url.as_str().trim_end_matches('/'))
     }
 
     /// Starts a flow for `tenant`, whose Google credential (client id and secret, scopes)
     /// must exist. Returns the authorization URL.
-    pub async fn start(
+    pub(crate) async fn start(
         &self,
         creds: &Credentials,
         tokens: &TokenManager,
@@ -197,7 +197,7 @@ impl ConnectFlows {
     }
 
     /// Completes a flow from the callback's query string. Returns the tenant connected.
-    pub async fn callback(
+    pub(crate) async fn callback(
         &self,
         creds: &Credentials,
         tokens: &TokenManager,
@@ -248,7 +248,7 @@ impl ConnectFlows {
 }
 
 /// The plain page shown to the person who completed (or failed) the consent.
-pub fn page(ok: bool, text: &str) -> String {
+pub(crate) fn page(ok: bool, text: &str) -> String {
     let esc: String = text
         .chars()
         .map(|c| match c {

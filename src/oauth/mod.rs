@@ -9,7 +9,7 @@
 //! refresh token is sealed and stored before the new access token is used. Token endpoint
 //! calls use reqwest (control plane), never the proxy's data-plane client.
 
-pub mod connect;
+pub(crate) mod connect;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use keyward_store::CredStatus;
 
 /// Where the token manager talks to Google.
 #[derive(Debug, Clone)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     /// `token_url`
     pub token: Url,
     /// `auth_url`
@@ -41,7 +41,7 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// Google's endpoints, with config overrides.
-    pub fn from_config(ov: Option<&keyward_core::providers::config::BuiltinOverride>) -> Endpoints {
+    pub(crate) fn from_config(ov: Option<&keyward_core::providers::config::BuiltinOverride>) -> Endpoints {
         let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| literal_url(d));
         Endpoints {
             token: pick(ov.and_then(|o| o.token_url.as_ref()), "https://oauth2.googleapis.com/token"),
@@ -64,7 +64,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
 /// What a token endpoint answered.
 #[derive(Debug)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     /// The grant is dead: the credential is revoked (`invalid_grant`, `invalid_client`, …).
     Revoked(String),
     /// Worth retrying, or retried already.
@@ -77,7 +77,7 @@ pub enum TokenError {
 
 /// Why no access token could be had for a request.
 #[derive(Debug, thiserror::Error)]
-pub enum AccessTokenError {
+pub(crate) enum AccessTokenError {
     /// The Google credential cannot be used (missing, inactive, store down…).
     #[error(transparent)]
     Cred(#[from] CredError),
@@ -127,7 +127,7 @@ impl std::fmt::Debug for Granted {
 }
 
 /// Builds the control-plane HTTP client (rustls, webpki roots plus `upstream.extra_ca`).
-pub fn http_client(cfg: &crate::http::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
+pub(crate) fn http_client(cfg: &crate::http::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
     let tls = crate::tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
@@ -217,7 +217,7 @@ pub(crate) async fn token_call(
 }
 
 /// The Google token manager.
-pub struct TokenManager {
+pub(crate) struct TokenManager {
     creds: Arc<Credentials>,
     http: reqwest::Client,
     endpoints: Endpoints,
@@ -243,7 +243,7 @@ fn jitter(d: Duration) -> Duration {
 
 impl TokenManager {
     /// A token manager for these credentials and endpoints.
-    pub fn new(creds: Arc<Credentials>, http: reqwest::Client, endpoints: Endpoints) -> Self {
+    pub(crate) fn new(creds: Arc<Credentials>, http: reqwest::Client, endpoints: Endpoints) -> Self {
         TokenManager {
             creds,
             http,
@@ -255,17 +255,17 @@ impl TokenManager {
     }
 
     /// Endpoints in use.
-    pub fn endpoints(&self) -> &Endpoints {
+    pub(crate) fn endpoints(&self) -> &Endpoints {
         &self.endpoints
     }
 
     /// The control-plane client.
-    pub fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     /// Refresh calls made since start (metrics).
-    pub fn refresh_count(&self) -> u64 {
+    pub(crate) fn refresh_count(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
     }
 
@@ -278,7 +278,7 @@ impl TokenManager {
     }
 
     /// Forgets a tenant's access token (after a 401 from Google, or a credential change).
-    pub async fn invalidate(&self, tenant: &TenantId) {
+    pub(crate) async fn invalidate(&self, tenant: &TenantId) {
         let slot = self.slot(tenant);
         let mut guard = slot.lock().await;
         // The fleet's shared copy is the same token: drop it too, or the next call would
@@ -322,7 +322,7 @@ impl TokenManager {
     }
 
     /// A valid access token for the tenant, refreshing when due.
-    pub async fn token(&self, tenant: &TenantId) -> Result<Secret, AccessTokenError> {
+    pub(crate) async fn token(&self, tenant: &TenantId) -> Result<Secret, AccessTokenError> {
         let slot = self.slot(tenant);
         let mut guard = slot.lock().await;
         let cred = self.creds.resolve(tenant, "google").await?;
@@ -426,7 +426,7 @@ impl TokenManager {
     }
 
     /// Best-effort revocation of a refresh token at Google (on credential deletion).
-    pub async fn revoke(&self, token: &Secret) -> Result<(), String> {
+    pub(crate) async fn revoke(&self, token: &Secret) -> Result<(), String> {
         let resp = self
             .http
             .post(self.endpoints.revoke.clone())

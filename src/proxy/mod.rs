@@ -32,7 +32,7 @@ use crate::policy::{ClientPolicy, Policy, RateLimiter};
 use crate::tls::MtlsFiles;
 
 /// Shared state of the app listener.
-pub struct ProxyState {
+pub(crate) struct ProxyState {
     /// Credentials.
     pub creds: Arc<Credentials>,
     /// Upstream clients.
@@ -55,12 +55,12 @@ impl std::fmt::Debug for ProxyState {
 
 impl ProxyState {
     /// The client policy in force.
-    pub fn policy(&self) -> Arc<Policy> {
+    pub(crate) fn policy(&self) -> Arc<Policy> {
         self.policy.read().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Replaces the client policy (config reload); requests in flight keep the old one.
-    pub fn set_policy(&self, p: Policy) {
+    pub(crate) fn set_policy(&self, p: Policy) {
         if let Ok(mut cur) = self.policy.write() {
             *cur = Arc::new(p);
         }
@@ -92,7 +92,7 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 }
 
 /// Handles one app request.
-pub async fn handle(
+pub(crate) async fn handle(
     state: Arc<ProxyState>,
     peer: Peer,
     req: Request<Incoming>,

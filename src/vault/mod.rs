@@ -9,8 +9,9 @@
 mod keyring;
 mod seal;
 
-pub use keyring::{write_new_key_file, KeySource, Keyring, MasterKeyConfig, MasterKeySource};
-pub use seal::{blob_key_id, DataKey, KeyId, RecordAad};
+pub use keyring::{write_new_key_file, Keyring};
+pub(crate) use keyring::{KeySource, MasterKeyConfig};
+pub(crate) use seal::{DataKey, KeyId, RecordAad};
 
 use std::path::PathBuf;
 

@@ -59,7 +59,7 @@ impl RecordAad<'_> {
 }
 
 /// The key id a blob claims to be sealed under.
-pub fn blob_key_id(blob: &[u8]) -> Result<KeyId, VaultError> {
+pub(crate) fn blob_key_id(blob: &[u8]) -> Result<KeyId, VaultError> {
     if blob.len() < HEADER_LEN + TAG_LEN {
         return Err(VaultError::Malformed("too short"));
     }

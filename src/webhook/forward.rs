@@ -76,7 +76,7 @@ enum Inner {
 
 /// The client that carries verified deliveries to the app.
 #[derive(Debug, Clone)]
-pub struct AppClient {
+pub(crate) struct AppClient {
     inner: Inner,
     /// `scheme://authority` and path prefix requests are sent to.
     base: String,
@@ -85,7 +85,7 @@ pub struct AppClient {
 
 impl AppClient {
     /// Builds the client for `forward_to`.
-    pub fn new(to: &ForwardTo, timeout: Duration) -> AppClient {
+    pub(crate) fn new(to: &ForwardTo, timeout: Duration) -> AppClient {
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
             b.timer(TokioTimer::new()).pool_timer(TokioTimer::new()).pool_idle_timeout(Duration::from_secs(60));
@@ -111,12 +111,12 @@ impl AppClient {
     }
 
     /// The URI for a delivery's path and query.
-    pub fn uri(&self, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
+    pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
         format!("{}{path_and_query}", self.base).parse()
     }
 
     /// Sends and waits for the app's response head.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
         let fut = async {
             match &self.inner {
                 Inner::Http(c) => c.request(req).await,

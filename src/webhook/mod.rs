@@ -9,9 +9,9 @@
 
 mod forward;
 pub mod offline;
-pub mod replay;
-pub mod verify;
-pub mod verify_api;
+pub(crate) mod replay;
+pub(crate) mod verify;
+pub(crate) mod verify_api;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,9 +28,9 @@ use ipnet::IpNet;
 use percent_encoding::percent_decode_str;
 use url::Url;
 
-pub use forward::{AppClient, ForwardTo};
-pub use replay::ReplayCache;
-pub use verify::{Rejection, Verified};
+pub(crate) use forward::{AppClient, ForwardTo};
+pub(crate) use replay::ReplayCache;
+pub(crate) use verify::{Rejection, Verified};
 
 use crate::creds::Credentials;
 use crate::error::PublicError;
@@ -43,7 +43,7 @@ use keyward_core::providers::inbound::Delivery;
 
 /// Counts and rate-limits rejection logs per (provider, reason).
 #[derive(Debug, Default)]
-pub struct RejectionLog {
+pub(crate) struct RejectionLog {
     inner: Mutex<HashMap<(String, &'static str), LogSlot>>,
 }
 
@@ -62,7 +62,7 @@ const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 impl RejectionLog {
     /// Counts a rejection and logs it unless the window's budget is spent.
-    pub fn record(&self, provider: &str, tenant: Option<&TenantId>, r: &Rejection) {
+    pub(crate) fn record(&self, provider: &str, tenant: Option<&TenantId>, r: &Rejection) {
         let Ok(mut m) = self.inner.lock() else { return };
         let now = Instant::now();
         let e = m.entry((provider.to_string(), r.code)).or_insert(LogSlot {
@@ -92,16 +92,11 @@ impl RejectionLog {
             e.suppressed += 1;
         }
     }
-
-    /// Rejections so far, by (provider, reason).
-    pub fn counts(&self) -> Vec<(String, &'static str, u64)> {
-        self.inner.lock().map(|m| m.iter().map(|((p, r), v)| (p.clone(), *r, v.total)).collect()).unwrap_or_default()
-    }
 }
 
 /// Shared state of the webhook listener.
 #[derive(Debug)]
-pub struct WebhookState {
+pub(crate) struct WebhookState {
     /// Credentials and routes.
     pub creds: Arc<Credentials>,
     /// Replay protection.
@@ -116,8 +111,6 @@ pub struct WebhookState {
     pub trusted_proxies: Vec<IpNet>,
     /// Rejection counters and log limiter.
     pub rejections: RejectionLog,
-    /// Verified deliveries forwarded, by provider.
-    pub verified: Mutex<HashMap<String, u64>>,
     /// Pending Google connect flows (the callback lands here).
     pub connect: Arc<crate::oauth::connect::ConnectFlows>,
     /// Google tokens (code exchange).
@@ -193,7 +186,7 @@ impl WebhookState {
 }
 
 /// Handles one request on the webhook listener.
-pub async fn handle(
+pub(crate) async fn handle(
     state: Arc<WebhookState>,
     peer: Peer,
     req: Request<Incoming>,
@@ -314,9 +307,6 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
         }
     };
     state.count(def.name.as_str(), None);
-    if let Ok(mut m) = state.verified.lock() {
-        *m.entry(def.name.to_string()).or_default() += 1;
-    }
     forward(state, verified, parts.method, &pq, parts.headers, body).await
 }
 

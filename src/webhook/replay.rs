@@ -21,18 +21,18 @@ struct State {
 
 /// The key was seen (or is in flight): the delivery is a replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Replayed;
+pub(crate) struct Replayed;
 
 /// The replay cache.
 #[derive(Debug, Clone)]
-pub struct ReplayCache {
+pub(crate) struct ReplayCache {
     state: Arc<Mutex<State>>,
     capacity: usize,
 }
 
 /// A key held in flight; record it with [`Reservation::commit`], or drop it to release.
 #[derive(Debug)]
-pub struct Reservation {
+pub(crate) struct Reservation {
     cache: ReplayCache,
     key: String,
     keep: std::time::Duration,
@@ -41,7 +41,7 @@ pub struct Reservation {
 
 impl ReplayCache {
     /// A cache holding at most `capacity` recorded keys.
-    pub fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         ReplayCache { state: Arc::default(), capacity: capacity.max(1) }
     }
 
@@ -59,7 +59,7 @@ impl ReplayCache {
     }
 
     /// Reserves `key`, or refuses it as a replay.
-    pub fn reserve(&self, key: String, keep: std::time::Duration) -> Result<Reservation, Replayed> {
+    pub(crate) fn reserve(&self, key: String, keep: std::time::Duration) -> Result<Reservation, Replayed> {
         let now = Instant::now();
         let Ok(mut st) = self.state.lock() else { return Err(Replayed) };
         Self::purge(&mut st, now);
@@ -71,13 +71,8 @@ impl ReplayCache {
     }
 
     /// Recorded (not in-flight) keys.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.state.lock().map(|s| s.seen.len()).unwrap_or(0)
-    }
-
-    /// Whether nothing is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -89,7 +84,7 @@ impl crate::metrics::DerivedSource for ReplayCache {
 
 impl Reservation {
     /// Records the key (the app answered 2xx).
-    pub fn commit(mut self) {
+    pub(crate) fn commit(mut self) {
         self.committed = true;
         let Ok(mut st) = self.cache.state.lock() else { return };
         st.inflight.remove(&self.key);
@@ -126,7 +121,7 @@ impl Drop for Reservation {
 /// unreachable the shared mode falls back to this process's memory (protection per
 /// sidecar) rather than refusing every delivery.
 #[derive(Debug, Clone)]
-pub enum Replay {
+pub(crate) enum Replay {
     /// Per process.
     Memory(ReplayCache),
     /// Fleet-wide, with the local cache as fallback.
@@ -135,7 +130,7 @@ pub enum Replay {
 
 /// A replay key held while the app handles the delivery.
 #[derive(Debug)]
-pub enum Hold {
+pub(crate) enum Hold {
     /// In memory (released on drop).
     Memory(Reservation),
     /// In PostgreSQL.
@@ -155,7 +150,7 @@ const SHARED_INFLIGHT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Replay {
     /// Reserves `key`, or refuses it as a replay.
-    pub async fn reserve(&self, key: String, keep: std::time::Duration) -> Result<Hold, Replayed> {
+    pub(crate) async fn reserve(&self, key: String, keep: std::time::Duration) -> Result<Hold, Replayed> {
         match self {
             Replay::Memory(c) => c.reserve(key, keep).map(Hold::Memory),
             Replay::Shared(store, local) => {
@@ -171,18 +166,11 @@ impl Replay {
             }
         }
     }
-
-    /// The in-memory cache (metrics).
-    pub fn local(&self) -> &ReplayCache {
-        match self {
-            Replay::Memory(c) | Replay::Shared(_, c) => c,
-        }
-    }
 }
 
 impl Hold {
     /// Records the key (the app answered 2xx).
-    pub async fn commit(self) {
+    pub(crate) async fn commit(self) {
         match self {
             Hold::Memory(r) => r.commit(),
             Hold::Shared { store, key, keep } => {
@@ -196,7 +184,7 @@ impl Hold {
     }
 
     /// Releases the key (the forward failed; the provider's retry must pass).
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         match self {
             Hold::Memory(r) => drop(r),
             Hold::Shared { store, key, .. } => {

@@ -16,7 +16,7 @@ use super::replay::{Hold, Replay};
 /// Proof that a delivery verified for one tenant. The private field keeps construction
 /// inside this module.
 #[derive(Debug)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// The tenant it belongs to.
     pub tenant: TenantId,
     /// The provider.
@@ -34,7 +34,7 @@ pub struct Verified {
 
 /// A refused delivery: a public code (CONTRACT.md §5) and an operator-facing detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
+pub(crate) struct Rejection {
     /// `bad_signature`, `stale_timestamp`, `replayed`, `unresolved_tenant`, `no_credential`.
     pub code: &'static str,
     /// What failed (never a secret).
@@ -86,7 +86,7 @@ async fn resolve_tenant(
 }
 
 /// Runs the pipeline for one delivery.
-pub async fn verify(
+pub(crate) async fn verify(
     creds: &Credentials,
     replay: Option<&Replay>,
     provider: &Arc<ProviderDef>,

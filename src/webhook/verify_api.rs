@@ -18,7 +18,7 @@ use crate::policy::Policy;
 /// `POST /v1/webhooks/verify`: for apps that terminate webhooks themselves. Runs the same
 /// verification as the webhook listener (tenant, credential, signature, window, in-body
 /// ids) without recording a replay key, and answers `{valid, tenant, reason}`.
-pub async fn handle(
+pub(crate) async fn handle(
     creds: &Credentials,
     policy: &Policy,
     peer: &Peer,

@@ -41,7 +41,7 @@ impl Pki {
     }
 
     pub fn new(dir: &Path) -> Pki {
-        keyward::tls::install_crypto_provider();
+        keyward::install_crypto_provider();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, "keyward test CA");

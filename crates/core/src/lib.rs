@@ -10,3 +10,10 @@ pub mod secret;
 pub mod status;
 pub mod time;
 pub mod units;
+
+/// Entry points for the fuzz targets (fuzz/), not an interface: parsers that are private to
+/// their provider file but worth fuzzing on their own.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::providers::twilio::{decode_form, port_variants};
+}

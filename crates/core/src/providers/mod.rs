@@ -14,7 +14,7 @@ mod google;
 pub mod inbound;
 pub mod outbound;
 mod resend;
-pub mod twilio;
+pub(crate) mod twilio;
 mod vapi;
 
 use std::collections::BTreeMap;

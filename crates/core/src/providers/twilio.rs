@@ -365,7 +365,7 @@ fn is_form(d: &Delivery<'_>) -> bool {
 }
 
 /// Verifies `X-Twilio-Signature` against each key, on both port variants of the URL.
-pub fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
+fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
     let sha256 = match d.headers.get("x-twilio-webhooks-signature-settings") {
         None => false,
         Some(v) => {
@@ -438,7 +438,7 @@ use sha2::Digest;
 
 /// The `AccountSid` a delivery names (form body for POST, query for GET). Only that one
 /// field is decoded.
-pub fn account_sid(d: &Delivery<'_>) -> Option<String> {
+fn account_sid(d: &Delivery<'_>) -> Option<String> {
     if d.method.eq_ignore_ascii_case("POST") && is_form(d) {
         d.body.split(|b| *b == b'&').find_map(|pair| {
             let (k, v) = pair.split_at(pair.iter().position(|b| *b == b'=')?);
