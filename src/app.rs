@@ -90,7 +90,7 @@ struct Listener {
 }
 
 /// A built, bound, not yet serving daemon.
-pub(crate) struct App {
+pub struct App {
     config: Config,
     creds: Arc<Credentials>,
     readiness: Arc<Readiness>,
@@ -173,7 +173,7 @@ fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
 impl App {
     /// Loads the master key, opens the store, checks the key against it, and binds every
     /// configured listener.
-    pub(crate) async fn build(config: Config, env: &dyn Env, log: LogHandle) -> Result<App, StartError> {
+    pub async fn build(config: Config, env: &dyn Env, log: LogHandle) -> Result<App, StartError> {
         let readiness = Arc::new(Readiness::default());
         let (keyring, key_source) = Keyring::load(&config.master_key, env, config.danger.create_missing_master_key)?;
         if key_source.created {
@@ -309,7 +309,7 @@ impl App {
     }
 
     /// `(listener name, address)` of every bound listener.
-    pub(crate) fn addresses(&self) -> Vec<(&'static str, String)> {
+    pub fn addresses(&self) -> Vec<(&'static str, String)> {
         self.listeners.iter().map(|l| (l.name, l.bound.describe())).collect()
     }
 
@@ -324,7 +324,7 @@ impl App {
     }
 
     /// Serves until `shutdown` fires, then drains and returns.
-    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<(), StartError> {
         let App {
             config,
             creds,

@@ -56,13 +56,15 @@ mod webhook;
 
 // # The public interface
 //
-// What the binary (main.rs), the tests and the benchmarks use; everything else is private
+// What the binary (main.rs), the tests and the benchmarks use (`App` and the shutdown
+// channel run the daemon in-process in tests); everything else is private
 // to the crate, so `unreachable_pub` and `dead_code` can see it. The command line's own
 // modules (`cli`, `config`, `ctl`, `hardening`, `telemetry`) are public whole: every item
 // in them exists for main.rs.
-pub use app::{serve, StartError};
+pub use app::{serve, App, StartError};
 pub use creds::{CredError, Credentials};
 pub use migrate::migrate;
+pub use shutdown::{channel as shutdown_channel, Shutdown, ShutdownTrigger};
 pub use tls::install_crypto_provider;
 pub use vault::{write_new_key_file, Keyring, VaultError};
 pub use webhook::offline;

@@ -5,25 +5,25 @@ use tokio::sync::watch;
 
 /// A cloneable "stop now" signal.
 #[derive(Debug, Clone)]
-pub(crate) struct Shutdown {
+pub struct Shutdown {
     rx: watch::Receiver<bool>,
 }
 
 /// The side that fires [`Shutdown`].
 #[derive(Debug)]
-pub(crate) struct ShutdownTrigger {
+pub struct ShutdownTrigger {
     tx: watch::Sender<bool>,
 }
 
 /// A connected trigger and signal.
-pub(crate) fn channel() -> (ShutdownTrigger, Shutdown) {
+pub fn channel() -> (ShutdownTrigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
     (ShutdownTrigger { tx }, Shutdown { rx })
 }
 
 impl ShutdownTrigger {
     /// Fires the signal (idempotent).
-    pub(crate) fn fire(&self) {
+    pub fn fire(&self) {
         let _ = self.tx.send(true);
     }
 }

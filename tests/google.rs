@@ -167,13 +167,19 @@ fn google_daemon(
     })
 }
 
-async fn env_on(request_timeout: &str, pg: Option<&str>) -> Env {
+/// `in_process`: the daemon runs on the test's runtime (its timers follow
+/// `tokio::time::pause`); otherwise the real binary, for tests that read its log.
+async fn env_on(request_timeout: &str, pg: Option<&str>, in_process: bool) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let st = Arc::new(GoogleState::default());
     let google = FakeProvider::with_handler(&pki, fake_google(st.clone())).await;
     let mut d = google_daemon(&pki, &google, request_timeout, pg.map(|u| (u, None)));
-    d.start();
+    if in_process {
+        d.start_in_process().await;
+    } else {
+        d.start();
+    }
     let (s, v) = d
         .admin(
             "PUT",
@@ -186,7 +192,7 @@ async fn env_on(request_timeout: &str, pg: Option<&str>) -> Env {
 }
 
 async fn env(request_timeout: &str) -> Env {
-    env_on(request_timeout, None).await
+    env_on(request_timeout, None, true).await
 }
 
 /// Calls the Google connect callback on `d`'s webhook listener: (status, page).
@@ -201,7 +207,8 @@ const CAL: &str = "/google/calendar/v3/users/me/calendarList";
 
 #[tokio::test]
 async fn a_thousand_concurrent_requests_cause_exactly_one_token_call() {
-    let e = env("10s").await;
+    // The binary: this test reads the daemon's log for leaks.
+    let e = env_on("10s", None, false).await;
     let sock = e.d.app_sock();
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -273,6 +280,9 @@ async fn a_rotated_refresh_token_is_stored_before_it_is_used() {
 
 #[tokio::test]
 async fn transient_failures_are_retried_and_bad_answers_get_clear_errors() {
+    // In-process, but with the clock running: the token client resolves and connects on
+    // tokio's blocking pool, which a paused clock does not wait for (its timeouts would
+    // fire early).
     let e = env("1s").await;
     *e.st.mode.lock().unwrap() = Some(Mode::Fail(503, 2));
     let (s, _, _) = e.d.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
@@ -400,7 +410,7 @@ async fn deleting_the_google_credential_revokes_the_token_at_google() {
 async fn a_fleet_refreshes_a_tenants_token_once_and_shares_it_sealed() {
     let Some(admin) = pg_admin_url() else { return };
     let db = fresh_pg_db(&admin).await;
-    let e = env_on("10s", Some(&db)).await;
+    let e = env_on("10s", Some(&db), false).await;
     let mut b = google_daemon(&e.pki, &e.google, "10s", Some((&db, e.d.config.master_key_file.clone())));
     b.start();
     let _ = &e.tmp;
@@ -439,7 +449,7 @@ async fn a_fleet_refreshes_a_tenants_token_once_and_shares_it_sealed() {
 async fn a_connect_flow_started_on_one_sidecar_completes_on_another() {
     let Some(admin) = pg_admin_url() else { return };
     let db = fresh_pg_db(&admin).await;
-    let e = env_on("10s", Some(&db)).await;
+    let e = env_on("10s", Some(&db), false).await;
     let mut b = google_daemon(&e.pki, &e.google, "10s", Some((&db, e.d.config.master_key_file.clone())));
     b.start();
     let fields =

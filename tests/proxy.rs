@@ -45,10 +45,22 @@ async fn put(d: &Daemon, tenant: &str, provider: &str, fields: Value) {
 }
 
 /// A daemon with every built-in (but Google) and one generic provider pointed at fakes.
+/// How a test's daemon runs: in the test's process (faster: no spawn, no log polling), or as
+/// the real binary when the test reads the daemon's log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Run {
+    InProcess,
+    Binary,
+}
+
 async fn env_with(app_extra: &str, extra: &str, twilio_handler: Option<Handler>) -> Env {
+    env_run(app_extra, extra, twilio_handler, Run::InProcess).await
+}
+
+async fn env_run(app_extra: &str, extra: &str, twilio_handler: Option<Handler>, run: Run) -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
-    env_in(tmp, pki, app_extra, extra, twilio_handler).await
+    env_in(tmp, pki, app_extra, extra, twilio_handler, run).await
 }
 
 async fn env_in(
@@ -57,6 +69,7 @@ async fn env_in(
     app_extra: &str,
     extra: &str,
     twilio_handler: Option<Handler>,
+    run: Run,
 ) -> Env {
     let vapi = FakeProvider::start(&pki).await;
     let twilio = match twilio_handler {
@@ -81,7 +94,10 @@ async fn env_in(
         extra: format!("[upstream]\nextra_ca = \"{}\"\nrequest_timeout = \"3s\"\nconnect_timeout = \"2s\"\n{providers}{generic}{extra}", pki.ca_pem.display()),
         ..DaemonConfig::default()
     });
-    d.start();
+    match run {
+        Run::InProcess => d.start_in_process().await,
+        Run::Binary => d.start(),
+    };
     put(&d, "acme", "vapi", json!({"api_key": VAPI_A})).await;
     put(&d, "globex", "vapi", json!({"api_key": VAPI_G})).await;
     put(&d, "acme", "twilio", json!({"account_sid": SID_A, "auth_token": TW_A})).await;
@@ -247,7 +263,7 @@ async fn every_error_code_of_the_contract_is_answered_with_json_and_the_header()
         generic("gone", &format!("https://127.0.0.1:{closed}"), ""),
     ]
     .concat();
-    let e = env_in(tmp, pki, "", &extra, None).await;
+    let e = env_in(tmp, pki, "", &extra, None, Run::Binary).await;
     for p in ["slow", "badtls", "gone"] {
         put(&e.d, "acme", p, json!({"api_key": "CANARYgenericKey0000000000000009"})).await;
     }
@@ -447,7 +463,7 @@ fn tokio_stream_compat<T: Send + 'static>(
 async fn client_policy_limits_tenants_and_providers() {
     let me = rustix::process::geteuid().as_raw();
     let app = format!("[[app.clients]]\nuid = {me}\ntenants = [\"acme\"]\nproviders = [\"vapi\", \"resend\"]\n");
-    let e = env_with(&app, "", None).await;
+    let e = env_run(&app, "", None, Run::Binary).await;
     let (s, _, _) = e.d.app("GET", "/vapi/x", &[("keyward-tenant", "acme")], None).await;
     assert_eq!(s, 200);
     for (uri, t) in [("/vapi/x", "globex"), ("/twilio/x", "acme")] {
@@ -459,7 +475,7 @@ async fn client_policy_limits_tenants_and_providers() {
 
 #[tokio::test]
 async fn without_a_policy_the_open_access_is_logged_once() {
-    let e = env().await;
+    let e = env_run("", "", None, Run::Binary).await;
     assert_eq!(e.d.logs().matches("every client that can reach the app listener may use every tenant").count(), 1);
 }
 
@@ -490,10 +506,18 @@ async fn bad_input_gets_its_code_and_a_clean_close() {
     let big = format!("GET /vapi/x HTTP/1.1\r\nHost: k\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000));
     let out = raw(big.into_bytes()).await;
     assert!(out.starts_with("HTTP/1.1 431"), "{}", &out[..out.len().min(200)]);
-    // A slow client that never finishes its headers is closed.
-    let t0 = std::time::Instant::now();
+    // A slow client that never finishes its headers is closed. The daemon runs in this
+    // process, so its header timer is on this runtime's clock: paused, the clock jumps to the
+    // daemon's 10 s deadline as soon as everything waits, instead of the test waiting.
+    tokio::time::pause();
+    let t0 = tokio::time::Instant::now();
     let out = raw(b"GET /vapi/x HTTP/1.1\r\nHost: k\r\n".to_vec()).await;
-    assert!(t0.elapsed() < Duration::from_secs(14), "closed by the header timeout");
+    let waited = t0.elapsed();
+    tokio::time::resume();
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(14),
+        "closed by the header timeout after {waited:?}"
+    );
     assert!(out.is_empty() || out.starts_with("HTTP/1.1 408"), "{out}");
     // The daemon is still serving.
     let (s, _, _) = e.d.app("GET", "/vapi/x", &[("keyward-tenant", "acme")], None).await;

@@ -331,3 +331,15 @@ impl crate::metrics::DerivedSource for Credentials {
         ]
     }
 }
+
+/// A credential service over a fresh sled store in `dir` with a random master key, for
+/// unit tests of the layers above.
+#[cfg(test)]
+pub(crate) async fn for_tests(dir: &std::path::Path) -> Credentials {
+    let store: Arc<dyn Store> =
+        Arc::new(keyward_store::SledStore::open(&dir.join("db")).unwrap_or_else(|e| panic!("{e}")));
+    let key = keyward_core::secret::KeyBytes::random().unwrap_or_else(|e| panic!("{e}"));
+    Credentials::open(store, Keyring::from_keys(key, vec![]), Providers::default_builtin(), Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}

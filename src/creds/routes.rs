@@ -40,19 +40,11 @@ impl Credentials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyward_core::secret::KeyBytes;
-    use keyward_store::SledStore;
-
-    async fn creds(dir: &std::path::Path) -> Credentials {
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("db")).unwrap());
-        let keyring = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
-        Credentials::open(store, keyring, Providers::default_builtin(), Duration::from_secs(60)).await.unwrap()
-    }
 
     #[tokio::test]
     async fn route_writes_go_through_the_one_commit_so_the_chain_length_keeps_up() {
         let dir = tempfile::tempdir().unwrap();
-        let c = creds(dir.path()).await;
+        let c = crate::creds::for_tests(dir.path()).await;
         let (kind, id, tenant) = (
             RouteKind::parse("vapi-assistant").unwrap(),
             RouteId::parse("asst_1").unwrap(),

@@ -159,7 +159,13 @@ pub(crate) async fn token_call(
             .map_err(|_| TokenError::Transient("the token endpoint's answer was cut off".into()))?
             .to_vec(),
     );
-    let body: Option<TokenBody> = serde_json::from_slice(&bytes).ok();
+    classify(status, &bytes)
+}
+
+/// What a token endpoint's answer means (RFC 6749 §5.1, §5.2, and Google's retryable
+/// codes): a grant, a dead credential, a failure worth retrying, or a malformed answer.
+fn classify(status: StatusCode, bytes: &[u8]) -> Result<Granted, TokenError> {
+    let body: Option<TokenBody> = serde_json::from_slice(bytes).ok();
     let err_code = body.as_ref().and_then(|b| b.error.clone()).unwrap_or_default();
     let described = |b: &Option<TokenBody>| {
         let b = b.as_ref();
@@ -450,5 +456,69 @@ impl crate::metrics::DerivedSource for TokenManager {
             true,
             self.refresh_count(),
         )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(status: u16, body: &str) -> Result<Granted, TokenError> {
+        classify(StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT), body.as_bytes())
+    }
+
+    #[test]
+    fn a_grant_reads_its_token_lifetime_and_rotation() {
+        let g = class(200, r#"{"access_token":"ya29.a","expires_in":"3599","refresh_token":"1//new"}"#).unwrap();
+        assert_eq!((g.access_token.expose(), g.expires_in), ("ya29.a", Duration::from_secs(3599)));
+        assert_eq!(g.refresh_token.as_ref().map(Secret::expose), Some("1//new"));
+        let g = class(200, r#"{"access_token":"ya29.b","refresh_token":""}"#).unwrap();
+        assert_eq!((g.expires_in, g.refresh_token.is_none()), (Duration::from_secs(3600), true), "defaults");
+    }
+
+    #[test]
+    fn dead_grants_transient_failures_and_garbage_are_told_apart() {
+        let kind = |r: Result<Granted, TokenError>| match r {
+            Ok(_) => "granted",
+            Err(TokenError::Revoked(_)) => "revoked",
+            Err(TokenError::Transient(_)) => "transient",
+            Err(TokenError::Timeout(_)) => "timeout",
+            Err(TokenError::Invalid(_)) => "invalid",
+        };
+        for (status, body, want) in [
+            (400, r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#, "revoked"),
+            (401, r#"{"error":"invalid_client"}"#, "revoked"),
+            (400, r#"{"error":"unauthorized_client"}"#, "revoked"),
+            (503, "", "transient"),
+            (429, "{}", "transient"),
+            (408, "", "transient"),
+            (400, r#"{"error":"temporarily_unavailable"}"#, "transient"),
+            (400, r#"{"error":"invalid_request"}"#, "invalid"),
+            (200, "<html>surprise</html>", "invalid"),
+            (200, r#"{"access_token":""}"#, "invalid"),
+            (200, r#"{"access_token":"a","expires_in":"soon"}"#, "invalid"),
+            (200, r#"{"access_token":"a","expires_in":-5}"#, "invalid"),
+            (200, r#"{"access_token":"a","expires_in":[1]}"#, "invalid"),
+        ] {
+            assert_eq!(kind(class(status, body)), want, "{status} {body}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_described_without_the_request() {
+        let Err(TokenError::Revoked(m)) =
+            class(400, r#"{"error":"invalid_grant","error_subtype":"invalid_rapt","error_description":"reauth"}"#)
+        else {
+            panic!("not revoked")
+        };
+        assert_eq!(m, "HTTP 400 invalid_grant (invalid_rapt): reauth");
+    }
+
+    #[test]
+    fn retry_waits_jitter_within_a_tenth() {
+        for _ in 0..200 {
+            let j = jitter(Duration::from_secs(10));
+            assert!(j >= Duration::from_secs(9) && j <= Duration::from_secs(11), "{j:?}");
+        }
     }
 }

@@ -145,3 +145,93 @@ pub(crate) async fn verify(
         _proof: (),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::webhook::replay::ReplayCache;
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    use http::{HeaderMap, HeaderValue};
+    use serde_json::json;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const NOW: u64 = 1_700_000_000;
+
+    /// A Standard Webhooks delivery (Resend) signed with `secret`.
+    fn signed(secret: &str, id: &str, body: &str) -> HeaderMap {
+        let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).unwrap();
+        mac.update(format!("{id}.{NOW}.{body}").as_bytes());
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let mut h = HeaderMap::new();
+        h.insert("svix-id", HeaderValue::from_str(id).unwrap());
+        h.insert("svix-timestamp", HeaderValue::from_str(&NOW.to_string()).unwrap());
+        h.insert("svix-signature", HeaderValue::from_str(&format!("v1,{sig}")).unwrap());
+        h
+    }
+
+    fn delivery<'a>(h: &'a HeaderMap, body: &'a str) -> Delivery<'a> {
+        Delivery {
+            method: "POST",
+            url: "https://hooks.test/webhooks/resend/acme",
+            headers: h,
+            body: body.as_bytes(),
+            now: NOW,
+        }
+    }
+
+    async fn setup(dir: &std::path::Path) -> (Credentials, Arc<ProviderDef>) {
+        let creds = crate::creds::for_tests(dir).await;
+        let acme = TenantId::parse("acme").unwrap();
+        creds.put("test", &acme, "resend", json!({"api_key": "re_123", "webhook_secret": SECRET})).await.unwrap();
+        let def = creds.providers().get("resend").cloned().unwrap();
+        (creds, def)
+    }
+
+    #[tokio::test]
+    async fn a_signed_delivery_verifies_for_its_tenant_and_a_forgery_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (creds, def) = setup(dir.path()).await;
+        let acme = || Some(TenantId::parse("acme").unwrap());
+        let body = r#"{"type":"email.sent"}"#;
+        let h = signed(SECRET, "msg_1", body);
+        let v = verify(&creds, None, &def, acme(), &delivery(&h, body)).await.unwrap();
+        assert_eq!((v.tenant.as_str(), v.event_id.as_deref()), ("acme", Some("msg_1")));
+        let forged = signed("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "msg_1", body);
+        let r = verify(&creds, None, &def, acme(), &delivery(&forged, body)).await.unwrap_err();
+        assert_eq!(r.code, "bad_signature");
+        let r = verify(&creds, None, &def, acme(), &delivery(&h, r#"{"type":"email.bounced"}"#)).await.unwrap_err();
+        assert_eq!(r.code, "bad_signature", "a changed body");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_tenant_reads_like_a_tenant_without_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (creds, def) = setup(dir.path()).await;
+        let body = "{}";
+        let h = signed(SECRET, "msg_1", body);
+        let nobody = Some(TenantId::parse("nobody").unwrap());
+        let r = verify(&creds, None, &def, nobody, &delivery(&h, body)).await.unwrap_err();
+        assert_eq!(r.code, "no_credential");
+        // No tenant in the path, and Resend names no routable id in the payload.
+        let r = verify(&creds, None, &def, None, &delivery(&h, body)).await.unwrap_err();
+        assert_eq!(r.code, "unresolved_tenant");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_is_accepted_once_while_the_replay_key_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let (creds, def) = setup(dir.path()).await;
+        let replay = Replay::Memory(ReplayCache::new(100));
+        let acme = || Some(TenantId::parse("acme").unwrap());
+        let body = "{}";
+        let h = signed(SECRET, "msg_7", body);
+        let first = verify(&creds, Some(&replay), &def, acme(), &delivery(&h, body)).await.unwrap();
+        let again = verify(&creds, Some(&replay), &def, acme(), &delivery(&h, body)).await.unwrap_err();
+        assert_eq!(again.code, "replayed");
+        drop(first);
+        // Released (the app did not answer 2xx): the provider's retry passes.
+        assert!(verify(&creds, Some(&replay), &def, acme(), &delivery(&h, body)).await.is_ok());
+    }
+}

@@ -64,6 +64,8 @@ pub struct Daemon {
     pub ops_addr: Option<String>,
     pub addrs: Vec<(String, String)>,
     child: Option<Child>,
+    /// Running in this test's process (`start_in_process`): its shutdown trigger.
+    in_process: Option<(keyward::ShutdownTrigger, tokio::task::JoinHandle<Result<(), keyward::StartError>>)>,
     log_path: PathBuf,
     runs: u32,
 }
@@ -88,6 +90,7 @@ impl Daemon {
             ops_addr: None,
             addrs: vec![],
             child: None,
+            in_process: None,
             runs: 0,
         };
         if d.config.master_key_file.is_none() {
@@ -177,6 +180,25 @@ level = "{level}"
     /// Starts the daemon and waits for its "ready" log line.
     pub fn start(&mut self) -> &mut Self {
         self.try_start().unwrap_or_else(|e| panic!("daemon did not start: {e}\n--- log ---\n{}", self.logs()));
+        self
+    }
+
+    /// Runs the daemon inside this test's process through `App::build` and `App::run`, on
+    /// the same sockets and config as [`Daemon::start`] but with no process to spawn and no
+    /// log file to poll for readiness: ready when `build` returns. For tests that need
+    /// neither the daemon's log, nor signals, nor a restart.
+    pub async fn start_in_process(&mut self) -> &mut Self {
+        self.write_config();
+        self.runs += 1;
+        let env: std::collections::BTreeMap<String, String> = self.config.env.iter().cloned().collect();
+        let config = keyward::config::Config::load(&self.config_path, &env).unwrap();
+        let app = keyward::App::build(config, &env, keyward::telemetry::LogHandle::noop())
+            .await
+            .unwrap_or_else(|e| panic!("daemon did not build: {e}"));
+        self.addrs = app.addresses().into_iter().map(|(n, a)| (n.to_string(), a)).collect();
+        self.ops_addr = self.addrs.iter().find(|(n, _)| n == "ops").map(|(_, a)| a.clone());
+        let (trigger, shutdown) = keyward::shutdown_channel();
+        self.in_process = Some((trigger, tokio::spawn(app.run(shutdown))));
         self
     }
 
@@ -322,6 +344,9 @@ level = "{level}"
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some((trigger, _task)) = self.in_process.take() {
+            trigger.fire();
+        }
         self.kill9();
     }
 }

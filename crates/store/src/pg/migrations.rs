@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 use super::{unavailable, LOCK_MIGRATE};
 use crate::StoreError;
 
-const MIGRATIONS: &[(i32, &str)] = &[
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
         "CREATE TABLE keyward_tenants (tenant text PRIMARY KEY, record text NOT NULL);

@@ -128,3 +128,50 @@ impl PgStore {
         *self.conns.write().await = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CredStatus, CredentialRecord};
+
+    #[test]
+    fn records_round_trip_and_a_bad_row_is_named_corrupt() {
+        let r = CredentialRecord {
+            tenant: "acme".into(),
+            provider: "vapi".into(),
+            version: 3,
+            status: CredStatus::Active,
+            fields: Default::default(),
+            hints: Default::default(),
+            sealed: vec![0, 1, 2, 255],
+            created_at: 1,
+            updated_at: 2,
+            last_verified_at: None,
+            last_error: None,
+            deleted_at: None,
+        };
+        let back: CredentialRecord = decode("credential acme/vapi", &encode(&r)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, r);
+        let bad = decode::<CredentialRecord>("credential acme/vapi", "{\"tenant\":");
+        assert!(matches!(bad, Err(StoreError::Corrupt(w)) if w == "credential acme/vapi"));
+    }
+
+    #[test]
+    fn notify_payloads_name_what_changed_and_anything_else_drops_everything() {
+        assert_eq!(
+            Change::parse("cred/acme/vapi"),
+            Change::Credential { tenant: "acme".into(), provider: "vapi".into() }
+        );
+        assert_eq!(Change::parse("tenant/acme"), Change::Tenant("acme".into()));
+        for other in ["all", "", "cred/acme", "tenant/acme/x", "what/ever"] {
+            assert_eq!(Change::parse(other), Change::All, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn migrations_are_numbered_one_up_without_gaps() {
+        let versions: Vec<i32> = migrations::MIGRATIONS.iter().map(|(v, _)| *v).collect();
+        assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>());
+        assert!(migrations::MIGRATIONS.iter().all(|(_, sql)| !sql.trim().is_empty()));
+    }
+}
