@@ -1,10 +1,13 @@
 //! Validation: raw TOML shapes into the components' config values, with errors that name
-//! the file and the key.
+//! the file and the key. The whole file is assembled here; the larger sections are
+//! validated in their own files (`app.rs`, `webhooks.rs`, `providers.rs`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::app::build_app;
+use super::providers::build_providers;
 use super::raw::*;
+use super::webhooks::build_webhooks;
 use super::*;
 
 /// Builds errors that name the file.
@@ -14,11 +17,11 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(super) fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { file: self.file.to_path_buf(), key: key.to_string(), message: message.into() }
     }
 
-    fn path(&self, key: &str, s: &str) -> Result<PathBuf, ConfigError> {
+    pub(super) fn path(&self, key: &str, s: &str) -> Result<PathBuf, ConfigError> {
         if s.is_empty() {
             return Err(self.err(key, "must not be empty"));
         }
@@ -29,20 +32,20 @@ impl Ctx<'_> {
         Ok(if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) })
     }
 
-    fn duration(&self, key: &str, s: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    pub(super) fn duration(&self, key: &str, s: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
         match s {
             None => Ok(default),
             Some(s) => parse_duration(s).map_err(|m| self.err(key, m)),
         }
     }
 
-    fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
         s.parse().map_err(|_| {
             self.err(key, format!("\"{s}\" is not an address; write e.g. \"127.0.0.1:7443\" or \"[::1]:7443\""))
         })
     }
 
-    fn url(&self, key: &str, s: &str, allow_http: bool) -> Result<Url, ConfigError> {
+    pub(super) fn url(&self, key: &str, s: &str, allow_http: bool) -> Result<Url, ConfigError> {
         let u = Url::parse(s).map_err(|e| self.err(key, format!("\"{s}\" is not a URL: {e}")))?;
         match u.scheme() {
             "https" => {}
@@ -67,7 +70,7 @@ impl Ctx<'_> {
         Ok(u)
     }
 
-    fn rate(&self, key: &str, raw: Option<RawRateLimit>) -> Result<Option<RateLimit>, ConfigError> {
+    pub(super) fn rate(&self, key: &str, raw: Option<RawRateLimit>) -> Result<Option<RateLimit>, ConfigError> {
         let Some(r) = raw else { return Ok(None) };
         let per_second = parse_rate(&r.per_tenant).map_err(|m| self.err(&format!("{key}.per_tenant"), m))?;
         let burst = r.burst.unwrap_or_else(|| per_second.ceil().max(1.0) as u32);
@@ -97,7 +100,7 @@ pub(super) fn typed<T: serde::de::DeserializeOwned>(
 }
 
 /// A Unix socket mode written as an octal string, e.g. `"0660"`.
-fn parse_mode(s: &str) -> Result<u32, String> {
+pub(super) fn parse_mode(s: &str) -> Result<u32, String> {
     let digits = s.strip_prefix("0o").unwrap_or(s);
     let m = u32::from_str_radix(digits, 8).map_err(|_| format!("\"{s}\" is not an octal mode; write e.g. \"0660\""))?;
     if m > 0o777 {
@@ -325,258 +328,5 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
             },
             discover_routes: raw.verification.discover_routes.unwrap_or(true),
         },
-    })
-}
-
-fn build_app(ctx: &Ctx<'_>, a: RawApp, plain_tcp: bool) -> Result<AppConfig, ConfigError> {
-    let unix = a.unix.as_deref().map(|p| ctx.path("app.unix", p)).transpose()?;
-    let unix_mode = match &a.unix_mode {
-        Some(m) => parse_mode(m).map_err(|e| ctx.err("app.unix_mode", e))?,
-        None => 0o660,
-    };
-    let tcp = a.tcp.as_deref().map(|s| ctx.addr("app.tcp", s)).transpose()?;
-    let tls = a
-        .tls
-        .map(|t| -> Result<MtlsFiles, ConfigError> {
-            Ok(MtlsFiles {
-                cert: ctx.path("app.tls.cert", &t.cert)?,
-                key: ctx.path("app.tls.key", &t.key)?,
-                client_ca: ctx.path("app.tls.client_ca", &t.client_ca)?,
-            })
-        })
-        .transpose()?;
-    if tcp.is_some() && tls.is_none() && !plain_tcp {
-        return Err(
-            ctx.err("app.tls", "app.tcp needs [app.tls] with cert, key and client_ca (mTLS is required on TCP)")
-        );
-    }
-    if unix.is_none() && tcp.is_none() {
-        return Err(ctx.err("app", "set app.unix or app.tcp"));
-    }
-    let mut clients = Vec::new();
-    for (i, c) in a.clients.into_iter().enumerate() {
-        let key = format!("app.clients[{i}]");
-        let identity = match (c.uid, c.san) {
-            (Some(u), None) => ClientIdentity::Uid(u),
-            (None, Some(s)) if !s.is_empty() => ClientIdentity::San(s),
-            _ => return Err(ctx.err(&key, "set exactly one of uid or san")),
-        };
-        let tenants = if c.tenants.iter().any(|t| t == "*") {
-            None
-        } else {
-            Some(
-                c.tenants
-                    .iter()
-                    .map(|t| TenantId::parse(t).map_err(|e| ctx.err(&format!("{key}.tenants"), e.to_string())))
-                    .collect::<Result<Vec<_>, _>>()?,
-            )
-        };
-        let providers = match c.providers {
-            None => None,
-            Some(p) if p.iter().any(|p| p == "*") => None,
-            Some(p) => Some(
-                p.iter()
-                    .map(|p| ProviderName::parse(p).map_err(|e| ctx.err(&format!("{key}.providers"), e.to_string())))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
-        clients.push(ClientPolicy { identity, tenants, providers });
-    }
-    Ok(AppConfig { unix, unix_mode, tcp, tls, clients })
-}
-
-fn build_webhooks(ctx: &Ctx<'_>, w: RawWebhooks) -> Result<WebhooksConfig, ConfigError> {
-    let listen = ctx.addr("webhooks.listen", &w.listen)?;
-    let public_base_url = ctx.url("webhooks.public_base_url", w.public_base_url.trim_end_matches('/'), true)?;
-    let forward_to = if let Some(p) = w.forward_to.strip_prefix("unix:") {
-        ForwardTo::Unix(ctx.path("webhooks.forward_to", p)?)
-    } else {
-        let u = Url::parse(&w.forward_to)
-            .map_err(|e| ctx.err("webhooks.forward_to", format!("\"{}\" is not a URL: {e}", w.forward_to)))?;
-        if u.scheme() != "http" || u.host_str().is_none() {
-            return Err(ctx.err("webhooks.forward_to", "must be http://host:port or unix:/path (the app is local)"));
-        }
-        ForwardTo::Http(u)
-    };
-    let max_body = match &w.max_body {
-        Some(s) => parse_size(s).map_err(|m| ctx.err("webhooks.max_body", m))?,
-        None => 1 << 20,
-    };
-    if max_body == 0 {
-        return Err(ctx.err("webhooks.max_body", "must be above zero"));
-    }
-    let trusted_proxies = w
-        .trusted_proxies
-        .iter()
-        .map(|c| {
-            c.parse::<IpNet>()
-                .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| ctx.err("webhooks.trusted_proxies", format!("\"{c}\" is not a CIDR like 10.0.0.0/8")))
-        })
-        .collect::<Result<_, _>>()?;
-    let tls = w
-        .tls
-        .map(|t| -> Result<TlsFiles, ConfigError> {
-            Ok(TlsFiles { cert: ctx.path("webhooks.tls.cert", &t.cert)?, key: ctx.path("webhooks.tls.key", &t.key)? })
-        })
-        .transpose()?;
-    let forward_timeout =
-        ctx.duration("webhooks.forward_timeout", w.forward_timeout.as_deref(), Duration::from_secs(30))?;
-    if forward_timeout.is_zero() {
-        return Err(ctx.err("webhooks.forward_timeout", "must be above zero"));
-    }
-    Ok(WebhooksConfig { listen, public_base_url, forward_to, max_body, trusted_proxies, tls, forward_timeout })
-}
-
-fn build_providers(
-    ctx: &Ctx<'_>,
-    raw: BTreeMap<String, toml::Value>,
-    allow_http: bool,
-) -> Result<ProvidersConfig, ConfigError> {
-    let mut out = ProvidersConfig::default();
-    for (name, value) in raw {
-        let key = format!("providers.{name}");
-        let pname = ProviderName::parse(&name).map_err(|e| ctx.err(&key, e.to_string()))?;
-        if name == "google" {
-            let g: RawGoogle = typed(ctx, &key, value)?;
-            let url = |k: &str, v: &Option<String>| {
-                v.as_deref().map(|s| ctx.url(&format!("{key}.{k}"), s, allow_http)).transpose()
-            };
-            out.builtin.insert(
-                name.clone(),
-                BuiltinOverride {
-                    base_url: url("base_url", &g.base_url)?,
-                    rate_limit: ctx.rate(&format!("{key}.rate_limit"), g.rate_limit)?,
-                    token_url: url("token_url", &g.token_url)?,
-                    auth_url: url("auth_url", &g.auth_url)?,
-                    revoke_url: url("revoke_url", &g.revoke_url)?,
-                },
-            );
-        } else if keyward_core::providers::builtin_names().any(|b| b == name) {
-            let b: RawBuiltin = typed(ctx, &key, value)?;
-            out.builtin.insert(
-                name.clone(),
-                BuiltinOverride {
-                    base_url: b
-                        .base_url
-                        .as_deref()
-                        .map(|s| ctx.url(&format!("{key}.base_url"), s, allow_http))
-                        .transpose()?,
-                    rate_limit: ctx.rate(&format!("{key}.rate_limit"), b.rate_limit)?,
-                    ..BuiltinOverride::default()
-                },
-            );
-        } else {
-            let g: RawGeneric = typed(ctx, &key, value)?;
-            out.generic.insert(pname, build_generic(ctx, &key, g, allow_http)?);
-        }
-    }
-    Ok(out)
-}
-
-fn build_generic(ctx: &Ctx<'_>, key: &str, g: RawGeneric, allow_http: bool) -> Result<GenericProvider, ConfigError> {
-    let base_url = ctx.url(&format!("{key}.base_url"), &g.base_url, allow_http)?;
-    if g.fields.is_empty() {
-        return Err(ctx.err(&format!("{key}.fields"), "declare at least one credential field"));
-    }
-    for f in &g.fields {
-        if f.is_empty() || !f.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
-            return Err(ctx.err(&format!("{key}.fields"), format!("\"{f}\" is not a field name; use [a-z0-9_]")));
-        }
-    }
-    for f in &g.public_fields {
-        if !g.fields.contains(f) {
-            return Err(ctx.err(&format!("{key}.public_fields"), format!("\"{f}\" is not listed in fields")));
-        }
-    }
-    let check_template = |k: &str, t: &str| -> Result<(), ConfigError> {
-        for name in template_fields(t).map_err(|m| ctx.err(k, m))? {
-            if !g.fields.iter().any(|f| f == name) {
-                return Err(ctx.err(k, format!("{{{name}}} is not one of the declared fields")));
-            }
-        }
-        Ok(())
-    };
-    let ik = format!("{key}.inject");
-    let inject = match (g.inject.header, g.inject.value, g.inject.basic, g.inject.query) {
-        (Some(h), Some(v), None, None) => {
-            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                return Err(ctx.err(&format!("{ik}.header"), format!("\"{h}\" is not a header name")));
-            }
-            check_template(&format!("{ik}.value"), &v)?;
-            InjectTemplate::Header { name: h.to_ascii_lowercase(), value: v }
-        }
-        (None, None, Some([u, p]), None) => {
-            check_template(&format!("{ik}.basic"), &u)?;
-            check_template(&format!("{ik}.basic"), &p)?;
-            InjectTemplate::Basic { user: u, password: p }
-        }
-        (None, Some(v), None, Some(q)) => {
-            if q.is_empty() {
-                return Err(ctx.err(&format!("{ik}.query"), "must not be empty"));
-            }
-            check_template(&format!("{ik}.value"), &v)?;
-            InjectTemplate::Query { name: q, value: v }
-        }
-        _ => {
-            return Err(ctx.err(
-                &ik,
-                "write one of { header = \"…\", value = \"…\" }, { basic = [\"{user}\", \"{key}\"] } or { query = \"…\", value = \"…\" }",
-            ))
-        }
-    };
-    let webhook = g
-        .webhook
-        .map(|w| -> Result<WebhookScheme, ConfigError> {
-            let wk = format!("{key}.webhook");
-            let tolerance =
-                ctx.duration(&format!("{wk}.tolerance"), w.tolerance.as_deref(), Duration::from_secs(300))?;
-            match w.scheme.as_str() {
-                "standard-webhooks" => {
-                    if w.header.is_some() {
-                        return Err(ctx.err(&format!("{wk}.header"), "standard-webhooks uses fixed webhook-* headers"));
-                    }
-                    Ok(WebhookScheme::StandardWebhooks { tolerance })
-                }
-                "stripe" => Ok(WebhookScheme::Stripe {
-                    header: w.header.unwrap_or_else(|| "stripe-signature".into()).to_ascii_lowercase(),
-                    tolerance,
-                }),
-                other => Err(ctx.err(
-                    &format!("{wk}.scheme"),
-                    format!("\"{other}\" is not a scheme; use \"standard-webhooks\" or \"stripe\""),
-                )),
-            }
-        })
-        .transpose()?;
-    if webhook.is_some() && !g.fields.iter().any(|f| f == "webhook_secret") {
-        return Err(ctx.err(&format!("{key}.fields"), "a provider with a webhook scheme needs a webhook_secret field"));
-    }
-    let mut hosts: Vec<String> = g.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-    for h in &hosts {
-        if h.is_empty() || h.contains('/') || h.contains('@') {
-            return Err(ctx.err(&format!("{key}.hosts"), format!("\"{h}\" is not a host name")));
-        }
-    }
-    if let Some(h) = base_url.host_str() {
-        let h = h.to_ascii_lowercase();
-        if !hosts.contains(&h) {
-            hosts.push(h);
-        }
-    }
-    if let Some(p) = &g.verify_path {
-        if !p.starts_with('/') || p.contains("..") {
-            return Err(ctx.err(&format!("{key}.verify_path"), "must be a path starting with / (e.g. \"/v1/me\")"));
-        }
-    }
-    Ok(GenericProvider {
-        base_url,
-        hosts,
-        fields: g.fields,
-        public_fields: g.public_fields,
-        inject,
-        webhook,
-        rate_limit: ctx.rate(&format!("{key}.rate_limit"), g.rate_limit)?,
-        verify_path: g.verify_path,
     })
 }

@@ -299,7 +299,10 @@ impl Config {
     }
 }
 
+mod app;
 mod build;
+mod providers;
 mod raw;
 #[cfg(test)]
 mod tests;
+mod webhooks;
