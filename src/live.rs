@@ -271,21 +271,20 @@ impl Live {
                 _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let mut after: Option<String> = None;
+            let mut after: Option<TenantId> = None;
             let mut checked = 0u64;
             loop {
-                let Ok(page) = self.creds.tenants(after.as_deref(), 500).await else { break };
+                let Ok(page) = self.creds.tenants(after.as_ref(), 500).await else { break };
                 let Some(last) = page.last().cloned() else { break };
                 after = Some(last);
-                for t in page {
-                    let Ok(tenant) = TenantId::parse(&t) else { continue };
+                for tenant in page {
                     let Ok(list) = self.creds.list(&tenant, false).await else { continue };
                     for c in list.into_iter().filter(|c| c.status != CredStatus::Inactive) {
                         let Ok(permit) = sem.clone().acquire_owned().await else { return };
                         let me = self.clone();
                         let tenant = tenant.clone();
                         tokio::spawn(async move {
-                            if let Err(e) = me.verify_stored("keyward", &tenant, &c.provider, discover).await {
+                            if let Err(e) = me.verify_stored("keyward", &tenant, c.provider.as_str(), discover).await {
                                 tracing::warn!(tenant = %tenant, provider = %c.provider, error = %e, "periodic re-verification failed");
                             }
                             drop(permit);

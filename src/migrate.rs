@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::config::{Backend, Config, Env};
+use keyward_core::ids::{RouteId, RouteKind, TenantId};
 use keyward_store::{Imported, Store};
 
 async fn open(cfg: &Config, env: &dyn Env) -> Result<Arc<dyn Store>> {
@@ -55,9 +56,9 @@ pub async fn migrate(from: &Config, to: &Config, env: &dyn Env) -> Result<Copied
     }
 
     bar.set_message("tenants");
-    let mut after: Option<String> = None;
+    let mut after: Option<TenantId> = None;
     loop {
-        let page = src.list_tenants(after.as_deref(), 500).await?;
+        let page = src.list_tenants(after.as_ref(), 500).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.tenant.clone());
         bar.inc_length(page.len() as u64);
@@ -75,9 +76,9 @@ pub async fn migrate(from: &Config, to: &Config, env: &dyn Env) -> Result<Copied
     }
 
     bar.set_message("routes");
-    let mut after: Option<(String, String)> = None;
+    let mut after: Option<(RouteKind, RouteId)> = None;
     loop {
-        let page = src.list_routes(after.as_ref().map(|(k, i)| (k.as_str(), i.as_str())), 1000).await?;
+        let page = src.list_routes(after.as_ref().map(|(k, i)| (k, i)), 1000).await?;
         let Some((k, i, _)) = page.last().cloned() else { break };
         after = Some((k, i));
         bar.inc_length(page.len() as u64);

@@ -84,7 +84,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
                 Some(a) => Some(TenantId::parse(a).map_err(|e| PublicError::bad_request(e.to_string()))?),
                 None => None,
             };
-            let tenants = creds.tenants(after.as_ref().map(TenantId::as_str), limit).await?;
+            let tenants = creds.tenants(after.as_ref(), limit).await?;
             let next = if tenants.len() == limit { tenants.last().cloned() } else { None };
             ok(json!({"tenants": tenants, "next": next}))
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
-use keyward_core::ids::{RouteId, RouteKind, TenantId};
+use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
 use keyward_core::providers::{FieldError, Providers};
 use keyward_core::secret::Secret;
 use keyward_core::time::rfc3339;
@@ -160,6 +160,11 @@ pub enum CredError {
 }
 
 impl CredError {
+    /// The tenant has no (live) credential for `provider`.
+    pub(crate) fn not_found(tenant: &TenantId, provider: &str) -> Self {
+        CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() }
+    }
+
     /// The public error code (CONTRACT.md §6), also the `result` of a refused audit entry.
     pub fn code(&self) -> &'static str {
         match self {
@@ -302,11 +307,17 @@ impl Credentials {
     }
 
     fn check_provider(&self, provider: &str) -> Result<(), CredError> {
+        self.provider_name(provider).map(|_| ())
+    }
+
+    /// The configured provider's typed name, or `unknown_provider`.
+    fn provider_name(&self, provider: &str) -> Result<ProviderName, CredError> {
         let providers = self.providers();
-        if providers.get(provider).is_some() {
-            Ok(())
-        } else {
-            Err(CredError::UnknownProvider(provider.to_string(), providers.names().collect::<Vec<_>>().join(", ")))
+        match providers.get(provider) {
+            Some(def) => Ok(def.name.clone()),
+            None => {
+                Err(CredError::UnknownProvider(provider.to_string(), providers.names().collect::<Vec<_>>().join(", ")))
+            }
         }
     }
 }

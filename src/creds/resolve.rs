@@ -74,7 +74,7 @@ impl Credentials {
         if let Some(k) = self.deks.read().ok().and_then(|d| d.get(tenant.as_str()).cloned()) {
             return Ok(Some(k));
         }
-        let Some(rec) = self.store.get_tenant(tenant.as_str()).await? else {
+        let Some(rec) = self.store.get_tenant(tenant).await? else {
             return Ok(None);
         };
         let dek = Arc::new(self.keyring.unwrap(tenant, &rec.wrapped_key)?);
@@ -121,8 +121,9 @@ impl Credentials {
 
     /// Reads and opens one credential, bypassing the cache.
     pub(super) async fn load(&self, tenant: &TenantId, provider: &str) -> Result<Credential, CredError> {
-        let not_found = || CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() };
-        let rec = self.store.get_credential(tenant.as_str(), provider).await?.ok_or_else(not_found)?;
+        let not_found = || CredError::not_found(tenant, provider);
+        let name = self.provider_name(provider)?;
+        let rec = self.store.get_credential(tenant, &name).await?.ok_or_else(not_found)?;
         if rec.deleted_at.is_some() {
             return Err(not_found());
         }

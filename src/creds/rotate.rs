@@ -23,11 +23,11 @@ impl Credentials {
     /// on its own, so an interrupted rotation resumes where it stopped when rerun.
     pub async fn rotate_keys(&self, actor: &str, limit: usize) -> Result<RotateReport, CredError> {
         let _guard = self.write_lock.lock().await;
-        let mut after: Option<String> = None;
+        let mut after: Option<TenantId> = None;
         let (mut total, mut remaining, mut rewrapped) = (0u64, 0u64, 0u64);
         let mut batch = Vec::new();
         loop {
-            let page = self.store.list_tenants(after.as_deref(), 1000).await?;
+            let page = self.store.list_tenants(after.as_ref(), 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.tenant.clone());
             for t in page {
@@ -36,10 +36,8 @@ impl Credentials {
                     continue;
                 }
                 if batch.len() < limit {
-                    let id =
-                        TenantId::parse(&t.tenant).map_err(|_| StoreError::Corrupt(format!("tenant {}", t.tenant)))?;
-                    let dek = self.keyring.unwrap(&id, &t.wrapped_key)?;
-                    batch.push(Op::PutTenant(TenantRecord { wrapped_key: self.keyring.wrap(&id, &dek)?, ..t }));
+                    let dek = self.keyring.unwrap(&t.tenant, &t.wrapped_key)?;
+                    batch.push(Op::PutTenant(TenantRecord { wrapped_key: self.keyring.wrap(&t.tenant, &dek)?, ..t }));
                 } else {
                     remaining += 1;
                 }

@@ -14,25 +14,27 @@ impl Credentials {
         tenant: &TenantId,
         keep_other_owner: bool,
     ) -> Result<(), CredError> {
-        let op =
-            Op::PutRoute { kind: kind.to_string(), id: id.to_string(), tenant: tenant.to_string(), keep_other_owner };
+        let op = Op::PutRoute { kind: kind.clone(), id: id.clone(), tenant: tenant.clone(), keep_other_owner };
         self.commit(vec![op], draft(actor, "route.put", Some(tenant.as_str()), None, Some(format!("{kind}/{id}"))))
             .await?;
         Ok(())
     }
 
-    /// The tenant a route points at: one store lookup, O(1) in the number of routes.
+    /// The tenant a route points at: one store lookup, O(1) in the number of routes. A kind
+    /// or id that is not a valid route id routes nowhere.
     pub async fn route(&self, kind: &str, id: &str) -> Result<Option<TenantId>, CredError> {
-        Ok(self.store.get_route(kind, id).await?.and_then(|t| TenantId::parse(&t).ok()))
+        let (Ok(kind), Ok(id)) = (RouteKind::parse(kind), RouteId::parse(id)) else { return Ok(None) };
+        Ok(self.store.get_route(&kind, &id).await?)
     }
 
     /// Removes a route; false when there was none.
     pub async fn delete_route(&self, actor: &str, kind: &RouteKind, id: &RouteId) -> Result<bool, CredError> {
-        let Some(owner) = self.store.get_route(kind.as_str(), id.as_str()).await? else {
+        let Some(owner) = self.store.get_route(kind, id).await? else {
             return Ok(false);
         };
-        let op = Op::DeleteRoute { kind: kind.to_string(), id: id.to_string() };
-        self.commit(vec![op], draft(actor, "route.delete", Some(&owner), None, Some(format!("{kind}/{id}")))).await?;
+        let op = Op::DeleteRoute { kind: kind.clone(), id: id.clone() };
+        let target = Some(format!("{kind}/{id}"));
+        self.commit(vec![op], draft(actor, "route.delete", Some(owner.as_str()), None, target)).await?;
         Ok(true)
     }
 }

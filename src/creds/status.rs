@@ -13,9 +13,9 @@ use super::*;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StatusObject {
     /// Owner.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Provider.
-    pub provider: String,
+    pub provider: ProviderName,
     /// active | inactive | revoked
     pub status: CredStatus,
     /// Non-secret fields.
@@ -64,12 +64,9 @@ impl Credentials {
 
     /// Status of one credential. A soft-deleted one answers [`CredError::Deleted`].
     pub async fn status(&self, tenant: &TenantId, provider: &str) -> Result<StatusObject, CredError> {
-        self.check_provider(provider)?;
-        let rec = self
-            .store
-            .get_credential(tenant.as_str(), provider)
-            .await?
-            .ok_or_else(|| CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() })?;
+        let name = self.provider_name(provider)?;
+        let rec =
+            self.store.get_credential(tenant, &name).await?.ok_or_else(|| CredError::not_found(tenant, provider))?;
         if let Some(d) = rec.deleted_at {
             return Err(CredError::Deleted {
                 tenant: tenant.to_string(),
@@ -85,7 +82,7 @@ impl Credentials {
     pub async fn list(&self, tenant: &TenantId, include_deleted: bool) -> Result<Vec<StatusObject>, CredError> {
         Ok(self
             .store
-            .list_credentials(tenant.as_str())
+            .list_credentials(tenant)
             .await?
             .iter()
             .filter(|r| include_deleted || r.deleted_at.is_none())
@@ -98,11 +95,11 @@ impl Credentials {
         if self.deks.read().is_ok_and(|d| d.contains_key(tenant.as_str())) {
             return Ok(true);
         }
-        Ok(self.store.get_tenant(tenant.as_str()).await?.is_some())
+        Ok(self.store.get_tenant(tenant).await?.is_some())
     }
 
     /// Tenant ids in order, after `after`.
-    pub async fn tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>, CredError> {
+    pub async fn tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantId>, CredError> {
         Ok(self.store.list_tenants(after, limit).await?.into_iter().map(|t| t.tenant).collect())
     }
 }

@@ -68,10 +68,7 @@ impl Credentials {
         version: u64,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CredError> {
-        let dek = self
-            .data_key(tenant)
-            .await?
-            .ok_or_else(|| CredError::NotFound { tenant: tenant.to_string(), provider: purpose.to_string() })?;
+        let dek = self.data_key(tenant).await?.ok_or_else(|| CredError::not_found(tenant, purpose))?;
         Ok(dek.seal(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, plaintext)?)
     }
 
@@ -83,10 +80,7 @@ impl Credentials {
         version: u64,
         blob: &[u8],
     ) -> Result<keyward_core::secret::SecretBytes, CredError> {
-        let dek = self
-            .data_key(tenant)
-            .await?
-            .ok_or_else(|| CredError::NotFound { tenant: tenant.to_string(), provider: purpose.to_string() })?;
+        let dek = self.data_key(tenant).await?.ok_or_else(|| CredError::not_found(tenant, purpose))?;
         Ok(dek.open(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, blob)?)
     }
 
@@ -133,8 +127,8 @@ impl Credentials {
             provider,
             |old, now| {
                 Ok(CredentialRecord {
-                    tenant: tenant.to_string(),
-                    provider: provider.to_string(),
+                    tenant: tenant.clone(),
+                    provider: self.provider_name(provider)?,
                     version: old.map_or(1, |o| o.version + 1),
                     status,
                     fields: parsed.public.clone(),
@@ -166,7 +160,8 @@ impl Credentials {
         secrets: Option<&BTreeMap<String, Secret>>,
     ) -> Result<StatusObject, CredError> {
         let _guard = self.write_lock.lock().await;
-        let old = self.store.get_credential(tenant.as_str(), provider).await?;
+        let name = self.provider_name(provider)?;
+        let old = self.store.get_credential(tenant, &name).await?;
         let now = now_millis();
         let mut rec = next(old.as_ref(), now)?;
         let mut ops = Vec::new();
@@ -175,7 +170,7 @@ impl Credentials {
             None => {
                 let dek = Arc::new(DataKey::generate()?);
                 ops.push(Op::PutTenant(TenantRecord {
-                    tenant: tenant.to_string(),
+                    tenant: tenant.clone(),
                     wrapped_key: self.keyring.wrap(tenant, &dek)?,
                     created_at: now,
                 }));
@@ -189,9 +184,7 @@ impl Credentials {
                 let plain = dek.open(RecordAad { tenant, provider, version: o.version }, &o.sealed)?;
                 dek.seal(RecordAad { tenant, provider, version: rec.version }, &plain)?
             }
-            (None, None) => {
-                return Err(CredError::NotFound { tenant: tenant.to_string(), provider: provider.to_string() })
-            }
+            (None, None) => return Err(CredError::not_found(tenant, provider)),
         };
         let expect = old.as_ref().map_or(Expect::Absent, |o| Expect::Version(o.version));
         ops.push(Op::PutCredential { record: rec.clone(), expect });
@@ -224,7 +217,7 @@ impl Credentials {
                     None => {
                         let dek = Arc::new(DataKey::generate()?);
                         ops.push(Op::PutTenant(TenantRecord {
-                            tenant: tenant.to_string(),
+                            tenant: tenant.clone(),
                             wrapped_key: self.keyring.wrap(&tenant, &dek)?,
                             created_at: now,
                         }));
@@ -234,8 +227,8 @@ impl Credentials {
                 },
             };
             let record = CredentialRecord {
-                tenant: tenant.to_string(),
-                provider: provider.clone(),
+                tenant: tenant.clone(),
+                provider: self.provider_name(&provider)?,
                 version: 1,
                 status: parsed.status.unwrap_or(CredStatus::Active),
                 fields: parsed.public.clone(),
@@ -263,10 +256,8 @@ impl Credentials {
             tenant,
             provider,
             |old, now| {
-                let old = old.filter(|o| o.deleted_at.is_none()).ok_or_else(|| CredError::NotFound {
-                    tenant: tenant.to_string(),
-                    provider: provider.to_string(),
-                })?;
+                let old =
+                    old.filter(|o| o.deleted_at.is_none()).ok_or_else(|| CredError::not_found(tenant, provider))?;
                 Ok(CredentialRecord { version: old.version + 1, updated_at: now, deleted_at: Some(now), ..old.clone() })
             },
             None,
@@ -283,10 +274,7 @@ impl Credentials {
             tenant,
             provider,
             |old, now| {
-                let old = old.ok_or_else(|| CredError::NotFound {
-                    tenant: tenant.to_string(),
-                    provider: provider.to_string(),
-                })?;
+                let old = old.ok_or_else(|| CredError::not_found(tenant, provider))?;
                 if old.deleted_at.is_none() {
                     return Err(CredError::NotDeleted { tenant: tenant.to_string(), provider: provider.to_string() });
                 }
@@ -314,10 +302,8 @@ impl Credentials {
             tenant,
             provider,
             |old, now| {
-                let old = old.filter(|o| o.deleted_at.is_none()).ok_or_else(|| CredError::NotFound {
-                    tenant: tenant.to_string(),
-                    provider: provider.to_string(),
-                })?;
+                let old =
+                    old.filter(|o| o.deleted_at.is_none()).ok_or_else(|| CredError::not_found(tenant, provider))?;
                 Ok(CredentialRecord {
                     version: old.version + 1,
                     updated_at: now,
@@ -336,9 +322,9 @@ impl Credentials {
     /// of them is purged.
     pub async fn delete_tenant(&self, actor: &str, tenant: &TenantId) -> Result<Vec<StatusObject>, CredError> {
         let mut out = Vec::new();
-        for r in self.store.list_credentials(tenant.as_str()).await? {
+        for r in self.store.list_credentials(tenant).await? {
             if r.deleted_at.is_none() {
-                out.push(self.delete(actor, tenant, &r.provider).await?);
+                out.push(self.delete(actor, tenant, r.provider.as_str()).await?);
             }
         }
         Ok(out)
@@ -369,11 +355,11 @@ impl Credentials {
                 ops.push(Op::DeleteTenant(tenant.clone()));
             }
             let action = if shred { "credential.purge+tenant.shred" } else { "credential.purge" };
-            self.commit(ops, draft("keyward", action, Some(&tenant), Some(&provider), None)).await?;
-            self.invalidate(&tenant, &provider);
+            self.commit(ops, draft("keyward", action, Some(tenant.as_str()), Some(provider.as_str()), None)).await?;
+            self.invalidate(tenant.as_str(), provider.as_str());
             if shred {
                 if let Ok(mut d) = self.deks.write() {
-                    d.remove(&tenant);
+                    d.remove(tenant.as_str());
                 }
             }
             tracing::info!(tenant = %tenant, provider = %provider, shredded = shred, "purged a deleted credential");

@@ -49,6 +49,8 @@ use serde::{Deserialize, Serialize};
 
 pub use keyward_core::status::CredStatus;
 
+use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
+
 pub use keyward_core::time::{now_millis, Millis};
 
 /// Serde helper: bytes as standard base64 text.
@@ -70,7 +72,7 @@ pub(crate) mod b64 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantRecord {
     /// Tenant id.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// The data key, sealed under a master key.
     #[serde(with = "b64")]
     pub wrapped_key: Vec<u8>,
@@ -82,9 +84,9 @@ pub struct TenantRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CredentialRecord {
     /// Owner.
-    pub tenant: String,
+    pub tenant: TenantId,
     /// Provider name.
-    pub provider: String,
+    pub provider: ProviderName,
     /// Monotonic version; part of the sealed blob's AAD.
     pub version: u64,
     /// Status.
@@ -134,7 +136,7 @@ pub enum Op {
     /// Create or replace a tenant record.
     PutTenant(TenantRecord),
     /// Destroy a tenant's data key (crypto-shredding).
-    DeleteTenant(String),
+    DeleteTenant(TenantId),
     /// Create or replace a credential.
     PutCredential {
         /// The new record.
@@ -145,29 +147,29 @@ pub enum Op {
     /// Remove a credential for good (purge).
     PurgeCredential {
         /// Owner.
-        tenant: String,
+        tenant: TenantId,
         /// Provider.
-        provider: String,
+        provider: ProviderName,
         /// Precondition.
         expect_version: u64,
     },
     /// Map a route to a tenant.
     PutRoute {
         /// Route kind.
-        kind: String,
+        kind: RouteKind,
         /// Route id.
-        id: String,
+        id: RouteId,
         /// Owner.
-        tenant: String,
+        tenant: TenantId,
         /// Refuse when the route already belongs to another tenant.
         keep_other_owner: bool,
     },
     /// Remove a route.
     DeleteRoute {
         /// Route kind.
-        kind: String,
+        kind: RouteKind,
         /// Route id.
-        id: String,
+        id: RouteId,
     },
     /// Set a metadata value.
     PutMeta {
@@ -230,11 +232,11 @@ pub enum Imported {
     /// A route.
     Route {
         /// Kind.
-        kind: String,
+        kind: RouteKind,
         /// Id.
-        id: String,
+        id: RouteId,
         /// Owner.
-        tenant: String,
+        tenant: TenantId,
     },
     /// A metadata value (the key check value).
     Meta {
@@ -305,22 +307,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// A tenant record.
-    async fn get_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, StoreError>;
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
 
     /// Tenant records in id order, strictly after `after`.
-    async fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError>;
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantRecord>, StoreError>;
 
     /// One credential (soft-deleted ones included).
-    async fn get_credential(&self, tenant: &str, provider: &str) -> Result<Option<CredentialRecord>, StoreError>;
+    async fn get_credential(
+        &self,
+        tenant: &TenantId,
+        provider: &ProviderName,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
 
     /// A tenant's credentials (soft-deleted ones included).
-    async fn list_credentials(&self, tenant: &str) -> Result<Vec<CredentialRecord>, StoreError>;
+    async fn list_credentials(&self, tenant: &TenantId) -> Result<Vec<CredentialRecord>, StoreError>;
 
     /// Soft-deleted credentials deleted at or before `cutoff`: `(tenant, provider)`.
-    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(String, String)>, StoreError>;
+    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(TenantId, ProviderName)>, StoreError>;
 
     /// The tenant a route points at.
-    async fn get_route(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError>;
+    async fn get_route(&self, kind: &RouteKind, id: &RouteId) -> Result<Option<TenantId>, StoreError>;
 
     /// Audit entries with `seq > after`, at most `limit`.
     async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
@@ -334,9 +340,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Routes in `(kind, id)` order, strictly after `after`: `(kind, id, tenant)`.
     async fn list_routes(
         &self,
-        after: Option<(&str, &str)>,
+        after: Option<(&RouteKind, &RouteId)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, String)>, StoreError>;
+    ) -> Result<Vec<(RouteKind, RouteId, TenantId)>, StoreError>;
 
     /// Writes records verbatim, without auditing (store migration). A record that already
     /// exists unchanged is skipped, so an interrupted migration can be rerun; one that

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional;
 
+use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
+
 use super::audit::chain;
 use super::{
     now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Imported, Millis, Op, Store, StoreError,
@@ -46,7 +48,8 @@ fn unavailable(e: sled::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-fn pair_key(a: &str, b: &str) -> Vec<u8> {
+fn pair_key(a: impl AsRef<str>, b: impl AsRef<str>) -> Vec<u8> {
+    let (a, b) = (a.as_ref(), b.as_ref());
     let mut k = Vec::with_capacity(a.len() + b.len() + 1);
     k.extend_from_slice(a.as_bytes());
     k.push(0);
@@ -54,11 +57,16 @@ fn pair_key(a: &str, b: &str) -> Vec<u8> {
     k
 }
 
-fn purge_key(deleted_at: Millis, tenant: &str, provider: &str) -> Vec<u8> {
+fn purge_key(deleted_at: Millis, tenant: impl AsRef<str>, provider: impl AsRef<str>) -> Vec<u8> {
     // Offset so that negative times (never expected) still sort before positive ones.
     let mut k = ((deleted_at as u64) ^ (1 << 63)).to_be_bytes().to_vec();
     k.extend_from_slice(&pair_key(tenant, provider));
     k
+}
+
+/// An id stored as bytes (a key or a route owner); one that does not parse is corruption.
+fn id<T, E>(parse: fn(&str) -> Result<T, E>, what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    std::str::from_utf8(bytes).ok().and_then(|s| parse(s).ok()).ok_or_else(|| StoreError::Corrupt(what.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -131,10 +139,10 @@ impl Trees<'_> {
     fn apply(&self, op: &Op) -> Result<(), Abort> {
         match op {
             Op::PutTenant(t) => {
-                self.tenants.insert(t.tenant.as_bytes(), encode(t))?;
+                self.tenants.insert(t.tenant.as_str().as_bytes(), encode(t))?;
             }
             Op::DeleteTenant(t) => {
-                self.tenants.remove(t.as_bytes())?;
+                self.tenants.remove(t.as_str().as_bytes())?;
             }
             Op::PutCredential { record, expect } => {
                 let key = pair_key(&record.tenant, &record.provider);
@@ -174,16 +182,16 @@ impl Trees<'_> {
                 let key = pair_key(kind, id);
                 if *keep_other_owner {
                     if let Some(owner) = self.routes.get(&key)? {
-                        if owner.as_ref() != tenant.as_bytes() {
+                        if owner.as_ref() != tenant.as_str().as_bytes() {
                             return Err(abort(StoreError::RouteTaken {
-                                kind: kind.clone(),
-                                id: id.clone(),
+                                kind: kind.to_string(),
+                                id: id.to_string(),
                                 owner: String::from_utf8_lossy(&owner).into_owned(),
                             }));
                         }
                     }
                 }
-                self.routes.insert(key, tenant.as_bytes())?;
+                self.routes.insert(key, tenant.as_str().as_bytes())?;
             }
             Op::DeleteRoute { kind, id } => {
                 self.routes.remove(pair_key(kind, id))?;
@@ -279,17 +287,17 @@ impl Store for SledStore {
         Ok(self.meta.get(key.as_bytes()).map_err(unavailable)?.map(|v| v.to_vec()))
     }
 
-    async fn get_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, StoreError> {
-        match self.tenants.get(tenant.as_bytes()).map_err(unavailable)? {
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
+        match self.tenants.get(tenant.as_str().as_bytes()).map_err(unavailable)? {
             Some(v) => Ok(Some(decode(&format!("tenant {tenant}"), &v)?)),
             None => Ok(None),
         }
     }
 
-    async fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
         let iter = match after {
             Some(a) => {
-                let mut start = a.as_bytes().to_vec();
+                let mut start = a.as_str().as_bytes().to_vec();
                 start.push(0);
                 self.tenants.range(start..)
             }
@@ -303,15 +311,19 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn get_credential(&self, tenant: &str, provider: &str) -> Result<Option<CredentialRecord>, StoreError> {
+    async fn get_credential(
+        &self,
+        tenant: &TenantId,
+        provider: &ProviderName,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
         match self.creds.get(pair_key(tenant, provider)).map_err(unavailable)? {
             Some(v) => Ok(Some(decode(&format!("credential {tenant}/{provider}"), &v)?)),
             None => Ok(None),
         }
     }
 
-    async fn list_credentials(&self, tenant: &str) -> Result<Vec<CredentialRecord>, StoreError> {
-        let mut prefix = tenant.as_bytes().to_vec();
+    async fn list_credentials(&self, tenant: &TenantId) -> Result<Vec<CredentialRecord>, StoreError> {
+        let mut prefix = tenant.as_str().as_bytes().to_vec();
         prefix.push(0);
         self.creds
             .scan_prefix(prefix)
@@ -322,7 +334,7 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(TenantId, ProviderName)>, StoreError> {
         let end = purge_key(cutoff.saturating_add(1), "", "");
         let mut out = Vec::new();
         for r in self.purge.range(..end).take(limit) {
@@ -331,13 +343,16 @@ impl Store for SledStore {
             let mut parts = rest.splitn(2, |b| *b == 0);
             let t = parts.next().unwrap_or_default();
             let p = parts.next().unwrap_or_default();
-            out.push((String::from_utf8_lossy(t).into_owned(), String::from_utf8_lossy(p).into_owned()));
+            out.push((id(TenantId::parse, "purge index", t)?, id(ProviderName::parse, "purge index", p)?));
         }
         Ok(out)
     }
 
-    async fn get_route(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.routes.get(pair_key(kind, id)).map_err(unavailable)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    async fn get_route(&self, kind: &RouteKind, route: &RouteId) -> Result<Option<TenantId>, StoreError> {
+        match self.routes.get(pair_key(kind, route)).map_err(unavailable)? {
+            Some(v) => Ok(Some(id(TenantId::parse, &format!("route {kind}/{route}"), &v)?)),
+            None => Ok(None),
+        }
     }
 
     async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -365,9 +380,9 @@ impl Store for SledStore {
 
     async fn list_routes(
         &self,
-        after: Option<(&str, &str)>,
+        after: Option<(&RouteKind, &RouteId)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, String)>, StoreError> {
+    ) -> Result<Vec<(RouteKind, RouteId, TenantId)>, StoreError> {
         let iter = match after {
             Some((k, i)) => {
                 let mut start = pair_key(k, i);
@@ -380,9 +395,9 @@ impl Store for SledStore {
             .map(|r| {
                 let (k, v) = r.map_err(unavailable)?;
                 let mut parts = k.splitn(2, |b| *b == 0);
-                let kind = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                let id = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
-                Ok((kind, id, String::from_utf8_lossy(&v).into_owned()))
+                let kind = id(RouteKind::parse, "route index", parts.next().unwrap_or_default())?;
+                let route = id(RouteId::parse, "route index", parts.next().unwrap_or_default())?;
+                Ok((kind, route, id(TenantId::parse, "route owner", &v)?))
             })
             .collect()
     }
@@ -397,9 +412,12 @@ impl Store for SledStore {
         };
         for item in items {
             match item {
-                Imported::Tenant(t) => {
-                    put_same(&self.tenants, t.tenant.as_bytes().to_vec(), encode(&t), format!("tenant {}", t.tenant))?
-                }
+                Imported::Tenant(t) => put_same(
+                    &self.tenants,
+                    t.tenant.as_str().as_bytes().to_vec(),
+                    encode(&t),
+                    format!("tenant {}", t.tenant),
+                )?,
                 Imported::Credential(c) => {
                     if let Some(d) = c.deleted_at {
                         self.purge.insert(purge_key(d, &c.tenant, &c.provider), &[][..]).map_err(unavailable)?;
@@ -412,7 +430,8 @@ impl Store for SledStore {
                     )?
                 }
                 Imported::Route { kind, id, tenant } => {
-                    put_same(&self.routes, pair_key(&kind, &id), tenant.into_bytes(), format!("route {kind}/{id}"))?
+                    let owner = tenant.as_str().as_bytes().to_vec();
+                    put_same(&self.routes, pair_key(&kind, &id), owner, format!("route {kind}/{id}"))?
                 }
                 Imported::Meta { key, value } => {
                     put_same(&self.meta, key.clone().into_bytes(), value, format!("meta {key}"))?
@@ -439,6 +458,13 @@ mod tests {
     use crate::{verify_chain, CredStatus, Expect};
     use std::collections::BTreeMap;
 
+    fn tid(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+    fn pn(s: &str) -> ProviderName {
+        ProviderName::parse(s).unwrap()
+    }
+
     fn draft(action: &str) -> AuditDraft {
         AuditDraft {
             actor: "test".into(),
@@ -452,8 +478,8 @@ mod tests {
 
     fn cred(tenant: &str, provider: &str, version: u64) -> CredentialRecord {
         CredentialRecord {
-            tenant: tenant.into(),
-            provider: provider.into(),
+            tenant: tid(tenant),
+            provider: pn(provider),
             version,
             status: CredStatus::Active,
             fields: BTreeMap::new(),
@@ -490,7 +516,7 @@ mod tests {
         s.commit(vec![Op::PutCredential { record: cred("acme", "vapi", 2), expect: Expect::Version(1) }], draft("put"))
             .await
             .unwrap();
-        assert_eq!(s.get_credential("acme", "vapi").await.unwrap().unwrap().version, 2);
+        assert_eq!(s.get_credential(&tid("acme"), &pn("vapi")).await.unwrap().unwrap().version, 2);
         // Failed commits leave no audit entry and no change.
         let head = s.audit_head().await.unwrap();
         assert_eq!(head.seq, 2);
@@ -506,14 +532,19 @@ mod tests {
         assert!(b.to_string().contains("another keyward process"), "{b}");
     }
 
+    async fn route(s: &SledStore) -> Option<String> {
+        let (kind, id) = (RouteKind::parse("twilio-account").unwrap(), RouteId::parse("AC1").unwrap());
+        s.get_route(&kind, &id).await.unwrap().map(|t| t.to_string())
+    }
+
     #[tokio::test]
     async fn routes_keep_their_owner_when_asked() {
         let dir = tempfile::tempdir().unwrap();
         let s = SledStore::open(dir.path()).unwrap();
         let put = |t: &str, keep| Op::PutRoute {
-            kind: "twilio-account".into(),
-            id: "AC1".into(),
-            tenant: t.into(),
+            kind: RouteKind::parse("twilio-account").unwrap(),
+            id: RouteId::parse("AC1").unwrap(),
+            tenant: tid(t),
             keep_other_owner: keep,
         };
         s.commit(vec![put("acme", true)], draft("route")).await.unwrap();
@@ -522,9 +553,9 @@ mod tests {
             s.commit(vec![put("globex", true)], draft("route")).await,
             Err(StoreError::RouteTaken { .. })
         ));
-        assert_eq!(s.get_route("twilio-account", "AC1").await.unwrap().as_deref(), Some("acme"));
+        assert_eq!(route(&s).await.as_deref(), Some("acme"));
         s.commit(vec![put("globex", false)], draft("route")).await.unwrap();
-        assert_eq!(s.get_route("twilio-account", "AC1").await.unwrap().as_deref(), Some("globex"));
+        assert_eq!(route(&s).await.as_deref(), Some("globex"));
     }
 
     #[tokio::test]
@@ -538,7 +569,7 @@ mod tests {
         del.deleted_at = Some(5_000);
         s.commit(vec![Op::PutCredential { record: del, expect: Expect::Version(1) }], draft("rm")).await.unwrap();
         assert!(s.deleted_before(4_999, 10).await.unwrap().is_empty());
-        assert_eq!(s.deleted_before(5_000, 10).await.unwrap(), vec![("acme".to_string(), "vapi".to_string())]);
+        assert_eq!(s.deleted_before(5_000, 10).await.unwrap(), vec![(tid("acme"), pn("vapi"))]);
         // Restoring removes it from the index.
         s.commit(
             vec![Op::PutCredential { record: cred("acme", "vapi", 3), expect: Expect::Version(2) }],
@@ -555,12 +586,14 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         let ops = ["c", "a", "b"]
             .iter()
-            .map(|t| Op::PutTenant(TenantRecord { tenant: (*t).into(), wrapped_key: vec![], created_at: 0 }))
+            .map(|t| Op::PutTenant(TenantRecord { tenant: tid(t), wrapped_key: vec![], created_at: 0 }))
             .collect();
         s.commit(ops, draft("t")).await.unwrap();
-        let first: Vec<String> = s.list_tenants(None, 2).await.unwrap().into_iter().map(|t| t.tenant).collect();
+        let first: Vec<String> =
+            s.list_tenants(None, 2).await.unwrap().into_iter().map(|r| r.tenant.to_string()).collect();
         assert_eq!(first, ["a", "b"]);
-        let next: Vec<String> = s.list_tenants(Some("b"), 2).await.unwrap().into_iter().map(|t| t.tenant).collect();
+        let next: Vec<String> =
+            s.list_tenants(Some(&tid("b")), 2).await.unwrap().into_iter().map(|r| r.tenant.to_string()).collect();
         assert_eq!(next, ["c"]);
     }
 }

@@ -12,21 +12,21 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
         Op::PutTenant(t) => {
             tx.execute(
                 "INSERT INTO keyward_tenants (tenant, record) VALUES ($1, $2) ON CONFLICT (tenant) DO UPDATE SET record = EXCLUDED.record",
-                &[&t.tenant, &encode(t)],
+                &[&t.tenant.as_str(), &encode(t)],
             )
             .await
             .map_err(unavailable)?;
             notes.push(format!("tenant/{}", t.tenant));
         }
         Op::DeleteTenant(t) => {
-            tx.execute("DELETE FROM keyward_tenants WHERE tenant = $1", &[t]).await.map_err(unavailable)?;
+            tx.execute("DELETE FROM keyward_tenants WHERE tenant = $1", &[&t.as_str()]).await.map_err(unavailable)?;
             notes.push(format!("tenant/{t}"));
         }
         Op::PutCredential { record, expect } => {
             let old = tx
                 .query_opt(
                     "SELECT record FROM keyward_credentials WHERE tenant = $1 AND provider = $2 FOR UPDATE",
-                    &[&record.tenant, &record.provider],
+                    &[&record.tenant.as_str(), &record.provider.as_str()],
                 )
                 .await
                 .map_err(unavailable)?;
@@ -40,7 +40,7 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
             tx.execute(
                 "INSERT INTO keyward_credentials (tenant, provider, record, deleted_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (tenant, provider) DO UPDATE SET record = EXCLUDED.record, deleted_at = EXCLUDED.deleted_at",
-                &[&record.tenant, &record.provider, &encode(record), &record.deleted_at],
+                &[&record.tenant.as_str(), &record.provider.as_str(), &encode(record), &record.deleted_at],
             )
             .await
             .map_err(unavailable)?;
@@ -50,7 +50,7 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
             let row = tx
                 .query_opt(
                     "SELECT record FROM keyward_credentials WHERE tenant = $1 AND provider = $2 FOR UPDATE",
-                    &[tenant, provider],
+                    &[&tenant.as_str(), &provider.as_str()],
                 )
                 .await
                 .map_err(unavailable)?
@@ -59,32 +59,38 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
             if old.version != *expect_version {
                 return Err(StoreError::Conflict(format!("credential {tenant}/{provider}")));
             }
-            tx.execute("DELETE FROM keyward_credentials WHERE tenant = $1 AND provider = $2", &[tenant, provider])
-                .await
-                .map_err(unavailable)?;
+            tx.execute(
+                "DELETE FROM keyward_credentials WHERE tenant = $1 AND provider = $2",
+                &[&tenant.as_str(), &provider.as_str()],
+            )
+            .await
+            .map_err(unavailable)?;
             notes.push(format!("cred/{tenant}/{provider}"));
         }
         Op::PutRoute { kind, id, tenant, keep_other_owner } => {
             if *keep_other_owner {
                 let row = tx
-                    .query_opt("SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2 FOR UPDATE", &[kind, id])
+                    .query_opt(
+                        "SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2 FOR UPDATE",
+                        &[&kind.as_str(), &id.as_str()],
+                    )
                     .await
                     .map_err(unavailable)?;
                 if let Some(owner) = row.map(|r| r.get::<_, String>(0)) {
-                    if &owner != tenant {
-                        return Err(StoreError::RouteTaken { kind: kind.clone(), id: id.clone(), owner });
+                    if owner != tenant.as_str() {
+                        return Err(StoreError::RouteTaken { kind: kind.to_string(), id: id.to_string(), owner });
                     }
                 }
             }
             tx.execute(
                 "INSERT INTO keyward_routes (kind, id, tenant) VALUES ($1, $2, $3) ON CONFLICT (kind, id) DO UPDATE SET tenant = EXCLUDED.tenant",
-                &[kind, id, tenant],
+                &[&kind.as_str(), &id.as_str(), &tenant.as_str()],
             )
             .await
             .map_err(unavailable)?;
         }
         Op::DeleteRoute { kind, id } => {
-            tx.execute("DELETE FROM keyward_routes WHERE kind = $1 AND id = $2", &[kind, id])
+            tx.execute("DELETE FROM keyward_routes WHERE kind = $1 AND id = $2", &[&kind.as_str(), &id.as_str()])
                 .await
                 .map_err(unavailable)?;
         }
@@ -148,11 +154,11 @@ impl Store for PgStore {
             .map(|r| r.get::<_, Vec<u8>>(0)))
     }
 
-    async fn get_tenant(&self, tenant: &str) -> Result<Option<TenantRecord>, StoreError> {
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<TenantRecord>, StoreError> {
         let c = self.conns().await?;
         match c
             .reader
-            .query_opt("SELECT record FROM keyward_tenants WHERE tenant = $1", &[&tenant])
+            .query_opt("SELECT record FROM keyward_tenants WHERE tenant = $1", &[&tenant.as_str()])
             .await
             .map_err(unavailable)?
         {
@@ -161,27 +167,31 @@ impl Store for PgStore {
         }
     }
 
-    async fn list_tenants(&self, after: Option<&str>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
+    async fn list_tenants(&self, after: Option<&TenantId>, limit: usize) -> Result<Vec<TenantRecord>, StoreError> {
         let c = self.conns().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
             .reader
             .query(
                 "SELECT record FROM keyward_tenants WHERE tenant > $1 ORDER BY tenant COLLATE \"C\" LIMIT $2",
-                &[&after.unwrap_or(""), &limit],
+                &[&after.map_or("", TenantId::as_str), &limit],
             )
             .await
             .map_err(unavailable)?;
         rows.iter().map(|r| decode("tenant", r.get::<_, &str>(0))).collect()
     }
 
-    async fn get_credential(&self, tenant: &str, provider: &str) -> Result<Option<CredentialRecord>, StoreError> {
+    async fn get_credential(
+        &self,
+        tenant: &TenantId,
+        provider: &ProviderName,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
         let c = self.conns().await?;
         match c
             .reader
             .query_opt(
                 "SELECT record FROM keyward_credentials WHERE tenant = $1 AND provider = $2",
-                &[&tenant, &provider],
+                &[&tenant.as_str(), &provider.as_str()],
             )
             .await
             .map_err(unavailable)?
@@ -191,20 +201,20 @@ impl Store for PgStore {
         }
     }
 
-    async fn list_credentials(&self, tenant: &str) -> Result<Vec<CredentialRecord>, StoreError> {
+    async fn list_credentials(&self, tenant: &TenantId) -> Result<Vec<CredentialRecord>, StoreError> {
         let c = self.conns().await?;
         let rows = c
             .reader
             .query(
                 "SELECT record FROM keyward_credentials WHERE tenant = $1 ORDER BY provider COLLATE \"C\"",
-                &[&tenant],
+                &[&tenant.as_str()],
             )
             .await
             .map_err(unavailable)?;
         rows.iter().map(|r| decode("credential", r.get::<_, &str>(0))).collect()
     }
 
-    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(String, String)>, StoreError> {
+    async fn deleted_before(&self, cutoff: Millis, limit: usize) -> Result<Vec<(TenantId, ProviderName)>, StoreError> {
         let c = self.conns().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
@@ -212,16 +222,25 @@ impl Store for PgStore {
             .query("SELECT tenant, provider FROM keyward_credentials WHERE deleted_at IS NOT NULL AND deleted_at <= $1 ORDER BY deleted_at LIMIT $2", &[&cutoff, &limit])
             .await
             .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| {
+                let t = id(TenantId::parse, "credential row", r.get(0))?;
+                Ok((t, id(ProviderName::parse, "credential row", r.get(1))?))
+            })
+            .collect()
     }
 
-    async fn get_route(&self, kind: &str, id: &str) -> Result<Option<String>, StoreError> {
+    async fn get_route(&self, kind: &RouteKind, route: &RouteId) -> Result<Option<TenantId>, StoreError> {
         let c = self.conns().await?;
-        Ok(c.reader
-            .query_opt("SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2", &[&kind, &id])
+        c.reader
+            .query_opt(
+                "SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2",
+                &[&kind.as_str(), &route.as_str()],
+            )
             .await
             .map_err(unavailable)?
-            .map(|r| r.get(0)))
+            .map(|r| id(TenantId::parse, &format!("route {kind}/{route}"), r.get(0)))
+            .transpose()
     }
 
     async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -252,11 +271,11 @@ impl Store for PgStore {
 
     async fn list_routes(
         &self,
-        after: Option<(&str, &str)>,
+        after: Option<(&RouteKind, &RouteId)>,
         limit: usize,
-    ) -> Result<Vec<(String, String, String)>, StoreError> {
+    ) -> Result<Vec<(RouteKind, RouteId, TenantId)>, StoreError> {
         let c = self.conns().await?;
-        let (k, i) = after.unwrap_or(("", ""));
+        let (k, i) = after.map_or(("", ""), |(k, i)| (k.as_str(), i.as_str()));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
             .reader
@@ -266,7 +285,13 @@ impl Store for PgStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        rows.iter()
+            .map(|r| {
+                let kind = id(RouteKind::parse, "route row", r.get(0))?;
+                let route = id(RouteId::parse, "route row", r.get(1))?;
+                Ok((kind, route, id(TenantId::parse, "route row", r.get(2))?))
+            })
+            .collect()
     }
 
     async fn import(&self, items: Vec<Imported>) -> Result<(), StoreError> {
@@ -280,7 +305,7 @@ impl Store for PgStore {
                 Imported::Tenant(t) => (
                     "INSERT INTO keyward_tenants (tenant, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
                     "SELECT record FROM keyward_tenants WHERE tenant = $1",
-                    vec![t.tenant.clone()],
+                    vec![t.tenant.to_string()],
                     encode(t).into_bytes(),
                     format!("tenant {}", t.tenant),
                 ),
@@ -288,7 +313,7 @@ impl Store for PgStore {
                     let n = tx
                         .execute(
                             "INSERT INTO keyward_credentials (tenant, provider, record, deleted_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                            &[&cr.tenant, &cr.provider, &encode(cr), &cr.deleted_at],
+                            &[&cr.tenant.as_str(), &cr.provider.as_str(), &encode(cr), &cr.deleted_at],
                         )
                         .await
                         .map_err(unavailable)?;
@@ -296,7 +321,7 @@ impl Store for PgStore {
                         let row = tx
                             .query_one(
                                 "SELECT record FROM keyward_credentials WHERE tenant = $1 AND provider = $2",
-                                &[&cr.tenant, &cr.provider],
+                                &[&cr.tenant.as_str(), &cr.provider.as_str()],
                             )
                             .await
                             .map_err(unavailable)?;
@@ -312,15 +337,18 @@ impl Store for PgStore {
                 Imported::Route { kind, id, tenant } => {
                     tx.execute(
                         "INSERT INTO keyward_routes (kind, id, tenant) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        &[kind, id, tenant],
+                        &[&kind.as_str(), &id.as_str(), &tenant.as_str()],
                     )
                     .await
                     .map_err(unavailable)?;
                     let row = tx
-                        .query_one("SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2", &[kind, id])
+                        .query_one(
+                            "SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2",
+                            &[&kind.as_str(), &id.as_str()],
+                        )
                         .await
                         .map_err(unavailable)?;
-                    if &row.get::<_, String>(0) != tenant {
+                    if row.get::<_, &str>(0) != tenant.as_str() {
                         return Err(StoreError::Conflict(format!(
                             "route {kind}/{id} exists in the target with another owner"
                         )));

@@ -27,6 +27,8 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, Mutex, RwLock};
 use tokio_postgres::Client;
 
+use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
+
 use super::{
     AuditDraft, AuditEntry, AuditHead, Change, CredentialRecord, Imported, Millis, Op, Store, StoreError, TenantRecord,
 };
@@ -77,6 +79,11 @@ impl std::fmt::Debug for PgStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("PostgreSQL: {e}"))
+}
+
+/// An id read from a column; one that does not parse is corruption.
+fn id<T, E>(parse: fn(&str) -> Result<T, E>, what: &str, s: &str) -> Result<T, StoreError> {
+    parse(s).map_err(|_| StoreError::Corrupt(what.to_string()))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, StoreError> {
@@ -137,8 +144,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_a_bad_row_is_named_corrupt() {
         let r = CredentialRecord {
-            tenant: "acme".into(),
-            provider: "vapi".into(),
+            tenant: TenantId::parse("acme").unwrap_or_else(|e| panic!("{e}")),
+            provider: ProviderName::parse("vapi").unwrap_or_else(|e| panic!("{e}")),
             version: 3,
             status: CredStatus::Active,
             fields: Default::default(),
