@@ -569,3 +569,36 @@ async fn an_upstream_that_resets_or_sends_garbage_gets_a_clean_error() {
     }
     assert!(!d.logs().contains("panicked"));
 }
+
+/// Hardening (issue 13, item 5): a provider, or anything on its path, cannot speak for
+/// keyward: `Keyward-*` response headers are dropped before the app sees the answer, and the
+/// metrics' error label only ever holds keyward's own codes.
+#[tokio::test]
+async fn a_providers_keyward_headers_reach_neither_the_app_nor_the_metrics() {
+    let handler: Handler = Arc::new(|_| {
+        Box::pin(async {
+            let mut resp = json_response(200, r#"{"sid":"CA1"}"#);
+            for (n, v) in [
+                ("keyward-error", "evil-label-0001"),
+                ("keyward-verified", "1"),
+                ("keyward-tenant", "globex"),
+                ("x-twilio-request", "ok"),
+            ] {
+                resp.headers_mut().insert(n, http::HeaderValue::from_static(v));
+            }
+            resp
+        })
+    });
+    let e = env_with("", "", Some(handler)).await;
+    let (s, h, _) =
+        e.d.app("GET", "/twilio/2010-04-01/Accounts/_/Calls.json", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 200);
+    let keyward: Vec<&str> = h.keys().map(|k| k.as_str()).filter(|k| k.starts_with("keyward-")).collect();
+    assert!(keyward.is_empty(), "relayed from the provider: {keyward:?}");
+    assert_eq!(h["x-twilio-request"], "ok", "the provider's own headers still arrive");
+    let ops = tokio::net::TcpStream::connect(e.d.ops_addr.as_ref().unwrap()).await.unwrap();
+    let (_, _, metrics) = http_full(hyper_util::rt::TokioIo::new(ops), "GET", "/metrics", None, &[]).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("keyward_proxy_requests"), "{metrics}");
+    assert!(!metrics.contains("evil-label"), "a provider chose a metrics label:\n{metrics}");
+}

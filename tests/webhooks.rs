@@ -577,3 +577,31 @@ async fn an_unreachable_app_gets_a_gateway_error_and_the_retry_is_not_a_replay()
         assert_eq!((s, rh["keyward-error"].to_str().unwrap()), (502, "upstream_connect_failed"));
     }
 }
+
+/// Hardening (issue 13, item 6): `/v1/webhooks/verify` applies the client policy before it
+/// verifies anything, so a client restricted to some tenants learns nothing (not even a
+/// rejection reason) about deliveries for the others.
+#[tokio::test]
+async fn the_verify_endpoint_checks_the_client_policy_before_verifying() {
+    let me = rustix::process::geteuid().as_raw();
+    let policy = format!("[[app.clients]]\nuid = {me}\ntenants = [\"globex\"]\nproviders = [\"resend\"]\n");
+    let mut d = Daemon::new(DaemonConfig { app: Some(policy), ..DaemonConfig::default() });
+    d.start_in_process().await;
+    put(&d, "acme", "resend", json!({"api_key": "re_x", "webhook_secret": RESEND_SECRET})).await;
+    use base64::Engine;
+    let url = "https://app.example/hooks/resend";
+    for body in [r#"{"type":"email.bounced"}"#, "forged"] {
+        let signed = sdk_sign("resend", RESEND_SECRET, url, r#"{"type":"email.bounced"}"#, &[]);
+        let h: serde_json::Map<String, Value> = signed.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+        let req = json!({"provider": "resend", "tenant": "acme", "url": url, "method": "POST", "headers": h,
+            "body_base64": base64::engine::general_purpose::STANDARD.encode(body)});
+        let (s, hd, rb) = d.app("POST", "/v1/webhooks/verify", &[], Some(req.to_string().into_bytes())).await;
+        assert_eq!(
+            (s, hd.get("keyward-error").map(|v| v.to_str().unwrap())),
+            (403, Some("tenant_not_allowed")),
+            "{body}: {}",
+            String::from_utf8_lossy(&rb)
+        );
+        assert!(!String::from_utf8_lossy(&rb).contains("bad_signature"), "no reason leaks");
+    }
+}

@@ -44,6 +44,15 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Removes every `Keyward-*` header: keyward's own namespace, which only keyward may set on
+/// what it hands to the app (a provider, or anything on its path, must not speak for it).
+pub(crate) fn strip_keyward(h: &mut HeaderMap) {
+    let names: Vec<_> = h.keys().filter(|n| n.as_str().starts_with("keyward-")).cloned().collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

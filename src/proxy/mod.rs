@@ -102,12 +102,18 @@ pub(crate) async fn handle(
     let span = tracing::info_span!("request", request_id = %rid);
     let method = req.method().clone();
     let (resp, tenant, provider) = proxy(&state, &peer, req).instrument(span.clone()).await;
-    let resp = resp.unwrap_or_else(boxed_error);
-    let error = resp.headers().get("keyward-error").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    // The error label is keyward's own code (a bounded set), never a header value.
+    let (resp, error) = match resp {
+        Ok(r) => (r, ""),
+        Err(e) => {
+            let code = e.code;
+            (boxed_error(e), code)
+        }
+    };
     let labels = crate::metrics::RequestLabels {
         provider: provider.clone().unwrap_or_else(|| "-".into()),
         status: resp.status().as_u16(),
-        error,
+        error: error.to_string(),
     };
     state.metrics.proxy_requests.get_or_create(&labels).inc();
     if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &tenant, &provider) {
@@ -125,7 +131,7 @@ pub(crate) async fn handle(
             tenant = tenant.as_deref().unwrap_or("-"),
             provider = provider.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
-            error = resp.headers().get("keyward-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            error,
             micros = started.elapsed().as_micros() as u64,
             "proxied"
         )

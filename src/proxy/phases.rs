@@ -271,6 +271,7 @@ pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
     }
     let (mut parts, body) = response.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_keyward(&mut parts.headers);
     scrub::scrub_headers(&mut parts.headers, &scrub);
     let body: ProxyBody = if scrub::is_scannable(&parts.headers) {
         scrub::Scrubbed::new(body.map_err(|e| Box::new(e) as BoxError), scrub).boxed_unsync()
@@ -299,6 +300,7 @@ fn tunnel(client: OnUpgrade, upstream: &mut Response<Incoming>, scrub: &ScrubLis
     let mut out = Response::new(http_body_util::Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync());
     *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut h = upstream.headers().clone();
+    headers::strip_keyward(&mut h);
     scrub::scrub_headers(&mut h, scrub);
     *out.headers_mut() = h;
     out

@@ -46,7 +46,7 @@ fn reject(code: &'static str, detail: impl Into<String>) -> Rejection {
 }
 
 /// Finds the tenant: the path's, else the routes named by the payload, which must agree.
-async fn resolve_tenant(
+pub(crate) async fn resolve_tenant(
     creds: &Credentials,
     provider: &ProviderDef,
     path_tenant: Option<TenantId>,
@@ -94,6 +94,18 @@ pub(crate) async fn verify(
     d: &Delivery<'_>,
 ) -> Result<Verified, Rejection> {
     let tenant = resolve_tenant(creds, provider, path_tenant, d).await?;
+    verify_for(creds, replay, provider, tenant, d).await
+}
+
+/// The pipeline after the tenant is known: credential → signature → window → replay →
+/// in-body ids. Callers that authorize by tenant do so between the two halves.
+pub(crate) async fn verify_for(
+    creds: &Credentials,
+    replay: Option<&Replay>,
+    provider: &Arc<ProviderDef>,
+    tenant: TenantId,
+    d: &Delivery<'_>,
+) -> Result<Verified, Rejection> {
     let no_cred = || reject("no_credential", format!("no {} webhook key for this tenant", provider.name));
     let cred = match creds.resolve_any(&tenant, provider.name.as_str()).await {
         Ok(c) => c,

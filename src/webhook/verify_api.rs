@@ -74,18 +74,24 @@ pub(crate) async fn handle(
     })?;
     let now = keyward_core::time::now_secs();
     let d = keyward_core::providers::inbound::Delivery { method, url, headers: &headers, body: &raw_body, now };
-    let answer = match super::verify::verify(creds, None, &def, tenant, &d).await {
-        Ok(v) => {
-            if !policy.allows(peer, &v.tenant, provider_name) {
+    let rejected = |r: super::verify::Rejection| serde_json::json!({"valid": false, "tenant": null, "reason": r.code, "detail": r.detail});
+    // The client policy comes first: a client may learn nothing, not even why a delivery
+    // fails, about a tenant it may not use. A tenant that cannot be resolved names no one.
+    let answer = match super::verify::resolve_tenant(creds, &def, tenant, &d).await {
+        Err(r) => rejected(r),
+        Ok(tenant) => {
+            if !policy.allows(peer, &tenant, provider_name) {
                 return Err(PublicError::new(
                     StatusCode::FORBIDDEN,
                     "tenant_not_allowed",
                     "this client may not verify deliveries for that tenant",
                 ));
             }
-            serde_json::json!({"valid": true, "tenant": v.tenant, "reason": null, "event_id": v.event_id})
+            match super::verify::verify_for(creds, None, &def, tenant, &d).await {
+                Ok(v) => serde_json::json!({"valid": true, "tenant": v.tenant, "reason": null, "event_id": v.event_id}),
+                Err(r) => rejected(r),
+            }
         }
-        Err(r) => serde_json::json!({"valid": false, "tenant": null, "reason": r.code, "detail": r.detail}),
     };
     let mut resp = Response::new(
         http_body_util::Full::new(Bytes::from(answer.to_string())).map_err(|never| match never {}).boxed_unsync(),
