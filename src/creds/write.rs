@@ -160,6 +160,7 @@ impl Credentials {
         secrets: Option<&BTreeMap<String, Secret>>,
     ) -> Result<StatusObject, CredError> {
         let _guard = self.write_lock.lock().await;
+        // Every write validates its provider here (unknown_provider), so callers need not.
         let name = self.provider_name(provider)?;
         let old = self.store.get_credential(tenant, &name).await?;
         let now = now_millis();
@@ -207,7 +208,7 @@ impl Credentials {
         let mut new_keys: HashMap<String, Arc<DataKey>> = HashMap::new();
         let n = items.len();
         for (tenant, provider, fields) in items {
-            self.check_provider(&provider)?;
+            let name = self.provider_name(&provider)?;
             let parsed =
                 self.providers().get(&provider).map(|d| d.schema.parse(fields)).transpose()?.unwrap_or_default();
             let dek = match new_keys.get(tenant.as_str()) {
@@ -228,7 +229,7 @@ impl Credentials {
             };
             let record = CredentialRecord {
                 tenant: tenant.clone(),
-                provider: self.provider_name(&provider)?,
+                provider: name,
                 version: 1,
                 status: parsed.status.unwrap_or(CredStatus::Active),
                 fields: parsed.public.clone(),
@@ -249,7 +250,6 @@ impl Credentials {
 
     /// Soft delete: stops working at once, restorable until retention passes.
     pub async fn delete(&self, actor: &str, tenant: &TenantId, provider: &str) -> Result<StatusObject, CredError> {
-        self.check_provider(provider)?;
         self.write_record(
             actor,
             "credential.delete",
@@ -267,7 +267,6 @@ impl Credentials {
 
     /// Undoes a soft delete.
     pub async fn restore(&self, actor: &str, tenant: &TenantId, provider: &str) -> Result<StatusObject, CredError> {
-        self.check_provider(provider)?;
         self.write_record(
             actor,
             "credential.restore",

@@ -231,22 +231,11 @@ pub fn builtin_names() -> impl Iterator<Item = &'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::outbound::tests::{fields, Fields};
     use super::*;
-    use std::collections::BTreeMap as Map;
-
-    struct Fields(Map<&'static str, Secret>, Map<&'static str, &'static str>);
-
-    impl FieldSource for Fields {
-        fn secret_field(&self, name: &str) -> Option<&Secret> {
-            self.0.get(name)
-        }
-        fn public_field(&self, name: &str) -> Option<&str> {
-            self.1.get(name).copied()
-        }
-    }
 
     fn public(p: &[(&'static str, &'static str)]) -> Fields {
-        Fields(Map::new(), p.iter().copied().collect())
+        fields(&[], p)
     }
 
     #[test]

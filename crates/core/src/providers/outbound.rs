@@ -249,13 +249,14 @@ pub(crate) fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::providers::config::ProvidersConfig;
     use crate::providers::Providers;
     use std::collections::BTreeMap;
 
-    struct Fields(BTreeMap<&'static str, Secret>, BTreeMap<&'static str, &'static str>);
+    /// A credential's fields for tests of the provider rules.
+    pub(crate) struct Fields(BTreeMap<&'static str, Secret>, BTreeMap<&'static str, &'static str>);
 
     impl FieldSource for Fields {
         fn secret_field(&self, name: &str) -> Option<&Secret> {
@@ -266,7 +267,7 @@ mod tests {
         }
     }
 
-    fn fields(secrets: &[(&'static str, &str)], public: &[(&'static str, &'static str)]) -> Fields {
+    pub(crate) fn fields(secrets: &[(&'static str, &str)], public: &[(&'static str, &'static str)]) -> Fields {
         Fields(
             secrets.iter().map(|(k, v)| (*k, Secret::new((*v).to_string()))).collect(),
             public.iter().copied().collect(),
