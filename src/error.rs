@@ -89,7 +89,9 @@ impl PublicError {
 impl From<&StoreError> for PublicError {
     fn from(e: &StoreError) -> Self {
         let (status, message) = match e {
-            StoreError::Conflict(_) | StoreError::RouteTaken { .. } => (StatusCode::CONFLICT, e.to_string()),
+            StoreError::Conflict(_) | StoreError::TenantChanged(_) | StoreError::RouteTaken { .. } => {
+                (StatusCode::CONFLICT, e.to_string())
+            }
             StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the credential store is unavailable; retry, and check keyward's log".to_string(),

@@ -289,3 +289,119 @@ async fn a_sled_store_migrates_into_postgres_and_back() {
     let out = migrate(&pg.config_path, &back.config_path);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_creating_the_same_tenant_at_once_both_keep_their_credential() {
+    let Some(admin) = pg_admin_url() else { return };
+    let f = fleet().await;
+    let resend = FakeProvider::start(&f.pki).await;
+    let db = fresh_pg_db(&admin).await;
+    let extra = format!("[providers.resend]\nbase_url = \"{}\"\n", resend.url);
+    let mut a = f.daemon(Some(&db), None, &extra);
+    let mut b = f.daemon(Some(&db), a.config.master_key_file.clone(), &extra);
+    std::thread::scope(|scope| {
+        for d in [&mut a, &mut b] {
+            scope.spawn(move || {
+                d.start();
+            });
+        }
+    });
+    // Each tenant is new to both: a stores its vapi key while b stores its resend key.
+    const N: usize = 24;
+    let mut tasks = Vec::new();
+    for (d, provider, field) in [(&a, "vapi", "api_key"), (&b, "resend", "api_key")] {
+        let sock = d.admin_sock.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..N {
+                let s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+                let body = json!({ field: format!("re_CANARYrace{provider}{i:04}") }).to_string().into_bytes();
+                let path = format!("/v1/tenants/race{i}/credentials/{provider}");
+                let (st, v) = http_request(hyper_util::rt::TokioIo::new(s), "PUT", &path, Some(body), &[]).await;
+                assert_eq!(st, 200, "{path}: {v:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every acknowledged credential opens, from either sidecar.
+    for i in 0..N {
+        let tenant = format!("race{i}");
+        for d in [&a, &b] {
+            let (s, _, body) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", &tenant)], None).await;
+            assert_eq!(s, 200, "{tenant}/vapi: {}", String::from_utf8_lossy(&body));
+            let (s, _, body) = d.app("GET", "/resend/emails", &[("keyward-tenant", &tenant)], None).await;
+            assert_eq!(s, 200, "{tenant}/resend: {}", String::from_utf8_lossy(&body));
+        }
+    }
+}
+
+/// The tenant-key preconditions every backend enforces (the fleet's protection against a
+/// rotation or purge on one sidecar racing a write on another).
+async fn tenant_keys_are_compare_and_set(s: &dyn keyward::store::Store) {
+    use keyward::ids::{ProviderName, TenantId};
+    use keyward::store::{AuditDraft, CredStatus, CredentialRecord, Expect, Op, StoreError, TenantRecord};
+    let t = TenantId::parse("acme").unwrap();
+    let draft = || AuditDraft {
+        actor: "test".into(),
+        action: "test".into(),
+        tenant: None,
+        provider: None,
+        target: None,
+        result: "ok".into(),
+    };
+    let rec = |wrapped: &[u8]| TenantRecord { tenant: t.clone(), wrapped_key: wrapped.to_vec(), created_at: 1 };
+    let changed = |r: Result<keyward::store::AuditEntry, StoreError>| matches!(r, Err(StoreError::TenantChanged(_)));
+    s.commit(vec![Op::CreateTenant(rec(b"k1"))], draft()).await.unwrap();
+    assert!(changed(s.commit(vec![Op::CreateTenant(rec(b"k2"))], draft()).await), "create is insert-if-absent");
+    assert_eq!(s.get_tenant(&t).await.unwrap().unwrap().wrapped_key, b"k1", "the first creator's key stays");
+    let rewrap = |expect: &[u8], to: &[u8]| Op::RewrapTenant { record: rec(to), expect: expect.to_vec() };
+    assert!(changed(s.commit(vec![rewrap(b"k0", b"k9")], draft()).await), "rewrap of a key not read");
+    s.commit(vec![rewrap(b"k1", b"k1b")], draft()).await.unwrap();
+    let expect = |w: &[u8]| Op::ExpectTenant { tenant: t.clone(), wrapped_key: w.to_vec() };
+    assert!(changed(s.commit(vec![expect(b"k1")], draft()).await), "a write sealed before the rewrap re-reads");
+    s.commit(vec![expect(b"k1b")], draft()).await.unwrap();
+    let shred = |w: &[u8]| Op::DeleteTenant { tenant: t.clone(), expect: w.to_vec() };
+    assert!(changed(s.commit(vec![shred(b"k1")], draft()).await), "shred of a key not read");
+    s.commit(vec![shred(b"k1b")], draft()).await.unwrap();
+    assert!(s.get_tenant(&t).await.unwrap().is_none());
+    assert!(
+        changed(s.commit(vec![rewrap(b"k1b", b"k2")], draft()).await),
+        "a rotation cannot resurrect a shredded tenant"
+    );
+    assert!(s.get_tenant(&t).await.unwrap().is_none());
+    assert!(changed(s.commit(vec![expect(b"k1b")], draft()).await), "nor can a write sealed under the shredded key");
+    // A shared store refuses to shred while a credential remains (another sidecar's write
+    // between the purge's count and its commit).
+    if s.subscribe().is_some() {
+        s.commit(vec![Op::CreateTenant(rec(b"k3"))], draft()).await.unwrap();
+        let cred = CredentialRecord {
+            tenant: t.clone(),
+            provider: ProviderName::parse("vapi").unwrap(),
+            version: 1,
+            status: CredStatus::Active,
+            fields: Default::default(),
+            hints: Default::default(),
+            sealed: vec![1],
+            created_at: 1,
+            updated_at: 1,
+            last_verified_at: None,
+            last_error: None,
+            deleted_at: None,
+        };
+        s.commit(vec![Op::PutCredential { record: cred, expect: Expect::Absent }], draft()).await.unwrap();
+        assert!(changed(s.commit(vec![shred(b"k3")], draft()).await), "a tenant with a credential is not shredded");
+        assert!(s.get_tenant(&t).await.unwrap().is_some());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_key_writes_are_compare_and_set_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    tenant_keys_are_compare_and_set(&keyward::store::SledStore::open(dir.path()).unwrap()).await;
+    let Some(admin) = pg_admin_url() else { return };
+    let url = fresh_pg_db(&admin).await;
+    let target = keyward::store::PgTarget { config: url.parse().unwrap(), tls: None, display: "test".into() };
+    let pg = keyward::store::PgStore::open(target).await.unwrap();
+    tenant_keys_are_compare_and_set(&*pg).await;
+}

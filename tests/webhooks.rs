@@ -605,3 +605,74 @@ async fn the_verify_endpoint_checks_the_client_policy_before_verifying() {
         assert!(!String::from_utf8_lossy(&rb).contains("bad_signature"), "no reason leaks");
     }
 }
+
+#[tokio::test]
+async fn a_twilio_signature_over_the_url_alone_authenticates_no_body() {
+    let e = env().await;
+    // A GET status callback, signed by the Twilio SDK over the URL alone.
+    let path = format!("/webhooks/twilio/acme?AccountSid={SID}&CallStatus=completed");
+    let h = sdk_sign("twilio", TW_TOKEN, &format!("{BASE}{path}"), "", &["--method", "GET"]);
+    let (s, _, rb) = e.deliver("GET", &path, &h, "").await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&rb));
+    let reached = e.app.count();
+    // The attacker reuses that signature with a body of their choice.
+    let json = with(h.clone(), &[("content-type", "application/json")]);
+    for (method, headers) in [("POST", &json), ("GET", &json), ("POST", &h)] {
+        let (s, _, rb) = e.deliver(method, &path, headers, r#"{"Body":"transfer all funds"}"#).await;
+        assert_eq!((s, Env::code(&rb).as_str()), (401, "bad_signature"), "{method}: {}", String::from_utf8_lossy(&rb));
+    }
+    assert_eq!(e.app.count(), reached, "no unsigned body reached the app");
+}
+
+#[tokio::test]
+async fn a_twilio_replay_with_a_fresh_idempotency_token_is_still_a_replay() {
+    let e = env().await;
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let signed =
+        sdk_sign("twilio", TW_TOKEN, &format!("{BASE}/webhooks/twilio/acme"), FORM, &["--content-type", form.1]);
+    let first = with(signed.clone(), &[("i-twilio-idempotency-token", "token-1")]);
+    let (s, _, rb) = e.deliver("POST", "/webhooks/twilio/acme", &first, FORM).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&rb));
+    let event_id = e.app.last().header("keyward-event-id");
+    assert!(
+        event_id.as_deref().is_some_and(|id| !id.contains("token-1")),
+        "the event id is not the unsigned token: {event_id:?}"
+    );
+    let reached = e.app.count();
+    for token in ["token-2", ""] {
+        let again = if token.is_empty() {
+            signed.clone()
+        } else {
+            with(signed.clone(), &[("i-twilio-idempotency-token", token)])
+        };
+        let (s, _, rb) = e.deliver("POST", "/webhooks/twilio/acme", &again, FORM).await;
+        assert_eq!((s, Env::code(&rb).as_str()), (401, "replayed"), "token {token:?}");
+    }
+    assert_eq!(e.app.count(), reached);
+}
+
+#[tokio::test]
+async fn a_vapi_timestamp_moved_into_the_body_does_not_verify_and_untimed_deliveries_replay_never() {
+    let e = env().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let body = json!({"message": {"type": "status-update", "call": {"assistantId": "asst-acme"}}}).to_string();
+    // A delivery signed over {x-timestamp}.{body}; the attacker drops the header and puts
+    // the timestamp in front of the body, which is then what the MAC covers.
+    let moved = format!("{now}.{body}");
+    let h =
+        vec![("x-signature".to_string(), vapi_hmac(&now, &body)), ("content-type".into(), "application/json".into())];
+    let (s, _, rb) = e.deliver("POST", "/webhooks/vapi/acme", &h, &moved).await;
+    assert_eq!((s, Env::code(&rb).as_str()), (401, "bad_signature"), "{}", String::from_utf8_lossy(&rb));
+    // A delivery signed without a timestamp (body only) is accepted once, then replayed.
+    use hmac::Mac;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(VAPI_HMAC.as_bytes()).unwrap();
+    m.update(body.as_bytes());
+    let h = vec![
+        ("x-signature".to_string(), hex::encode(m.finalize().into_bytes())),
+        ("content-type".into(), "application/json".into()),
+    ];
+    let (s, _, rb) = e.deliver("POST", "/webhooks/vapi/acme", &h, &body).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&rb));
+    let (s, _, rb) = e.deliver("POST", "/webhooks/vapi/acme", &h, &body).await;
+    assert_eq!((s, Env::code(&rb).as_str()), (401, "replayed"));
+}

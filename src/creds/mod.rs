@@ -188,10 +188,11 @@ pub struct Credentials {
     keyring: Keyring,
     providers: RwLock<Arc<Providers>>,
     cache: RwLock<HashMap<CacheKey, Arc<Credential>>>,
-    deks: RwLock<HashMap<String, Arc<DataKey>>>,
+    deks: RwLock<HashMap<String, Arc<TenantKey>>>,
     generation: AtomicU64,
-    // Admin writes are rare; serialising them keeps version numbering simple. The store's
-    // preconditions still protect against writers in other processes (fleet mode).
+    // Admin writes are rare; serialising them keeps version numbering simple. Writers in
+    // other processes (fleet mode) are met by the store's preconditions: the credential's
+    // version, and the tenant's wrapped key (created if absent, else expected unchanged).
     write_lock: tokio::sync::Mutex<()>,
     retention: Duration,
     hits: AtomicU64,
@@ -207,6 +208,17 @@ impl std::fmt::Debug for Credentials {
 }
 
 const META_KEYCHECK: &str = "keycheck";
+
+/// A tenant's data key with the wrapped form it was read as: a write sealed under it
+/// requires the store to still hold that wrapped key ([`Op::ExpectTenant`]).
+pub(super) struct TenantKey {
+    wrapped: Vec<u8>,
+    dek: DataKey,
+}
+
+/// How often a write is retried when another sidecar created, rotated or shredded the
+/// tenant's key between its read and its commit; each retry re-reads the key.
+const TENANT_RACE_RETRIES: usize = 4;
 
 fn draft(
     actor: &str,

@@ -70,14 +70,14 @@ impl Credentials {
         }
     }
 
-    pub(super) async fn data_key(&self, tenant: &TenantId) -> Result<Option<Arc<DataKey>>, CredError> {
+    pub(super) async fn data_key(&self, tenant: &TenantId) -> Result<Option<Arc<TenantKey>>, CredError> {
         if let Some(k) = self.deks.read().ok().and_then(|d| d.get(tenant.as_str()).cloned()) {
             return Ok(Some(k));
         }
         let Some(rec) = self.store.get_tenant(tenant).await? else {
             return Ok(None);
         };
-        let dek = Arc::new(self.keyring.unwrap(tenant, &rec.wrapped_key)?);
+        let dek = Arc::new(TenantKey { dek: self.keyring.unwrap(tenant, &rec.wrapped_key)?, wrapped: rec.wrapped_key });
         if let Ok(mut d) = self.deks.write() {
             insert_bounded(&mut d, tenant.as_str().to_string(), dek.clone(), self.capacity);
         }
@@ -128,7 +128,7 @@ impl Credentials {
             return Err(not_found());
         }
         let dek = self.data_key(tenant).await?.ok_or_else(not_found)?;
-        let plain = dek.open(RecordAad { tenant, provider, version: rec.version }, &rec.sealed)?;
+        let plain = dek.dek.open(RecordAad { tenant, provider, version: rec.version }, &rec.sealed)?;
         let map: serde_json::Map<String, Value> = serde_json::from_slice(&plain)
             .map_err(|_| StoreError::Corrupt(format!("credential {tenant}/{provider}")))?;
         let secrets = map

@@ -21,8 +21,20 @@ pub struct RotateReport {
 impl Credentials {
     /// Re-wraps up to `limit` tenant keys under the active master key. Each batch commits
     /// on its own, so an interrupted rotation resumes where it stopped when rerun.
+    /// A tenant created, re-wrapped or shredded by another sidecar meanwhile fails the
+    /// batch's compare-and-set; the batch is then read and built again.
     pub async fn rotate_keys(&self, actor: &str, limit: usize) -> Result<RotateReport, CredError> {
         let _guard = self.write_lock.lock().await;
+        let mut attempt = 0;
+        loop {
+            match self.rotate_once(actor, limit).await {
+                Err(CredError::Store(StoreError::TenantChanged(_))) if attempt < TENANT_RACE_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn rotate_once(&self, actor: &str, limit: usize) -> Result<RotateReport, CredError> {
         let mut after: Option<TenantId> = None;
         let (mut total, mut remaining, mut rewrapped) = (0u64, 0u64, 0u64);
         let mut batch = Vec::new();
@@ -37,7 +49,9 @@ impl Credentials {
                 }
                 if batch.len() < limit {
                     let dek = self.keyring.unwrap(&t.tenant, &t.wrapped_key)?;
-                    batch.push(Op::PutTenant(TenantRecord { wrapped_key: self.keyring.wrap(&t.tenant, &dek)?, ..t }));
+                    let wrapped_key = self.keyring.wrap(&t.tenant, &dek)?;
+                    let expect = t.wrapped_key.clone();
+                    batch.push(Op::RewrapTenant { record: TenantRecord { wrapped_key, ..t }, expect });
                 } else {
                     remaining += 1;
                 }
@@ -50,10 +64,11 @@ impl Credentials {
                 batch.push(Op::PutMeta { key: META_KEYCHECK.into(), value: self.keyring.seal_check()? });
             }
             let target = Some(format!("master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"));
-            self.commit(batch, draft(actor, "keys.rotate", None, None, target)).await?;
-        }
-        if let Ok(mut d) = self.deks.write() {
-            d.clear();
+            let result = self.commit(batch, draft(actor, "keys.rotate", None, None, target)).await;
+            if let Ok(mut d) = self.deks.write() {
+                d.clear();
+            }
+            result?;
         }
         Ok(RotateReport { rewrapped, remaining, total, active_key_id: active })
     }

@@ -69,7 +69,7 @@ impl Credentials {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CredError> {
         let dek = self.data_key(tenant).await?.ok_or_else(|| CredError::not_found(tenant, purpose))?;
-        Ok(dek.seal(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, plaintext)?)
+        Ok(dek.dek.seal(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, plaintext)?)
     }
 
     /// Opens a value sealed by [`Credentials::seal_aux`].
@@ -81,7 +81,7 @@ impl Credentials {
         blob: &[u8],
     ) -> Result<keyward_core::secret::SecretBytes, CredError> {
         let dek = self.data_key(tenant).await?.ok_or_else(|| CredError::not_found(tenant, purpose))?;
-        Ok(dek.open(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, blob)?)
+        Ok(dek.dek.open(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, blob)?)
     }
 
     /// Validates fields against the provider's schema (nothing is stored).
@@ -150,36 +150,63 @@ impl Credentials {
     /// The common write path: read the current record, build the next one, seal, commit
     /// with its audit entry, invalidate. `secrets` is `None` to keep the sealed fields
     /// (status changes, delete, restore), which are then re-sealed for the new version.
+    /// Retried from the read when another sidecar changed the tenant's key meanwhile.
     pub(super) async fn write_record(
         &self,
         actor: &str,
         action: &str,
         tenant: &TenantId,
         provider: &str,
-        next: impl FnOnce(Option<&CredentialRecord>, Millis) -> Result<CredentialRecord, CredError>,
+        next: impl Fn(Option<&CredentialRecord>, Millis) -> Result<CredentialRecord, CredError>,
         secrets: Option<&BTreeMap<String, Secret>>,
     ) -> Result<StatusObject, CredError> {
         let _guard = self.write_lock.lock().await;
+        let mut attempt = 0;
+        loop {
+            match self.write_once(actor, action, tenant, provider, &next, secrets).await {
+                Err(CredError::Store(StoreError::TenantChanged(_))) if attempt < TENANT_RACE_RETRIES => {
+                    attempt += 1;
+                    self.forget_tenant_key(tenant);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn write_once(
+        &self,
+        actor: &str,
+        action: &str,
+        tenant: &TenantId,
+        provider: &str,
+        next: &impl Fn(Option<&CredentialRecord>, Millis) -> Result<CredentialRecord, CredError>,
+        secrets: Option<&BTreeMap<String, Secret>>,
+    ) -> Result<StatusObject, CredError> {
         // Every write validates its provider here (unknown_provider), so callers need not.
         let name = self.provider_name(provider)?;
         let old = self.store.get_credential(tenant, &name).await?;
         let now = now_millis();
         let mut rec = next(old.as_ref(), now)?;
         let mut ops = Vec::new();
-        let dek = match self.data_key(tenant).await? {
-            Some(k) => k,
+        let key = match self.data_key(tenant).await? {
+            Some(k) => {
+                ops.push(Op::ExpectTenant { tenant: tenant.clone(), wrapped_key: k.wrapped.clone() });
+                k
+            }
             None => {
-                let dek = Arc::new(DataKey::generate()?);
-                ops.push(Op::PutTenant(TenantRecord {
+                let dek = DataKey::generate()?;
+                let wrapped = self.keyring.wrap(tenant, &dek)?;
+                ops.push(Op::CreateTenant(TenantRecord {
                     tenant: tenant.clone(),
-                    wrapped_key: self.keyring.wrap(tenant, &dek)?,
+                    wrapped_key: wrapped.clone(),
                     created_at: now,
                 }));
-                dek
+                Arc::new(TenantKey { wrapped, dek })
             }
         };
+        let dek = &key.dek;
         rec.sealed = match (secrets, &old) {
-            (Some(s), _) => Self::seal(&dek, tenant, provider, rec.version, s)?,
+            (Some(s), _) => Self::seal(dek, tenant, provider, rec.version, s)?,
             (None, Some(o)) => {
                 // Version changes, so the blob is re-sealed under the new version's AAD.
                 let plain = dek.open(RecordAad { tenant, provider, version: o.version }, &o.sealed)?;
@@ -194,9 +221,16 @@ impl Credentials {
         self.invalidate(tenant.as_str(), provider);
         result?;
         if let Ok(mut d) = self.deks.write() {
-            d.entry(tenant.as_str().to_string()).or_insert(dek);
+            d.entry(tenant.as_str().to_string()).or_insert(key);
         }
         Ok(self.status_object(&rec))
+    }
+
+    /// Drops a tenant's cached data key, so the next use reads the stored one.
+    pub(super) fn forget_tenant_key(&self, tenant: &TenantId) {
+        if let Ok(mut d) = self.deks.write() {
+            d.remove(tenant.as_str());
+        }
     }
 
     /// Stores many new credentials in one atomic, audited commit (bulk import, store
@@ -205,28 +239,37 @@ impl Credentials {
         let _guard = self.write_lock.lock().await;
         let now = now_millis();
         let mut ops = Vec::with_capacity(items.len() * 2);
-        let mut new_keys: HashMap<String, Arc<DataKey>> = HashMap::new();
+        // Each tenant's key once per batch, created or expected unchanged (fleet writers).
+        let mut keys: HashMap<String, Arc<TenantKey>> = HashMap::new();
         let n = items.len();
         for (tenant, provider, fields) in items {
             let name = self.provider_name(&provider)?;
             let parsed =
                 self.providers().get(&provider).map(|d| d.schema.parse(fields)).transpose()?.unwrap_or_default();
-            let dek = match new_keys.get(tenant.as_str()) {
+            let key = match keys.get(tenant.as_str()) {
                 Some(k) => k.clone(),
-                None => match self.data_key(&tenant).await? {
-                    Some(k) => k,
-                    None => {
-                        let dek = Arc::new(DataKey::generate()?);
-                        ops.push(Op::PutTenant(TenantRecord {
-                            tenant: tenant.clone(),
-                            wrapped_key: self.keyring.wrap(&tenant, &dek)?,
-                            created_at: now,
-                        }));
-                        new_keys.insert(tenant.as_str().to_string(), dek.clone());
-                        dek
-                    }
-                },
+                None => {
+                    let key = match self.data_key(&tenant).await? {
+                        Some(k) => {
+                            ops.push(Op::ExpectTenant { tenant: tenant.clone(), wrapped_key: k.wrapped.clone() });
+                            k
+                        }
+                        None => {
+                            let dek = DataKey::generate()?;
+                            let wrapped = self.keyring.wrap(&tenant, &dek)?;
+                            ops.push(Op::CreateTenant(TenantRecord {
+                                tenant: tenant.clone(),
+                                wrapped_key: wrapped.clone(),
+                                created_at: now,
+                            }));
+                            Arc::new(TenantKey { wrapped, dek })
+                        }
+                    };
+                    keys.insert(tenant.as_str().to_string(), key.clone());
+                    key
+                }
             };
+            let dek = &key.dek;
             let record = CredentialRecord {
                 tenant: tenant.clone(),
                 provider: name,
@@ -234,7 +277,7 @@ impl Credentials {
                 status: parsed.status.unwrap_or(CredStatus::Active),
                 fields: parsed.public.clone(),
                 hints: parsed.secrets.iter().map(|(k, v)| (k.clone(), v.hint())).collect(),
-                sealed: Self::seal(&dek, &tenant, &provider, 1, &parsed.secrets)?,
+                sealed: Self::seal(dek, &tenant, &provider, 1, &parsed.secrets)?,
                 created_at: now,
                 updated_at: now,
                 last_verified_at: None,
@@ -243,7 +286,14 @@ impl Credentials {
             };
             ops.push(Op::PutCredential { record, expect: Expect::Absent });
         }
-        self.commit(ops, draft(actor, "credential.import", None, None, Some(format!("{n} records")))).await?;
+        let result =
+            self.commit(ops, draft(actor, "credential.import", None, None, Some(format!("{n} records")))).await;
+        if matches!(result, Err(StoreError::TenantChanged(_))) {
+            if let Ok(mut d) = self.deks.write() {
+                d.clear();
+            }
+        }
+        result?;
         self.invalidate_all();
         Ok(n)
     }
@@ -307,7 +357,7 @@ impl Credentials {
                     version: old.version + 1,
                     updated_at: now,
                     last_verified_at: if verified { Some(now) } else { old.last_verified_at },
-                    last_error: error,
+                    last_error: error.clone(),
                     status: status.unwrap_or(old.status),
                     ..old.clone()
                 })
@@ -351,16 +401,24 @@ impl Credentials {
             }];
             let shred = others == 0;
             if shred {
-                ops.push(Op::DeleteTenant(tenant.clone()));
-            }
-            let action = if shred { "credential.purge+tenant.shred" } else { "credential.purge" };
-            self.commit(ops, draft("keyward", action, Some(tenant.as_str()), Some(provider.as_str()), None)).await?;
-            self.invalidate(tenant.as_str(), provider.as_str());
-            if shred {
-                if let Ok(mut d) = self.deks.write() {
-                    d.remove(tenant.as_str());
+                // None: another writer shredded it already; the purge alone remains.
+                if let Some(t) = self.store.get_tenant(&tenant).await? {
+                    ops.push(Op::DeleteTenant { tenant: tenant.clone(), expect: t.wrapped_key });
                 }
             }
+            let action = if shred { "credential.purge+tenant.shred" } else { "credential.purge" };
+            let result =
+                self.commit(ops, draft("keyward", action, Some(tenant.as_str()), Some(provider.as_str()), None)).await;
+            self.invalidate(tenant.as_str(), provider.as_str());
+            if shred {
+                self.forget_tenant_key(&tenant);
+            }
+            match result {
+                // Another sidecar stored a credential or rotated the key meanwhile: the
+                // next sweep decides again on fresh reads.
+                Err(StoreError::TenantChanged(_)) => continue,
+                other => other?,
+            };
             tracing::info!(tenant = %tenant, provider = %provider, shredded = shred, "purged a deleted credential");
             purged += 1;
         }

@@ -133,10 +133,33 @@ impl Expect {
 /// One change in a [`Store::commit`] batch.
 #[derive(Debug, Clone)]
 pub enum Op {
-    /// Create or replace a tenant record.
-    PutTenant(TenantRecord),
-    /// Destroy a tenant's data key (crypto-shredding).
-    DeleteTenant(TenantId),
+    /// Create a tenant record; fails with [`StoreError::TenantChanged`] when one exists
+    /// (another sidecar created it first: seal under the winner's key and retry).
+    CreateTenant(TenantRecord),
+    /// Require that the tenant's stored wrapped key is still `wrapped_key`: a write sealed
+    /// under a key read earlier must not land after that key was shredded or replaced.
+    ExpectTenant {
+        /// The tenant.
+        tenant: TenantId,
+        /// The wrapped key the writer sealed under.
+        wrapped_key: Vec<u8>,
+    },
+    /// Replace a tenant's wrapped key (master-key rotation), only if it is still `expect`:
+    /// a rotation must neither resurrect a shredded tenant nor overwrite a re-created one.
+    RewrapTenant {
+        /// The record with the new wrapped key.
+        record: TenantRecord,
+        /// The wrapped key the rotation read.
+        expect: Vec<u8>,
+    },
+    /// Destroy a tenant's data key (crypto-shredding), only if it is still `expect` and no
+    /// credential of the tenant remains (checked inside the transaction on shared stores).
+    DeleteTenant {
+        /// The tenant.
+        tenant: TenantId,
+        /// The wrapped key the purge read.
+        expect: Vec<u8>,
+    },
     /// Create or replace a credential.
     PutCredential {
         /// The new record.
@@ -255,6 +278,10 @@ pub enum StoreError {
     /// A precondition failed: someone else changed the record first.
     #[error("{0} was changed concurrently; retry")]
     Conflict(String),
+    /// A tenant's data key is not the one the writer read (created, rotated or shredded
+    /// by another writer meanwhile).
+    #[error("tenant {0}'s data key was changed concurrently; retry")]
+    TenantChanged(String),
     /// A route already points at another tenant.
     #[error("route {kind}/{id} already belongs to tenant {owner}")]
     RouteTaken {
@@ -288,7 +315,7 @@ impl StoreError {
     /// The public error code (CONTRACT.md §6) this failure answers with.
     pub fn code(&self) -> &'static str {
         match self {
-            StoreError::Conflict(_) => "conflict",
+            StoreError::Conflict(_) | StoreError::TenantChanged(_) => "conflict",
             StoreError::RouteTaken { .. } => "route_taken",
             StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => "store_unavailable",
             StoreError::Corrupt(_) => "internal",

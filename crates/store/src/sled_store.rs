@@ -136,13 +136,38 @@ struct Trees<'a> {
 }
 
 impl Trees<'_> {
+    /// Fails unless the tenant's stored wrapped key is `wrapped`.
+    fn expect_tenant(&self, tenant: &TenantId, wrapped: &[u8]) -> Result<(), Abort> {
+        let current = match self.tenants.get(tenant.as_str().as_bytes())? {
+            Some(v) => Some(decode::<TenantRecord>("tenant", &v).map_err(abort)?),
+            None => None,
+        };
+        if current.is_none_or(|t| t.wrapped_key != wrapped) {
+            return Err(abort(StoreError::TenantChanged(tenant.to_string())));
+        }
+        Ok(())
+    }
+
     fn apply(&self, op: &Op) -> Result<(), Abort> {
         match op {
-            Op::PutTenant(t) => {
+            Op::CreateTenant(t) => {
+                if self.tenants.get(t.tenant.as_str().as_bytes())?.is_some() {
+                    return Err(abort(StoreError::TenantChanged(t.tenant.to_string())));
+                }
                 self.tenants.insert(t.tenant.as_str().as_bytes(), encode(t))?;
             }
-            Op::DeleteTenant(t) => {
-                self.tenants.remove(t.as_str().as_bytes())?;
+            Op::ExpectTenant { tenant, wrapped_key } => {
+                self.expect_tenant(tenant, wrapped_key)?;
+            }
+            Op::RewrapTenant { record, expect } => {
+                self.expect_tenant(&record.tenant, expect)?;
+                self.tenants.insert(record.tenant.as_str().as_bytes(), encode(record))?;
+            }
+            Op::DeleteTenant { tenant, expect } => {
+                // "No credential remains" is the caller's check here: a sled store has one
+                // writing process (its lock file) and the service serialises its writes.
+                self.expect_tenant(tenant, expect)?;
+                self.tenants.remove(tenant.as_str().as_bytes())?;
             }
             Op::PutCredential { record, expect } => {
                 let key = pair_key(&record.tenant, &record.provider);
@@ -586,7 +611,7 @@ mod tests {
         let s = SledStore::open(dir.path()).unwrap();
         let ops = ["c", "a", "b"]
             .iter()
-            .map(|t| Op::PutTenant(TenantRecord { tenant: tid(t), wrapped_key: vec![], created_at: 0 }))
+            .map(|t| Op::CreateTenant(TenantRecord { tenant: tid(t), wrapped_key: vec![], created_at: 0 }))
             .collect();
         s.commit(ops, draft("t")).await.unwrap();
         let first: Vec<String> =

@@ -400,8 +400,14 @@ fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
         String::new()
     } else if d.method.eq_ignore_ascii_case("POST") && is_form(d) {
         signed_params(&decode_form(d.body).map_err(Reject::BadSignature)?)
-    } else {
+    } else if d.body.is_empty() {
         String::new()
+    } else {
+        // The MAC would cover the URL alone: any body could ride on a GET's signature.
+        return Err(Reject::BadSignature(
+            "the body is not covered by the signature: Twilio signs a body only as a form POST or with bodySHA256 in the URL"
+                .into(),
+        ));
     };
     let variants = port_variants(d.url);
     for u in &variants {
@@ -412,15 +418,15 @@ fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
                 ct_eq(&hmac_sha1(k, &[u.as_bytes(), extra.as_bytes()]), &sig)
             };
             if ok {
-                let token = d
-                    .headers
-                    .get("i-twilio-idempotency-token")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|t| !t.is_empty() && t.len() <= 128);
+                // Replay key and event id come from what the MAC covers (URL, form or body
+                // digest), never from I-Twilio-Idempotency-Token, which is not signed: a
+                // replay with a fresh token must still be a replay, and the app's dedupe on
+                // Keyward-Event-Id must still hold.
+                let digest = sha2::Sha256::digest(&sig);
                 return Ok(Accepted {
-                    replay_key: token.map(|t| format!("idem:{t}")),
+                    replay_key: Some(format!("sig:{}", hex::encode(digest))),
                     replay_keep: 900,
-                    event_id: token.map(str::to_string),
+                    event_id: Some(format!("tw_{}", hex::encode(&digest[..16]))),
                     strip: vec![],
                 });
             }

@@ -132,6 +132,16 @@ fn schema() -> Schema {
 
 use super::inbound::{ct_eq, hmac_sha256, lower_hex, secret_eq, single, timestamp, window, Accepted, Delivery, Reject};
 
+/// How long (seconds) a timestamp-less delivery's replay key is kept: 30 days.
+const UNTIMED_REPLAY_KEEP: u64 = 30 * 86_400;
+
+/// Whether a body begins with `<digits>.`, the shape of `{x-timestamp}.{body}` (a Vapi
+/// body is a JSON object and never does).
+fn moved_timestamp(body: &[u8]) -> bool {
+    let digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
+    digits > 0 && body.get(digits) == Some(&b'.')
+}
+
 /// HMAC mode: `x-signature` (optionally `sha256=`-prefixed lower hex) over
 /// `{x-timestamp}.{body}`, or the body alone without a timestamp.
 fn verify_hmac(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
@@ -140,6 +150,14 @@ fn verify_hmac(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
     let sig = lower_hex(hexsig, 32)
         .ok_or_else(|| Reject::BadSignature("x-signature must be 64 lower-case hex digits".into()))?;
     let ts = if d.headers.contains_key("x-timestamp") { Some(single(d.headers, "x-timestamp")?) } else { None };
+    if ts.is_none() && moved_timestamp(d.body) {
+        // "{ts}.{body}" signed with a timestamp, sent without its header: verifying the
+        // body alone would skip the time window and mint a fresh replay key.
+        return Err(Reject::BadSignature(
+            "the body starts with \"<digits>.\": a {x-timestamp}.{body} signature sent without its x-timestamp header"
+                .into(),
+        ));
+    }
     let ok = keys.iter().any(|k| {
         let mac = match ts {
             Some(t) => hmac_sha256(k, &[t.as_bytes(), b".", d.body]),
@@ -162,7 +180,9 @@ fn verify_hmac(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<Accepted, Reject> {
     }
     Ok(Accepted {
         replay_key: Some(format!("hmac:{}:{hexsig}", ts.unwrap_or(""))),
-        replay_keep: 900,
+        // Without a timestamp there is no window: the key is kept as long as the cache
+        // holds it (its bound evicts the oldest first).
+        replay_keep: if ts.is_some() { 900 } else { UNTIMED_REPLAY_KEEP },
         event_id: None,
         strip: vec![],
     })

@@ -6,21 +6,72 @@ use tokio::sync::broadcast;
 
 use super::*;
 
+/// Fails unless the tenant's stored wrapped key is `wrapped` (row locked until commit).
+async fn expect_tenant(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &TenantId,
+    wrapped: &[u8],
+) -> Result<(), StoreError> {
+    let row = tx
+        .query_opt("SELECT record FROM keyward_tenants WHERE tenant = $1 FOR UPDATE", &[&tenant.as_str()])
+        .await
+        .map_err(unavailable)?;
+    let current: Option<TenantRecord> = match row {
+        Some(r) => Some(decode("tenant", r.get::<_, &str>(0))?),
+        None => None,
+    };
+    if current.is_none_or(|t| t.wrapped_key != wrapped) {
+        return Err(StoreError::TenantChanged(tenant.to_string()));
+    }
+    Ok(())
+}
+
 /// Applies one op inside the transaction, checking preconditions.
 async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<String>) -> Result<(), StoreError> {
     match op {
-        Op::PutTenant(t) => {
+        Op::CreateTenant(t) => {
+            // Insert-if-absent: two sidecars creating one tenant must not both win, or the
+            // loser's credential is sealed under a key nobody holds.
+            let n = tx
+                .execute(
+                    "INSERT INTO keyward_tenants (tenant, record) VALUES ($1, $2) ON CONFLICT (tenant) DO NOTHING",
+                    &[&t.tenant.as_str(), &encode(t)],
+                )
+                .await
+                .map_err(unavailable)?;
+            if n == 0 {
+                return Err(StoreError::TenantChanged(t.tenant.to_string()));
+            }
+            notes.push(format!("tenant/{}", t.tenant));
+        }
+        Op::ExpectTenant { tenant, wrapped_key } => {
+            expect_tenant(tx, tenant, wrapped_key).await?;
+        }
+        Op::RewrapTenant { record, expect } => {
+            expect_tenant(tx, &record.tenant, expect).await?;
             tx.execute(
-                "INSERT INTO keyward_tenants (tenant, record) VALUES ($1, $2) ON CONFLICT (tenant) DO UPDATE SET record = EXCLUDED.record",
-                &[&t.tenant.as_str(), &encode(t)],
+                "UPDATE keyward_tenants SET record = $2 WHERE tenant = $1",
+                &[&record.tenant.as_str(), &encode(record)],
             )
             .await
             .map_err(unavailable)?;
-            notes.push(format!("tenant/{}", t.tenant));
+            notes.push(format!("tenant/{}", record.tenant));
         }
-        Op::DeleteTenant(t) => {
-            tx.execute("DELETE FROM keyward_tenants WHERE tenant = $1", &[&t.as_str()]).await.map_err(unavailable)?;
-            notes.push(format!("tenant/{t}"));
+        Op::DeleteTenant { tenant, expect } => {
+            expect_tenant(tx, tenant, expect).await?;
+            // Another sidecar may have stored a credential under this key since the purge
+            // counted; shredding it then would make that credential unreadable.
+            let left = tx
+                .query_opt("SELECT 1 FROM keyward_credentials WHERE tenant = $1 LIMIT 1", &[&tenant.as_str()])
+                .await
+                .map_err(unavailable)?;
+            if left.is_some() {
+                return Err(StoreError::TenantChanged(tenant.to_string()));
+            }
+            tx.execute("DELETE FROM keyward_tenants WHERE tenant = $1", &[&tenant.as_str()])
+                .await
+                .map_err(unavailable)?;
+            notes.push(format!("tenant/{tenant}"));
         }
         Op::PutCredential { record, expect } => {
             let old = tx
