@@ -207,15 +207,31 @@ impl Live {
         if def.uses_access_token() {
             self.tokens.invalidate(tenant).await;
         }
-        let discovery =
-            if discover && verdict == Verdict::Valid { Some(self.discover(actor, &def, &cred).await) } else { None };
+        let discovery = if discover && verdict == Verdict::Valid {
+            Some(self.discover(actor, &def, &cred, true).await)
+        } else {
+            None
+        };
         Ok((status, verdict, discovery))
     }
 
-    /// Lists the tenant's ids at the provider and registers their routes.
-    pub(crate) async fn discover(&self, actor: &str, def: &ProviderDef, cred: &Credential) -> Discovery {
+    /// Lists the tenant's ids at the provider and registers their routes. Only ids the
+    /// provider confirmed for this credential are registered: listed ones, and the ones the
+    /// credential names itself (a Twilio Account SID) only when a live check passed
+    /// (`verified`) or a listing under them answered. A route held by another tenant is
+    /// left alone unless that tenant's credential never passed a live check: a verified
+    /// owner wins over an unverified claim.
+    pub(crate) async fn discover(
+        &self,
+        actor: &str,
+        def: &ProviderDef,
+        cred: &Credential,
+        verified: bool,
+    ) -> Discovery {
         let mut d = Discovery::default();
-        let (mut found, listings) = def.rules().discovery(cred);
+        let (claimed, listings) = def.rules().discovery(cred);
+        let mut found = Vec::new();
+        let mut answered = false;
         for listing in listings {
             let mut next = Some(listing.first.clone());
             let mut pages = 0;
@@ -228,6 +244,7 @@ impl Live {
                 match self.get(def, cred, &path, None).await {
                     Ok(a) if a.status.is_success() => match (listing.read)(&a.body) {
                         Ok(page) => {
+                            answered = true;
                             found.extend(page.found);
                             next = page.next;
                         }
@@ -238,21 +255,59 @@ impl Live {
                 }
             }
         }
+        if verified || answered {
+            found.extend(claimed);
+            if !verified {
+                // The provider accepted the credential: record it, so that this tenant's
+                // ownership of its routes is provable against later claims.
+                let name = def.name.as_str();
+                if let Err(e) = self.creds.record_check(actor, &cred.tenant, name, true, None, None).await {
+                    tracing::warn!(tenant = %cred.tenant, provider = %name, error = %e, "route discovery: could not record the check");
+                }
+            }
+        } else if !claimed.is_empty() {
+            d.errors.push(format!(
+                "{} id(s) named by the credential not registered: the provider did not confirm the credential",
+                claimed.len()
+            ));
+        }
         for (kind, id) in found {
             let (Ok(k), Ok(i)) = (RouteKind::parse(kind), RouteId::parse(&id)) else {
                 d.errors.push(format!("{kind}: an id keyward cannot route ({} chars)", id.len()));
                 continue;
             };
+            let route = format!("{kind}/{id}");
             match self.creds.put_route(actor, &k, &i, &cred.tenant, true).await {
-                Ok(()) => d.registered.push(format!("{kind}/{id}")),
-                Err(crate::creds::CredError::Store(keyward_store::StoreError::RouteTaken { owner, .. })) => {
-                    tracing::warn!(tenant = %cred.tenant, route = %format!("{kind}/{id}"), owner = %owner, "route discovery: id already routed to another tenant; left alone");
-                    d.conflicts.push(format!("{kind}/{id}"));
+                Ok(()) => d.registered.push(route),
+                Err(CredError::Store(keyward_store::StoreError::RouteTaken { owner, .. })) => {
+                    if self.owner_is_verified(&owner, def).await {
+                        tracing::warn!(tenant = %cred.tenant, route = %route, owner = %owner, "route discovery: id already routed to another tenant; left alone");
+                        d.conflicts.push(route);
+                    } else {
+                        match self.creds.put_route(actor, &k, &i, &cred.tenant, false).await {
+                            Ok(()) => {
+                                tracing::warn!(tenant = %cred.tenant, route = %route, previous = %owner, "route discovery: id moved from a tenant whose credential never passed a live check");
+                                d.registered.push(route);
+                            }
+                            Err(e) => d.errors.push(format!("{route}: {e}")),
+                        }
+                    }
                 }
-                Err(e) => d.errors.push(format!("{kind}/{id}: {e}")),
+                Err(e) => d.errors.push(format!("{route}: {e}")),
             }
         }
         d
+    }
+
+    /// Whether `owner` holds an active credential for `def` that passed a live check.
+    async fn owner_is_verified(&self, owner: &str, def: &ProviderDef) -> bool {
+        let Ok(owner) = TenantId::parse(owner) else { return false };
+        match self.creds.status(&owner, def.name.as_str()).await {
+            Ok(s) => s.status == CredStatus::Active && s.last_verified_at.is_some(),
+            // A store failure is not proof of anything: keep the route where it is.
+            Err(CredError::Store(_)) => true,
+            Err(_) => false,
+        }
     }
 
     /// Re-checks every stored credential every `interval` (each jittered by up to a fifth),

@@ -169,7 +169,18 @@ async fn with_verify_true_nothing_is_stored_unless_it_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_are_discovered_and_another_tenants_ids_are_never_moved() {
     let e = env("[verification]\ndiscover_routes = true\ninterval = \"0s\"\n").await;
-    // asst-2 already belongs to globex.
+    // asst-2 already belongs to globex, whose credential passed a live check (a route whose
+    // owner never did is taken over: see the test below).
+    let (s, v) = e.d.admin("PUT", "/v1/tenants/globex/credentials/vapi?verify=true", Some(&fields("vapi", GOOD))).await;
+    assert_eq!(s, 200, "{v}");
+    // Its own store-time discovery routes the fake's whole listing to it; keep only asst-2.
+    let t0 = std::time::Instant::now();
+    while e.d.admin("GET", "/v1/routes/vapi-phone-number/pn-1", None).await.0 != 200 {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "globex's discovery ran");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    e.d.admin("DELETE", "/v1/routes/vapi-assistant/asst-1", None).await;
+    e.d.admin("DELETE", "/v1/routes/vapi-phone-number/pn-1", None).await;
     e.d.admin("PUT", "/v1/routes/vapi-assistant/asst-2", Some(r#"{"tenant":"globex"}"#)).await;
     e.d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(&fields("vapi", GOOD))).await;
     let (_, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/vapi/verify", None).await;
@@ -224,4 +235,45 @@ async fn credentials_are_re_verified_periodically() {
     }
     assert!(all_checked, "every credential was re-checked within a few seconds");
     assert!(e.d.logs().contains("periodic re-verification pass"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_account_sid_routes_nowhere_until_the_provider_confirms_it_and_the_verified_owner_wins() {
+    let e = env("[verification]\ndiscover_routes = true\ninterval = \"0s\"\n").await;
+    let path = format!("/v1/routes/twilio-account/{SID}");
+    let route = || e.d.admin("GET", &path, None);
+    // mallory stores acme's Account SID with a token of her own; the store-time discovery
+    // runs in the background and is refused by Twilio.
+    let (s, _) =
+        e.d.admin(
+            "PUT",
+            "/v1/tenants/mallory/credentials/twilio",
+            Some(&fields("twilio", "wrong-token-00000000000000000")),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let t0 = std::time::Instant::now();
+    while e.twilio.count() == 0 && t0.elapsed() < std::time::Duration::from_secs(5) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(e.twilio.count() > 0, "discovery asked Twilio");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, r) = route().await;
+    assert_eq!(s, 404, "an unconfirmed claim registers nothing: {r}");
+    // acme's credential is confirmed by Twilio: the SID routes to acme.
+    e.d.admin("PUT", "/v1/tenants/acme/credentials/twilio", Some(&fields("twilio", GOOD))).await;
+    let (_, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/twilio/verify", None).await;
+    assert_eq!(v["verification"]["result"], "valid", "{v}");
+    assert_eq!(route().await.1["tenant"], "acme");
+    // A claim that got in anyway (an operator's route, or one from before this rule) loses to
+    // the verified owner; the move is audited.
+    e.d.admin("PUT", &format!("/v1/routes/twilio-account/{SID}"), Some(r#"{"tenant":"mallory"}"#)).await;
+    let (_, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/twilio/verify", None).await;
+    assert!(v["routes"]["registered"].as_array().unwrap().contains(&json!(format!("twilio-account/{SID}"))), "{v}");
+    assert_eq!(route().await.1["tenant"], "acme");
+    // The other way round: a verified owner keeps its route when an unverified tenant's
+    // discovery would claim it.
+    let (_, v) = e.d.admin("POST", "/v1/tenants/mallory/credentials/twilio/verify", None).await;
+    assert_ne!(v["verification"]["result"], "valid");
+    assert_eq!(route().await.1["tenant"], "acme");
 }

@@ -262,7 +262,7 @@ fn spawn_discovery(state: &AdminState, actor: &str, tenant: &TenantId, provider:
         if known.is_empty() && listings.is_empty() {
             return;
         }
-        let d = live.discover(&actor, def, &cred).await;
+        let d = live.discover(&actor, def, &cred, false).await;
         tracing::info!(tenant = %tenant, provider = %provider, registered = d.registered.len(), conflicts = d.conflicts.len(), errors = d.errors.len(), "route discovery");
     });
 }

@@ -123,6 +123,7 @@ pub(crate) async fn verify_for(
         (Some(k), Some(replay)) => Some(
             replay
                 .reserve(
+                    tenant.as_str(),
                     format!("{}/{}/{k}", provider.name, tenant),
                     std::time::Duration::from_secs(accepted.replay_keep),
                 )
