@@ -96,6 +96,10 @@ impl From<&StoreError> for PublicError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the credential store is unavailable; retry, and check keyward's log".to_string(),
             ),
+            StoreError::Tampered(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "a stored record failed its integrity check (the store was changed outside keyward); see keyward's log and run `keyward audit verify`".to_string(),
+            ),
             StoreError::Corrupt(what) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{what} could not be decoded; run `keyward audit verify` and check the store"),

@@ -66,7 +66,7 @@ pub use creds::{CredError, Credentials};
 pub use migrate::migrate;
 pub use shutdown::{channel as shutdown_channel, Shutdown, ShutdownTrigger};
 pub use tls::install_crypto_provider;
-pub use vault::{write_new_key_file, Keyring, VaultError};
+pub use vault::{write_new_key_file, KeyCheck, Keyring, VaultError};
 pub use webhook::offline;
 
 // The crates below, under the names the tests and benchmarks know them by.

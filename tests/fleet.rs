@@ -388,6 +388,7 @@ async fn tenant_keys_are_compare_and_set(s: &dyn keyward::store::Store) {
             last_verified_at: None,
             last_error: None,
             deleted_at: None,
+            aad_version: 2,
         };
         s.commit(vec![Op::PutCredential { record: cred, expect: Expect::Absent }], draft()).await.unwrap();
         assert!(changed(s.commit(vec![shred(b"k3")], draft()).await), "a tenant with a credential is not shredded");
@@ -398,10 +399,14 @@ async fn tenant_keys_are_compare_and_set(s: &dyn keyward::store::Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenant_key_writes_are_compare_and_set_on_both_backends() {
     let dir = tempfile::tempdir().unwrap();
-    tenant_keys_are_compare_and_set(&keyward::store::SledStore::open(dir.path()).unwrap()).await;
+    let key = || keyward::store::Integrity::new([5; 32], 1);
+    let sled = keyward::store::SledStore::open(dir.path()).unwrap();
+    keyward::store::Store::set_integrity(&sled, key());
+    tenant_keys_are_compare_and_set(&sled).await;
     let Some(admin) = pg_admin_url() else { return };
     let url = fresh_pg_db(&admin).await;
     let target = keyward::store::PgTarget { config: url.parse().unwrap(), tls: None, display: "test".into() };
     let pg = keyward::store::PgStore::open(target).await.unwrap();
+    keyward::store::Store::set_integrity(&*pg, key());
     tenant_keys_are_compare_and_set(&*pg).await;
 }

@@ -39,8 +39,87 @@ impl Credentials {
         Ok((self.store.audit_range(after, limit).await?, self.store.audit_head().await?))
     }
 
-    /// Walks the whole audit chain.
+    /// Walks the whole audit chain under the store's integrity key, then checks that every
+    /// credential is at the version the chain last recorded for it (a whole older record
+    /// put back, or one removed, is reported here even though it opens).
     pub async fn audit_verify(&self) -> Result<ChainReport, CredError> {
-        Ok(keyward_store::verify_store(&*self.store).await?)
+        let mut report = keyward_store::verify_store(&*self.store, Some(&self.integrity)).await?;
+        let written = self.audit_length();
+        if report.ok && report.entries < written {
+            // A head moved back to an earlier (genuine) entry: only a witness outside the
+            // store sees it; this process is one.
+            report.ok = false;
+            report.first_bad_seq = Some(report.entries + 1);
+            report.problem = Some(format!(
+                "the chain ends at entry {} but this keyward wrote entry {written}: it was truncated",
+                report.entries
+            ));
+        }
+        if report.ok {
+            if let Some((seq, problem)) = self.records_against_audit().await? {
+                report.ok = false;
+                report.first_bad_seq = Some(seq);
+                report.problem = Some(problem);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The first credential whose stored version differs from the chain's: `(seq of the
+    /// entry that recorded it, what is wrong)`.
+    async fn records_against_audit(&self) -> Result<Option<(u64, String)>, CredError> {
+        let mut audited: HashMap<(String, String), (u64, u64)> = HashMap::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.audit_range(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for e in page {
+                let (Some(t), Some(p)) = (e.draft.tenant, e.draft.provider) else { continue };
+                if e.draft.result != "ok" {
+                    continue;
+                }
+                if e.draft.action.starts_with("credential.purge") {
+                    audited.remove(&(t, p));
+                } else if let Some(v) = e.draft.target.as_deref().and_then(|x| x.strip_prefix("version:")) {
+                    if let Ok(v) = v.parse() {
+                        audited.insert((t, p), (v, e.seq));
+                    }
+                }
+            }
+        }
+        let mut tenants_after: Option<TenantId> = None;
+        loop {
+            let page = self.store.list_tenants(tenants_after.as_ref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            tenants_after = Some(last.tenant.clone());
+            for t in page {
+                for r in self.store.list_credentials(&t.tenant).await? {
+                    let key = (r.tenant.to_string(), r.provider.to_string());
+                    if let Some((v, seq)) = audited.remove(&key) {
+                        if r.version != v {
+                            return Ok(Some((
+                                seq,
+                                format!(
+                                    "credential {}/{} is at version {} but entry {seq} recorded version {v}: the record was rolled back or edited",
+                                    r.tenant, r.provider, r.version
+                                ),
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        // What the chain recorded and the store no longer holds (ignoring tenants whose
+        // key was shredded with their last credential).
+        if let Some(((t, p), (v, seq))) = audited.into_iter().min_by_key(|(_, (_, seq))| *seq) {
+            return Ok(Some((
+                seq,
+                format!(
+                    "credential {t}/{p} (version {v}, entry {seq}) is missing from the store without a purge entry"
+                ),
+            )));
+        }
+        Ok(None)
     }
 }

@@ -19,6 +19,7 @@ use keyward_core::providers::{FieldError, Providers};
 use keyward_core::secret::Secret;
 use keyward_core::time::rfc3339;
 mod audit;
+mod integrity;
 mod resolve;
 mod rotate;
 mod routes;
@@ -186,6 +187,9 @@ type CacheKey = (String, String);
 pub struct Credentials {
     store: Arc<dyn Store>,
     keyring: Keyring,
+    integrity: keyward_store::Integrity,
+    // The newest version seen per credential: the rollback guard.
+    high_water: std::sync::Mutex<HashMap<(String, String, Millis), u64>>,
     providers: RwLock<Arc<Providers>>,
     cache: RwLock<HashMap<CacheKey, Arc<Credential>>>,
     deks: RwLock<HashMap<String, Arc<TenantKey>>>,
@@ -239,26 +243,21 @@ fn draft(
 
 impl Credentials {
     /// Joins a store and a keyring. Checks that the keyring opens this store (a wrong master
-    /// key is refused before anything is written) and records the check value on first use.
+    /// key is refused before anything is written), records the check value with a new
+    /// integrity key on first use (or upgrades an older store), and loads that key into the
+    /// store.
     pub async fn open(
         store: Arc<dyn Store>,
         keyring: Keyring,
         providers: Providers,
         retention: Duration,
     ) -> Result<Credentials, CredError> {
-        let mut store_head = store.audit_head().await?.seq;
-        match store.get_meta(META_KEYCHECK).await? {
-            Some(check) => keyring.open_check(&check)?,
-            None => {
-                let value = keyring.seal_check()?;
-                let mut d = draft("keyward", "store.init", None, None, Some(keyring.active_id().to_string()));
-                d.target = Some(format!("master-key:{}", keyring.active_id()));
-                store_head = store.commit(vec![Op::PutMeta { key: META_KEYCHECK.into(), value }], d).await?.seq;
-            }
-        }
+        let (integrity, store_head) = integrity::open(&*store, &keyring).await?;
         Ok(Credentials {
             store,
             keyring,
+            integrity,
+            high_water: std::sync::Mutex::new(HashMap::new()),
             providers: RwLock::new(Arc::new(providers)),
             cache: RwLock::new(HashMap::new()),
             deks: RwLock::new(HashMap::new()),

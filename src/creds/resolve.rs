@@ -128,7 +128,14 @@ impl Credentials {
             return Err(not_found());
         }
         let dek = self.data_key(tenant).await?.ok_or_else(not_found)?;
-        let plain = dek.dek.open(RecordAad { tenant, provider, version: rec.version }, &rec.sealed)?;
+        let aad = RecordAad { tenant, provider, version: rec.version, state: integrity::aad_state(&rec) };
+        let plain = dek.dek.open(aad, &rec.sealed).map_err(|e| match e {
+            VaultError::Integrity(_) => CredError::Store(StoreError::Tampered(format!(
+                "credential {tenant}/{provider} does not open: its ciphertext, or the state it is bound to (status, deletion, public fields, last check), was altered or moved"
+            ))),
+            other => other.into(),
+        })?;
+        self.check_not_rolled_back(&rec)?;
         let map: serde_json::Map<String, Value> = serde_json::from_slice(&plain)
             .map_err(|_| StoreError::Corrupt(format!("credential {tenant}/{provider}")))?;
         let secrets = map

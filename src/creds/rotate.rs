@@ -61,7 +61,7 @@ impl Credentials {
         if !batch.is_empty() || remaining == 0 {
             rewrapped = batch.len() as u64;
             if remaining == 0 {
-                batch.push(Op::PutMeta { key: META_KEYCHECK.into(), value: self.keyring.seal_check()? });
+                batch.push(Op::PutMeta { key: META_KEYCHECK.into(), value: self.keyring.seal_check(&self.integrity)? });
             }
             let target = Some(format!("master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"));
             let result = self.commit(batch, draft(actor, "keys.rotate", None, None, target)).await;

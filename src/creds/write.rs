@@ -42,21 +42,20 @@ impl Credentials {
         self.write_record(actor, "credential.update", tenant, provider, next, Some(&secrets)).await
     }
 
-    /// Seals the secret fields of `parsed` for `(tenant, provider, version)`.
+    /// Seals the secret fields of `parsed` for `rec` (its identity, version and state).
     pub(super) fn seal(
         dek: &DataKey,
-        tenant: &TenantId,
-        provider: &str,
-        version: u64,
+        rec: &CredentialRecord,
         secrets: &BTreeMap<String, Secret>,
     ) -> Result<Vec<u8>, CredError> {
+        let (tenant, provider, version) = (&rec.tenant, rec.provider.as_str(), rec.version);
         // Pre-size so serialisation never reallocates (a reallocation would leave an
         // un-wiped copy of the plaintext behind).
         let cap = secrets.iter().map(|(k, v)| k.len() + v.len() * 6 + 8).sum::<usize>() + 2;
         let mut buf = Zeroizing::new(Vec::with_capacity(cap));
         let plain: BTreeMap<&str, &str> = secrets.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
         serde_json::to_writer(&mut *buf, &plain).map_err(|_| VaultError::Malformed("serialisation"))?;
-        Ok(dek.seal(RecordAad { tenant, provider, version }, &buf)?)
+        Ok(dek.seal(RecordAad { tenant, provider, version, state: integrity::aad_state(rec) }, &buf)?)
     }
 
     /// Seals a short-lived value (a Google access token shared with the fleet) with the
@@ -69,7 +68,7 @@ impl Credentials {
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CredError> {
         let dek = self.data_key(tenant).await?.ok_or_else(|| CredError::not_found(tenant, purpose))?;
-        Ok(dek.dek.seal(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, plaintext)?)
+        Ok(dek.dek.seal(RecordAad { tenant, provider: &format!("aux:{purpose}"), version, state: None }, plaintext)?)
     }
 
     /// Opens a value sealed by [`Credentials::seal_aux`].
@@ -81,7 +80,7 @@ impl Credentials {
         blob: &[u8],
     ) -> Result<keyward_core::secret::SecretBytes, CredError> {
         let dek = self.data_key(tenant).await?.ok_or_else(|| CredError::not_found(tenant, purpose))?;
-        Ok(dek.dek.open(RecordAad { tenant, provider: &format!("aux:{purpose}"), version }, blob)?)
+        Ok(dek.dek.open(RecordAad { tenant, provider: &format!("aux:{purpose}"), version, state: None }, blob)?)
     }
 
     /// Validates fields against the provider's schema (nothing is stored).
@@ -139,6 +138,7 @@ impl Credentials {
                     last_verified_at: verified_at,
                     last_error: None,
                     deleted_at: None,
+                    aad_version: integrity::STATE_AAD,
                 })
             },
             Some(&parsed.secrets),
@@ -205,21 +205,28 @@ impl Credentials {
             }
         };
         let dek = &key.dek;
+        rec.aad_version = integrity::STATE_AAD;
         rec.sealed = match (secrets, &old) {
-            (Some(s), _) => Self::seal(dek, tenant, provider, rec.version, s)?,
+            (Some(s), _) => Self::seal(dek, &rec, s)?,
             (None, Some(o)) => {
-                // Version changes, so the blob is re-sealed under the new version's AAD.
-                let plain = dek.open(RecordAad { tenant, provider, version: o.version }, &o.sealed)?;
-                dek.seal(RecordAad { tenant, provider, version: rec.version }, &plain)?
+                // Version and state change, so the blob is re-sealed under the new AAD.
+                let was = RecordAad { tenant, provider, version: o.version, state: integrity::aad_state(o) };
+                let plain = dek.open(was, &o.sealed)?;
+                let now = RecordAad { tenant, provider, version: rec.version, state: integrity::aad_state(&rec) };
+                dek.seal(now, &plain)?
             }
             (None, None) => return Err(CredError::not_found(tenant, provider)),
         };
         let expect = old.as_ref().map_or(Expect::Absent, |o| Expect::Version(o.version));
         ops.push(Op::PutCredential { record: rec.clone(), expect });
-        let result = self.commit(ops, draft(actor, action, Some(tenant.as_str()), Some(provider), None)).await;
+        // The version in the entry lets `audit verify` catch a record rolled back whole.
+        let target = Some(format!("version:{}", rec.version));
+        let result = self.commit(ops, draft(actor, action, Some(tenant.as_str()), Some(provider), target)).await;
         // Invalidate even on failure: a failed commit may be ambiguous (fleet backends).
         self.invalidate(tenant.as_str(), provider);
         result?;
+        // What this process wrote is the floor for what it will accept back.
+        self.check_not_rolled_back(&rec)?;
         if let Ok(mut d) = self.deks.write() {
             d.entry(tenant.as_str().to_string()).or_insert(key);
         }
@@ -270,20 +277,22 @@ impl Credentials {
                 }
             };
             let dek = &key.dek;
-            let record = CredentialRecord {
+            let mut record = CredentialRecord {
                 tenant: tenant.clone(),
                 provider: name,
                 version: 1,
                 status: parsed.status.unwrap_or(CredStatus::Active),
                 fields: parsed.public.clone(),
                 hints: parsed.secrets.iter().map(|(k, v)| (k.clone(), v.hint())).collect(),
-                sealed: Self::seal(dek, &tenant, &provider, 1, &parsed.secrets)?,
+                sealed: Vec::new(),
                 created_at: now,
                 updated_at: now,
                 last_verified_at: None,
                 last_error: None,
                 deleted_at: None,
+                aad_version: integrity::STATE_AAD,
             };
+            record.sealed = Self::seal(dek, &record, &parsed.secrets)?;
             ops.push(Op::PutCredential { record, expect: Expect::Absent });
         }
         let result =

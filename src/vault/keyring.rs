@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
 use super::VaultError;
 use keyward_core::env::Env;
 use keyward_core::ids::TenantId;
 use keyward_core::secret::KeyBytes;
+use keyward_store::Integrity;
 
 /// Where the active key was found, for the start-up log line (never the key).
 #[derive(Debug, Clone)]
@@ -202,17 +203,46 @@ impl Keyring {
         blob_key_id(blob).is_ok_and(|id| id == self.active.id)
     }
 
-    /// A sealed check value proving, at the next start, that the right key is loaded.
-    pub fn seal_check(&self) -> Result<Vec<u8>, VaultError> {
-        seal_raw(&self.active.key, self.active.id, b"keyward/keycheck/v1", b"keyward")
+    /// The store's check value: proves at the next start that the right key is loaded, and
+    /// carries the store's integrity key (sealed, so only a master-key holder reads or
+    /// replaces it).
+    pub fn seal_check(&self, integrity: &Integrity) -> Result<Vec<u8>, VaultError> {
+        let mut pt = Zeroizing::new([0u8; 40]);
+        pt[..32].copy_from_slice(integrity.key_bytes());
+        pt[32..].copy_from_slice(&integrity.keyed_from().to_be_bytes());
+        seal_raw(&self.active.key, self.active.id, CHECK_V2, &pt[..])
     }
 
-    /// Opens a check value from [`Keyring::seal_check`].
-    pub fn open_check(&self, blob: &[u8]) -> Result<(), VaultError> {
+    /// Opens a check value from [`Keyring::seal_check`] (or the integrity-less one of
+    /// stores written before it: [`KeyCheck::Legacy`]).
+    pub fn open_check(&self, blob: &[u8]) -> Result<KeyCheck, VaultError> {
         let id = blob_key_id(blob)?;
         let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
-        open_raw(&mk.key, b"keyward/keycheck/v1", blob).map(|_| ())
+        match open_raw(&mk.key, CHECK_V2, blob) {
+            Ok(pt) if pt.len() == 40 => {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(&pt[..32]);
+                let mut from = [0u8; 8];
+                from.copy_from_slice(&pt[32..]);
+                let i = Integrity::new(key, u64::from_be_bytes(from));
+                key.zeroize();
+                Ok(KeyCheck::Keyed(i))
+            }
+            Ok(_) => Err(VaultError::Malformed("key check value of the wrong length")),
+            Err(_) => open_raw(&mk.key, b"keyward/keycheck/v1", blob).map(|_| KeyCheck::Legacy),
+        }
     }
+}
+
+const CHECK_V2: &[u8] = b"keyward/keycheck/v2";
+
+/// What a store's check value holds.
+#[derive(Debug)]
+pub enum KeyCheck {
+    /// The store's integrity key.
+    Keyed(Integrity),
+    /// A check value from before integrity keys: the store is upgraded on open.
+    Legacy,
 }
 
 /// Where the active master key comes from.
@@ -329,8 +359,13 @@ mod tests {
     #[test]
     fn the_check_value_detects_a_wrong_key() {
         let a = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
-        let check = a.seal_check().unwrap();
-        assert!(a.open_check(&check).is_ok());
+        let check = a.seal_check(&Integrity::new([3; 32], 5)).unwrap();
+        match a.open_check(&check).unwrap() {
+            KeyCheck::Keyed(i) => assert_eq!((i.key_bytes(), i.keyed_from()), (&[3; 32], 5)),
+            KeyCheck::Legacy => panic!("a v2 check value opens as v2"),
+        }
+        let legacy = seal_raw(&a.active.key, a.active.id, b"keyward/keycheck/v1", b"keyward").unwrap();
+        assert!(matches!(a.open_check(&legacy), Ok(KeyCheck::Legacy)));
         let b = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
         assert!(matches!(b.open_check(&check), Err(VaultError::UnknownKey(_))));
     }

@@ -9,7 +9,7 @@
 mod keyring;
 mod seal;
 
-pub use keyring::{write_new_key_file, Keyring};
+pub use keyring::{write_new_key_file, KeyCheck, Keyring};
 pub(crate) use keyring::{KeySource, MasterKeyConfig};
 pub(crate) use seal::{DataKey, KeyId, RecordAad};
 

@@ -43,17 +43,23 @@ pub struct RecordAad<'a> {
     pub provider: &'a str,
     /// Record version (monotonic per credential).
     pub version: u64,
+    /// Digest of the record's state (status, deletion, fields, last check); `None` for
+    /// records sealed before state binding and for auxiliary values.
+    pub state: Option<[u8; 32]>,
 }
 
 impl RecordAad<'_> {
     fn bytes(&self, key_id: KeyId) -> Vec<u8> {
-        let mut aad = b"keyward/cred/v1\0".to_vec();
+        let mut aad = if self.state.is_some() { b"keyward/cred/v2\0".to_vec() } else { b"keyward/cred/v1\0".to_vec() };
         aad.extend_from_slice(self.tenant.as_str().as_bytes());
         aad.push(0);
         aad.extend_from_slice(self.provider.as_bytes());
         aad.push(0);
         aad.extend_from_slice(&self.version.to_be_bytes());
         aad.extend_from_slice(&key_id.0);
+        if let Some(s) = &self.state {
+            aad.extend_from_slice(s);
+        }
         aad
     }
 }
@@ -164,7 +170,7 @@ mod tests {
     fn a_sealed_record_opens_with_the_same_aad() {
         let k = DataKey::generate().unwrap();
         let acme = t("acme");
-        let aad = RecordAad { tenant: &acme, provider: "twilio", version: 3 };
+        let aad = RecordAad { tenant: &acme, provider: "twilio", version: 3, state: None };
         let blob = k.seal(aad, b"{\"auth_token\":\"x\"}").unwrap();
         assert_eq!(&k.open(aad, &blob).unwrap()[..], b"{\"auth_token\":\"x\"}");
     }
@@ -173,7 +179,7 @@ mod tests {
     fn a_blob_moved_to_another_tenant_provider_or_version_fails_to_open() {
         let k = DataKey::generate().unwrap();
         let (acme, globex) = (t("acme"), t("globex"));
-        let aad = RecordAad { tenant: &acme, provider: "twilio", version: 3 };
+        let aad = RecordAad { tenant: &acme, provider: "twilio", version: 3, state: None };
         let blob = k.seal(aad, b"secret").unwrap();
         for other in [
             RecordAad { tenant: &globex, ..aad },
@@ -189,7 +195,7 @@ mod tests {
     fn every_seal_uses_a_fresh_nonce() {
         let k = DataKey::generate().unwrap();
         let acme = t("acme");
-        let aad = RecordAad { tenant: &acme, provider: "vapi", version: 1 };
+        let aad = RecordAad { tenant: &acme, provider: "vapi", version: 1, state: None };
         let a = k.seal(aad, b"same").unwrap();
         let b = k.seal(aad, b"same").unwrap();
         assert_ne!(a.get(9..21), b.get(9..21));
@@ -200,7 +206,7 @@ mod tests {
     fn a_flipped_bit_or_rewritten_key_id_fails_to_open() {
         let k = DataKey::generate().unwrap();
         let acme = t("acme");
-        let aad = RecordAad { tenant: &acme, provider: "vapi", version: 1 };
+        let aad = RecordAad { tenant: &acme, provider: "vapi", version: 1, state: None };
         let blob = k.seal(aad, b"payload").unwrap();
         for i in 0..blob.len() {
             let mut b = blob.clone();

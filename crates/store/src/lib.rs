@@ -8,10 +8,12 @@
 //! mutation does not happen (fail closed).
 
 mod audit;
+mod integrity;
 pub mod pg;
 mod sled_store;
 
 pub use audit::{verify_chain, verify_store, ChainReport, ChainVerifier};
+pub use integrity::Integrity;
 pub use pg::{PgStore, PgTarget};
 pub use sled_store::SledStore;
 
@@ -108,6 +110,11 @@ pub struct CredentialRecord {
     pub last_error: Option<String>,
     /// Set while soft-deleted.
     pub deleted_at: Option<Millis>,
+    /// What the sealed blob's AAD binds: 0 or 1, identity and version; 2, also the state
+    /// (status, deletion, public fields, last check). Older records are re-sealed at their
+    /// next write.
+    #[serde(default)]
+    pub aad_version: u8,
 }
 
 /// A precondition on the current version of a credential, for optimistic concurrency.
@@ -194,6 +201,16 @@ pub enum Op {
         /// Route id.
         id: RouteId,
     },
+    /// Set a metadata value only if it is still `expect` (`None`: absent), so that two
+    /// sidecars initialising or upgrading one store cannot both win.
+    SwapMeta {
+        /// Key.
+        key: String,
+        /// The value read.
+        expect: Option<Vec<u8>>,
+        /// The new value.
+        value: Vec<u8>,
+    },
     /// Set a metadata value.
     PutMeta {
         /// Key.
@@ -245,6 +262,24 @@ pub struct AuditHead {
     pub hash: String,
 }
 
+/// A route as stored, with its MAC (empty for a route written before routes had one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRow {
+    /// Kind.
+    pub kind: RouteKind,
+    /// Id.
+    pub id: RouteId,
+    /// Owner.
+    pub tenant: TenantId,
+    /// [`Integrity`] MAC over kind, id and owner.
+    pub mac: Vec<u8>,
+}
+
+/// The error an authenticated read gives for a record whose MAC does not hold.
+pub(crate) fn tampered(what: String) -> StoreError {
+    StoreError::Tampered(what)
+}
+
 /// A record copied between stores by `keyward store migrate`.
 #[derive(Debug, Clone)]
 pub enum Imported {
@@ -253,14 +288,7 @@ pub enum Imported {
     /// A credential record.
     Credential(CredentialRecord),
     /// A route.
-    Route {
-        /// Kind.
-        kind: RouteKind,
-        /// Id.
-        id: RouteId,
-        /// Owner.
-        tenant: TenantId,
-    },
+    Route(RouteRow),
     /// A metadata value (the key check value).
     Meta {
         /// Key.
@@ -309,6 +337,9 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error("store record {0} is corrupt")]
     Corrupt(String),
+    /// A record's MAC does not hold: it was written by someone without the master key.
+    #[error("{0}: the store was changed outside keyward (run `keyward audit verify`; restore from a backup)")]
+    Tampered(String),
 }
 
 impl StoreError {
@@ -318,7 +349,7 @@ impl StoreError {
             StoreError::Conflict(_) | StoreError::TenantChanged(_) => "conflict",
             StoreError::RouteTaken { .. } => "route_taken",
             StoreError::Unavailable(_) | StoreError::Locked(_) | StoreError::Directory { .. } => "store_unavailable",
-            StoreError::Corrupt(_) => "internal",
+            StoreError::Corrupt(_) | StoreError::Tampered(_) => "internal",
         }
     }
 }
@@ -364,12 +395,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Number of stored credentials (for start-up logs and metrics).
     async fn credential_count(&self) -> Result<u64, StoreError>;
 
-    /// Routes in `(kind, id)` order, strictly after `after`: `(kind, id, tenant)`.
+    /// Routes in `(kind, id)` order, strictly after `after`, as stored (MACs unchecked: for
+    /// copying and upgrading).
     async fn list_routes(
         &self,
         after: Option<(&RouteKind, &RouteId)>,
         limit: usize,
-    ) -> Result<Vec<(RouteKind, RouteId, TenantId)>, StoreError>;
+    ) -> Result<Vec<RouteRow>, StoreError>;
+
+    /// Loads the integrity key (the daemon does once it has opened the key check value):
+    /// commits are chained under it, routes written and read are authenticated with it.
+    fn set_integrity(&self, key: Integrity);
+
+    /// The loaded integrity key.
+    fn integrity(&self) -> Option<Integrity>;
 
     /// Writes records verbatim, without auditing (store migration). A record that already
     /// exists unchanged is skipped, so an interrupted migration can be rerun; one that

@@ -2,7 +2,7 @@
 //! one daemon uses a store at a time.
 //!
 //! Trees: `tenants` (tenant → TenantRecord), `creds` (tenant\0provider → CredentialRecord),
-//! `routes` (kind\0id → tenant), `audit` (seq, big-endian → AuditEntry), `purge`
+//! `routes` (kind\0id → tenant\0MAC), `audit` (seq, big-endian → AuditEntry), `purge`
 //! (deleted_at ‖ tenant\0provider → ()), `meta` (name → bytes, including the audit head).
 //! Values are JSON. A commit is one sled transaction over every tree, then a flush: a
 //! commit that returned has reached the disk.
@@ -17,9 +17,10 @@ use sled::Transactional;
 use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
 
 use super::audit::chain;
+use super::integrity::IntegritySlot;
 use super::{
-    now_millis, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Imported, Millis, Op, Store, StoreError,
-    TenantRecord,
+    now_millis, tampered, AuditDraft, AuditEntry, AuditHead, CredentialRecord, Imported, Integrity, Millis, Op,
+    RouteRow, Store, StoreError, TenantRecord,
 };
 
 const AUDIT_HEAD: &[u8] = b"audit_head";
@@ -34,6 +35,7 @@ pub struct SledStore {
     purge: sled::Tree,
     meta: sled::Tree,
     path: PathBuf,
+    integrity: IntegritySlot,
     // Held for the life of the store: the flock is released when the file closes.
     _lock: File,
 }
@@ -55,6 +57,19 @@ fn pair_key(a: impl AsRef<str>, b: impl AsRef<str>) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(b.as_bytes());
     k
+}
+
+/// A route's stored value: the owner, a NUL, the MAC (tenant ids never hold a NUL).
+fn route_value(tenant: &str, mac: &[u8]) -> Vec<u8> {
+    [tenant.as_bytes(), &[0], mac].concat()
+}
+
+/// Owner and MAC of a stored route value (a value from before MACs has an empty one).
+fn split_route(v: &[u8]) -> (&[u8], &[u8]) {
+    match v.iter().position(|b| *b == 0) {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, &[]),
+    }
 }
 
 fn purge_key(deleted_at: Millis, tenant: impl AsRef<str>, provider: impl AsRef<str>) -> Vec<u8> {
@@ -127,6 +142,7 @@ fn abort(e: StoreError) -> Abort {
 }
 
 struct Trees<'a> {
+    integrity: &'a Integrity,
     tenants: &'a TransactionalTree,
     creds: &'a TransactionalTree,
     routes: &'a TransactionalTree,
@@ -206,20 +222,28 @@ impl Trees<'_> {
             Op::PutRoute { kind, id, tenant, keep_other_owner } => {
                 let key = pair_key(kind, id);
                 if *keep_other_owner {
-                    if let Some(owner) = self.routes.get(&key)? {
-                        if owner.as_ref() != tenant.as_str().as_bytes() {
+                    if let Some(v) = self.routes.get(&key)? {
+                        let (owner, _) = split_route(&v);
+                        if owner != tenant.as_str().as_bytes() {
                             return Err(abort(StoreError::RouteTaken {
                                 kind: kind.to_string(),
                                 id: id.to_string(),
-                                owner: String::from_utf8_lossy(&owner).into_owned(),
+                                owner: String::from_utf8_lossy(owner).into_owned(),
                             }));
                         }
                     }
                 }
-                self.routes.insert(key, tenant.as_str().as_bytes())?;
+                let mac = self.integrity.route_mac(kind.as_str(), id.as_str(), tenant.as_str());
+                self.routes.insert(key, route_value(tenant.as_str(), &mac))?;
             }
             Op::DeleteRoute { kind, id } => {
                 self.routes.remove(pair_key(kind, id))?;
+            }
+            Op::SwapMeta { key, expect, value } => {
+                if self.meta.get(key.as_bytes())?.map(|v| v.to_vec()) != *expect {
+                    return Err(abort(StoreError::Conflict(format!("metadata {key}"))));
+                }
+                self.meta.insert(key.as_bytes(), value.as_slice())?;
             }
             Op::PutMeta { key, value } => {
                 self.meta.insert(key.as_bytes(), value.as_slice())?;
@@ -233,7 +257,7 @@ impl Trees<'_> {
             Some(v) => decode("audit head", &v).map_err(abort)?,
             None => AuditHead::default(),
         };
-        let entry = chain(&head, ts, draft.clone());
+        let entry = chain(self.integrity, &head, ts, draft.clone());
         self.audit.insert(&entry.seq.to_be_bytes(), encode(&entry))?;
         self.meta.insert(AUDIT_HEAD, encode(&AuditHead { seq: entry.seq, hash: entry.hash.clone() }))?;
         Ok(entry)
@@ -263,6 +287,7 @@ impl SledStore {
             meta: tree("meta")?,
             db,
             path: path.to_path_buf(),
+            integrity: IntegritySlot::default(),
             _lock: lock,
         })
     }
@@ -289,9 +314,10 @@ impl SledStore {
 impl Store for SledStore {
     async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
         let ts = now_millis();
+        let integrity = self.integrity.require()?;
         let result = (&self.tenants, &self.creds, &self.routes, &self.audit, &self.purge, &self.meta).transaction(
             |(tenants, creds, routes, audit_t, purge, meta)| {
-                let t = Trees { tenants, creds, routes, audit: audit_t, purge, meta };
+                let t = Trees { integrity: &integrity, tenants, creds, routes, audit: audit_t, purge, meta };
                 for op in &ops {
                     t.apply(op)?;
                 }
@@ -374,10 +400,14 @@ impl Store for SledStore {
     }
 
     async fn get_route(&self, kind: &RouteKind, route: &RouteId) -> Result<Option<TenantId>, StoreError> {
-        match self.routes.get(pair_key(kind, route)).map_err(unavailable)? {
-            Some(v) => Ok(Some(id(TenantId::parse, &format!("route {kind}/{route}"), &v)?)),
-            None => Ok(None),
+        let key = self.integrity.require()?;
+        let Some(v) = self.routes.get(pair_key(kind, route)).map_err(unavailable)? else { return Ok(None) };
+        let (owner, mac) = split_route(&v);
+        let owner = id(TenantId::parse, &format!("route {kind}/{route}"), owner)?;
+        if !key.route_ok(kind.as_str(), route.as_str(), owner.as_str(), mac) {
+            return Err(tampered(format!("route {kind}/{route} failed its integrity check")));
         }
+        Ok(Some(owner))
     }
 
     async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -407,7 +437,7 @@ impl Store for SledStore {
         &self,
         after: Option<(&RouteKind, &RouteId)>,
         limit: usize,
-    ) -> Result<Vec<(RouteKind, RouteId, TenantId)>, StoreError> {
+    ) -> Result<Vec<RouteRow>, StoreError> {
         let iter = match after {
             Some((k, i)) => {
                 let mut start = pair_key(k, i);
@@ -422,9 +452,18 @@ impl Store for SledStore {
                 let mut parts = k.splitn(2, |b| *b == 0);
                 let kind = id(RouteKind::parse, "route index", parts.next().unwrap_or_default())?;
                 let route = id(RouteId::parse, "route index", parts.next().unwrap_or_default())?;
-                Ok((kind, route, id(TenantId::parse, "route owner", &v)?))
+                let (owner, mac) = split_route(&v);
+                Ok(RouteRow { kind, id: route, tenant: id(TenantId::parse, "route owner", owner)?, mac: mac.to_vec() })
             })
             .collect()
+    }
+
+    fn set_integrity(&self, key: Integrity) {
+        self.integrity.set(key);
+    }
+
+    fn integrity(&self) -> Option<Integrity> {
+        self.integrity.get()
     }
 
     async fn import(&self, items: Vec<Imported>) -> Result<(), StoreError> {
@@ -454,9 +493,9 @@ impl Store for SledStore {
                         format!("credential {}/{}", c.tenant, c.provider),
                     )?
                 }
-                Imported::Route { kind, id, tenant } => {
-                    let owner = tenant.as_str().as_bytes().to_vec();
-                    put_same(&self.routes, pair_key(&kind, &id), owner, format!("route {kind}/{id}"))?
+                Imported::Route(r) => {
+                    let value = route_value(r.tenant.as_str(), &r.mac);
+                    put_same(&self.routes, pair_key(&r.kind, &r.id), value, format!("route {}/{}", r.kind, r.id))?
                 }
                 Imported::Meta { key, value } => {
                     put_same(&self.meta, key.clone().into_bytes(), value, format!("meta {key}"))?
@@ -515,13 +554,20 @@ mod tests {
             last_verified_at: None,
             last_error: None,
             deleted_at: None,
+            aad_version: 2,
         }
+    }
+
+    fn open(dir: &Path) -> SledStore {
+        let s = SledStore::open(dir).unwrap();
+        s.set_integrity(Integrity::new([9; 32], 1));
+        s
     }
 
     #[tokio::test]
     async fn commits_are_audited_and_preconditions_hold() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let e = s
             .commit(vec![Op::PutCredential { record: cred("acme", "vapi", 1), expect: Expect::Absent }], draft("put"))
             .await
@@ -546,7 +592,7 @@ mod tests {
         let head = s.audit_head().await.unwrap();
         assert_eq!(head.seq, 2);
         let entries = s.audit_range(0, 100).await.unwrap();
-        assert!(verify_chain(&entries, &head).ok);
+        assert!(verify_chain(Some(&Integrity::new([9; 32], 1)), &entries, &head).ok);
     }
 
     #[tokio::test]
@@ -565,7 +611,7 @@ mod tests {
     #[tokio::test]
     async fn routes_keep_their_owner_when_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let put = |t: &str, keep| Op::PutRoute {
             kind: RouteKind::parse("twilio-account").unwrap(),
             id: RouteId::parse("AC1").unwrap(),
@@ -586,7 +632,7 @@ mod tests {
     #[tokio::test]
     async fn soft_deleted_credentials_are_indexed_for_purge() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         s.commit(vec![Op::PutCredential { record: cred("acme", "vapi", 1), expect: Expect::Absent }], draft("put"))
             .await
             .unwrap();
@@ -608,7 +654,7 @@ mod tests {
     #[tokio::test]
     async fn tenants_page_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let ops = ["c", "a", "b"]
             .iter()
             .map(|t| Op::CreateTenant(TenantRecord { tenant: tid(t), wrapped_key: vec![], created_at: 0 }))

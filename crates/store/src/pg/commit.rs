@@ -27,7 +27,12 @@ async fn expect_tenant(
 }
 
 /// Applies one op inside the transaction, checking preconditions.
-async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<String>) -> Result<(), StoreError> {
+async fn apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    key: &Integrity,
+    op: &Op,
+    notes: &mut Vec<String>,
+) -> Result<(), StoreError> {
     match op {
         Op::CreateTenant(t) => {
             // Insert-if-absent: two sidecars creating one tenant must not both win, or the
@@ -133,9 +138,11 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
                     }
                 }
             }
+            let mac = key.route_mac(kind.as_str(), id.as_str(), tenant.as_str());
             tx.execute(
-                "INSERT INTO keyward_routes (kind, id, tenant) VALUES ($1, $2, $3) ON CONFLICT (kind, id) DO UPDATE SET tenant = EXCLUDED.tenant",
-                &[&kind.as_str(), &id.as_str(), &tenant.as_str()],
+                "INSERT INTO keyward_routes (kind, id, tenant, mac) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kind, id) DO UPDATE SET tenant = EXCLUDED.tenant, mac = EXCLUDED.mac",
+                &[&kind.as_str(), &id.as_str(), &tenant.as_str(), &mac.as_slice()],
             )
             .await
             .map_err(unavailable)?;
@@ -144,6 +151,19 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
             tx.execute("DELETE FROM keyward_routes WHERE kind = $1 AND id = $2", &[&kind.as_str(), &id.as_str()])
                 .await
                 .map_err(unavailable)?;
+        }
+        Op::SwapMeta { key, expect, value } => {
+            let row = tx
+                .query_opt("SELECT value FROM keyward_meta WHERE key = $1 FOR UPDATE", &[key])
+                .await
+                .map_err(unavailable)?;
+            if row.map(|r| r.get::<_, Vec<u8>>(0)) != *expect {
+                return Err(StoreError::Conflict(format!("metadata {key}")));
+            }
+            tx.execute("INSERT INTO keyward_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", &[key, value])
+                .await
+                .map_err(unavailable)?;
+            notes.push("all".into());
         }
         Op::PutMeta { key, value } => {
             tx.execute("INSERT INTO keyward_meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", &[key, value])
@@ -158,6 +178,7 @@ async fn apply(tx: &tokio_postgres::Transaction<'_>, op: &Op, notes: &mut Vec<St
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
+        let key = self.integrity.require()?;
         let c = self.conns().await?;
         let mut w = c.writer.lock().await;
         let tx = w.transaction().await.map_err(unavailable)?;
@@ -165,7 +186,7 @@ impl Store for PgStore {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_AUDIT]).await.map_err(unavailable)?;
         let mut notes = Vec::new();
         for op in &ops {
-            apply(&tx, op, &mut notes).await?;
+            apply(&tx, &key, op, &mut notes).await?;
         }
         let head: AuditHead = match tx
             .query_opt("SELECT value FROM keyward_meta WHERE key = 'audit_head'", &[])
@@ -177,7 +198,7 @@ impl Store for PgStore {
             }
             None => AuditHead::default(),
         };
-        let entry = chain(&head, crate::now_millis(), audit);
+        let entry = chain(&key, &head, crate::now_millis(), audit);
         let seq = i64::try_from(entry.seq).map_err(|_| StoreError::Corrupt("audit sequence".into()))?;
         tx.execute("INSERT INTO keyward_audit (seq, entry) VALUES ($1, $2)", &[&seq, &encode(&entry)])
             .await
@@ -282,16 +303,32 @@ impl Store for PgStore {
     }
 
     async fn get_route(&self, kind: &RouteKind, route: &RouteId) -> Result<Option<TenantId>, StoreError> {
+        let key = self.integrity.require()?;
         let c = self.conns().await?;
-        c.reader
+        let Some(row) = c
+            .reader
             .query_opt(
-                "SELECT tenant FROM keyward_routes WHERE kind = $1 AND id = $2",
+                "SELECT tenant, mac FROM keyward_routes WHERE kind = $1 AND id = $2",
                 &[&kind.as_str(), &route.as_str()],
             )
             .await
             .map_err(unavailable)?
-            .map(|r| id(TenantId::parse, &format!("route {kind}/{route}"), r.get(0)))
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let owner = id(TenantId::parse, &format!("route {kind}/{route}"), row.get(0))?;
+        if !key.route_ok(kind.as_str(), route.as_str(), owner.as_str(), row.get::<_, &[u8]>(1)) {
+            return Err(tampered(format!("route {kind}/{route} failed its integrity check")));
+        }
+        Ok(Some(owner))
+    }
+
+    fn set_integrity(&self, key: Integrity) {
+        self.integrity.set(key);
+    }
+
+    fn integrity(&self) -> Option<Integrity> {
+        self.integrity.get()
     }
 
     async fn audit_range(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
@@ -324,14 +361,14 @@ impl Store for PgStore {
         &self,
         after: Option<(&RouteKind, &RouteId)>,
         limit: usize,
-    ) -> Result<Vec<(RouteKind, RouteId, TenantId)>, StoreError> {
+    ) -> Result<Vec<RouteRow>, StoreError> {
         let c = self.conns().await?;
         let (k, i) = after.map_or(("", ""), |(k, i)| (k.as_str(), i.as_str()));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = c
             .reader
             .query(
-                "SELECT kind, id, tenant FROM keyward_routes WHERE (kind COLLATE \"C\", id COLLATE \"C\") > ($1, $2) ORDER BY kind COLLATE \"C\", id COLLATE \"C\" LIMIT $3",
+                "SELECT kind, id, tenant, mac FROM keyward_routes WHERE (kind COLLATE \"C\", id COLLATE \"C\") > ($1, $2) ORDER BY kind COLLATE \"C\", id COLLATE \"C\" LIMIT $3",
                 &[&k, &i, &limit],
             )
             .await
@@ -340,7 +377,8 @@ impl Store for PgStore {
             .map(|r| {
                 let kind = id(RouteKind::parse, "route row", r.get(0))?;
                 let route = id(RouteId::parse, "route row", r.get(1))?;
-                Ok((kind, route, id(TenantId::parse, "route row", r.get(2))?))
+                let tenant = id(TenantId::parse, "route row", r.get(2))?;
+                Ok(RouteRow { kind, id: route, tenant, mac: r.get(3) })
             })
             .collect()
     }
@@ -385,10 +423,10 @@ impl Store for PgStore {
                     }
                     continue;
                 }
-                Imported::Route { kind, id, tenant } => {
+                Imported::Route(RouteRow { kind, id, tenant, mac }) => {
                     tx.execute(
-                        "INSERT INTO keyward_routes (kind, id, tenant) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        &[&kind.as_str(), &id.as_str(), &tenant.as_str()],
+                        "INSERT INTO keyward_routes (kind, id, tenant, mac) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        &[&kind.as_str(), &id.as_str(), &tenant.as_str(), mac],
                     )
                     .await
                     .map_err(unavailable)?;

@@ -26,6 +26,8 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
          CREATE TABLE keyward_connect (state_hash bytea PRIMARY KEY, tenant text NOT NULL, sealed bytea NOT NULL,
              expires_at bigint NOT NULL);",
     ),
+    // Routes carry a MAC under the store's integrity key (empty until upgraded).
+    (3, "ALTER TABLE keyward_routes ADD COLUMN mac bytea NOT NULL DEFAULT ''::bytea;"),
 ];
 
 pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {

@@ -30,7 +30,8 @@ use tokio_postgres::Client;
 use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
 
 use super::{
-    AuditDraft, AuditEntry, AuditHead, Change, CredentialRecord, Imported, Millis, Op, Store, StoreError, TenantRecord,
+    tampered, AuditDraft, AuditEntry, AuditHead, Change, CredentialRecord, Imported, Integrity, Millis, Op, RouteRow,
+    Store, StoreError, TenantRecord,
 };
 use crate::audit::chain;
 
@@ -69,6 +70,7 @@ pub struct PgStore {
     conns: RwLock<Option<Arc<Conns>>>,
     connected: AtomicBool,
     changes: broadcast::Sender<Change>,
+    integrity: crate::integrity::IntegritySlot,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -99,7 +101,13 @@ impl PgStore {
     /// that listens for changes and reconnects after failures.
     pub async fn open(target: PgTarget) -> Result<Arc<PgStore>, StoreError> {
         let (changes, _) = broadcast::channel(4096);
-        let store = Arc::new(PgStore { target, conns: RwLock::new(None), connected: AtomicBool::new(false), changes });
+        let store = Arc::new(PgStore {
+            target,
+            conns: RwLock::new(None),
+            connected: AtomicBool::new(false),
+            changes,
+            integrity: Default::default(),
+        });
         let (mut client, task) = connect(&store.target).await?;
         migrate(&mut client).await?;
         drop(client);
@@ -156,6 +164,7 @@ mod tests {
             last_verified_at: None,
             last_error: None,
             deleted_at: None,
+            aad_version: 2,
         };
         let back: CredentialRecord = decode("credential acme/vapi", &encode(&r)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, r);
