@@ -303,7 +303,11 @@ impl Live {
     async fn owner_is_verified(&self, owner: &str, def: &ProviderDef) -> bool {
         let Ok(owner) = TenantId::parse(owner) else { return false };
         match self.creds.status(&owner, def.name.as_str()).await {
-            Ok(s) => s.status == CredStatus::Active && s.last_verified_at.is_some(),
+            // Opening it proves the status and last check were not edited in the store.
+            Ok(s) if s.status == CredStatus::Active && s.last_verified_at.is_some() => {
+                self.creds.resolve_any(&owner, def.name.as_str()).await.is_ok()
+            }
+            Ok(_) => false,
             // A store failure is not proof of anything: keep the route where it is.
             Err(CredError::Store(_)) => true,
             Err(_) => false,

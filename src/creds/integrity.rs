@@ -146,3 +146,78 @@ impl Credentials {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyward_store::SledStore;
+
+    /// A store as keyward wrote it before integrity keys: plain-hash chain, routes without
+    /// MACs, a v1 check value.
+    async fn legacy_store(dir: &std::path::Path, keyring: &Keyring) -> Arc<SledStore> {
+        let store = Arc::new(SledStore::open(dir).unwrap_or_else(|e| panic!("{e}")));
+        // keyed_from beyond every entry: plain SHA-256, as the old chain was.
+        store.set_integrity(Integrity::new([0; 32], u64::MAX));
+        let route = Op::PutRoute {
+            kind: RouteKind::parse("vapi-assistant").unwrap_or_else(|e| panic!("{e}")),
+            id: RouteId::parse("asst-1").unwrap_or_else(|e| panic!("{e}")),
+            tenant: TenantId::parse("acme").unwrap_or_else(|e| panic!("{e}")),
+            keep_other_owner: false,
+        };
+        let check = keyring.seal_legacy_check().unwrap_or_else(|e| panic!("{e}"));
+        for ops in [vec![Op::PutMeta { key: META_KEYCHECK.into(), value: check }], vec![route]] {
+            store.commit(ops, draft("test", "legacy", None, None, None)).await.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let routes = store.raw_tree("routes").unwrap_or_else(|e| panic!("{e}"));
+        routes.insert(b"vapi-assistant\0asst-1", &b"acme"[..]).unwrap_or_else(|e| panic!("{e}"));
+        store
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_integrity_keys_is_upgraded_once_and_then_keyed() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = keyward_core::secret::KeyBytes::random().unwrap_or_else(|e| panic!("{e}"));
+        let keyring = Keyring::from_keys(key.clone(), vec![]);
+        let store = legacy_store(dir.path(), &keyring).await;
+        let c = Credentials::open(store.clone(), keyring, Providers::default_builtin(), Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.integrity.keyed_from(), 3, "the upgrade entry is the first keyed one");
+        assert_eq!(
+            c.route("vapi-assistant", "asst-1").await.ok().flatten().map(|t| t.to_string()),
+            Some("acme".into())
+        );
+        let report = c.audit_verify().await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(report.ok && report.entries == 3, "{report:?}");
+        drop(c);
+        // Reopened: the v2 check value is used as is, no second upgrade.
+        let c = Credentials::open(
+            store.clone(),
+            Keyring::from_keys(key, vec![]),
+            Providers::default_builtin(),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.audit_length(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_legacy_store_whose_chain_was_edited_is_not_upgraded() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = keyward_core::secret::KeyBytes::random().unwrap_or_else(|e| panic!("{e}"));
+        let keyring = Keyring::from_keys(key.clone(), vec![]);
+        let store = legacy_store(dir.path(), &keyring).await;
+        let audit = store.raw_tree("audit").unwrap_or_else(|e| panic!("{e}"));
+        let mut e: serde_json::Value =
+            serde_json::from_slice(&audit.get(1u64.to_be_bytes()).unwrap_or_default().unwrap_or_default())
+                .unwrap_or_default();
+        e["actor"] = "uid:666".into();
+        audit.insert(1u64.to_be_bytes(), serde_json::to_vec(&e).unwrap_or_default()).unwrap_or_else(|e| panic!("{e}"));
+        let err = Credentials::open(store, keyring, Providers::default_builtin(), Duration::from_secs(60))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot upgrade: the audit chain is broken at entry 1"), "{err}");
+    }
+}

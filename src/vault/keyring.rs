@@ -213,6 +213,12 @@ impl Keyring {
         seal_raw(&self.active.key, self.active.id, CHECK_V2, &pt[..])
     }
 
+    /// The check value of a store from before integrity keys (upgrade tests).
+    #[cfg(test)]
+    pub(crate) fn seal_legacy_check(&self) -> Result<Vec<u8>, VaultError> {
+        seal_raw(&self.active.key, self.active.id, b"keyward/keycheck/v1", b"keyward")
+    }
+
     /// Opens a check value from [`Keyring::seal_check`] (or the integrity-less one of
     /// stores written before it: [`KeyCheck::Legacy`]).
     pub fn open_check(&self, blob: &[u8]) -> Result<KeyCheck, VaultError> {
