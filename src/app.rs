@@ -154,11 +154,45 @@ fn pg_target(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError>
         }
     }
     config.application_name("keyward");
+    require_tls_off_host(&mut config, &pg.url)?;
     let tls = match config.get_ssl_mode() {
         tokio_postgres::config::SslMode::Disable => None,
         _ => Some(crate::tls::client_config(pg.tls_ca.as_deref(), &[b"postgresql"])?),
     };
     Ok(PgTarget { config, tls, display: pg.url.clone() })
+}
+
+/// `sslmode=prefer` (the default) falls back to plaintext when a network attacker strips
+/// TLS, so off the host keyward requires TLS (rustls always verifies the server's
+/// certificate) unless the URL says `sslmode=disable`; an explicit `prefer` is refused.
+/// Unix sockets and loopback keep the URL's mode.
+fn require_tls_off_host(config: &mut tokio_postgres::Config, url: &str) -> Result<(), StartError> {
+    use tokio_postgres::config::{Host, SslMode};
+    let local = config.get_hosts().iter().all(|h| match h {
+        Host::Unix(_) => true,
+        Host::Tcp(name) => {
+            name == "localhost"
+                || name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        }
+    });
+    if local {
+        return Ok(());
+    }
+    match (url.contains("sslmode="), config.get_ssl_mode()) {
+        (false, _) => {
+            config.ssl_mode(SslMode::Require);
+        }
+        (true, SslMode::Prefer) => {
+            return Err(StartError::PostgresSettings(
+                "store.url says sslmode=prefer for a remote server: a network attacker can strip TLS; use sslmode=require (the certificate is verified), or sslmode=disable on a trusted network".into(),
+            ))
+        }
+        (true, SslMode::Disable) => {
+            tracing::warn!("store.url: sslmode=disable for a remote PostgreSQL server; credentials' ciphertext and the store password cross the network in clear");
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn read_token(path: &std::path::Path) -> Result<[u8; 32], StartError> {
@@ -287,7 +321,14 @@ impl App {
             add("admin", Bound::Unix(listen::bind_unix(p, 0o600)?), None);
         }
         if let Some(a) = config.admin.tcp {
-            add("admin-tcp", Bound::Tcp(listen::bind_tcp(a)?), None);
+            let tls = match &config.admin.tls {
+                Some(files) => Some(TlsSetup {
+                    acceptor: tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
+                    identity: None,
+                }),
+                None => None,
+            };
+            add("admin-tcp", Bound::Tcp(listen::bind_tcp(a)?), tls);
         }
         if let Some(o) = &config.ops {
             add("ops", Bound::Tcp(listen::bind_tcp(o.listen)?), None);
@@ -480,7 +521,16 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
         }
     };
     let source = config.source.clone();
+    let key_var = match &config.master_key.source {
+        crate::vault::KeySource::Env(v) => Some(v.clone()),
+        _ => None,
+    };
     let app = App::build(config, env, log).await?;
+    if let Some(v) = key_var {
+        // The key is in the keyring now; the environment must not keep a copy.
+        let wiped = crate::hardening::scrub_env(&v);
+        tracing::info!(variable = %v, wiped, "master key variable removed from the environment");
+    }
     let reloader = app.reloader();
     let (trigger, shutdown) = crate::shutdown::channel();
     let run = tokio::spawn(app.run(shutdown));
@@ -521,5 +571,28 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
     match run.await {
         Ok(r) => r,
         Err(e) => Err(StartError::Crashed(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_postgres::config::SslMode;
+
+    fn mode(url: &str) -> Result<SslMode, String> {
+        let mut c: tokio_postgres::Config = url.parse().map_err(|e| format!("{e}"))?;
+        require_tls_off_host(&mut c, url).map_err(|e| e.to_string())?;
+        Ok(c.get_ssl_mode())
+    }
+
+    #[test]
+    fn a_remote_postgres_url_without_sslmode_requires_tls_and_prefer_is_refused() {
+        assert_eq!(mode("postgres://kw@db.example.com/kw"), Ok(SslMode::Require), "downgradable default");
+        assert_eq!(mode("postgres://kw@10.0.0.5:5432/kw"), Ok(SslMode::Require));
+        assert!(mode("postgres://kw@db.example.com/kw?sslmode=prefer").unwrap_err().contains("sslmode=require"));
+        assert_eq!(mode("postgres://kw@db.example.com/kw?sslmode=disable"), Ok(SslMode::Disable), "an explicit choice");
+        assert_eq!(mode("postgres://kw@127.0.0.1/kw"), Ok(SslMode::Prefer), "loopback keeps the default");
+        assert_eq!(mode("postgres://kw@localhost/kw?sslmode=disable"), Ok(SslMode::Disable));
+        assert_eq!(mode("host=/run/postgresql user=kw dbname=kw"), Ok(SslMode::Prefer), "a Unix socket");
     }
 }

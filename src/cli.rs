@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(name = "keyward", version, about, propagate_version = true)]
 pub struct Cli {
     /// Admin socket of the daemon (client commands). Else $KEYWARD_ADMIN, else the
-    /// config's admin.unix. `http://host:port` uses admin TCP with the token in
-    /// $KEYWARD_ADMIN_TOKEN_FILE.
+    /// config's admin.unix. `http://host:port` (loopback) or `https://host:port` uses admin
+    /// TCP with the token in $KEYWARD_ADMIN_TOKEN_FILE (and the CA in $KEYWARD_ADMIN_CA).
     #[arg(long, global = true, value_name = "PATH")]
     pub admin: Option<String>,
     /// Configuration file.

@@ -18,6 +18,8 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// Admin TCP (`host:port`) with a bearer token.
     Tcp(String, String),
+    /// Admin TCP over TLS (`host:port`, token, extra CA file from $KEYWARD_ADMIN_CA).
+    Tls(String, String, Option<PathBuf>),
 }
 
 /// A failed admin call, with the daemon's code and message.
@@ -36,11 +38,17 @@ pub struct ApiError {
 pub fn endpoint(admin: Option<&str>, config: Option<&Path>) -> Result<Endpoint> {
     let chosen = admin.map(str::to_string).or_else(|| std::env::var("KEYWARD_ADMIN").ok());
     if let Some(a) = chosen {
-        if let Some(hostport) = a.strip_prefix("http://") {
+        for (scheme, tls) in [("http://", false), ("https://", true)] {
+            let Some(hostport) = a.strip_prefix(scheme) else { continue };
             let file = std::env::var("KEYWARD_ADMIN_TOKEN_FILE")
                 .context("admin over TCP needs $KEYWARD_ADMIN_TOKEN_FILE naming the token file")?;
             let token = std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?;
-            return Ok(Endpoint::Tcp(hostport.trim_end_matches('/').to_string(), token.trim_end().to_string()));
+            let (hostport, token) = (hostport.trim_end_matches('/').to_string(), token.trim_end().to_string());
+            return Ok(if tls {
+                Endpoint::Tls(hostport, token, std::env::var_os("KEYWARD_ADMIN_CA").map(PathBuf::from))
+            } else {
+                Endpoint::Tcp(hostport, token)
+            });
         }
         return Ok(Endpoint::Unix(PathBuf::from(a)));
     }
@@ -57,7 +65,7 @@ pub fn endpoint(admin: Option<&str>, config: Option<&Path>) -> Result<Endpoint> 
 /// Sends one request and returns the JSON answer, or the daemon's error.
 pub async fn call(ep: &Endpoint, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<Value> {
     let mut req = Request::builder().method(method).uri(path).header("host", "keyward-admin");
-    if let Endpoint::Tcp(_, token) = ep {
+    if let Endpoint::Tcp(_, token) | Endpoint::Tls(_, token, _) = ep {
         req = req.header("authorization", format!("Bearer {token}"));
     }
     if body.is_some() {
@@ -75,6 +83,20 @@ pub async fn call(ep: &Endpoint, method: Method, path: &str, body: Option<Vec<u8
             let stream = tokio::net::TcpStream::connect(hp.as_str())
                 .await
                 .with_context(|| format!("cannot reach the daemon at {hp}"))?;
+            send(TokioIo::new(stream), req).await?
+        }
+        Endpoint::Tls(hp, _, ca) => {
+            let host = hp.rsplit_once(':').map_or(hp.as_str(), |(h, _)| h).trim_matches(['[', ']']);
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|_| anyhow!("{host} is not a host name or address"))?;
+            let cfg = crate::tls::client_config(ca.as_deref(), &[b"http/1.1"])?;
+            let tcp = tokio::net::TcpStream::connect(hp.as_str())
+                .await
+                .with_context(|| format!("cannot reach the daemon at {hp}"))?;
+            let stream =
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await.with_context(
+                    || format!("TLS to {hp} failed (set $KEYWARD_ADMIN_CA to the CA that signed its certificate)"),
+                )?;
             send(TokioIo::new(stream), req).await?
         }
     };

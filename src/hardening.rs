@@ -44,3 +44,44 @@ pub fn apply() -> Hygiene {
     };
     Hygiene { core_dumps_off, not_dumpable, memory_locked, mlock_note }
 }
+/// Wipes an environment variable that held a secret (the master key): overwrites its value
+/// in the process's initial environment block, which `/proc/PID/environ` shows and `getenv`
+/// still reads after `remove_var`, then removes it so no child inherits it. Writing through
+/// `/proc/self/mem` keeps this free of `unsafe`. Returns whether the block was found and wiped.
+pub fn scrub_env(name: &str) -> bool {
+    let wiped = wipe_initial_env(name).unwrap_or(false);
+    std::env::remove_var(name);
+    wiped
+}
+
+fn wipe_initial_env(name: &str) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start at field 3; env_start and
+    // env_end are fields 50 and 51 (proc(5)).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let (Some(start), Some(end)) = (field(50), field(51)) else { return Ok(false) };
+    if end <= start || end - start > 1 << 20 {
+        return Ok(false);
+    }
+    let mut mem = std::fs::OpenOptions::new().read(true).write(true).open("/proc/self/mem")?;
+    mem.seek(SeekFrom::Start(start))?;
+    let mut block = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+    mem.read_exact(&mut block)?;
+    let prefix = format!("{name}=");
+    let mut wiped = false;
+    let mut offset = 0;
+    for entry in block.split(|b| *b == 0) {
+        if entry.starts_with(prefix.as_bytes()) && entry.len() > prefix.len() {
+            let at = start + (offset + prefix.len()) as u64;
+            mem.seek(SeekFrom::Start(at))?;
+            mem.write_all(&vec![0u8; entry.len() - prefix.len()])?;
+            wiped = true;
+        }
+        offset += entry.len() + 1;
+    }
+    block.fill(0);
+    Ok(wiped)
+}

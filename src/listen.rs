@@ -81,8 +81,10 @@ impl Drop for UnixBinding {
 }
 
 /// Binds a Unix socket at `path` with `mode`. A stale socket (nobody listening) is removed;
-/// a live one is refused. The socket is bound under a temporary name, given its mode, then
-/// renamed into place, so no client can connect while it has the default permissions.
+/// a live one is refused. The socket is bound inside a fresh private directory (0700, a
+/// random name, created exclusively), given its mode, then renamed into place: connecting
+/// needs search permission on the directory, so no other user can connect while the socket
+/// still has the default permissions, and no name can be squatted in advance.
 pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenError> {
     let err = |e: std::io::Error| ListenError::Unix { path: path.to_path_buf(), reason: e.to_string() };
     if let Ok(meta) = std::fs::symlink_metadata(path) {
@@ -97,14 +99,34 @@ pub(crate) fn bind_unix(path: &Path, mode: u32) -> Result<UnixBinding, ListenErr
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let private = private_dir(path).map_err(err)?;
+    let tmp = private.join("s");
+    let bound = std::os::unix::net::UnixListener::bind(&tmp)
+        .and_then(|l| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map(|()| l))
+        .and_then(|l| std::fs::rename(&tmp, path).map(|()| l));
     let _ = std::fs::remove_file(&tmp);
-    let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(err)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+    let _ = std::fs::remove_dir(&private);
+    let std_listener = bound.map_err(err)?;
     std_listener.set_nonblocking(true).map_err(err)?;
     let listener = UnixListener::from_std(std_listener).map_err(err)?;
     Ok(UnixBinding { listener, path: path.to_path_buf() })
+}
+
+/// A new directory beside `path`, mode 0700, with a random name.
+fn private_dir(path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let mut last = None;
+    for _ in 0..8 {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let dir = parent.join(format!(".keyward-bind-{}", hex::encode(r)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("cannot create a private directory")))
 }
 
 /// Binds a TCP port (port 0 picks a free one; read it back with `local_addr`).
@@ -415,6 +437,23 @@ async fn accept(unix: Option<&UnixBinding>, tcp: Option<&TcpListener>) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_squatted_temporary_name_neither_blocks_nor_hijacks_the_bind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("app.sock");
+        // What the old bind used: a name anyone could predict and occupy first.
+        std::fs::create_dir(p.with_extension(format!("tmp{}", std::process::id()))).unwrap();
+        let b = bind_unix(&p, 0o660).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o660);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".keyward-bind-"))
+            .collect();
+        assert!(leftovers.is_empty(), "the private directory is removed");
+        drop(b);
+    }
 
     #[tokio::test]
     async fn a_socket_is_created_with_its_mode_and_a_stale_one_is_replaced() {

@@ -330,3 +330,48 @@ async fn admin_tcp_needs_the_bearer_token() {
     d.stop();
     assert_eq!(canary_hits(d.logs().as_bytes(), &["s3cret-admin-token-0123456789"]), 0);
 }
+
+#[tokio::test]
+async fn admin_tcp_off_loopback_needs_tls_and_the_cli_speaks_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_path = tmp.path().join("token");
+    std::fs::write(&token_path, "s3cret-admin-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Any address but loopback, in clear: refused, saying what to do.
+    let mut d = Daemon::new(DaemonConfig {
+        admin_extra: format!("tcp = \"0.0.0.0:0\"\ntoken_file = \"{}\"", token_path.display()),
+        ..DaemonConfig::default()
+    });
+    assert!(d.try_start().is_err());
+    let logs = d.logs();
+    assert!(logs.contains("admin.tcp") && logs.contains("[admin.tls]"), "{logs}");
+    // With TLS it serves, and the CLI reaches it over https with the CA and the token.
+    let pki = common::fake::Pki::new(tmp.path());
+    let mut d = Daemon::new(DaemonConfig {
+        admin_extra: format!(
+            "tcp = \"0.0.0.0:0\"\ntoken_file = \"{}\"\n[admin.tls]\ncert = \"{}\"\nkey = \"{}\"",
+            token_path.display(),
+            pki.server_cert.display(),
+            pki.server_key.display()
+        ),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    let port = d.addr("admin-tcp").rsplit(':').next().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["--admin", &format!("https://localhost:{port}"), "audit", "verify"])
+        .env("KEYWARD_ADMIN_TOKEN_FILE", &token_path)
+        .env("KEYWARD_ADMIN_CA", &pki.ca_pem)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Plain HTTP to the TLS port gets no answer from the API.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await.unwrap();
+    s.write_all(b"GET /v1/tenants HTTP/1.1\r\nhost: x\r\nauthorization: Bearer s3cret-admin-token-0123456789\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(!buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+}

@@ -473,3 +473,31 @@ async fn a_connect_flow_started_on_one_sidecar_completes_on_another() {
     assert_eq!(s, 400);
     assert!(page.contains("already used"), "{page}");
 }
+
+#[tokio::test]
+async fn a_failing_refresh_is_one_attempt_and_one_audit_entry_however_many_requests_wait() {
+    let e = env("10s").await;
+    let (_, head) = e.d.admin("GET", "/v1/audit?limit=0", None).await;
+    let after = head["head"].as_u64().unwrap();
+    *e.st.mode.lock().unwrap() = Some(Mode::Fail(500, 1000));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let sock = e.d.app_sock();
+        tasks.push(tokio::spawn(async move {
+            let s = tokio::net::UnixStream::connect(sock).await.unwrap();
+            let (_, h, _) =
+                http_full(hyper_util::rt::TokioIo::new(s), "GET", CAL, None, &[("keyward-tenant", "acme")]).await;
+            h.get("keyward-error").map(|v| v.to_str().unwrap().to_string())
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().as_deref(), Some("upstream_connect_failed"));
+    }
+    // A request right after is answered from the short negative cache.
+    let (_, h, _) = e.d.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(h["keyward-error"], "upstream_connect_failed");
+    assert_eq!(e.st.token_calls.load(Ordering::SeqCst), 3, "one refresh (three attempts) for nine requests");
+    let (_, page) = e.d.admin("GET", &format!("/v1/audit?after={after}&limit=100"), None).await;
+    let checks = page["entries"].as_array().unwrap().iter().filter(|x| x["action"] == "credential.check").count();
+    assert_eq!(checks, 1, "{page}");
+}

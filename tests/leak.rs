@@ -300,3 +300,23 @@ async fn no_secret_reaches_a_log_metric_response_or_the_app() {
     // The provider, and only the provider, received the credentials.
     assert!(fake.all().iter().any(|r| r.header("authorization").is_some_and(|a| a.contains(C_VAPI))));
 }
+
+#[tokio::test]
+async fn the_master_key_variable_is_wiped_from_the_process_environment() {
+    // 32 bytes whose base64 is a recognisable canary.
+    let key = base64::engine::general_purpose::STANDARD.encode(b"CANARYmasterKeyInTheEnvironment!");
+    let mut d =
+        Daemon::new(DaemonConfig { env: vec![("KEYWARD_MASTER_KEY".into(), key.clone())], ..DaemonConfig::default() });
+    d.start();
+    let (s, _) =
+        d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(r#"{"api_key":"k-000000000000000000"}"#)).await;
+    assert_eq!(s, 200, "the key from the environment works");
+    let environ = std::fs::read(format!("/proc/{}/environ", d.pid())).unwrap();
+    assert!(!environ.is_empty(), "the daemon's environment is readable here (as root)");
+    assert_eq!(
+        environ.windows(key.len()).filter(|w| *w == key.as_bytes()).count(),
+        0,
+        "the key is gone from /proc/PID/environ"
+    );
+    assert!(d.logs().contains("master key variable removed from the environment"));
+}

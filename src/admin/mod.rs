@@ -155,4 +155,6 @@ pub struct AdminConfig {
     pub tcp: Option<SocketAddr>,
     /// File with the bearer token for `tcp`.
     pub token_file: Option<PathBuf>,
+    /// Server certificate for `tcp` (required off loopback).
+    pub tls: Option<crate::tls::TlsFiles>,
 }

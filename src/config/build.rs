@@ -124,6 +124,7 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
         allow_plain_http_upstream: raw.danger.allow_plain_http_upstream,
         create_missing_master_key: raw.danger.create_missing_master_key,
         app_plain_tcp: raw.danger.app_plain_tcp,
+        admin_plain_tcp: raw.danger.admin_plain_tcp,
     };
 
     let rs = &raw.store;
@@ -238,7 +239,24 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
         unix: raw.admin.unix.as_deref().map(|p| ctx.path("admin.unix", p)).transpose()?,
         tcp: raw.admin.tcp.as_deref().map(|a| ctx.addr("admin.tcp", a)).transpose()?,
         token_file: raw.admin.token_file.as_deref().map(|p| ctx.path("admin.token_file", p)).transpose()?,
+        tls: raw
+            .admin
+            .tls
+            .as_ref()
+            .map(|t| -> Result<TlsFiles, ConfigError> {
+                Ok(TlsFiles { cert: ctx.path("admin.tls.cert", &t.cert)?, key: ctx.path("admin.tls.key", &t.key)? })
+            })
+            .transpose()?,
     };
+    if let Some(a) = admin.tcp {
+        // The bearer token (and every credential put) would cross the network in clear.
+        if !a.ip().is_loopback() && admin.tls.is_none() && !danger.admin_plain_tcp {
+            return Err(ctx.err(
+                "admin.tcp",
+                format!("{a} is not a loopback address: add [admin.tls] cert and key, bind 127.0.0.1, or set [danger] admin_plain_tcp = true"),
+            ));
+        }
+    }
     if admin.unix.is_none() && admin.tcp.is_none() {
         return Err(ctx.err("admin", "set admin.unix (and optionally admin.tcp)"));
     }

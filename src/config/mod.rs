@@ -159,6 +159,8 @@ pub struct DangerConfig {
     pub create_missing_master_key: bool,
     /// Accept `app.tcp` without `[app.tls]`: plain HTTP, no client identity (benchmarks).
     pub app_plain_tcp: bool,
+    /// Accept `admin.tcp` on a non-loopback address without `[admin.tls]`.
+    pub admin_plain_tcp: bool,
 }
 
 pub use keyward_core::providers::config::{

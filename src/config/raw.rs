@@ -111,6 +111,7 @@ pub(super) struct RawAdmin {
     pub(super) unix: Option<String>,
     pub(super) tcp: Option<String>,
     pub(super) token_file: Option<String>,
+    pub(super) tls: Option<RawTls>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +196,8 @@ pub(super) struct RawDanger {
     pub(super) create_missing_master_key: bool,
     #[serde(default)]
     pub(super) app_plain_tcp: bool,
+    #[serde(default)]
+    pub(super) admin_plain_tcp: bool,
 }
 
 #[derive(Deserialize, Default)]

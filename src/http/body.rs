@@ -24,25 +24,40 @@ pub(crate) enum BodyError {
 }
 
 /// Reads a whole request body of at most `limit` bytes into zeroized memory (admin bodies
-/// carry secrets). A `Content-Length` over the limit is refused before reading.
+/// carry secrets). A `Content-Length` over the limit is refused before reading. Chunks are
+/// copied into one buffer sized from `Content-Length` (grown by moving into a new zeroized
+/// buffer, never by `realloc`, which would leave the old bytes behind), and each chunk is
+/// wiped when keyward holds its only reference.
 pub(crate) async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, BodyError> {
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > limit {
-            return Err(BodyError::TooLarge(limit));
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let cap = usize::try_from(declared.unwrap_or(0).min(limit)).unwrap_or(0);
+    let mut out = Zeroizing::new(Vec::with_capacity(cap));
+    let mut body = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                BodyError::TooLarge(limit)
+            } else {
+                BodyError::Unreadable
+            }
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        if out.len() + data.len() > out.capacity() {
+            let mut bigger = Zeroizing::new(Vec::with_capacity((out.len() + data.len()).max(out.capacity() * 2)));
+            bigger.extend_from_slice(&out);
+            out = bigger;
+        }
+        out.extend_from_slice(&data);
+        if let Ok(mut owned) = data.try_into_mut() {
+            owned.as_mut().fill(0);
         }
     }
-    let limited = Limited::new(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX));
-    let collected = limited.collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            BodyError::TooLarge(limit)
-        } else {
-            BodyError::Unreadable
-        }
-    })?;
-    Ok(Zeroizing::new(collected.to_bytes().to_vec()))
+    Ok(out)
 }

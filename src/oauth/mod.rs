@@ -60,7 +60,25 @@ struct Cached {
     version: u64,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+/// A refresh that failed, remembered briefly: the requests queued behind it, and those
+/// arriving just after, get its answer instead of one more token call (and one more
+/// audited record) each.
+struct Failed {
+    until: Instant,
+    version: u64,
+    error: TokenError,
+}
+
+/// How long a failed refresh answers for the tenant.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct SlotState {
+    cached: Option<Cached>,
+    failed: Option<Failed>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
 /// What a token endpoint answered.
 #[derive(Debug)]
@@ -93,6 +111,15 @@ pub(crate) enum AccessTokenError {
 }
 
 impl TokenError {
+    /// What a request waiting for the token is told.
+    fn answer(&self) -> AccessTokenError {
+        match self {
+            TokenError::Revoked(m) => AccessTokenError::Revoked(m.clone()),
+            TokenError::Timeout(_) => AccessTokenError::Timeout,
+            TokenError::Transient(m) | TokenError::Invalid(m) => AccessTokenError::Failed(m.clone()),
+        }
+    }
+
     fn message(&self) -> &str {
         match self {
             TokenError::Revoked(m) | TokenError::Transient(m) | TokenError::Timeout(m) | TokenError::Invalid(m) => m,
@@ -294,7 +321,7 @@ impl TokenManager {
                 tracing::debug!(error = %e, "could not drop the fleet's shared access token");
             }
         }
-        *guard = None;
+        *guard = SlotState::default();
     }
 
     /// Calls the token endpoint with up to three attempts for transient failures.
@@ -332,10 +359,14 @@ impl TokenManager {
         let slot = self.slot(tenant);
         let mut guard = slot.lock().await;
         let cred = self.creds.resolve(tenant, "google").await?;
-        if let Some(c) = guard.as_ref() {
+        if let Some(c) = guard.cached.as_ref() {
             if c.version == cred.version && Instant::now() + EARLY_REFRESH < c.expires_at {
                 return Ok(c.token.clone());
             }
+        }
+        // A new credential version (re-verified, reconnected, replaced) deserves a new try.
+        if let Some(f) = guard.failed.as_ref().filter(|f| f.version == cred.version && Instant::now() < f.until) {
+            return Err(f.error.answer());
         }
         // Fleet mode: one refresh per tenant for the whole fleet. Take the tenant's lock,
         // then use a token another replica obtained meanwhile, if any.
@@ -348,7 +379,7 @@ impl TokenManager {
                     cred = self.creds.resolve(tenant, "google").await?;
                     if let Some(shared) = self.shared_token(pg, tenant, cred.version).await {
                         let token = shared.token.clone();
-                        *guard = Some(shared);
+                        *guard = SlotState { cached: Some(shared), failed: None };
                         return Ok(token);
                     }
                     Some(l)
@@ -375,26 +406,31 @@ impl TokenManager {
                 if let Some(pg) = store.as_pg() {
                     self.share_token(pg, tenant, version, &g.access_token, g.expires_in).await;
                 }
-                *guard =
-                    Some(Cached { token: g.access_token.clone(), expires_at: Instant::now() + g.expires_in, version });
+                let cached =
+                    Cached { token: g.access_token.clone(), expires_at: Instant::now() + g.expires_in, version };
+                *guard = SlotState { cached: Some(cached), failed: None };
                 Ok(g.access_token)
             }
             Err(e) => {
-                *guard = None;
                 let msg = format!("token refresh failed: {}", e.message());
                 let revoked = matches!(e, TokenError::Revoked(_));
                 let status = revoked.then_some(CredStatus::Revoked);
-                if let Err(w) =
-                    self.creds.record_check("keyward", tenant, "google", false, Some(msg.clone()), status).await
-                {
-                    tracing::warn!(tenant = %tenant, error = %w, "could not record the token refresh failure");
+                let mut version = cred.version;
+                match self.creds.record_check("keyward", tenant, "google", false, Some(msg.clone()), status).await {
+                    Ok(st) => version = st.version,
+                    Err(w) => {
+                        tracing::warn!(tenant = %tenant, error = %w, "could not record the token refresh failure")
+                    }
                 }
                 tracing::warn!(tenant = %tenant, reason = %e.message(), revoked, "Google token refresh failed");
-                Err(match e {
-                    TokenError::Revoked(m) => AccessTokenError::Revoked(m),
-                    TokenError::Timeout(_) => AccessTokenError::Timeout,
-                    TokenError::Transient(m) | TokenError::Invalid(m) => AccessTokenError::Failed(m),
-                })
+                let answer = e.answer();
+                // Keyed by the version the failure was recorded as, so only a later change
+                // of the credential clears it early.
+                *guard = SlotState {
+                    cached: None,
+                    failed: Some(Failed { until: Instant::now() + NEGATIVE_TTL, version, error: e }),
+                };
+                Err(answer)
             }
         }
     }

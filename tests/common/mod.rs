@@ -113,7 +113,7 @@ impl Daemon {
 deleted_retention = "{retention}"
 
 [master_key]
-file = "{key}"
+{key}
 previous = [{previous}]
 
 [admin]
@@ -136,7 +136,12 @@ level = "{level}"
                 None => format!("path = \"{}\"", store.display()),
             },
             retention = c.retention,
-            key = c.master_key_file.as_ref().unwrap().display(),
+            // `KEYWARD_MASTER_KEY` in `env` selects the environment source.
+            key = if c.env.iter().any(|(k, _)| k == "KEYWARD_MASTER_KEY") {
+                "env = \"KEYWARD_MASTER_KEY\"".to_string()
+            } else {
+                format!("file = \"{}\"", c.master_key_file.as_ref().unwrap().display())
+            },
             previous = previous.join(", "),
             admin = self.admin_sock.display(),
             admin_extra = c.admin_extra,

@@ -667,4 +667,33 @@ mod tests {
             s.list_tenants(Some(&tid("b")), 2).await.unwrap().into_iter().map(|r| r.tenant.to_string()).collect();
         assert_eq!(next, ["c"]);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_verify_during_concurrent_writes_reports_no_false_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(open(dir.path()));
+        for _ in 0..2500 {
+            s.commit(vec![], draft("pre")).await.unwrap();
+        }
+        let writer = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for _ in 0..400 {
+                    s.commit(vec![], draft("during")).await.unwrap();
+                }
+            })
+        };
+        let key = Integrity::new([9; 32], 1);
+        let mut reports = Vec::new();
+        while !writer.is_finished() {
+            reports.push(crate::verify_store(&*s, Some(&key)).await.unwrap());
+        }
+        writer.await.unwrap();
+        reports.push(crate::verify_store(&*s, Some(&key)).await.unwrap());
+        assert!(reports.len() >= 2);
+        for r in &reports {
+            assert!(r.ok, "{r:?}");
+        }
+        assert_eq!(reports.last().unwrap().entries, 2900);
+    }
 }
