@@ -322,7 +322,7 @@ where
                     Peer::Tcp { addr, .. } => Peer::Tcp { addr, san },
                     p => p,
                 };
-                self.http(TokioIo::new(stream), version, peer, stop)
+                self.http(TokioIo::new(Linger::new(stream)), version, peer, stop)
             }
             (conn, _) => {
                 let sniffed = tokio::select! {
@@ -336,8 +336,8 @@ where
                     Err(_) => return tracing::debug!(listener = name, "no request before the header read timeout"),
                 };
                 match conn {
-                    Accepted::Unix(s) => self.http(TokioIo::new(s), version, peer, stop),
-                    Accepted::Tcp(s) => self.http(TokioIo::new(s), version, peer, stop),
+                    Accepted::Unix(s) => self.http(TokioIo::new(Linger::new(s)), version, peer, stop),
+                    Accepted::Tcp(s) => self.http(TokioIo::new(Linger::new(s)), version, peer, stop),
                 }
             }
         };
@@ -377,6 +377,108 @@ where
         _ = stop.wait() => {
             graceful(conn.as_mut());
             conn.await
+        }
+    }
+}
+
+/// Lingering close for HTTP/1 (nginx's `lingering_close`): when keyward ends a connection
+/// whose client is still sending (a 413, a refused id, answered before the body was read),
+/// closing at once makes the kernel answer the unread bytes with a reset, and the client
+/// loses the response it was about to read. On shutdown this sends FIN, then reads and
+/// discards what still arrives, for at most [`LINGER_TOTAL`] and [`LINGER_BYTES`], and
+/// gives up after [`LINGER_GAP`] of silence.
+struct Linger<S> {
+    inner: S,
+    state: LingerState,
+}
+
+enum LingerState {
+    Open,
+    Draining { deadline: Pin<Box<tokio::time::Sleep>>, gap: Pin<Box<tokio::time::Sleep>>, left: usize },
+    Done,
+}
+
+const LINGER_TOTAL: Duration = Duration::from_secs(10);
+const LINGER_GAP: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
+
+impl<S> Linger<S> {
+    fn new(inner: S) -> Self {
+        Linger { inner, state: LingerState::Open }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Linger<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Linger<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            let me = &mut *self;
+            match &mut me.state {
+                LingerState::Open => {
+                    std::task::ready!(Pin::new(&mut me.inner).poll_shutdown(cx))?;
+                    me.state = LingerState::Draining {
+                        deadline: Box::pin(tokio::time::sleep(LINGER_TOTAL)),
+                        gap: Box::pin(tokio::time::sleep(LINGER_GAP)),
+                        left: LINGER_BYTES,
+                    };
+                }
+                LingerState::Draining { deadline, gap, left } => {
+                    use std::future::Future;
+                    if deadline.as_mut().poll(cx).is_ready() || gap.as_mut().poll(cx).is_ready() || *left == 0 {
+                        me.state = LingerState::Done;
+                        continue;
+                    }
+                    let mut scratch = [0u8; 8192];
+                    let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut me.inner).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                            *left = left.saturating_sub(rb.filled().len());
+                            gap.as_mut().reset(tokio::time::Instant::now() + LINGER_GAP);
+                        }
+                        // EOF or an error: the client is done.
+                        Poll::Ready(_) => me.state = LingerState::Done,
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                LingerState::Done => return Poll::Ready(Ok(())),
+            }
         }
     }
 }

@@ -676,3 +676,30 @@ async fn a_vapi_timestamp_moved_into_the_body_does_not_verify_and_untimed_delive
     let (s, _, rb) = e.deliver("POST", "/webhooks/vapi/acme", &h, &body).await;
     assert_eq!((s, Env::code(&rb).as_str()), (401, "replayed"));
 }
+
+#[tokio::test]
+async fn a_client_still_sending_a_refused_body_gets_the_answer_not_a_reset() {
+    let e = env().await;
+    // Python's http.client sends the whole body before reading the answer, as many do.
+    let script = r#"
+import http.client, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=20)
+try:
+    c.request("POST", "/webhooks/resend/acme", body=b"x" * (4 << 20), headers={"content-type": "application/json"})
+    r = c.getresponse()
+    print(r.status, r.read().decode())
+except Exception as ex:
+    print("ERROR", type(ex).__name__, ex)
+"#;
+    let addr = e.d.addr("webhooks");
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    for _ in 0..3 {
+        let out = std::process::Command::new("python3").args(["-c", script, host, port]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.starts_with("413 ") && text.contains("payload_too_large"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
