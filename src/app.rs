@@ -162,6 +162,57 @@ fn pg_target(pg: &PostgresConfig, env: &dyn Env) -> Result<PgTarget, StartError>
     Ok(PgTarget { config, tls, display: pg.url.clone() })
 }
 
+/// Connections each listener may hold, within the process's descriptor limit: the webhook
+/// listener faces the internet and yields first, so a flood there leaves room for the app,
+/// admin and ops listeners, the store and the upstream connections.
+struct ConnBudget {
+    webhooks: usize,
+    app: usize,
+}
+
+/// Descriptors kept out of every listener's cap: store, upstream pools, files, logs.
+const FD_RESERVE: usize = 256;
+/// Admin and ops connections at most, each (operators and probes, not traffic).
+const CONTROL_CONNECTIONS: usize = 64;
+
+impl ConnBudget {
+    fn new(config: &Config) -> ConnBudget {
+        let limit = crate::hardening::raise_nofile();
+        let want_w = config.webhooks.as_ref().map_or(0, |w| w.max_connections);
+        let want_a = config.app.as_ref().map_or(0, |a| a.max_connections);
+        let listeners = usize::from(config.app.is_some()) + 3;
+        let room = limit.saturating_sub(FD_RESERVE + CONTROL_CONNECTIONS * 2);
+        // The app gets up to half of what is left, the webhook listener the rest.
+        let app = want_a.min((room / 2).max(listeners));
+        let webhooks = want_w.min(room.saturating_sub(app).max(16));
+        if webhooks < want_w || app < want_a {
+            tracing::warn!(
+                nofile = limit,
+                webhooks,
+                app,
+                "connection caps lowered to fit the descriptor limit (raise LimitNOFILE to keep the configured ones)"
+            );
+        }
+        ConnBudget { webhooks, app }
+    }
+
+    fn limits(&self, listener: &str, config: &Config, base: ConnLimits) -> ConnLimits {
+        match listener {
+            "webhooks" => {
+                let w = config.webhooks.as_ref();
+                ConnLimits {
+                    max_connections: self.webhooks,
+                    max_per_source: w.map(|w| w.max_connections_per_source),
+                    idle_timeout: w.map_or(base.idle_timeout, |w| w.idle_timeout),
+                    ..base
+                }
+            }
+            "app" | "app-tls" | "app-tcp" => ConnLimits { max_connections: self.app, ..base },
+            _ => ConnLimits { max_connections: CONTROL_CONNECTIONS, ..base },
+        }
+    }
+}
+
 /// `sslmode=prefer` (the default) falls back to plaintext when a network attacker strips
 /// TLS, so off the host keyward requires TLS (rustls always verifies the server's
 /// certificate) unless the URL says `sslmode=disable`; an explicit `prefer` is refused.
@@ -282,6 +333,7 @@ impl App {
                 app: AppClient::new(&w.forward_to, w.forward_timeout),
                 public_base_url: w.public_base_url.clone(),
                 max_body: w.max_body,
+                body_read_timeout: w.body_read_timeout,
                 trusted_proxies: w.trusted_proxies.clone(),
                 rejections: Default::default(),
                 connect: connect.clone(),
@@ -380,10 +432,11 @@ impl App {
             connect,
             metrics,
         } = self;
-        let limits = ConnLimits {
+        let base = ConnLimits {
             drain_grace: config.ops.as_ref().map_or(Duration::from_secs(30), |o| o.drain_grace),
             ..ConnLimits::default()
         };
+        let budget = ConnBudget::new(&config);
         let admin_state = Arc::new(AdminState {
             creds: creds.clone(),
             log,
@@ -398,6 +451,7 @@ impl App {
         for l in listeners {
             tracing::info!(listener = l.name, addr = %l.bound.describe(), "listening");
             let sd = shutdown.clone();
+            let limits = budget.limits(l.name, &config, base);
             if let ("webhooks", Some(w)) = (l.name, &webhooks) {
                 let w = w.clone();
                 tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {

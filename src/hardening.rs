@@ -44,6 +44,17 @@ pub fn apply() -> Hygiene {
     };
     Hygiene { core_dumps_off, not_dumpable, memory_locked, mlock_note }
 }
+/// Raises the soft descriptor limit to the hard one (what systemd's LimitNOFILE grants);
+/// returns the soft limit now in force.
+pub fn raise_nofile() -> usize {
+    let l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        let _ = setrlimit(Resource::Nofile, Rlimit { current: l.maximum, maximum: l.maximum });
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    now.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 /// Wipes an environment variable that held a secret (the master key): overwrites its value
 /// in the process's initial environment block, which `/proc/PID/environ` shows and `getenv`
 /// still reads after `remove_var`, then removes it so no child inherits it. Writing through

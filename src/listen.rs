@@ -167,6 +167,15 @@ pub(crate) struct ConnLimits {
     pub drain_grace: Duration,
     /// TLS handshake deadline.
     pub tls_handshake_timeout: Duration,
+    /// Open connections at most; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// Open connections at most from one remote IP (TCP only).
+    pub max_per_source: Option<usize>,
+    /// A connection with no request in flight for this long is closed (HTTP/1 between
+    /// requests is bounded by `header_read_timeout` as well).
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval; an unanswered PING closes the connection after as long again.
+    pub h2_keepalive: Duration,
 }
 
 impl Default for ConnLimits {
@@ -176,7 +185,70 @@ impl Default for ConnLimits {
             max_header_bytes: 64 * 1024,
             drain_grace: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            max_per_source: None,
+            idle_timeout: Duration::from_secs(60),
+            h2_keepalive: Duration::from_secs(30),
         }
+    }
+}
+
+/// The listener's open connections, in all and per remote IP.
+struct Admission {
+    open: std::sync::atomic::AtomicUsize,
+    per_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    refused: std::sync::atomic::AtomicU64,
+}
+
+/// A connection's place under the caps, released when the connection ends.
+struct Admitted {
+    admission: Arc<Admission>,
+    source: Option<std::net::IpAddr>,
+}
+
+impl Admission {
+    fn admit(self: &Arc<Self>, limits: &ConnLimits, peer: &Peer) -> Option<Admitted> {
+        use std::sync::atomic::Ordering;
+        if self.open.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let source = match (peer, limits.max_per_source) {
+            (Peer::Tcp { addr, .. }, Some(cap)) => {
+                let ip = addr.ip();
+                let Ok(mut m) = self.per_source.lock() else {
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                };
+                let n = m.entry(ip).or_insert(0);
+                if *n >= cap {
+                    drop(m);
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    return None;
+                }
+                *n += 1;
+                Some(ip)
+            }
+            _ => None,
+        };
+        Some(Admitted { admission: self.clone(), source })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if let Some(ip) = self.source {
+            if let Ok(mut m) = self.admission.per_source.lock() {
+                if let Some(n) = m.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&ip);
+                    }
+                }
+            }
+        }
+        self.admission.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -243,7 +315,7 @@ pub(crate) async fn serve<F, S, B>(
     F: Fn(Peer) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut h1 = http1::Builder::new();
@@ -254,8 +326,13 @@ pub(crate) async fn serve<F, S, B>(
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192));
     let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.h2_keepalive))
+        .keep_alive_timeout(limits.h2_keepalive);
     let ctx = Arc::new(ConnCtx { name, make, tls, limits, h1, h2 });
+    let admission =
+        Arc::new(Admission { open: Default::default(), per_source: Default::default(), refused: Default::default() });
     // Every connection task holds a clone of `live`; the drain is over when the receiver
     // sees all of them dropped.
     let (live, mut drained) = tokio::sync::mpsc::channel::<()>(1);
@@ -277,9 +354,20 @@ pub(crate) async fn serve<F, S, B>(
                         continue;
                     }
                 };
+                // Over a cap the connection is closed at once: its descriptor is back before
+                // the next accept, so a flood on one listener cannot starve the others.
+                let Some(admitted) = admission.admit(&limits, &peer) else {
+                    let n = admission.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(listener = name, refused = n, max = limits.max_connections, per_source = ?limits.max_per_source, "connection cap reached: closing new connections");
+                    }
+                    drop(conn);
+                    continue;
+                };
                 let (ctx, stop, live) = (ctx.clone(), shutdown.clone(), live.clone());
                 tokio::spawn(async move {
                     ctx.connection(conn, peer, stop).await;
+                    drop(admitted);
                     drop(live);
                 });
             }
@@ -299,7 +387,7 @@ where
     F: Fn(Peer) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Send + 'static,
     S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// One accepted connection: find its HTTP version (peeking at a cleartext stream, ALPN
@@ -353,21 +441,130 @@ where
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let svc = (self.make)(peer);
+        let activity = Arc::new(Activity::default());
+        let svc = Tracked { inner: (self.make)(peer), activity: activity.clone() };
+        let idle = Idle { activity, after: self.limits.idle_timeout };
         match version {
-            Version::H1 => {
-                Box::pin(drain_on(self.h1.serve_connection(io, svc).with_upgrades(), |c| c.graceful_shutdown(), stop))
-            }
-            Version::H2 => Box::pin(drain_on(self.h2.serve_connection(io, svc), |c| c.graceful_shutdown(), stop)),
+            Version::H1 => Box::pin(drain_on(
+                self.h1.serve_connection(io, svc).with_upgrades(),
+                |c| c.graceful_shutdown(),
+                stop,
+                idle,
+            )),
+            Version::H2 => Box::pin(drain_on(self.h2.serve_connection(io, svc), |c| c.graceful_shutdown(), stop, idle)),
         }
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// Requests in flight on one connection, and when that count last changed.
+#[derive(Default)]
+struct Activity {
+    inflight: std::sync::atomic::AtomicUsize,
+    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Activity {
+    fn touch(&self) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(tokio::time::Instant::now());
+        }
+    }
+}
+
+/// The connection's service, counting requests in flight for the idle timeout.
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+/// Decrements the in-flight count when the response body is done (dropped), or when the
+/// service failed: a streamed response keeps its connection busy until its last byte.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.touch();
+    }
+}
+
+impl<S, R, B> hyper::service::Service<R> for Tracked<S>
+where
+    S: hyper::service::Service<R, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Guarded<B>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.activity.inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.activity.touch();
+        let guard = InFlight(self.activity.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move { Ok(fut.await?.map(|body| Guarded { body, _guard: guard })) })
+    }
+}
+
+/// A response body that holds its request's in-flight mark until it is dropped.
+struct Guarded<B> {
+    body: B,
+    _guard: InFlight,
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// When a connection counts as idle.
+struct Idle {
+    activity: Arc<Activity>,
+    after: Duration,
+}
+
+impl Idle {
+    /// Resolves once the connection has had nothing in flight for `after`.
+    async fn wait(&self) {
+        let start = tokio::time::Instant::now();
+        loop {
+            let last = self.activity.last.lock().ok().and_then(|l| *l).unwrap_or(start);
+            let due = last + self.after;
+            if self.activity.inflight.load(std::sync::atomic::Ordering::Acquire) == 0
+                && tokio::time::Instant::now() >= due
+            {
+                return;
+            }
+            let next = if tokio::time::Instant::now() >= due { tokio::time::Instant::now() + self.after } else { due };
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
 /// Drives `conn` to its end; when shutdown fires first, asks it to finish gracefully (no new
-/// requests, in-flight ones complete) and keeps driving it.
-async fn drain_on<C>(conn: C, graceful: fn(Pin<&mut C>), mut stop: Shutdown) -> hyper::Result<()>
+/// requests, in-flight ones complete) and keeps driving it. A connection idle past its
+/// timeout (an HTTP/2 client holding a connection open with no streams) is closed outright:
+/// nothing is in flight, and HTTP/2's graceful close would wait for a PING answer that an
+/// idle attacker never sends.
+async fn drain_on<C>(conn: C, graceful: fn(Pin<&mut C>), mut stop: Shutdown, idle: Idle) -> hyper::Result<()>
 where
     C: std::future::Future<Output = hyper::Result<()>>,
 {
@@ -378,6 +575,7 @@ where
             graceful(conn.as_mut());
             conn.await
         }
+        _ = idle.wait() => Ok(()),
     }
 }
 

@@ -4,6 +4,9 @@ use super::build::{parse_mode, Ctx};
 use super::raw::*;
 use super::*;
 
+/// `[app] max_connections` unless set: app replicas keep pools of keep-alive connections.
+const DEFAULT_APP_CONNECTIONS: usize = 4096;
+
 pub(super) fn build_app(ctx: &Ctx<'_>, a: RawApp, plain_tcp: bool) -> Result<AppConfig, ConfigError> {
     let unix = a.unix.as_deref().map(|p| ctx.path("app.unix", p)).transpose()?;
     let unix_mode = match &a.unix_mode {
@@ -58,5 +61,9 @@ pub(super) fn build_app(ctx: &Ctx<'_>, a: RawApp, plain_tcp: bool) -> Result<App
         };
         clients.push(ClientPolicy { identity, tenants, providers });
     }
-    Ok(AppConfig { unix, unix_mode, tcp, tls, clients })
+    let max_connections = a.max_connections.unwrap_or(DEFAULT_APP_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(ctx.err("app.max_connections", "must be above zero"));
+    }
+    Ok(AppConfig { unix, unix_mode, tcp, tls, clients, max_connections })
 }

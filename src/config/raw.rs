@@ -66,6 +66,7 @@ pub(super) struct RawApp {
     pub(super) tls: Option<RawMtls>,
     #[serde(default)]
     pub(super) clients: Vec<RawClient>,
+    pub(super) max_connections: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +104,10 @@ pub(super) struct RawWebhooks {
     pub(super) trusted_proxies: Vec<String>,
     pub(super) forward_timeout: Option<String>,
     pub(super) tls: Option<RawTls>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) max_connections_per_source: Option<usize>,
+    pub(super) body_read_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]

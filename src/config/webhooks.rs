@@ -44,5 +44,30 @@ pub(super) fn build_webhooks(ctx: &Ctx<'_>, w: RawWebhooks) -> Result<WebhooksCo
     if forward_timeout.is_zero() {
         return Err(ctx.err("webhooks.forward_timeout", "must be above zero"));
     }
-    Ok(WebhooksConfig { listen, public_base_url, forward_to, max_body, trusted_proxies, tls, forward_timeout })
+    let positive = |key: &str, v: Option<usize>, default: usize| match v {
+        Some(0) => Err(ctx.err(key, "must be above zero")),
+        v => Ok(v.unwrap_or(default)),
+    };
+    let max_connections = positive("webhooks.max_connections", w.max_connections, 1024)?;
+    let max_connections_per_source =
+        positive("webhooks.max_connections_per_source", w.max_connections_per_source, 128)?;
+    let body_read_timeout =
+        ctx.duration("webhooks.body_read_timeout", w.body_read_timeout.as_deref(), Duration::from_secs(10))?;
+    let idle_timeout = ctx.duration("webhooks.idle_timeout", w.idle_timeout.as_deref(), Duration::from_secs(60))?;
+    if body_read_timeout.is_zero() || idle_timeout.is_zero() {
+        return Err(ctx.err("webhooks.body_read_timeout", "body_read_timeout and idle_timeout must be above zero"));
+    }
+    Ok(WebhooksConfig {
+        listen,
+        public_base_url,
+        forward_to,
+        max_body,
+        trusted_proxies,
+        tls,
+        forward_timeout,
+        max_connections,
+        max_connections_per_source,
+        body_read_timeout,
+        idle_timeout,
+    })
 }

@@ -189,4 +189,6 @@ pub struct AppConfig {
     pub tls: Option<MtlsFiles>,
     /// Client policy; empty means every local client may use every tenant.
     pub clients: Vec<ClientPolicy>,
+    /// Open connections at most, per listener.
+    pub max_connections: usize,
 }

@@ -107,6 +107,8 @@ pub(crate) struct WebhookState {
     pub public_base_url: Url,
     /// Largest body.
     pub max_body: u64,
+    /// How long the body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
     /// Who may set X-Forwarded-*.
     pub trusted_proxies: Vec<IpNet>,
     /// Rejection counters and log limiter.
@@ -282,12 +284,23 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
             return boxed(PublicError::too_large(state.max_body));
         }
     }
-    let body = match Limited::new(body, usize::try_from(state.max_body).unwrap_or(usize::MAX)).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+    // A deadline for the whole body: a sender trickling bytes must not hold a connection
+    // (and a descriptor) for ever.
+    let collect = Limited::new(body, usize::try_from(state.max_body).unwrap_or(usize::MAX)).collect();
+    let body = match tokio::time::timeout(state.body_read_timeout, collect).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             return boxed(PublicError::too_large(state.max_body))
         }
-        Err(_) => return boxed(PublicError::bad_request("the request body could not be read")),
+        Ok(Err(_)) => return boxed(PublicError::bad_request("the request body could not be read")),
+        Err(_) => {
+            let mut e = PublicError::bad_request(format!(
+                "the request body did not arrive within {} s (webhooks.body_read_timeout)",
+                state.body_read_timeout.as_secs()
+            ));
+            e.status = http::StatusCode::REQUEST_TIMEOUT;
+            return boxed(e);
+        }
     };
     let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let url = state.signed_url(peer, &parts.headers, &pq);
@@ -400,4 +413,12 @@ pub struct WebhooksConfig {
     pub tls: Option<TlsFiles>,
     /// How long the app may take to answer a forwarded delivery.
     pub forward_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Open connections at most from one remote IP.
+    pub max_connections_per_source: usize,
+    /// How long a delivery's body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// A connection with nothing in flight this long is closed.
+    pub idle_timeout: Duration,
 }

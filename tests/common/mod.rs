@@ -34,6 +34,8 @@ pub struct DaemonConfig {
     pub ops_extra: String,
     /// Use PostgreSQL at this URL instead of sled.
     pub pg_url: Option<String>,
+    /// RLIMIT_NOFILE (soft and hard) for the daemon process.
+    pub nofile: Option<u64>,
 }
 
 impl Default for DaemonConfig {
@@ -50,6 +52,7 @@ impl Default for DaemonConfig {
             env: vec![],
             ops_extra: String::new(),
             pg_url: None,
+            nofile: None,
         }
     }
 }
@@ -213,7 +216,16 @@ level = "{level}"
         self.runs += 1;
         let offset = std::fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = match self.config.nofile {
+            // The shell sets the limit, then becomes keyward (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(&self.config_path)
             .envs(self.config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
