@@ -602,3 +602,52 @@ async fn a_providers_keyward_headers_reach_neither_the_app_nor_the_metrics() {
     assert!(metrics.contains("keyward_proxy_requests"), "{metrics}");
     assert!(!metrics.contains("evil-label"), "a provider chose a metrics label:\n{metrics}");
 }
+
+#[tokio::test]
+async fn the_app_cannot_switch_scrubbing_off_and_every_sent_form_of_the_secret_is_masked() {
+    // A provider that honours Accept-Encoding (answering "gzip" as asked) and echoes what it
+    // got: the Authorization header in the body, the query in a Location header.
+    let handler: Handler = Arc::new(|r: Recorded| {
+        Box::pin(async move {
+            let auth = r.header("authorization").unwrap_or_default();
+            let compressed = r.header("accept-encoding").is_some_and(|v| v.contains("gzip"));
+            let mut b = http::Response::builder().status(200).header("content-type", "application/json").header(
+                "location",
+                format!("https://api.example/next?{}", r.path_and_query.split_once('?').map_or("", |(_, q)| q)),
+            );
+            if compressed {
+                b = b.header("content-encoding", "gzip");
+            }
+            b.body(full(json!({"echo": auth}).to_string())).unwrap()
+        })
+    });
+    let query_key = "qk CANARY/query+key=000001";
+    let extra = "[providers.qprov]\nbase_url = \"BASE\"\nfields = [\"api_key\"]\ninject = { query = \"key\", value = \"{api_key}\" }\n";
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let q = FakeProvider::with_handler(&pki, handler.clone()).await;
+    let e = env_in(tmp, pki, "", &extra.replace("BASE", &q.url), Some(handler), Run::InProcess).await;
+    put(&e.d, "acme", "qprov", json!({"api_key": query_key})).await;
+    let (s, h, body) =
+        e.d.app(
+            "GET",
+            "/twilio/2010-04-01/Accounts/_.json",
+            &[("keyward-tenant", "acme"), ("accept-encoding", "gzip")],
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_ne!(e.twilio.last().header("accept-encoding").as_deref(), Some("gzip"), "keyward chooses the encoding");
+    let basic_b64 = basic(SID_A, TW_A).trim_start_matches("Basic ").to_string();
+    assert!(!String::from_utf8_lossy(&body).contains(&basic_b64), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(canary_hits(&body, &[TW_A]), 0);
+    assert!(h.get("content-encoding").is_none());
+    // Query injection: the percent/form-encoded form keyward sent is masked in Location.
+    let (s, h, _) = e.d.app("GET", "/qprov/things?x=1", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 200);
+    let sent = q.last().path_and_query;
+    let encoded: String = url::form_urlencoded::byte_serialize(query_key.as_bytes()).collect();
+    assert!(sent.contains(&encoded), "{sent}");
+    let location = h["location"].to_str().unwrap().to_string();
+    assert!(!location.contains(&encoded) && !location.contains("CANARY"), "{location}");
+}

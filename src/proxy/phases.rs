@@ -108,7 +108,10 @@ impl Destination {
 
 /// The app's headers as the provider gets them: hop-by-hop, client credentials, `Keyward-*`,
 /// `Host` and anything the injection sets are dropped; `TE: trailers` is kept; a WebSocket
-/// upgrade is restated; the injection is added.
+/// upgrade is restated; the injection is added. `Accept-Encoding` is keyward's, not the
+/// app's: `identity`, so every textual answer can be scanned for an echoed secret (an app
+/// asking for gzip would otherwise switch scrubbing off). Audio is not compressible anyway;
+/// JSON costs more bytes on the provider link, which is the price of scanning it.
 pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, websocket: bool) -> HeaderMap {
     let listed = headers::connection_listed(from_app);
     let injected: Vec<&HeaderName> = injection.headers.iter().map(|(n, _)| n).collect();
@@ -121,11 +124,13 @@ pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, webso
             || name == header::HOST
             || listed.iter().any(|l| l == n)
             || injected.contains(&name)
+            || name == header::ACCEPT_ENCODING
         {
             continue;
         }
         out.append(name.clone(), value.clone());
     }
+    out.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     if let Some(te) = from_app.get(header::TE) {
         if te.as_bytes().eq_ignore_ascii_case(b"trailers") {
             out.insert(header::TE, te.clone());
@@ -273,11 +278,23 @@ pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_keyward(&mut parts.headers);
     scrub::scrub_headers(&mut parts.headers, &scrub);
-    let body: ProxyBody = if scrub::is_scannable(&parts.headers) {
-        scrub::Scrubbed::new(body.map_err(|e| Box::new(e) as BoxError), scrub).boxed_unsync()
-    } else {
-        body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
-    };
+    if !scrub::is_identity(&parts.headers) && scrub::is_textual(&parts.headers) {
+        // Asked for identity and compressed anyway: it cannot be scanned, so it is not relayed.
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "a provider compressed a textual answer keyward asked for uncompressed; refused"
+        );
+        return PublicError::new(
+            StatusCode::BAD_GATEWAY,
+            "upstream_connect_failed",
+            "the provider sent a compressed text answer although keyward asked for identity; it cannot be checked for echoed secrets",
+        )
+        .into_response()
+        .map(|b| b.map_err(|never| match never {}).boxed_unsync());
+    }
+    // Binary bodies stream untouched, but their trailers are still masked.
+    let scan = scrub::is_scannable(&parts.headers);
+    let body = scrub::Scrubbed::new(body.map_err(|e| Box::new(e) as BoxError), scrub, scan).boxed_unsync();
     Response::from_parts(parts, body)
 }
 
@@ -342,6 +359,7 @@ mod tests {
             ("x-hop", "1"),
             ("te", "trailers"),
             ("content-type", "application/json"),
+            ("accept-encoding", "gzip, br"),
         ] {
             h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
@@ -352,8 +370,9 @@ mod tests {
         let out = upstream_headers(&h, inj, false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["authorization", "content-type", "te"]);
+        assert_eq!(names, ["accept-encoding", "authorization", "content-type", "te"]);
         assert_eq!(out["authorization"], "Bearer injected");
+        assert_eq!(out["accept-encoding"], "identity", "keyward's choice, not the app's");
         let ws = upstream_headers(&HeaderMap::new(), Injection::default(), true);
         assert_eq!((ws["connection"].as_bytes(), ws["upgrade"].as_bytes()), (&b"upgrade"[..], &b"websocket"[..]));
     }

@@ -1,11 +1,13 @@
 //! Response scrubbing: when an upstream echoes the injected secret (an error message that
 //! repeats the key, a debug endpoint that mirrors headers), the app sees it masked.
 //!
-//! Only identity-encoded textual bodies (JSON, text, XML, forms) are scanned; a compressed
-//! body cannot be searched without decompressing it, and audio or other binary bodies
-//! stream untouched so the first chunk is never held back. Matches are replaced by `*` of
-//! the same length, so `Content-Length` stays true. To catch a secret split across two
-//! chunks, the last `longest pattern − 1` bytes of each chunk wait for the next one.
+//! keyward asks providers for `identity` encoding and refuses a compressed textual answer,
+//! so every textual body (JSON, text, XML, forms) is scanned; audio and other binary
+//! bodies stream untouched so the first chunk is never held back (their trailers are still
+//! masked). Matches are replaced by `*` of the same length, so `Content-Length` stays true.
+//! To catch a secret split across two chunks, the last `longest pattern − 1` bytes of each
+//! chunk wait for the next one. Headers (`Location` included) and trailers are masked too.
+//! WebSocket frames from the provider are relayed as they are: see docs/threat-model.md.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -32,19 +34,26 @@ pub(crate) fn scrub_headers(headers: &mut HeaderMap, patterns: &[Zeroizing<Vec<u
     changed
 }
 
+/// Whether the body is sent as it is (no content coding).
+pub(crate) fn is_identity(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 /// Whether a response body should be scanned.
 pub(crate) fn is_scannable(headers: &HeaderMap) -> bool {
-    let identity =
-        headers.get(http::header::CONTENT_ENCODING).is_none_or(|v| v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    let textual = headers.get(http::header::CONTENT_TYPE).is_none_or(|v| {
+    is_identity(headers) && is_textual(headers)
+}
+
+/// Whether the body is text a secret could be echoed in.
+pub(crate) fn is_textual(headers: &HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_none_or(|v| {
         let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
         ct.starts_with("text/")
             || ct.contains("json")
             || ct.contains("xml")
             || ct.contains("x-www-form-urlencoded")
             || ct.contains("javascript")
-    });
-    identity && textual
+    })
 }
 
 /// A body wrapper that masks secrets as the body streams.
@@ -53,14 +62,16 @@ pub(crate) struct Scrubbed<B> {
     patterns: Vec<Zeroizing<Vec<u8>>>,
     carry: BytesMut,
     keep: usize,
+    /// Whether data frames are scanned (text), or only trailers (binary).
+    scan: bool,
     done: bool,
     trailers: Option<HeaderMap>,
 }
 
 impl<B> Scrubbed<B> {
-    pub(crate) fn new(inner: B, patterns: Vec<Zeroizing<Vec<u8>>>) -> Self {
+    pub(crate) fn new(inner: B, patterns: Vec<Zeroizing<Vec<u8>>>, scan: bool) -> Self {
         let keep = patterns.iter().map(|p| p.len()).max().unwrap_or(1).saturating_sub(1);
-        Scrubbed { inner, patterns, carry: BytesMut::new(), keep, done: false, trailers: None }
+        Scrubbed { inner, patterns, carry: BytesMut::new(), keep, scan, done: false, trailers: None }
     }
 }
 
@@ -89,6 +100,7 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if !this.scan => return Poll::Ready(Some(Ok(Frame::data(data)))),
                     Ok(data) => {
                         this.carry.extend_from_slice(&data);
                         mask(&mut this.carry, &this.patterns);
@@ -99,10 +111,13 @@ where
                         }
                     }
                     Err(frame) => {
-                        // Trailers end the body: flush what is held, then send them.
+                        // Trailers end the body: flush what is held, then send them masked.
                         this.done = true;
                         mask(&mut this.carry, &this.patterns);
-                        this.trailers = frame.into_trailers().ok();
+                        this.trailers = frame.into_trailers().ok().map(|mut t| {
+                            scrub_headers(&mut t, &this.patterns);
+                            t
+                        });
                     }
                 },
             }
@@ -145,8 +160,38 @@ mod tests {
                 .map(|s| Ok(Frame::data(Bytes::from(*s))))
                 .collect();
         let body = StreamBody::new(futures_util::stream::iter(chunks));
-        let out = Scrubbed::new(body, pats(&["sk-123456"])).collect().await.unwrap().to_bytes();
+        let out = Scrubbed::new(body, pats(&["sk-123456"]), true).collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"{\"error\":\"bad key ********* was rejected\"}");
+    }
+
+    #[tokio::test]
+    async fn a_secret_split_at_every_offset_and_into_every_three_parts_is_masked() {
+        let text = "{\"error\":\"key sk-123456 refused; again: sk-123456\"}";
+        let want = text.replace("sk-123456", "*********");
+        for i in 0..=text.len() {
+            for j in i..=text.len() {
+                let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = [&text[..i], &text[i..j], &text[j..]]
+                    .iter()
+                    .map(|s| Ok(Frame::data(Bytes::copy_from_slice(s.as_bytes()))))
+                    .collect();
+                let body = StreamBody::new(futures_util::stream::iter(chunks));
+                let out = Scrubbed::new(body, pats(&["sk-123456"]), true).collect().await.unwrap().to_bytes();
+                assert_eq!(&out[..], want.as_bytes(), "split at {i} and {j}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn trailers_are_masked_even_when_the_body_is_binary() {
+        let mut t = HeaderMap::new();
+        t.insert("x-debug", HeaderValue::from_static("used sk-123456"));
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+            vec![Ok(Frame::data(Bytes::from_static(b"\x00audio sk-123456"))), Ok(Frame::trailers(t))];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let collected = Scrubbed::new(body, pats(&["sk-123456"]), false).collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["x-debug"], "used *********");
+        assert_eq!(&collected.to_bytes()[..], b"\x00audio sk-123456", "binary data streams untouched");
     }
 
     #[test]

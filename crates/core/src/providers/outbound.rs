@@ -224,6 +224,32 @@ fn render(
     Ok(out)
 }
 
+/// The URL-encoded forms of a secret sent in a query, when they differ from it: form
+/// encoding (as keyward writes the query: `+` for space) and plain percent-encoding (as
+/// providers re-encode URLs).
+pub(crate) fn url_forms(secret: &[u8]) -> Vec<Zeroizing<Vec<u8>>> {
+    let form: String = url::form_urlencoded::byte_serialize(secret).collect();
+    // Sized up front: growing would leave copies of the secret in freed memory.
+    let mut pct = String::with_capacity(secret.len() * 3);
+    for b in secret {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(b) {
+            pct.push(char::from(*b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            pct.push('%');
+            pct.push(char::from(HEX[usize::from(b >> 4)]));
+            pct.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    let mut out: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+    for f in [form, pct] {
+        if f.as_bytes() != secret && !out.iter().any(|o| o.as_slice() == f.as_bytes()) {
+            out.push(Zeroizing::new(f.into_bytes()));
+        }
+    }
+    out
+}
+
 pub(crate) fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result<Injection, OutboundError> {
     let mut scrub = Vec::new();
     match inject {
@@ -243,6 +269,10 @@ pub(crate) fn generic(cred: &dyn FieldSource, inject: &InjectTemplate) -> Result
         }
         InjectTemplate::Query { name, value } => {
             let v = render(cred, value, &mut scrub)?;
+            // What travels in the URL is the encoded form, and that is what a provider
+            // echoing the URL (a Location, an error message) repeats.
+            let encoded: Vec<_> = scrub.iter().flat_map(|s| url_forms(s)).collect();
+            scrub.extend(encoded);
             Ok(Injection { query: Some((name.clone(), v)), scrub, ..Injection::default() })
         }
     }
