@@ -29,7 +29,8 @@
 //! 7. **servers**: [`proxy`], [`webhook`], [`admin`], [`ops`] — the four listeners' services.
 //! 8. **configuration**: [`config`] — TOML parsed into the components' own config types.
 //! 9. **composition**: [`app`], [`migrate`] — building and running the daemon; store moves.
-//! 10. **command line**: [`cli`], [`ctl`], `main` — argument parsing and the admin client.
+//! 10. **command line**: [`cli`], [`ctl`], [`fuzzing`], `main` — argument parsing, the admin
+//!     client, and the parsers' entry points for `fuzz/`.
 
 mod admin;
 mod app;
@@ -38,6 +39,8 @@ pub mod config;
 mod creds;
 pub mod ctl;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hardening;
 mod http;
 mod listen;

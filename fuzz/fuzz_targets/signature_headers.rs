@@ -8,7 +8,7 @@ use keyward_core::providers::inbound::{Delivery, WebhookKeys};
 use keyward_core::providers::Providers;
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: [&str; 14] = [
+const NAMES: [&str; 15] = [
     "x-twilio-signature",
     "x-twilio-webhooks-signature-settings",
     "x-signature",
@@ -17,6 +17,7 @@ const NAMES: [&str; 14] = [
     "authorization",
     "x-goog-channel-id",
     "x-goog-channel-token",
+    "webhook-id",
     "webhook-signature",
     "webhook-timestamp",
     "svix-signature",
@@ -37,11 +38,25 @@ fuzz_target!(|data: &[u8]| {
         }
         rest = &rest[2 + len..];
     }
-    for fixed in ["webhook-id", "svix-id", "svix-timestamp", "x-goog-message-number", "x-goog-resource-id", "x-goog-resource-uri", "x-goog-resource-state"] {
-        h.insert(HeaderName::from_static(fixed), HeaderValue::from_static("1"));
+    // Fixed to values that pass every check before the MAC or token comparison, so the
+    // fuzzer's bytes reach it: ids, a timestamp inside the window, a valid Google state.
+    for (fixed, value) in [
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", "1700000000"),
+        ("svix-id", "msg_1"),
+        ("svix-timestamp", "1700000000"),
+        ("x-goog-message-number", "1"),
+        ("x-goog-resource-id", "res-1"),
+        ("x-goog-resource-uri", "https://www.googleapis.com/calendar/v3/calendars/primary/events"),
+        ("x-goog-resource-state", "exists"),
+    ] {
+        if !h.contains_key(fixed) {
+            h.insert(HeaderName::from_static(fixed), HeaderValue::from_static(value));
+        }
     }
     let providers = Providers::default_builtin();
     let d = Delivery { method: "POST", url: "https://hooks.example.com/webhooks/x/acme?a=1", headers: &h, body: rest, now: 1_700_000_000 };
+    // Google's channel token and the static Vapi secret are compared whole: 22+ characters.
     for name in ["twilio", "vapi", "google", "resend", "elevenlabs"] {
         let def = providers.get(name).unwrap();
         for hmac in [false, true] {

@@ -158,3 +158,8 @@ pub struct AdminConfig {
     /// Server certificate for `tcp` (required off loopback).
     pub tls: Option<crate::tls::TlsFiles>,
 }
+
+/// The admin router, for `fuzz/`.
+pub(crate) fn fuzz_route(method: &http::Method, path: &str) -> bool {
+    router::route(method, path).is_ok()
+}

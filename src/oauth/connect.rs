@@ -169,6 +169,11 @@ impl ConnectFlows {
         }))
     }
 
+    /// [`ConnectFlows::take`] on in-memory flows, for `fuzz/`.
+    pub(crate) async fn fuzz_take(&self, query: &str) -> Result<(), CallbackError> {
+        self.take(None, query).await.map(|_| ())
+    }
+
     /// Consumes the callback's state (single use) and returns the pending flow and code.
     /// `fleet` is where flows live when the store is PostgreSQL (`None`: in memory).
     async fn take(&self, fleet: Option<&Credentials>, query: &str) -> Result<(Pending, String), CallbackError> {

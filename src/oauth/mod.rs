@@ -189,6 +189,11 @@ pub(crate) async fn token_call(
     classify(status, &bytes)
 }
 
+/// [`classify`], for `fuzz/`.
+pub(crate) fn fuzz_classify(status: StatusCode, bytes: &[u8]) -> bool {
+    classify(status, bytes).is_ok()
+}
+
 /// What a token endpoint's answer means (RFC 6749 §5.1, §5.2, and Google's retryable
 /// codes): a grant, a dead credential, a failure worth retrying, or a malformed answer.
 fn classify(status: StatusCode, bytes: &[u8]) -> Result<Granted, TokenError> {

@@ -157,34 +157,43 @@ impl WebhookState {
     /// The URL the provider called: public base (or a trusted proxy's forwarded scheme and
     /// host) plus the request-target byte for byte.
     fn signed_url(&self, peer: &Peer, req_headers: &HeaderMap, path_and_query: &str) -> String {
-        let mut scheme = self.public_base_url.scheme().to_string();
-        let mut authority = match (self.public_base_url.host_str(), self.public_base_url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
-            _ => String::new(),
-        };
-        if let Peer::Tcp { addr, .. } = peer {
-            let ip: IpAddr = addr.ip();
-            if self.trusted_proxies.iter().any(|n| n.contains(&ip)) {
-                if let Some(p) = req_headers
-                    .get("x-forwarded-proto")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|p| *p == "http" || *p == "https")
-                {
-                    scheme = p.to_string();
-                }
-                if let Some(h) = req_headers
-                    .get("x-forwarded-host")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']))
-                {
-                    authority = h.to_string();
-                }
+        let trusted = match peer {
+            Peer::Tcp { addr, .. } => {
+                let ip: IpAddr = addr.ip();
+                self.trusted_proxies.iter().any(|n| n.contains(&ip))
             }
-        }
-        let prefix = self.public_base_url.path().trim_end_matches('/');
-        format!("{scheme}://{authority}{prefix}{path_and_query}")
+            _ => false,
+        };
+        signed_url(&self.public_base_url, trusted, req_headers, path_and_query)
     }
+}
+
+/// The URL the provider signed: `public_base_url` with the request's path and query; a
+/// trusted proxy's `X-Forwarded-Proto` (http or https) and `X-Forwarded-Host` (no `/`, `@`
+/// or space) replace scheme and authority.
+pub(crate) fn signed_url(base: &Url, trusted: bool, req_headers: &HeaderMap, path_and_query: &str) -> String {
+    let mut scheme = base.scheme().to_string();
+    let mut authority = match (base.host_str(), base.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    };
+    if trusted {
+        if let Some(p) =
+            req_headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).filter(|p| *p == "http" || *p == "https")
+        {
+            scheme = p.to_string();
+        }
+        if let Some(h) = req_headers
+            .get("x-forwarded-host")
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']))
+        {
+            authority = h.to_string();
+        }
+    }
+    let prefix = base.path().trim_end_matches('/');
+    format!("{scheme}://{authority}{prefix}{path_and_query}")
 }
 
 /// Handles one request on the webhook listener.
