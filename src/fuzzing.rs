@@ -60,6 +60,10 @@ fn forwarded_url(data: &[u8]) {
     let Some(s) = text(data) else { return };
     let mut parts = s.splitn(3, '\n');
     let (proto, host, pq) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    // hyper hands the listener an origin-form path and query: it starts with `/`.
+    if !pq.starts_with('/') {
+        return;
+    }
     let mut h = HeaderMap::new();
     if let (Ok(p), Ok(v)) = (HeaderValue::from_str(proto), HeaderValue::from_str(host)) {
         h.insert("x-forwarded-proto", p);

@@ -375,3 +375,29 @@ async fn admin_tcp_off_loopback_needs_tls_and_the_cli_speaks_it() {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut buf)).await;
     assert!(!buf.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
 }
+
+#[tokio::test]
+async fn another_uid_is_refused_by_the_admin_socket_even_when_it_can_connect() {
+    if !rustix::process::geteuid().is_root() || !std::path::Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("SKIPPED: needs root and setpriv to act as another uid");
+        return;
+    }
+    let mut d = Daemon::new(DaemonConfig::default());
+    d.start();
+    // The attacker's best case: the socket's mode was loosened (0600 alone stops a connect).
+    std::fs::set_permissions(&d.admin_sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let dir = d.admin_sock.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'GET /v1/tenants HTTP/1.1\\r\\nhost: k\\r\\nconnection: close\\r\\n\\r\\n')\nprint(s.recv(4096).decode(errors='replace'))";
+    let out = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", script])
+        .arg(&d.admin_sock)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 403") && text.contains("uid 65534 may not use the admin socket"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
