@@ -272,19 +272,16 @@ fn plain_hash(e: &keyward::store::AuditEntry) -> String {
     hex::encode(h.finalize())
 }
 
+/// A credential service on `store` with nothing cached.
+async fn reopen(store: &Arc<dyn Store>, key: &KeyBytes) -> Credentials {
+    let keyring = Keyring::from_keys(key.clone(), vec![]);
+    Credentials::open(store.clone(), keyring, Providers::default_builtin(), Duration::from_secs(3600)).await.unwrap()
+}
+
 /// Every edit a store writer can make is detected, with an error that names what.
 async fn a_store_writer_is_caught(store: Arc<dyn Store>, raw: Raw, key: &KeyBytes) {
     use keyward::store::CredStatus;
-    let fresh = || async {
-        Credentials::open(
-            store.clone(),
-            Keyring::from_keys(key.clone(), vec![]),
-            Providers::default_builtin(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap()
-    };
+    let fresh = || reopen(&store, key);
     let creds = fresh().await;
     let (acme, globex) = (t("acme"), t("globex"));
     creds.put("test", &acme, "twilio", twilio("acme-token-0000000000")).await.unwrap();
@@ -344,16 +341,7 @@ async fn a_store_writer_is_caught(store: Arc<dyn Store>, raw: Raw, key: &KeyByte
 /// A whole older record put back: refused by a process that saw the newer one, and
 /// reported by `audit verify` in any process.
 async fn a_rolled_back_record_is_caught(store: Arc<dyn Store>, raw: Raw, key: &KeyBytes) {
-    let fresh = || async {
-        Credentials::open(
-            store.clone(),
-            Keyring::from_keys(key.clone(), vec![]),
-            Providers::default_builtin(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap()
-    };
+    let fresh = || reopen(&store, key);
     let creds = fresh().await;
     let acme = t("acme");
     creds.put("test", &acme, "twilio", twilio("old-token-00000000000")).await.unwrap();

@@ -192,3 +192,14 @@ pub struct AppConfig {
     /// Open connections at most, per listener.
     pub max_connections: usize,
 }
+
+/// Response scrubbing over any body, for `fuzz/`.
+pub(crate) fn fuzz_scrubbed<B>(
+    body: B,
+    patterns: Vec<zeroize::Zeroizing<Vec<u8>>>,
+) -> impl http_body::Body<Data = bytes::Bytes>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    scrub::Scrubbed::new(body, patterns, true)
+}
