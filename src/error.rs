@@ -117,6 +117,11 @@ impl From<&VaultError> for PublicError {
                 "internal",
                 "a stored record failed its integrity check (wrong key, or the store was altered); see keyward's log",
             ),
+            VaultError::KmsUnavailable(m) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "key_unavailable",
+                format!("{m}; retry shortly (cached tenants keep working)"),
+            ),
             _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "key handling failed; see keyward's log"),
         }
     }

@@ -100,8 +100,8 @@ fn sealed_blobs(data: &[u8]) {
     let key = KeyBytes::new([7; 32]);
     let keyring = crate::vault::Keyring::from_keys(key, vec![]);
     let Ok(tenant) = TenantId::parse("acme") else { return };
-    assert!(keyring.unwrap(&tenant, data).is_err(), "an arbitrary blob unwrapped");
-    assert!(keyring.open_check(data).is_err(), "an arbitrary check value opened");
+    assert!(block_on(keyring.unwrap(&tenant, data)).is_err(), "an arbitrary blob unwrapped");
+    assert!(block_on(keyring.open_check(data)).is_err(), "an arbitrary check value opened");
     if let Ok(dek) = crate::vault::DataKey::generate() {
         let aad = crate::vault::RecordAad { tenant: &tenant, provider: "vapi", version: 1, state: None };
         assert!(dek.open(aad, data).is_err(), "an arbitrary record opened");

@@ -53,8 +53,20 @@ pub(super) struct RawMasterKey {
     pub(super) file: Option<String>,
     pub(super) env: Option<String>,
     pub(super) credential: Option<String>,
+    pub(super) vault_transit: Option<RawTransit>,
     #[serde(default)]
     pub(super) previous: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTransit {
+    pub(super) address: String,
+    pub(super) key: String,
+    pub(super) mount: Option<String>,
+    pub(super) token_file: String,
+    pub(super) ca_file: Option<String>,
+    pub(super) namespace: Option<String>,
 }
 
 #[derive(Deserialize)]

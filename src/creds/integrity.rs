@@ -15,7 +15,7 @@ pub(super) async fn open(store: &dyn Store, keyring: &Keyring) -> Result<(Integr
     for _ in 0..3 {
         let current = store.get_meta(META_KEYCHECK).await?;
         let outcome = match &current {
-            Some(check) => match keyring.open_check(check)? {
+            Some(check) => match keyring.open_check(check).await? {
                 KeyCheck::Keyed(i) => {
                     store.set_integrity(i.clone());
                     return Ok((i, store.audit_head().await?.seq));
@@ -49,7 +49,7 @@ async fn init(store: &dyn Store, keyring: &Keyring) -> Result<(Integrity, u64), 
     }
     let i = fresh(1)?;
     store.set_integrity(i.clone());
-    let value = keyring.seal_check(&i)?;
+    let value = keyring.seal_check(&i).await?;
     let d = draft("keyward", "store.init", None, None, Some(format!("master-key:{}", keyring.active_id())));
     let op = Op::SwapMeta { key: META_KEYCHECK.into(), expect: None, value };
     let head = store.commit(vec![op], d).await?.seq;
@@ -83,7 +83,7 @@ async fn upgrade(store: &dyn Store, keyring: &Keyring, legacy: Vec<u8>) -> Resul
         }
     }
     let routes = ops.len();
-    ops.push(Op::SwapMeta { key: META_KEYCHECK.into(), expect: Some(legacy), value: keyring.seal_check(&i)? });
+    ops.push(Op::SwapMeta { key: META_KEYCHECK.into(), expect: Some(legacy), value: keyring.seal_check(&i).await? });
     let d = draft("keyward", "store.upgrade", None, None, Some(format!("integrity-key routes:{routes}")));
     let head = store.commit(ops, d).await?.seq;
     tracing::info!(routes, keyed_from = i.keyed_from(), "store upgraded: audit chain keyed, routes authenticated");

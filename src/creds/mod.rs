@@ -176,7 +176,7 @@ impl CredError {
             CredError::Inactive { .. } => "credential_inactive",
             CredError::Revoked { .. } => "credential_revoked",
             CredError::Store(s) => s.code(),
-            CredError::Vault(_) => "internal",
+            CredError::Vault(v) => v.code(),
         }
     }
 }

@@ -77,7 +77,8 @@ impl Credentials {
         let Some(rec) = self.store.get_tenant(tenant).await? else {
             return Ok(None);
         };
-        let dek = Arc::new(TenantKey { dek: self.keyring.unwrap(tenant, &rec.wrapped_key)?, wrapped: rec.wrapped_key });
+        let dek =
+            Arc::new(TenantKey { dek: self.keyring.unwrap(tenant, &rec.wrapped_key).await?, wrapped: rec.wrapped_key });
         if let Ok(mut d) = self.deks.write() {
             insert_bounded(&mut d, tenant.as_str().to_string(), dek.clone(), self.capacity);
         }

@@ -48,8 +48,8 @@ impl Credentials {
                     continue;
                 }
                 if batch.len() < limit {
-                    let dek = self.keyring.unwrap(&t.tenant, &t.wrapped_key)?;
-                    let wrapped_key = self.keyring.wrap(&t.tenant, &dek)?;
+                    let dek = self.keyring.unwrap(&t.tenant, &t.wrapped_key).await?;
+                    let wrapped_key = self.keyring.wrap(&t.tenant, &dek).await?;
                     let expect = t.wrapped_key.clone();
                     batch.push(Op::RewrapTenant { record: TenantRecord { wrapped_key, ..t }, expect });
                 } else {
@@ -61,7 +61,10 @@ impl Credentials {
         if !batch.is_empty() || remaining == 0 {
             rewrapped = batch.len() as u64;
             if remaining == 0 {
-                batch.push(Op::PutMeta { key: META_KEYCHECK.into(), value: self.keyring.seal_check(&self.integrity)? });
+                batch.push(Op::PutMeta {
+                    key: META_KEYCHECK.into(),
+                    value: self.keyring.seal_check(&self.integrity).await?,
+                });
             }
             let target = Some(format!("master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"));
             let result = self.commit(batch, draft(actor, "keys.rotate", None, None, target)).await;

@@ -195,7 +195,7 @@ impl Credentials {
             }
             None => {
                 let dek = DataKey::generate()?;
-                let wrapped = self.keyring.wrap(tenant, &dek)?;
+                let wrapped = self.keyring.wrap(tenant, &dek).await?;
                 ops.push(Op::CreateTenant(TenantRecord {
                     tenant: tenant.clone(),
                     wrapped_key: wrapped.clone(),
@@ -263,7 +263,7 @@ impl Credentials {
                         }
                         None => {
                             let dek = DataKey::generate()?;
-                            let wrapped = self.keyring.wrap(&tenant, &dek)?;
+                            let wrapped = self.keyring.wrap(&tenant, &dek).await?;
                             ops.push(Op::CreateTenant(TenantRecord {
                                 tenant: tenant.clone(),
                                 wrapped_key: wrapped.clone(),

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
+use super::transit::{Transit, TRANSIT_MAGIC};
 use super::VaultError;
 use keyward_core::env::Env;
 use keyward_core::ids::TenantId;
@@ -33,18 +34,36 @@ struct MasterKey {
 
 /// The active master key plus previous ones.
 pub struct Keyring {
-    active: MasterKey,
+    active: Active,
     previous: Vec<MasterKey>,
+}
+
+/// Where the active key is: in memory (file, env, credential), or in a KMS that wraps and
+/// unwraps for keyward and never hands the key out.
+enum Active {
+    Local(MasterKey),
+    Transit(Transit, KeyId),
 }
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
-            .field("active", &self.active.id)
+            .field("active", &self.active_id())
             .field("previous", &self.previous.iter().map(|k| k.id).collect::<Vec<_>>())
             .finish()
     }
 }
+
+/// Reads a small secret file that only its owner may read (a token, a PIN).
+pub(super) fn read_private(path: &Path) -> Result<Zeroizing<String>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("mode {:04o} lets other users read it; chmod 600 it", meta.permissions().mode() & 0o777));
+    }
+    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?))
+}
+
+const CHECK_CONTEXT: &[u8] = b"keyward/keycheck/v2";
 
 fn key_id_of(key: &KeyBytes) -> KeyId {
     let mut h = Sha256::new();
@@ -102,6 +121,19 @@ pub fn write_new_key_file(path: &Path) -> Result<(), VaultError> {
     Ok(())
 }
 
+/// The previous key files, without duplicates or the active key.
+fn load_previous(cfg: &MasterKeyConfig, active: Option<KeyId>) -> Result<Vec<MasterKey>, VaultError> {
+    let mut previous: Vec<MasterKey> = Vec::new();
+    for p in &cfg.previous {
+        let key = read_key_file(p, true)?;
+        let id = key_id_of(&key);
+        if Some(id) != active && !previous.iter().any(|k| k.id == id) {
+            previous.push(MasterKey { id, key });
+        }
+    }
+    Ok(previous)
+}
+
 impl Keyring {
     /// Loads the active key from its configured source and every previous key file.
     /// With `create_missing` (development), a missing key file is created first.
@@ -134,30 +166,43 @@ impl Keyring {
                 // systemd creates credential files itself (0400, owned by the service user).
                 (read_key_file(&p, true)?, format!("systemd credential {name}"))
             }
+            KeySource::Transit(t) => {
+                let transit = Transit::new(t)?;
+                let description = transit.describe();
+                let id = {
+                    let mut h = Sha256::new();
+                    h.update(b"keyward transit key id v1\0");
+                    h.update(format!("{}\0{}\0{}", t.address, t.mount, t.key).as_bytes());
+                    let mut id = [0u8; 8];
+                    id.copy_from_slice(&h.finalize()[..8]);
+                    KeyId(id)
+                };
+                let previous = load_previous(cfg, None)?;
+                return Ok((
+                    Keyring { active: Active::Transit(transit, id), previous },
+                    MasterKeySource { description, created },
+                ));
+            }
         };
         let active = MasterKey { id: key_id_of(&key), key };
-        let mut previous = Vec::new();
-        for p in &cfg.previous {
-            let key = read_key_file(p, true)?;
-            let id = key_id_of(&key);
-            if id != active.id && !previous.iter().any(|k: &MasterKey| k.id == id) {
-                previous.push(MasterKey { id, key });
-            }
-        }
-        Ok((Keyring { active, previous }, MasterKeySource { description, created }))
+        let previous = load_previous(cfg, Some(active.id))?;
+        Ok((Keyring { active: Active::Local(active), previous }, MasterKeySource { description, created }))
     }
 
     /// A keyring from raw keys (tests and benchmarks).
     pub fn from_keys(active: KeyBytes, previous: Vec<KeyBytes>) -> Keyring {
         Keyring {
-            active: MasterKey { id: key_id_of(&active), key: active },
+            active: Active::Local(MasterKey { id: key_id_of(&active), key: active }),
             previous: previous.into_iter().map(|k| MasterKey { id: key_id_of(&k), key: k }).collect(),
         }
     }
 
-    /// The active key's id.
+    /// The active key's id (for a KMS: derived from its address, mount and key name).
     pub fn active_id(&self) -> KeyId {
-        self.active.id
+        match &self.active {
+            Active::Local(k) => k.id,
+            Active::Transit(_, id) => *id,
+        }
     }
 
     /// Ids of the previous keys.
@@ -165,8 +210,23 @@ impl Keyring {
         self.previous.iter().map(|k| k.id).collect()
     }
 
+    /// The in-memory key with this id, active or previous.
     fn find(&self, id: KeyId) -> Option<&MasterKey> {
-        std::iter::once(&self.active).chain(self.previous.iter()).find(|k| k.id == id)
+        let active = match &self.active {
+            Active::Local(k) => Some(k),
+            Active::Transit(..) => None,
+        };
+        active.into_iter().chain(self.previous.iter()).find(|k| k.id == id)
+    }
+
+    /// The KMS a transit-wrapped blob needs.
+    fn transit(&self) -> Result<&Transit, VaultError> {
+        match &self.active {
+            Active::Transit(t, _) => Ok(t),
+            Active::Local(_) => Err(VaultError::Kms(
+                "a value is wrapped by Vault transit, but [master_key.vault_transit] is not configured".into(),
+            )),
+        }
     }
 
     fn dek_aad(tenant: &TenantId) -> Vec<u8> {
@@ -175,19 +235,27 @@ impl Keyring {
         aad
     }
 
-    /// Wraps a tenant's data key under the active master key.
-    pub fn wrap(&self, tenant: &TenantId, dek: &DataKey) -> Result<Vec<u8>, VaultError> {
+    /// Wraps a tenant's data key under the active master key (the tenant is the AAD, or
+    /// the transit context).
+    pub async fn wrap(&self, tenant: &TenantId, dek: &DataKey) -> Result<Vec<u8>, VaultError> {
         let mut pt = Zeroizing::new([0u8; 40]);
         pt[..8].copy_from_slice(&dek.id().0);
         pt[8..].copy_from_slice(dek.key().expose());
-        seal_raw(&self.active.key, self.active.id, &Self::dek_aad(tenant), &pt[..])
+        match &self.active {
+            Active::Local(k) => seal_raw(&k.key, k.id, &Self::dek_aad(tenant), &pt[..]),
+            Active::Transit(t, _) => t.wrap(&Self::dek_aad(tenant), &pt[..]).await,
+        }
     }
 
-    /// Unwraps a tenant's data key with whichever keyring key sealed it.
-    pub fn unwrap(&self, tenant: &TenantId, blob: &[u8]) -> Result<DataKey, VaultError> {
-        let id = blob_key_id(blob)?;
-        let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
-        let pt = open_raw(&mk.key, &Self::dek_aad(tenant), blob)?;
+    /// Unwraps a tenant's data key with whichever key wrapped it.
+    pub async fn unwrap(&self, tenant: &TenantId, blob: &[u8]) -> Result<DataKey, VaultError> {
+        let pt = if blob.starts_with(TRANSIT_MAGIC) {
+            self.transit()?.unwrap(&Self::dek_aad(tenant), blob).await?
+        } else {
+            let id = blob_key_id(blob)?;
+            let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
+            open_raw(&mk.key, &Self::dek_aad(tenant), blob)?
+        };
         if pt.len() != 40 {
             return Err(VaultError::Malformed("data key of the wrong length"));
         }
@@ -200,43 +268,56 @@ impl Keyring {
 
     /// Whether a wrapped blob is already under the active key (rotation skips it).
     pub fn is_active(&self, blob: &[u8]) -> bool {
-        blob_key_id(blob).is_ok_and(|id| id == self.active.id)
+        match &self.active {
+            Active::Local(k) => !blob.starts_with(TRANSIT_MAGIC) && blob_key_id(blob).is_ok_and(|id| id == k.id),
+            Active::Transit(..) => blob.starts_with(TRANSIT_MAGIC),
+        }
     }
 
     /// The store's check value: proves at the next start that the right key is loaded, and
     /// carries the store's integrity key (sealed, so only a master-key holder reads or
-    /// replaces it).
-    pub fn seal_check(&self, integrity: &Integrity) -> Result<Vec<u8>, VaultError> {
+    /// replaces it). With a KMS, checking it is a KMS call: a wrong key or KMS is refused
+    /// at start.
+    pub async fn seal_check(&self, integrity: &Integrity) -> Result<Vec<u8>, VaultError> {
         let mut pt = Zeroizing::new([0u8; 40]);
         pt[..32].copy_from_slice(integrity.key_bytes());
         pt[32..].copy_from_slice(&integrity.keyed_from().to_be_bytes());
-        seal_raw(&self.active.key, self.active.id, CHECK_V2, &pt[..])
+        match &self.active {
+            Active::Local(k) => seal_raw(&k.key, k.id, CHECK_V2, &pt[..]),
+            Active::Transit(t, _) => t.wrap(CHECK_CONTEXT, &pt[..]).await,
+        }
     }
 
     /// The check value of a store from before integrity keys (upgrade tests).
     #[cfg(test)]
     pub(crate) fn seal_legacy_check(&self) -> Result<Vec<u8>, VaultError> {
-        seal_raw(&self.active.key, self.active.id, b"keyward/keycheck/v1", b"keyward")
+        let Active::Local(k) = &self.active else { return Err(VaultError::Malformed("not a local key")) };
+        seal_raw(&k.key, k.id, b"keyward/keycheck/v1", b"keyward")
     }
 
     /// Opens a check value from [`Keyring::seal_check`] (or the integrity-less one of
     /// stores written before it: [`KeyCheck::Legacy`]).
-    pub fn open_check(&self, blob: &[u8]) -> Result<KeyCheck, VaultError> {
-        let id = blob_key_id(blob)?;
-        let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
-        match open_raw(&mk.key, CHECK_V2, blob) {
-            Ok(pt) if pt.len() == 40 => {
-                let mut key = [0u8; 32];
-                key.copy_from_slice(&pt[..32]);
-                let mut from = [0u8; 8];
-                from.copy_from_slice(&pt[32..]);
-                let i = Integrity::new(key, u64::from_be_bytes(from));
-                key.zeroize();
-                Ok(KeyCheck::Keyed(i))
+    pub async fn open_check(&self, blob: &[u8]) -> Result<KeyCheck, VaultError> {
+        let pt = if blob.starts_with(TRANSIT_MAGIC) {
+            self.transit()?.unwrap(CHECK_CONTEXT, blob).await?
+        } else {
+            let id = blob_key_id(blob)?;
+            let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
+            match open_raw(&mk.key, CHECK_V2, blob) {
+                Ok(pt) => pt,
+                Err(_) => return open_raw(&mk.key, b"keyward/keycheck/v1", blob).map(|_| KeyCheck::Legacy),
             }
-            Ok(_) => Err(VaultError::Malformed("key check value of the wrong length")),
-            Err(_) => open_raw(&mk.key, b"keyward/keycheck/v1", blob).map(|_| KeyCheck::Legacy),
+        };
+        if pt.len() != 40 {
+            return Err(VaultError::Malformed("key check value of the wrong length"));
         }
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&pt[..32]);
+        let mut from = [0u8; 8];
+        from.copy_from_slice(&pt[32..]);
+        let i = Integrity::new(key, u64::from_be_bytes(from));
+        key.zeroize();
+        Ok(KeyCheck::Keyed(i))
     }
 }
 
@@ -260,6 +341,8 @@ pub enum KeySource {
     Env(String),
     /// A systemd credential: `$CREDENTIALS_DIRECTORY/<name>` (LoadCredential=).
     Credential(String),
+    /// A Vault / OpenBao transit key.
+    Transit(super::TransitConfig),
 }
 
 impl fmt::Display for KeySource {
@@ -268,6 +351,7 @@ impl fmt::Display for KeySource {
             KeySource::File(p) => write!(f, "file {}", p.display()),
             KeySource::Env(v) => write!(f, "environment variable {v}"),
             KeySource::Credential(n) => write!(f, "systemd credential {n}"),
+            KeySource::Transit(t) => write!(f, "Vault transit key {} at {}", t.key, t.address),
         }
     }
 }
@@ -340,39 +424,39 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_previous_key_still_unwraps_what_it_wrapped() {
+    #[tokio::test]
+    async fn a_previous_key_still_unwraps_what_it_wrapped() {
         let old = KeyBytes::random().unwrap();
         let new = KeyBytes::random().unwrap();
         let acme = TenantId::parse("acme").unwrap();
         let dek = DataKey::generate().unwrap();
-        let blob = Keyring::from_keys(old.clone(), vec![]).wrap(&acme, &dek).unwrap();
+        let blob = Keyring::from_keys(old.clone(), vec![]).wrap(&acme, &dek).await.unwrap();
         let rotated = Keyring::from_keys(new.clone(), vec![old]);
         assert!(!rotated.is_active(&blob));
-        assert_eq!(rotated.unwrap(&acme, &blob).unwrap().id(), dek.id());
+        assert_eq!(rotated.unwrap(&acme, &blob).await.unwrap().id(), dek.id());
         let without_old = Keyring::from_keys(new, vec![]);
-        assert!(matches!(without_old.unwrap(&acme, &blob), Err(VaultError::UnknownKey(_))));
+        assert!(matches!(without_old.unwrap(&acme, &blob).await, Err(VaultError::UnknownKey(_))));
     }
 
-    #[test]
-    fn a_wrapped_data_key_is_bound_to_its_tenant() {
+    #[tokio::test]
+    async fn a_wrapped_data_key_is_bound_to_its_tenant() {
         let ring = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
         let dek = DataKey::generate().unwrap();
-        let blob = ring.wrap(&TenantId::parse("acme").unwrap(), &dek).unwrap();
-        assert!(ring.unwrap(&TenantId::parse("globex").unwrap(), &blob).is_err());
+        let blob = ring.wrap(&TenantId::parse("acme").unwrap(), &dek).await.unwrap();
+        assert!(ring.unwrap(&TenantId::parse("globex").unwrap(), &blob).await.is_err());
     }
 
-    #[test]
-    fn the_check_value_detects_a_wrong_key() {
+    #[tokio::test]
+    async fn the_check_value_detects_a_wrong_key() {
         let a = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
-        let check = a.seal_check(&Integrity::new([3; 32], 5)).unwrap();
-        match a.open_check(&check).unwrap() {
+        let check = a.seal_check(&Integrity::new([3; 32], 5)).await.unwrap();
+        match a.open_check(&check).await.unwrap() {
             KeyCheck::Keyed(i) => assert_eq!((i.key_bytes(), i.keyed_from()), (&[3; 32], 5)),
             KeyCheck::Legacy => panic!("a v2 check value opens as v2"),
         }
-        let legacy = seal_raw(&a.active.key, a.active.id, b"keyward/keycheck/v1", b"keyward").unwrap();
-        assert!(matches!(a.open_check(&legacy), Ok(KeyCheck::Legacy)));
+        let legacy = a.seal_legacy_check().unwrap();
+        assert!(matches!(a.open_check(&legacy).await, Ok(KeyCheck::Legacy)));
         let b = Keyring::from_keys(KeyBytes::random().unwrap(), vec![]);
-        assert!(matches!(b.open_check(&check), Err(VaultError::UnknownKey(_))));
+        assert!(matches!(b.open_check(&check).await, Err(VaultError::UnknownKey(_))));
     }
 }

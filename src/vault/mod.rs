@@ -8,10 +8,12 @@
 
 mod keyring;
 mod seal;
+mod transit;
 
 pub use keyring::{write_new_key_file, KeyCheck, Keyring};
 pub(crate) use keyring::{KeySource, MasterKeyConfig};
 pub(crate) use seal::{DataKey, KeyId, RecordAad};
+pub(crate) use transit::TransitConfig;
 
 use std::path::PathBuf;
 
@@ -74,4 +76,23 @@ pub enum VaultError {
     /// The OS RNG failed.
     #[error("the operating system's random number generator failed")]
     Rng,
+    /// The KMS cannot be reached right now (retry: it answers 503 `key_unavailable`).
+    #[error("{0}; the tenant key cannot be unwrapped until it answers")]
+    KmsUnavailable(String),
+    /// The KMS refused a wrapped key (another tenant's, or another key's).
+    #[error("{0}: the wrapped key does not belong to this tenant or key")]
+    KmsRefused(String),
+    /// The KMS answered, but not as expected (policy, unknown key, configuration).
+    #[error("{0}")]
+    Kms(String),
+}
+
+impl VaultError {
+    /// The public error code (CONTRACT.md §6, §8.1).
+    pub fn code(&self) -> &'static str {
+        match self {
+            VaultError::KmsUnavailable(_) => "key_unavailable",
+            _ => "internal",
+        }
+    }
 }

@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     pub pg_url: Option<String>,
     /// RLIMIT_NOFILE (soft and hard) for the daemon process.
     pub nofile: Option<u64>,
+    /// The `[master_key]` section's body, replacing the key file (a KMS source).
+    pub master_key_toml: Option<String>,
 }
 
 impl Default for DaemonConfig {
@@ -53,6 +55,7 @@ impl Default for DaemonConfig {
             ops_extra: String::new(),
             pg_url: None,
             nofile: None,
+            master_key_toml: None,
         }
     }
 }
@@ -140,7 +143,9 @@ level = "{level}"
             },
             retention = c.retention,
             // `KEYWARD_MASTER_KEY` in `env` selects the environment source.
-            key = if c.env.iter().any(|(k, _)| k == "KEYWARD_MASTER_KEY") {
+            key = if let Some(t) = &c.master_key_toml {
+                t.clone()
+            } else if c.env.iter().any(|(k, _)| k == "KEYWARD_MASTER_KEY") {
                 "env = \"KEYWARD_MASTER_KEY\"".to_string()
             } else {
                 format!("file = \"{}\"", c.master_key_file.as_ref().unwrap().display())
