@@ -2,13 +2,11 @@
 //! listener; `App::run(shutdown)` serves until the shutdown signal, then drains.
 //! Nothing is bound before the configuration and the master key have been checked.
 
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Backend, Config, Env, PasswordSource, PostgresConfig};
@@ -111,16 +109,7 @@ impl std::fmt::Debug for App {
     }
 }
 
-/// Reads a secret file (mode 0600 or stricter), one trailing newline removed. The error is
-/// the reason alone; callers name the file.
-fn read_private_file(path: &std::path::Path) -> Result<Zeroizing<String>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!("mode {:04o} lets other users read it; chmod 600 it", meta.permissions().mode() & 0o777));
-    }
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?);
-    Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
-}
+use crate::vault::read_private as read_private_file;
 
 /// [`read_private_file`] for a store password.
 fn read_secret_file(path: &std::path::Path, what: &str) -> Result<zeroize::Zeroizing<String>, StartError> {

@@ -54,13 +54,16 @@ impl fmt::Debug for Keyring {
     }
 }
 
-/// Reads a small secret file that only its owner may read (a token, a PIN).
-pub(super) fn read_private(path: &Path) -> Result<Zeroizing<String>, String> {
+/// Reads a small secret file (a token, a password, a PIN) that only its owner may read
+/// (mode 0600 or stricter), one trailing newline removed. The error is the reason alone;
+/// callers name the file.
+pub(crate) fn read_private(path: &Path) -> Result<Zeroizing<String>, String> {
     let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!("mode {:04o} lets other users read it; chmod 600 it", meta.permissions().mode() & 0o777));
     }
-    Ok(Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?))
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| e.to_string())?);
+    Ok(Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string()))
 }
 
 const CHECK_CONTEXT: &[u8] = b"keyward/keycheck/v2";

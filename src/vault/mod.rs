@@ -10,8 +10,8 @@ mod keyring;
 mod seal;
 mod transit;
 
+pub(crate) use keyring::{read_private, KeySource, MasterKeyConfig};
 pub use keyring::{write_new_key_file, KeyCheck, Keyring};
-pub(crate) use keyring::{KeySource, MasterKeyConfig};
 pub(crate) use seal::{DataKey, KeyId, RecordAad};
 pub(crate) use transit::TransitConfig;
 

@@ -75,13 +75,22 @@ impl Transit {
         format!("Vault transit key {} at {}", self.cfg.key, self.cfg.address)
     }
 
+    /// The token as a header value marked sensitive (never printed by the HTTP stack).
+    fn token_header(&self) -> Result<http::HeaderValue, VaultError> {
+        let mut v = http::HeaderValue::from_str(self.token.expose()).map_err(|_| {
+            VaultError::Kms(format!("{}: the token file holds characters a header cannot", self.describe()))
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+
     /// One transit call; the answer's `data` object.
     async fn call(&self, op: &str, body: serde_json::Value) -> Result<serde_json::Value, VaultError> {
         let url = format!("{}/v1/{}/{op}/{}", self.cfg.address.trim_end_matches('/'), self.cfg.mount, self.cfg.key);
         let mut req = self
             .http
             .post(&url)
-            .header("x-vault-token", self.token.expose())
+            .header("x-vault-token", self.token_header()?)
             .header("content-type", "application/json")
             .body(body.to_string());
         if let Some(ns) = &self.cfg.namespace {
