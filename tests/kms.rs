@@ -106,10 +106,9 @@ async fn start_bao(bin: &Path) -> Bao {
     bao
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
-    let Some(bin) = bao_bin() else { return };
-    let bao = start_bao(&bin).await;
+/// A daemon whose master key is the transit key `keyward` on `bao` (token in a 0600 file),
+/// with a fake Vapi; started. The temporary directory holds the token file and the CA.
+async fn transit_daemon(bao: &Bao, log_level: &str) -> (tempfile::TempDir, FakeProvider, Daemon) {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let vapi = FakeProvider::start(&pki).await;
@@ -124,11 +123,19 @@ async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
             bao.addr,
             token_file.display()
         )),
-        log_level: "trace".into(),
+        log_level: log_level.into(),
         extra: pki.upstream("vapi", &vapi.url),
         ..DaemonConfig::default()
     });
     d.start();
+    (tmp, vapi, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
+    let Some(bin) = bao_bin() else { return };
+    let bao = start_bao(&bin).await;
+    let (_tmp, vapi, mut d) = transit_daemon(&bao, "trace").await;
     assert!(d.logs().contains("Vault transit key keyward"), "the start-up log names the source");
     for (t, k) in [("acme", "CANARYtransitVapiKeyAcme0000001"), ("globex", "CANARYtransitVapiKeyGlobex00002")] {
         let (s, v) = d
@@ -175,24 +182,7 @@ async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
 async fn a_cold_tenant_gets_key_unavailable_while_the_kms_is_down() {
     let Some(bin) = bao_bin() else { return };
     let bao = start_bao(&bin).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let pki = Pki::new(tmp.path());
-    let vapi = FakeProvider::start(&pki).await;
-    let token_file = tmp.path().join("bao-token");
-    std::fs::write(&token_file, ROOT_TOKEN).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut d = Daemon::new(DaemonConfig {
-        app: Some(String::new()),
-        master_key_toml: Some(format!(
-            "vault_transit = {{ address = \"{}\", key = \"keyward\", token_file = \"{}\" }}",
-            bao.addr,
-            token_file.display()
-        )),
-        extra: pki.upstream("vapi", &vapi.url),
-        ..DaemonConfig::default()
-    });
-    d.start();
+    let (_tmp, _vapi, mut d) = transit_daemon(&bao, "info").await;
     for t in ["warm", "cold"] {
         let (s, _) = d
             .admin("PUT", &format!("/v1/tenants/{t}/credentials/vapi"), Some(r#"{"api_key":"k-0000000000000000"}"#))
