@@ -275,6 +275,9 @@ impl App {
                 .with_cache_entries(config.store.cache_entries),
         );
         readiness.key_loaded.store(true, Ordering::SeqCst);
+        if let Some(k) = creds.kms_health() {
+            let _ = readiness.kms.set(k);
+        }
         creds.watch_changes();
 
         let token_digest = config.admin.token_file.as_deref().map(read_token).transpose()?;
@@ -478,6 +481,7 @@ impl App {
             }
         }
         readiness.listeners_bound.store(true, Ordering::SeqCst);
+        tasks.push(tokio::spawn(creds.clone().watch_kms(shutdown.clone())));
         crate::shutdown::notify_systemd("READY=1");
         if !config.verification.interval.is_zero() {
             tasks.push(tokio::spawn(live.clone().reverify_loop(

@@ -26,6 +26,8 @@ pub(crate) struct Readiness {
     pub draining: AtomicBool,
     /// The store, whose backend may be unreachable (fleet mode).
     pub store: std::sync::OnceLock<Arc<dyn keyward_store::Store>>,
+    /// Whether the KMS holding the master key answers (unset: the key is local).
+    pub kms: std::sync::OnceLock<Arc<AtomicBool>>,
 }
 
 impl Readiness {
@@ -61,15 +63,17 @@ pub(crate) async fn handle(
         "/healthz" => json_response(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => {
             let connected = ready.store.get().is_none_or(|s| s.healthy());
+            let kms = ready.kms.get().is_none_or(|k| k.load(Ordering::SeqCst));
             let checks = json!({
+                "kms_reachable": kms,
                 "store_open": ready.store_open.load(Ordering::SeqCst),
                 "store_connected": connected,
                 "key_loaded": ready.key_loaded.load(Ordering::SeqCst),
                 "listeners_bound": ready.listeners_bound.load(Ordering::SeqCst),
                 "draining": ready.draining.load(Ordering::SeqCst),
             });
-            if ready.is_ready() && !connected {
-                // Still serving cached credentials: ready, but say so.
+            if ready.is_ready() && (!connected || !kms) {
+                // Still serving cached credentials (and warm tenants): ready, but say so.
                 json_response(StatusCode::OK, json!({"status": "degraded", "checks": checks}))
             } else if ready.is_ready() {
                 json_response(StatusCode::OK, json!({"status": "ready", "checks": checks}))

@@ -60,8 +60,13 @@ async fn bao_call(
 
 /// An in-memory OpenBao with a transit engine and a derived key `keyward`.
 async fn start_bao(bin: &Path) -> Bao {
-    keyward::install_crypto_provider();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    start_bao_on(bin, port).await
+}
+
+/// [`start_bao`] on a given port (a restart where keyward expects it).
+async fn start_bao_on(bin: &Path, port: u16) -> Bao {
+    keyward::install_crypto_provider();
     // Its own HOME (`-dev` writes a token helper file there) and a log for failures.
     let home = tempfile::tempdir().unwrap();
     let log = home.path().join("bao.log");
@@ -193,6 +198,7 @@ async fn a_cold_tenant_gets_key_unavailable_while_the_kms_is_down() {
     d.start();
     let (s, _, _) = d.app("GET", "/vapi/x", &[("keyward-tenant", "warm")], None).await;
     assert_eq!(s, 200, "warm: unwrapped once");
+    let addr = bao.addr.clone();
     drop(bao);
     let (s, _, _) = d.app("GET", "/vapi/x", &[("keyward-tenant", "warm")], None).await;
     assert_eq!(s, 200, "a warm tenant keeps being served");
@@ -205,4 +211,24 @@ async fn a_cold_tenant_gets_key_unavailable_while_the_kms_is_down() {
         String::from_utf8_lossy(&body)
     );
     assert!(t0.elapsed() < Duration::from_secs(8), "a clear error, not a hang: {:?}", t0.elapsed());
+    let (s, ready) = d.ops("/readyz").await;
+    assert_eq!(
+        (s, ready["status"].as_str(), ready["checks"]["kms_reachable"].as_bool()),
+        (200, Some("degraded"), Some(false)),
+        "{ready}"
+    );
+    // The KMS comes back (a fresh dev server on the same address): readiness recovers by
+    // itself, through the probe, without a request.
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    let _bao = start_bao_on(&bin, port).await;
+    let t0 = Instant::now();
+    loop {
+        let (_, ready) = d.ops("/readyz").await;
+        if ready["status"] == "ready" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "readiness did not recover: {ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(d.logs().contains("KMS reachable again"));
 }

@@ -284,6 +284,33 @@ impl Credentials {
         Ok(entry)
     }
 
+    /// Whether the KMS holding the master key answered last time (`None`: a local key).
+    pub(crate) fn kms_health(&self) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        self.keyring.kms_health()
+    }
+
+    /// While the KMS is unreachable, probes it with backoff (1 s doubling to 30 s) until it
+    /// answers, so readiness recovers without waiting for a cold tenant's request.
+    pub(crate) async fn watch_kms(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        let Some(up) = self.kms_health() else { return };
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if up.load(Ordering::SeqCst) {
+                wait = Duration::from_secs(1);
+                continue;
+            }
+            wait = if self.keyring.probe().await.is_ok() {
+                Duration::from_secs(1)
+            } else {
+                (wait * 2).min(Duration::from_secs(30))
+            };
+        }
+    }
+
     /// Entries in the audit chain (as of this process's last commit).
     pub fn audit_length(&self) -> u64 {
         self.audit_seq.load(Ordering::Relaxed)

@@ -208,6 +208,22 @@ impl Keyring {
         }
     }
 
+    /// Whether the KMS answered last time, for readiness (`None`: the key is local).
+    pub(crate) fn kms_health(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+        match &self.active {
+            Active::Transit(t, _) => Some(t.reachable()),
+            Active::Local(_) => None,
+        }
+    }
+
+    /// Asks the KMS for one cheap operation (recovery probe); always fine for a local key.
+    pub(crate) async fn probe(&self) -> Result<(), VaultError> {
+        match &self.active {
+            Active::Transit(t, _) => t.probe().await,
+            Active::Local(_) => Ok(()),
+        }
+    }
+
     /// Ids of the previous keys.
     pub fn previous_ids(&self) -> Vec<KeyId> {
         self.previous.iter().map(|k| k.id).collect()

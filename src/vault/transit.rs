@@ -40,6 +40,8 @@ pub(crate) struct Transit {
     cfg: TransitConfig,
     http: reqwest::Client,
     token: Secret,
+    /// Whether the last call reached the KMS (`/readyz` says `degraded` otherwise).
+    reachable: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Transit {
@@ -67,7 +69,12 @@ impl Transit {
             .no_proxy()
             .build()
             .map_err(|e| VaultError::Kms(e.to_string()))?;
-        Ok(Transit { cfg: cfg.clone(), http, token: Secret::new(token.trim().to_string()) })
+        Ok(Transit {
+            cfg: cfg.clone(),
+            http,
+            token: Secret::new(token.trim().to_string()),
+            reachable: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        })
     }
 
     /// `transit key NAME at ADDRESS`, for logs and errors.
@@ -84,8 +91,31 @@ impl Transit {
         Ok(v)
     }
 
-    /// One transit call; the answer's `data` object.
+    /// Whether the last call reached the KMS, shared with readiness.
+    pub(crate) fn reachable(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.reachable.clone()
+    }
+
+    /// One cheap call that proves the KMS answers with this key (the recovery probe).
+    pub(crate) async fn probe(&self) -> Result<(), VaultError> {
+        self.wrap(b"keyward/probe", b"probe").await.map(|_| ())
+    }
+
+    /// One transit call; the answer's `data` object. Records whether the KMS was reached.
     async fn call(&self, op: &str, body: serde_json::Value) -> Result<serde_json::Value, VaultError> {
+        let r = self.call_once(op, body).await;
+        let reached = !matches!(r, Err(VaultError::KmsUnavailable(_)));
+        if self.reachable.swap(reached, std::sync::atomic::Ordering::SeqCst) != reached {
+            if reached {
+                tracing::info!(kms = %self.describe(), "KMS reachable again");
+            } else {
+                tracing::warn!(kms = %self.describe(), "KMS unreachable: warm tenants are served, cold ones answer key_unavailable");
+            }
+        }
+        r
+    }
+
+    async fn call_once(&self, op: &str, body: serde_json::Value) -> Result<serde_json::Value, VaultError> {
         let url = format!("{}/v1/{}/{op}/{}", self.cfg.address.trim_end_matches('/'), self.cfg.mount, self.cfg.key);
         let mut req = self
             .http
