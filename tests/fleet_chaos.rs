@@ -26,13 +26,6 @@ use common::fake::*;
 use common::*;
 use serde_json::{json, Value};
 
-fn pg_ctl(action: &str) {
-    let ctl = std::env::var("KEYWARD_TEST_PG_CTL")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server").to_string());
-    let st = std::process::Command::new(&ctl).arg(action).stdout(std::process::Stdio::null()).status().unwrap();
-    assert!(st.success(), "{ctl} {action} failed");
-}
-
 /// xorshift64*: reproducible from the printed seed.
 struct Rng(u64);
 

@@ -13,13 +13,6 @@ use common::fake::*;
 use common::*;
 use serde_json::json;
 
-fn pg_ctl(action: &str) {
-    let ctl = std::env::var("KEYWARD_TEST_PG_CTL")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server").to_string());
-    let st = std::process::Command::new(&ctl).arg(action).stdout(std::process::Stdio::null()).status().unwrap();
-    assert!(st.success(), "{ctl} {action} failed");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_degrades_to_cached_reads_and_recovers() {
     let Some(admin) = pg_admin_url() else { return };

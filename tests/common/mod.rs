@@ -494,6 +494,15 @@ pub fn pg_admin_url() -> Option<String> {
     }
 }
 
+/// Stops, starts or restarts the shared test PostgreSQL server (`KEYWARD_TEST_PG_CTL`, else
+/// scripts/pg-test-server). Only tests alone in their binary may call it.
+pub fn pg_ctl(action: &str) {
+    let ctl = std::env::var("KEYWARD_TEST_PG_CTL")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-test-server").to_string());
+    let st = std::process::Command::new(&ctl).arg(action).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(st.success(), "{ctl} {action} failed");
+}
+
 /// A fresh, empty database on the test server; returns its URL.
 pub async fn fresh_pg_db(admin: &str) -> String {
     let (client, conn) =
