@@ -303,6 +303,7 @@ impl Config {
 
 mod app;
 mod build;
+mod master_key;
 mod providers;
 mod raw;
 #[cfg(test)]
