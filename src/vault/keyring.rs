@@ -10,8 +10,8 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
+use super::kms::transit::{Transit, TRANSIT_MAGIC};
 use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
-use super::transit::{Transit, TRANSIT_MAGIC};
 use super::VaultError;
 use keyward_core::env::Env;
 use keyward_core::ids::TenantId;

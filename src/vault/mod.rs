@@ -7,13 +7,13 @@
 //! for `keygen`, creating) key files. Plaintext leaves only as `SecretBytes`.
 
 mod keyring;
+mod kms;
 mod seal;
-mod transit;
 
 pub(crate) use keyring::{read_private, KeySource, MasterKeyConfig};
 pub use keyring::{write_new_key_file, KeyCheck, Keyring};
+pub(crate) use kms::transit::TransitConfig;
 pub(crate) use seal::{DataKey, KeyId, RecordAad};
-pub(crate) use transit::TransitConfig;
 
 use std::path::PathBuf;
 

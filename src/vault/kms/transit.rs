@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::VaultError;
+use crate::vault::VaultError;
 use keyward_core::secret::Secret;
 
 /// What a transit-wrapped blob starts with.
@@ -57,7 +57,7 @@ fn b64(b: &[u8]) -> String {
 impl Transit {
     /// Reads the token and builds the client; nothing is sent yet.
     pub(crate) fn new(cfg: &TransitConfig) -> Result<Transit, VaultError> {
-        let token = super::keyring::read_private(&cfg.token_file)
+        let token = crate::vault::read_private(&cfg.token_file)
             .map_err(|reason| VaultError::KeyFileRead { path: cfg.token_file.clone(), reason })?;
         let tls = crate::tls::client_config(cfg.ca_file.as_deref(), &[b"http/1.1"])
             .map_err(|e| VaultError::Kms(format!("TLS for {}: {e}", cfg.address)))?;
