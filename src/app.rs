@@ -272,7 +272,8 @@ impl App {
         let creds: Arc<Credentials> = Arc::new(
             Credentials::open(store, keyring, providers, config.store.deleted_retention)
                 .await?
-                .with_cache_entries(config.store.cache_entries),
+                .with_cache_entries(config.store.cache_entries)
+                .with_key_ttl(config.master_key.cache_ttl),
         );
         readiness.key_loaded.store(true, Ordering::SeqCst);
         if let Some(k) = creds.kms_health() {
@@ -482,6 +483,7 @@ impl App {
         }
         readiness.listeners_bound.store(true, Ordering::SeqCst);
         tasks.push(tokio::spawn(creds.clone().watch_kms(shutdown.clone())));
+        tasks.push(tokio::spawn(creds.clone().expire_keys(shutdown.clone())));
         crate::shutdown::notify_systemd("READY=1");
         if !config.verification.interval.is_zero() {
             tasks.push(tokio::spawn(live.clone().reverify_loop(

@@ -194,6 +194,12 @@ pub enum KeyCmd {
         #[arg(long, default_value_t = 100)]
         batch: u64,
     },
+    /// How many tenant keys each source and key version wraps (a store mid-move shows two).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `keyward log …`

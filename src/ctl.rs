@@ -296,26 +296,64 @@ pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
     }
 }
 
-/// `keyward key rotate`: batches until nothing remains, with a progress bar.
+/// `keyward key rotate`: batches until nothing remains, with a progress bar;
+/// `keyward key status`: tenant keys per source and key version.
 pub async fn key(ep: &Endpoint, cmd: KeyCmd) -> Result<()> {
-    let KeyCmd::Rotate { batch } = cmd;
+    let batch = match cmd {
+        KeyCmd::Rotate { batch } => batch,
+        KeyCmd::Status { json } => {
+            let v = call(ep, Method::GET, "/v1/keys/status", None).await?;
+            if json {
+                print_json(&v);
+            } else {
+                print!("{}", key_status_table(&v));
+            }
+            return Ok(());
+        }
+    };
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("re-wrapping tenant keys {bar:40} {pos}/{len} ({eta})")
+        indicatif::ProgressStyle::with_template("re-wrapping tenant keys {bar:40} {pos}/{len} ({eta}) {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     loop {
         let v = call(ep, Method::POST, &format!("/v1/keys/rotate?limit={}", batch.max(1)), None).await?;
         let total = v["total"].as_u64().unwrap_or(0);
         let remaining = v["remaining"].as_u64().unwrap_or(0);
+        let to = source_text(&v["target"]);
         bar.set_length(total);
         bar.set_position(total - remaining.min(total));
+        bar.set_message(format!("to {to}"));
         if remaining == 0 {
             bar.finish();
-            println!("every tenant key is wrapped under master key {}", v["active_key_id"].as_str().unwrap_or("?"));
+            println!("every tenant key is wrapped by {to} (master key {})", v["active_key_id"].as_str().unwrap_or("?"));
             return Ok(());
         }
     }
+}
+
+fn source_text(v: &serde_json::Value) -> String {
+    format!("{} {} v{}", v["source"].as_str().unwrap_or("?"), v["key"].as_str().unwrap_or("?"), v["version"])
+}
+
+/// The `key status` table: one row per source and key version.
+fn key_status_table(v: &serde_json::Value) -> String {
+    let mut out = format!("{:<14} {:<34} {:>7} {:>12}\n", "SOURCE", "KEY", "VERSION", "TENANT KEYS");
+    for row in v["sources"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<14} {:<34} {:>7} {:>12}{}\n",
+            row["source"].as_str().unwrap_or("?"),
+            row["key"].as_str().unwrap_or("?"),
+            row["version"],
+            row["tenant_keys"],
+            if row["active"].as_bool() == Some(true) { "  (active)" } else { "" }
+        ));
+    }
+    out.push_str(&format!("new tenant keys go to {}\n", source_text(&v["active"])));
+    if v["mixed"].as_bool() == Some(true) {
+        out.push_str("MIXED: tenant keys are wrapped by more than one source or version; run `keyward key rotate`\n");
+    }
+    out
 }
 
 /// `keyward log level`

@@ -233,6 +233,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);
             ok(to_json(&creds.rotate_keys(actor, limit).await?))
         }
+        Endpoint::KeyStatus => ok(to_json(&creds.key_status().await?)),
         Endpoint::SetLogLevel => {
             let body = read_body(req, MAX_ADMIN_BODY).await?;
             let v = parse_json(&body)?;

@@ -15,6 +15,7 @@
 //! | GET | /v1/audit?after=&limit= | audit entries |
 //! | GET | /v1/audit/verify | chain check |
 //! | POST | /v1/keys/rotate?limit= | re-wrap tenant keys under the active master key |
+//! | GET | /v1/keys/status | tenant keys per wrapping source and key version |
 //! | PUT | /v1/log/level | change the log filter at run time |
 //!
 //! Authorisation: on the Unix socket (mode 0600) the peer uid must be keyward's own or

@@ -24,6 +24,7 @@ pub(crate) enum Endpoint {
     Audit,
     AuditVerify,
     RotateKeys,
+    KeyStatus,
     SetLogLevel,
 }
 
@@ -46,6 +47,7 @@ impl Endpoint {
             Endpoint::Audit => "audit.list",
             Endpoint::AuditVerify => "audit.verify",
             Endpoint::RotateKeys => "keys.rotate",
+            Endpoint::KeyStatus => "keys.status",
             Endpoint::SetLogLevel => "log.level",
         }
     }
@@ -125,6 +127,7 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Endpoint, PublicError
         ["v1", "audit"] => allow(m, &[Method::GET]).map(|()| Endpoint::Audit),
         ["v1", "audit", "verify"] => allow(m, &[Method::GET]).map(|()| Endpoint::AuditVerify),
         ["v1", "keys", "rotate"] => allow(m, &[Method::POST]).map(|()| Endpoint::RotateKeys),
+        ["v1", "keys", "status"] => allow(m, &[Method::GET]).map(|()| Endpoint::KeyStatus),
         ["v1", "log", "level"] => allow(m, &[Method::PUT]).map(|()| Endpoint::SetLogLevel),
         _ => {
             Err(PublicError::not_found(format!("no admin endpoint at {}", path.chars().take(200).collect::<String>())))

@@ -54,8 +54,11 @@ pub(super) struct RawMasterKey {
     pub(super) env: Option<String>,
     pub(super) credential: Option<String>,
     pub(super) vault_transit: Option<RawTransit>,
+    pub(super) pkcs11: Option<RawPkcs11>,
     #[serde(default)]
     pub(super) previous: Vec<String>,
+    pub(super) previous_vault_transit: Option<RawTransit>,
+    pub(super) previous_pkcs11: Option<RawPkcs11>,
 }
 
 #[derive(Deserialize)]
@@ -64,9 +67,39 @@ pub(super) struct RawTransit {
     pub(super) address: String,
     pub(super) key: String,
     pub(super) mount: Option<String>,
-    pub(super) token_file: String,
+    pub(super) token_file: Option<String>,
+    pub(super) approle: Option<RawAppRole>,
+    pub(super) kubernetes: Option<RawKubernetes>,
     pub(super) ca_file: Option<String>,
     pub(super) namespace: Option<String>,
+    pub(super) cache_ttl: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAppRole {
+    pub(super) role_id_file: String,
+    pub(super) secret_id_file: String,
+    pub(super) mount: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub(super) role: String,
+    pub(super) jwt_file: Option<String>,
+    pub(super) mount: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPkcs11 {
+    pub(super) module: String,
+    pub(super) token_label: String,
+    pub(super) pin_file: String,
+    pub(super) key_label: String,
+    pub(super) sessions: Option<usize>,
+    pub(super) cache_ttl: Option<String>,
 }
 
 #[derive(Deserialize)]

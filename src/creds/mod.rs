@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError};
+use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError, WrapSource};
 use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
 use keyward_core::providers::{FieldError, Providers};
 use keyward_core::secret::Secret;
@@ -203,6 +203,8 @@ pub struct Credentials {
     misses: AtomicU64,
     capacity: usize,
     audit_seq: AtomicU64,
+    // How long an unwrapped tenant key (and what it decrypted) stays in memory.
+    key_ttl: Option<Duration>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -218,6 +220,14 @@ const META_KEYCHECK: &str = "keycheck";
 pub(super) struct TenantKey {
     wrapped: Vec<u8>,
     dek: DataKey,
+    /// When it was unwrapped (or made): it is dropped `key_ttl` later.
+    at: std::time::Instant,
+}
+
+impl TenantKey {
+    pub(super) fn new(wrapped: Vec<u8>, dek: DataKey) -> TenantKey {
+        TenantKey { wrapped, dek, at: std::time::Instant::now() }
+    }
 }
 
 /// How often a write is retried when another sidecar created, rotated or shredded the
@@ -268,6 +278,7 @@ impl Credentials {
             misses: AtomicU64::new(0),
             capacity: DEFAULT_CACHE_ENTRIES,
             audit_seq: AtomicU64::new(store_head),
+            key_ttl: None,
         })
     }
 
@@ -275,6 +286,48 @@ impl Credentials {
     pub fn with_cache_entries(mut self, n: usize) -> Self {
         self.capacity = n.max(1);
         self
+    }
+
+    /// Bounds how long an unwrapped tenant key stays in memory (`[master_key] cache_ttl`);
+    /// the tenant's decrypted credentials go with it.
+    pub fn with_key_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.key_ttl = ttl;
+        self
+    }
+
+    /// Whether a cached tenant key is still within its lifetime.
+    pub(super) fn fresh(&self, k: &TenantKey) -> bool {
+        self.key_ttl.is_none_or(|ttl| k.at.elapsed() < ttl)
+    }
+
+    /// Drops tenant keys older than `cache_ttl`, and the credentials they decrypted, so an
+    /// idle tenant's plaintext does not outlive the bound (checked every tenth of it, at
+    /// most a minute apart).
+    pub(crate) async fn expire_keys(self: Arc<Self>, mut shutdown: crate::shutdown::Shutdown) {
+        let Some(ttl) = self.key_ttl else { return };
+        let every = (ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let mut gone = Vec::new();
+            if let Ok(mut d) = self.deks.write() {
+                d.retain(|t, k| {
+                    let keep = self.fresh(k);
+                    if !keep {
+                        gone.push(t.clone());
+                    }
+                    keep
+                });
+            }
+            if !gone.is_empty() {
+                if let Ok(mut c) = self.cache.write() {
+                    c.retain(|(t, _), _| !gone.contains(t));
+                }
+                tracing::debug!(tenants = gone.len(), "tenant keys past cache_ttl dropped");
+            }
+        }
     }
 
     /// Commits through the store and tracks the audit chain's length.

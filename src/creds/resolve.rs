@@ -72,13 +72,15 @@ impl Credentials {
 
     pub(super) async fn data_key(&self, tenant: &TenantId) -> Result<Option<Arc<TenantKey>>, CredError> {
         if let Some(k) = self.deks.read().ok().and_then(|d| d.get(tenant.as_str()).cloned()) {
-            return Ok(Some(k));
+            if self.fresh(&k) {
+                return Ok(Some(k));
+            }
         }
         let Some(rec) = self.store.get_tenant(tenant).await? else {
             return Ok(None);
         };
         let dek =
-            Arc::new(TenantKey { dek: self.keyring.unwrap(tenant, &rec.wrapped_key).await?, wrapped: rec.wrapped_key });
+            Arc::new(TenantKey::new(rec.wrapped_key.clone(), self.keyring.unwrap(tenant, &rec.wrapped_key).await?));
         if let Ok(mut d) = self.deks.write() {
             insert_bounded(&mut d, tenant.as_str().to_string(), dek.clone(), self.capacity);
         }

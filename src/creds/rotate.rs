@@ -16,6 +16,34 @@ pub struct RotateReport {
     pub total: u64,
     /// The active master key id.
     pub active_key_id: String,
+    /// Where tenant keys are re-wrapped to: the active source at its latest key version.
+    pub target: WrapSource,
+}
+
+/// How many tenant keys each source and key version wraps (`keyward key status`).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyStatus {
+    /// Where new tenant keys are wrapped.
+    pub active: WrapSource,
+    /// One row per source and key version, with its count of tenant keys.
+    pub sources: Vec<SourceCount>,
+    /// Whether tenant keys are wrapped by more than one source or version (a rotation is
+    /// due or under way).
+    pub mixed: bool,
+    /// Tenant keys in all.
+    pub total: u64,
+}
+
+/// One row of [`KeyStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceCount {
+    /// The source and key version.
+    #[serde(flatten)]
+    pub wrap: WrapSource,
+    /// Tenant keys it wraps.
+    pub tenant_keys: u64,
+    /// Whether it is where new tenant keys go.
+    pub active: bool,
 }
 
 impl Credentials {
@@ -35,21 +63,24 @@ impl Credentials {
     }
 
     async fn rotate_once(&self, actor: &str, limit: usize) -> Result<RotateReport, CredError> {
+        let target = self.keyring.target().await?;
         let mut after: Option<TenantId> = None;
         let (mut total, mut remaining, mut rewrapped) = (0u64, 0u64, 0u64);
         let mut batch = Vec::new();
+        let mut from: BTreeMap<WrapSource, u64> = BTreeMap::new();
         loop {
             let page = self.store.list_tenants(after.as_ref(), 1000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.tenant.clone());
             for t in page {
                 total += 1;
-                if self.keyring.is_active(&t.wrapped_key) {
+                let source = self.keyring.source_of(&t.wrapped_key);
+                if source == target {
                     continue;
                 }
                 if batch.len() < limit {
-                    let dek = self.keyring.unwrap(&t.tenant, &t.wrapped_key).await?;
-                    let wrapped_key = self.keyring.wrap(&t.tenant, &dek).await?;
+                    let wrapped_key = self.keyring.rewrap(&t.tenant, &t.wrapped_key).await?;
+                    *from.entry(source).or_default() += 1;
                     let expect = t.wrapped_key.clone();
                     batch.push(Op::RewrapTenant { record: TenantRecord { wrapped_key, ..t }, expect });
                 } else {
@@ -66,13 +97,39 @@ impl Credentials {
                     value: self.keyring.seal_check(&self.integrity).await?,
                 });
             }
-            let target = Some(format!("master-key:{active} rewrapped:{rewrapped} remaining:{remaining}"));
-            let result = self.commit(batch, draft(actor, "keys.rotate", None, None, target)).await;
+            // The entry names each re-wrap's source and key version, and where they went.
+            let from = from.iter().map(|(s, n)| format!("{s} x{n}")).collect::<Vec<_>>().join(", ");
+            let target_text =
+                format!("master-key:{active} to:{target} from:[{from}] rewrapped:{rewrapped} remaining:{remaining}");
+            let result = self.commit(batch, draft(actor, "keys.rotate", None, None, Some(target_text))).await;
             if let Ok(mut d) = self.deks.write() {
                 d.clear();
             }
             result?;
         }
-        Ok(RotateReport { rewrapped, remaining, total, active_key_id: active })
+        Ok(RotateReport { rewrapped, remaining, total, active_key_id: active, target })
+    }
+
+    /// Counts tenant keys per wrapping source and key version.
+    pub async fn key_status(&self) -> Result<KeyStatus, CredError> {
+        let active = self.keyring.target().await?;
+        let mut counts: BTreeMap<WrapSource, u64> = BTreeMap::new();
+        let mut after: Option<TenantId> = None;
+        let mut total = 0;
+        loop {
+            let page = self.store.list_tenants(after.as_ref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.tenant.clone());
+            for t in page {
+                total += 1;
+                *counts.entry(self.keyring.source_of(&t.wrapped_key)).or_default() += 1;
+            }
+        }
+        let mixed = counts.len() > 1 || counts.keys().any(|k| *k != active);
+        let sources = counts
+            .into_iter()
+            .map(|(wrap, tenant_keys)| SourceCount { active: wrap == active, wrap, tenant_keys })
+            .collect();
+        Ok(KeyStatus { active, sources, mixed, total })
     }
 }

@@ -201,7 +201,7 @@ impl Credentials {
                     wrapped_key: wrapped.clone(),
                     created_at: now,
                 }));
-                Arc::new(TenantKey { wrapped, dek })
+                Arc::new(TenantKey::new(wrapped, dek))
             }
         };
         let dek = &key.dek;
@@ -269,7 +269,7 @@ impl Credentials {
                                 wrapped_key: wrapped.clone(),
                                 created_at: now,
                             }));
-                            Arc::new(TenantKey { wrapped, dek })
+                            Arc::new(TenantKey::new(wrapped, dek))
                         }
                     };
                     keys.insert(tenant.as_str().to_string(), key.clone());

@@ -10,7 +10,9 @@ use base64::Engine;
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::kms::transit::{Transit, TRANSIT_MAGIC};
+use super::kms::pkcs11::Hsm;
+use super::kms::transit::Transit;
+use super::kms::Kms;
 use super::seal::{blob_key_id, open_raw, seal_raw, DataKey, KeyId};
 use super::VaultError;
 use keyward_core::env::Env;
@@ -36,13 +38,42 @@ struct MasterKey {
 pub struct Keyring {
     active: Active,
     previous: Vec<MasterKey>,
+    /// KMS keys a rotation moves tenant keys away from (back to a file key).
+    previous_kms: Vec<Box<dyn Kms>>,
 }
 
 /// Where the active key is: in memory (file, env, credential), or in a KMS that wraps and
 /// unwraps for keyward and never hands the key out.
 enum Active {
     Local(MasterKey),
-    Transit(Transit, KeyId),
+    Kms(Box<dyn Kms>),
+}
+
+/// The source and key version that wraps a tenant key, as `key status` counts them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct WrapSource {
+    /// `file` (a key in memory: file, env or credential), `vault-transit`, `pkcs11`, or
+    /// `unknown` (a key this configuration does not have).
+    pub source: String,
+    /// The key: a local key's id, a transit key's name, a PKCS#11 key's label.
+    pub key: String,
+    /// The key's version (transit versions; 1 elsewhere).
+    pub version: u32,
+}
+
+impl fmt::Display for WrapSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} v{}", self.source, self.key, self.version)
+    }
+}
+
+/// Opens a KMS source from its configuration (one per source kind).
+fn open_kms(source: &KeySource) -> Result<Option<Box<dyn Kms>>, VaultError> {
+    Ok(match source {
+        KeySource::Transit(t) => Some(Box::new(Transit::new(t)?)),
+        KeySource::Pkcs11(p) => Some(Box::new(Hsm::open(p)?)),
+        _ => None,
+    })
 }
 
 impl fmt::Debug for Keyring {
@@ -169,27 +200,28 @@ impl Keyring {
                 // systemd creates credential files itself (0400, owned by the service user).
                 (read_key_file(&p, true)?, format!("systemd credential {name}"))
             }
-            KeySource::Transit(t) => {
-                let transit = Transit::new(t)?;
-                let description = transit.describe();
-                let id = {
-                    let mut h = Sha256::new();
-                    h.update(b"keyward transit key id v1\0");
-                    h.update(format!("{}\0{}\0{}", t.address, t.mount, t.key).as_bytes());
-                    let mut id = [0u8; 8];
-                    id.copy_from_slice(&h.finalize()[..8]);
-                    KeyId(id)
-                };
+            KeySource::Transit(_) | KeySource::Pkcs11(_) => {
+                let kms = open_kms(&cfg.source)?.ok_or(VaultError::Malformed("not a KMS source"))?;
+                let description = kms.describe();
                 let previous = load_previous(cfg, None)?;
+                let previous_kms = Self::load_previous_kms(cfg)?;
                 return Ok((
-                    Keyring { active: Active::Transit(transit, id), previous },
+                    Keyring { active: Active::Kms(kms), previous, previous_kms },
                     MasterKeySource { description, created },
                 ));
             }
         };
         let active = MasterKey { id: key_id_of(&key), key };
         let previous = load_previous(cfg, Some(active.id))?;
-        Ok((Keyring { active: Active::Local(active), previous }, MasterKeySource { description, created }))
+        let previous_kms = Self::load_previous_kms(cfg)?;
+        Ok((
+            Keyring { active: Active::Local(active), previous, previous_kms },
+            MasterKeySource { description, created },
+        ))
+    }
+
+    fn load_previous_kms(cfg: &MasterKeyConfig) -> Result<Vec<Box<dyn Kms>>, VaultError> {
+        cfg.previous_kms.iter().filter_map(|s| open_kms(s).transpose()).collect()
     }
 
     /// A keyring from raw keys (tests and benchmarks).
@@ -197,6 +229,7 @@ impl Keyring {
         Keyring {
             active: Active::Local(MasterKey { id: key_id_of(&active), key: active }),
             previous: previous.into_iter().map(|k| MasterKey { id: key_id_of(&k), key: k }).collect(),
+            previous_kms: Vec::new(),
         }
     }
 
@@ -204,14 +237,14 @@ impl Keyring {
     pub fn active_id(&self) -> KeyId {
         match &self.active {
             Active::Local(k) => k.id,
-            Active::Transit(_, id) => *id,
+            Active::Kms(k) => k.key_id(),
         }
     }
 
     /// Whether the KMS answered last time, for readiness (`None`: the key is local).
     pub(crate) fn kms_health(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicBool>> {
         match &self.active {
-            Active::Transit(t, _) => Some(t.reachable()),
+            Active::Kms(k) => Some(k.reach().flag()),
             Active::Local(_) => None,
         }
     }
@@ -219,7 +252,7 @@ impl Keyring {
     /// Asks the KMS for one cheap operation (recovery probe); always fine for a local key.
     pub(crate) async fn probe(&self) -> Result<(), VaultError> {
         match &self.active {
-            Active::Transit(t, _) => t.probe().await,
+            Active::Kms(k) => k.probe().await,
             Active::Local(_) => Ok(()),
         }
     }
@@ -233,19 +266,34 @@ impl Keyring {
     fn find(&self, id: KeyId) -> Option<&MasterKey> {
         let active = match &self.active {
             Active::Local(k) => Some(k),
-            Active::Transit(..) => None,
+            Active::Kms(_) => None,
         };
         active.into_iter().chain(self.previous.iter()).find(|k| k.id == id)
     }
 
-    /// The KMS a transit-wrapped blob needs.
-    fn transit(&self) -> Result<&Transit, VaultError> {
-        match &self.active {
-            Active::Transit(t, _) => Ok(t),
-            Active::Local(_) => Err(VaultError::Kms(
-                "a value is wrapped by Vault transit, but [master_key.vault_transit] is not configured".into(),
-            )),
+    /// The KMS whose values start like `blob`, active or previous; `None`: a local key's blob.
+    fn kms_for(&self, blob: &[u8]) -> Option<&dyn Kms> {
+        let active = match &self.active {
+            Active::Kms(k) => Some(k.as_ref()),
+            Active::Local(_) => None,
+        };
+        active.into_iter().chain(self.previous_kms.iter().map(|k| k.as_ref())).find(|k| blob.starts_with(k.magic()))
+    }
+
+    /// Opens `blob` for `context` with whichever key wrapped it.
+    async fn open_any(&self, context: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        if let Some(k) = self.kms_for(blob) {
+            return k.unwrap(context, blob).await;
         }
+        if is_kms_blob(blob) {
+            return Err(VaultError::Kms(format!(
+                "a value is wrapped by a KMS ({}) that is neither [master_key]'s source nor listed as previous",
+                String::from_utf8_lossy(&blob[..5])
+            )));
+        }
+        let id = blob_key_id(blob)?;
+        let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
+        open_raw(&mk.key, context, blob)
     }
 
     fn dek_aad(tenant: &TenantId) -> Vec<u8> {
@@ -262,19 +310,13 @@ impl Keyring {
         pt[8..].copy_from_slice(dek.key().expose());
         match &self.active {
             Active::Local(k) => seal_raw(&k.key, k.id, &Self::dek_aad(tenant), &pt[..]),
-            Active::Transit(t, _) => t.wrap(&Self::dek_aad(tenant), &pt[..]).await,
+            Active::Kms(k) => k.wrap(&Self::dek_aad(tenant), &pt[..]).await,
         }
     }
 
     /// Unwraps a tenant's data key with whichever key wrapped it.
     pub async fn unwrap(&self, tenant: &TenantId, blob: &[u8]) -> Result<DataKey, VaultError> {
-        let pt = if blob.starts_with(TRANSIT_MAGIC) {
-            self.transit()?.unwrap(&Self::dek_aad(tenant), blob).await?
-        } else {
-            let id = blob_key_id(blob)?;
-            let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
-            open_raw(&mk.key, &Self::dek_aad(tenant), blob)?
-        };
+        let pt = self.open_any(&Self::dek_aad(tenant), blob).await?;
         if pt.len() != 40 {
             return Err(VaultError::Malformed("data key of the wrong length"));
         }
@@ -285,12 +327,52 @@ impl Keyring {
         Ok(DataKey::from_parts(KeyId(dek_id), KeyBytes::new(*key)))
     }
 
-    /// Whether a wrapped blob is already under the active key (rotation skips it).
-    pub fn is_active(&self, blob: &[u8]) -> bool {
-        match &self.active {
-            Active::Local(k) => !blob.starts_with(TRANSIT_MAGIC) && blob_key_id(blob).is_ok_and(|id| id == k.id),
-            Active::Transit(..) => blob.starts_with(TRANSIT_MAGIC),
+    /// Which source and key version wrapped `blob`.
+    pub fn source_of(&self, blob: &[u8]) -> WrapSource {
+        if let Some(k) = self.kms_for(blob) {
+            return WrapSource {
+                source: k.kind().into(),
+                key: k.key_name().into(),
+                version: k.version_of(blob).unwrap_or(0),
+            };
         }
+        if is_kms_blob(blob) {
+            return WrapSource {
+                source: "unknown".into(),
+                key: String::from_utf8_lossy(&blob[..5]).into(),
+                version: 0,
+            };
+        }
+        match blob_key_id(blob) {
+            Ok(id) if self.find(id).is_some() => WrapSource { source: "file".into(), key: id.to_string(), version: 1 },
+            Ok(id) => WrapSource { source: "unknown".into(), key: id.to_string(), version: 1 },
+            Err(_) => WrapSource { source: "unknown".into(), key: "malformed".into(), version: 0 },
+        }
+    }
+
+    /// Where new tenant keys are wrapped: the active source at its latest version (a KMS
+    /// call for a versioned KMS key).
+    pub async fn target(&self) -> Result<WrapSource, VaultError> {
+        Ok(match &self.active {
+            Active::Local(k) => WrapSource { source: "file".into(), key: k.id.to_string(), version: 1 },
+            Active::Kms(k) => {
+                WrapSource { source: k.kind().into(), key: k.key_name().into(), version: k.latest_version().await? }
+            }
+        })
+    }
+
+    /// Re-wraps a tenant key under the active source's latest version: inside the KMS when
+    /// it stays in the same KMS and the KMS can, else unwrapped here and wrapped again.
+    pub async fn rewrap(&self, tenant: &TenantId, blob: &[u8]) -> Result<Vec<u8>, VaultError> {
+        if let Active::Kms(k) = &self.active {
+            if blob.starts_with(k.magic()) {
+                if let Some(f) = k.rewrap(&Self::dek_aad(tenant), blob) {
+                    return f.await;
+                }
+            }
+        }
+        let dek = self.unwrap(tenant, blob).await?;
+        self.wrap(tenant, &dek).await
     }
 
     /// The store's check value: proves at the next start that the right key is loaded, and
@@ -303,7 +385,7 @@ impl Keyring {
         pt[32..].copy_from_slice(&integrity.keyed_from().to_be_bytes());
         match &self.active {
             Active::Local(k) => seal_raw(&k.key, k.id, CHECK_V2, &pt[..]),
-            Active::Transit(t, _) => t.wrap(CHECK_CONTEXT, &pt[..]).await,
+            Active::Kms(k) => k.wrap(CHECK_CONTEXT, &pt[..]).await,
         }
     }
 
@@ -317,8 +399,8 @@ impl Keyring {
     /// Opens a check value from [`Keyring::seal_check`] (or the integrity-less one of
     /// stores written before it: [`KeyCheck::Legacy`]).
     pub async fn open_check(&self, blob: &[u8]) -> Result<KeyCheck, VaultError> {
-        let pt = if blob.starts_with(TRANSIT_MAGIC) {
-            self.transit()?.unwrap(CHECK_CONTEXT, blob).await?
+        let pt = if let Some(k) = self.kms_for(blob) {
+            k.unwrap(CHECK_CONTEXT, blob).await?
         } else {
             let id = blob_key_id(blob)?;
             let mk = self.find(id).ok_or(VaultError::UnknownKey(id))?;
@@ -362,6 +444,8 @@ pub enum KeySource {
     Credential(String),
     /// A Vault / OpenBao transit key.
     Transit(super::TransitConfig),
+    /// An AES key object on a PKCS#11 token.
+    Pkcs11(super::Pkcs11Config),
 }
 
 impl fmt::Display for KeySource {
@@ -371,6 +455,7 @@ impl fmt::Display for KeySource {
             KeySource::Env(v) => write!(f, "environment variable {v}"),
             KeySource::Credential(n) => write!(f, "systemd credential {n}"),
             KeySource::Transit(t) => write!(f, "Vault transit key {} at {}", t.key, t.address),
+            KeySource::Pkcs11(p) => write!(f, "PKCS#11 key {} on token {}", p.key_label, p.token_label),
         }
     }
 }
@@ -382,6 +467,15 @@ pub struct MasterKeyConfig {
     pub source: KeySource,
     /// Older key files, still able to open records during a rotation.
     pub previous: Vec<PathBuf>,
+    /// KMS keys a rotation moves tenant keys away from.
+    pub previous_kms: Vec<KeySource>,
+    /// How long an unwrapped tenant key stays in memory (`None`: while the cache keeps it).
+    pub cache_ttl: Option<std::time::Duration>,
+}
+
+/// Whether a blob is some KMS's (`kw?1:`), as opposed to a local key's (binary, version 1).
+fn is_kms_blob(blob: &[u8]) -> bool {
+    blob.len() >= 5 && blob.starts_with(b"kw") && blob[3..5] == *b"1:"
 }
 
 #[cfg(test)]
@@ -390,7 +484,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn cfg(source: KeySource, previous: Vec<PathBuf>) -> MasterKeyConfig {
-        MasterKeyConfig { source, previous }
+        MasterKeyConfig { source, previous, previous_kms: Vec::new(), cache_ttl: None }
     }
 
     #[test]
@@ -451,7 +545,7 @@ mod tests {
         let dek = DataKey::generate().unwrap();
         let blob = Keyring::from_keys(old.clone(), vec![]).wrap(&acme, &dek).await.unwrap();
         let rotated = Keyring::from_keys(new.clone(), vec![old]);
-        assert!(!rotated.is_active(&blob));
+        assert_ne!(rotated.source_of(&blob), rotated.target().await.unwrap(), "not yet under the new key");
         assert_eq!(rotated.unwrap(&acme, &blob).await.unwrap().id(), dek.id());
         let without_old = Keyring::from_keys(new, vec![]);
         assert!(matches!(without_old.unwrap(&acme, &blob).await, Err(VaultError::UnknownKey(_))));

@@ -10,9 +10,11 @@ mod keyring;
 mod kms;
 mod seal;
 
+pub(crate) use keyring::WrapSource;
 pub(crate) use keyring::{read_private, KeySource, MasterKeyConfig};
 pub use keyring::{write_new_key_file, KeyCheck, Keyring};
-pub(crate) use kms::transit::TransitConfig;
+pub(crate) use kms::pkcs11::Pkcs11Config;
+pub(crate) use kms::transit::{TransitAuth, TransitConfig};
 pub(crate) use seal::{DataKey, KeyId, RecordAad};
 
 use std::path::PathBuf;
