@@ -226,6 +226,7 @@ impl Transit {
             .as_str()
             .ok_or_else(|| VaultError::Kms(format!("{}: login answered without a token", self.describe())))?;
         let ttl = Duration::from_secs(auth["lease_duration"].as_u64().unwrap_or(0));
+        tracing::info!(kms = %self.describe(), method = %mount, lease_secs = ttl.as_secs(), "logged in to the KMS");
         Ok(Token::new(Secret::new(value.to_string()), ttl, auth["renewable"].as_bool().unwrap_or(false)))
     }
 
