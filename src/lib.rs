@@ -73,5 +73,5 @@ pub use vault::{write_new_key_file, KeyCheck, Keyring, VaultError};
 pub use webhook::offline;
 
 // The crates below, under the names the tests and benchmarks know them by.
-pub use keyward_core::{ids, providers, redact, secret};
+pub use keyward_core::{env, ids, providers, redact, secret};
 pub use keyward_store as store;

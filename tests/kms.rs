@@ -270,6 +270,26 @@ async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
     let canaries = [ROOT_TOKEN, "CANARYtransitVapiKeyAcme0000001", "CANARYtransitVapiKeyGlobex00002"];
     // The token file itself (written by the test) lives outside the daemon's directory.
     assert_eq!(canary_hits(&hay, &canaries), 0, "a canary reached a file or the trace log");
+    // acme's data key, as the KMS's owner can decrypt it: not in any file, in no form.
+    let ct = String::from_utf8(wrapped[b"kwt1:".len()..].to_vec()).unwrap();
+    let context = base64::engine::general_purpose::STANDARD.encode(b"keyward/dek/v1\0acme");
+    let (s, v) =
+        bao_call(&bao, reqwest::Method::POST, "transit/decrypt/keyward", json!({"ciphertext": ct, "context": context}))
+            .await;
+    assert_eq!(s, 200, "{v}");
+    let plain = base64::engine::general_purpose::STANDARD.decode(v["data"]["plaintext"].as_str().unwrap()).unwrap();
+    let dek = &plain[8..];
+    assert_eq!(dek.len(), 32);
+    let forms = [
+        dek.to_vec(),
+        hex::encode(dek).into_bytes(),
+        base64::engine::general_purpose::STANDARD.encode(dek).into_bytes(),
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(dek).into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(dek).into_bytes(),
+    ];
+    for f in forms {
+        assert!(!hay.windows(f.len()).any(|w| w == f.as_slice()), "the data key reached a file or the log");
+    }
     assert!(d.logs().contains("\"level\":\"TRACE\"") || d.logs().contains("TRACE"), "the log ran at trace level");
 }
 
@@ -307,6 +327,12 @@ async fn a_cold_tenant_gets_key_unavailable_while_the_kms_is_down() {
         (200, Some("degraded"), Some(false)),
         "{ready}"
     );
+    // A sidecar starting now cannot check its store's key: it refuses to start, naming the
+    // KMS (its supervisor retries), rather than running without a verified key.
+    let mut late =
+        Daemon::new(DaemonConfig { master_key_toml: d.config.master_key_toml.clone(), ..DaemonConfig::default() });
+    assert!(late.try_start().is_err());
+    assert!(late.logs().contains(&format!("Vault transit key keyward at {addr}: unreachable")), "{}", late.logs());
     // The KMS comes back (a fresh dev server on the same address): readiness recovers by
     // itself, through the probe, without a request.
     let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -709,4 +735,36 @@ async fn the_kubernetes_auth_method_logs_in_with_the_projected_service_account_t
     std::fs::write(&jwt_file, service_account_jwt("intruders")).unwrap();
     assert!(d.try_start().is_err());
     assert!(d.logs().contains("refused login at auth/kubernetes"), "{}", d.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_transit_key_is_refused_at_start_naming_the_source_and_key() {
+    let Some(bin) = bao_bin() else { return };
+    let bao = start_bao(&bin).await;
+    let (s, v) =
+        bao_call(&bao, reqwest::Method::POST, "transit/keys/other", json!({"type": "aes256-gcm96", "derived": true}))
+            .await;
+    assert!(s < 300, "{v}");
+    let (_tmp, _vapi, mut d) = transit_daemon(&bao, "info").await;
+    put_vapi(&d, "acme", "key-of-acme-0000000000").await;
+    d.stop();
+    let source = d.config.master_key_toml.clone().unwrap();
+    for (key, why) in [("other", "another key"), ("missing", "no such key")] {
+        d.config.master_key_toml = Some(source.replace("key = \"keyward\"", &format!("key = \"{key}\"")));
+        let before = d.logs().len();
+        assert!(d.try_start().is_err(), "{why}: refused");
+        let logs = d.logs()[before..].to_string();
+        assert!(
+            logs.contains(&format!(
+                "this store's key check does not open under Vault transit key {key} at {}",
+                bao.addr
+            )) && logs.contains("the store was set up with a vault-transit key, version 1"),
+            "{why}: {logs}"
+        );
+    }
+    // The right key still opens: nothing was changed by the refused starts.
+    d.config.master_key_toml = Some(source);
+    d.start();
+    let (s, _, _) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 200);
 }

@@ -168,6 +168,20 @@ async fn tenant_keys_are_wrapped_inside_a_pkcs11_token_by_a_key_that_cannot_leav
     }
     let canaries = [PIN, "CANARYhsmVapiKeyAcme000000000001", "CANARYhsmVapiKeyGlobex0000000002"];
     assert_eq!(canary_hits(&hay, &canaries), 0, "a canary reached a file or the trace log");
+    // A mistyped key label against this store is refused, naming source and key, and no
+    // key is created for it (only a new store gets a new key).
+    d.stop();
+    d.config.master_key_toml = Some(token.source("keyward-typo"));
+    let before = d.logs().len();
+    assert!(d.try_start().is_err());
+    let logs = d.logs()[before..].to_string();
+    assert!(
+        logs.contains("does not open under PKCS#11 key keyward-typo on token keyward")
+            && logs.contains("wrapped by another PKCS#11 key"),
+        "{logs}"
+    );
+    let listed = String::from_utf8_lossy(&token.tool(&["--list-objects", "--type", "secrkey"]).stdout).to_string();
+    assert!(!listed.contains("keyward-typo"), "{listed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

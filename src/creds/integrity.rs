@@ -15,7 +15,7 @@ pub(super) async fn open(store: &dyn Store, keyring: &Keyring) -> Result<(Integr
     for _ in 0..3 {
         let current = store.get_meta(META_KEYCHECK).await?;
         let outcome = match &current {
-            Some(check) => match keyring.open_check(check).await? {
+            Some(check) => match keyring.open_check(check).await.map_err(|e| wrong_key(keyring, check, e))? {
                 KeyCheck::Keyed(i) => {
                     store.set_integrity(i.clone());
                     return Ok((i, store.audit_head().await?.seq));
@@ -30,6 +30,24 @@ pub(super) async fn open(store: &dyn Store, keyring: &Keyring) -> Result<(Integr
         }
     }
     Err(CredError::Store(StoreError::Conflict("the store's key check value".into())))
+}
+
+/// A check value that does not open: name the source tried and the one the store was set
+/// up with. An unreachable KMS stays what it is (retry later).
+fn wrong_key(keyring: &Keyring, check: &[u8], e: VaultError) -> VaultError {
+    match e {
+        VaultError::KmsUnavailable(_) => e,
+        other => {
+            // A KMS's wrapped value names its kind and key version, not which key: only a
+            // local key's id is exact.
+            let ws = keyring.source_of(check);
+            let store = match ws.source.as_str() {
+                "file" | "unknown" => ws.to_string(),
+                kind => format!("a {kind} key, version {}", ws.version),
+            };
+            VaultError::WrongMasterKey { tried: keyring.describe_active(), store, reason: other.to_string() }
+        }
+    }
 }
 
 fn fresh(keyed_from: u64) -> Result<Integrity, CredError> {

@@ -327,6 +327,14 @@ impl Keyring {
         Ok(DataKey::from_parts(KeyId(dek_id), KeyBytes::new(*key)))
     }
 
+    /// The active source as logs and errors name it.
+    pub fn describe_active(&self) -> String {
+        match &self.active {
+            Active::Local(k) => format!("master key {}", k.id),
+            Active::Kms(k) => k.describe(),
+        }
+    }
+
     /// Which source and key version wrapped `blob`.
     pub fn source_of(&self, blob: &[u8]) -> WrapSource {
         if let Some(k) = self.kms_for(blob) {

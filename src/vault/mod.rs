@@ -84,6 +84,16 @@ pub enum VaultError {
     /// The KMS refused a wrapped key (another tenant's, or another key's).
     #[error("{0}: the wrapped key does not belong to this tenant or key")]
     KmsRefused(String),
+    /// The store's key check value does not open under the configured master key.
+    #[error("this store's key check does not open under {tried} (the store was set up with {store}): {reason}; configure the master key this store was created with, or list it under previous")]
+    WrongMasterKey {
+        /// The active source, described.
+        tried: String,
+        /// The source and key the check value names.
+        store: String,
+        /// Why it did not open.
+        reason: String,
+    },
     /// The KMS answered, but not as expected (policy, unknown key, configuration).
     #[error("{0}")]
     Kms(String),

@@ -49,7 +49,9 @@ pub struct Pkcs11Config {
 pub(crate) struct Hsm {
     cfg: Pkcs11Config,
     slot: Slot,
-    key: ObjectHandle,
+    /// The key object; `None` until a new store makes keyward create it (a start against
+    /// an existing store never creates a key: a mistyped label is refused instead).
+    key: std::sync::Mutex<Option<ObjectHandle>>,
     idle: Arc<Mutex<Vec<Session>>>,
     permits: Arc<tokio::sync::Semaphore>,
     // Keeps the library loaded and initialised while sessions exist; opens more of them.
@@ -114,12 +116,12 @@ impl Hsm {
             }
             Err(e) => return Err(fail(p11("login", e))),
         }
-        let key = find_or_create_key(&session, &cfg.key_label).map_err(fail)?;
+        let key = find_key(&session, &cfg.key_label).map_err(fail)?;
         let sessions = cfg.sessions.max(1);
         Ok(Hsm {
             cfg: cfg.clone(),
             slot,
-            key,
+            key: std::sync::Mutex::new(key),
             idle: Arc::new(Mutex::new(vec![session])),
             permits: Arc::new(tokio::sync::Semaphore::new(sessions)),
             ctx,
@@ -128,12 +130,45 @@ impl Hsm {
         })
     }
 
-    /// Runs `f` on a pooled session on the blocking pool. A session that failed as an
-    /// outage is dropped, and the error is [`VaultError::KmsUnavailable`].
+    /// The key object; with `create` (wrapping, which only a new store's first write or a
+    /// rotation does) it is made if absent.
+    async fn key(&self, create: bool) -> Result<ObjectHandle, VaultError> {
+        if let Some(k) = self.key.lock().ok().and_then(|k| *k) {
+            return Ok(k);
+        }
+        if !create {
+            return Err(VaultError::Kms(format!(
+                "{}: the token has no key with this label (keyward creates one only for a new store); check key_label",
+                self.describe()
+            )));
+        }
+        let label = self.cfg.key_label.clone();
+        let made = self.run("creating the key", None, move |s, _| Ok(create_key(s, &label))).await?;
+        let made = made.map_err(|m| VaultError::Kms(format!("{}: {m}", self.describe())))?;
+        if let Ok(mut k) = self.key.lock() {
+            *k = Some(made);
+        }
+        Ok(made)
+    }
+
+    /// Runs `f` with the key on a pooled session (see [`Hsm::run`]).
     async fn with_session<T: Send + 'static>(
         &self,
         what: &'static str,
+        create: bool,
         f: impl FnOnce(&Session, ObjectHandle) -> Result<T, P11Error> + Send + 'static,
+    ) -> Result<T, VaultError> {
+        let key = self.key(create).await?;
+        self.run(what, Some(key), move |s, k| f(s, k.unwrap_or(key))).await
+    }
+
+    /// Runs `f` on a pooled session on the blocking pool. A session that failed as an
+    /// outage is dropped, and the error is [`VaultError::KmsUnavailable`].
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        key: Option<ObjectHandle>,
+        f: impl FnOnce(&Session, Option<ObjectHandle>) -> Result<T, P11Error> + Send + 'static,
     ) -> Result<T, VaultError> {
         let _permit = self
             .permits
@@ -141,7 +176,7 @@ impl Hsm {
             .await
             .map_err(|_| VaultError::KmsUnavailable(format!("{}: closed", self.describe())))?;
         let idle = self.idle.clone();
-        let (ctx, slot, key) = (self.ctx.clone(), self.slot, self.key);
+        let (ctx, slot) = (self.ctx.clone(), self.slot);
         let joined = tokio::task::spawn_blocking(move || {
             let pooled = idle.lock().ok().and_then(|mut v| v.pop());
             // The token stays logged in while any session of this process is open, so a
@@ -175,34 +210,46 @@ impl Hsm {
     }
 }
 
-fn find_or_create_key(session: &Session, label: &str) -> Result<ObjectHandle, String> {
+/// The key labelled `label`, checked; `None` if the token has none.
+fn find_key(session: &Session, label: &str) -> Result<Option<ObjectHandle>, String> {
     let template = [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.as_bytes().to_vec())];
     let found = session.find_objects(&template).map_err(|e| p11("finding the key", e))?;
     let key = match found.as_slice() {
-        [] => {
-            let key = session
-                .generate_key(
-                    &Mechanism::AesKeyGen,
-                    &[
-                        Attribute::Token(true),
-                        Attribute::Private(true),
-                        Attribute::Sensitive(true),
-                        Attribute::Extractable(false),
-                        Attribute::Encrypt(true),
-                        Attribute::Decrypt(true),
-                        Attribute::Wrap(false),
-                        Attribute::Unwrap(false),
-                        Attribute::ValueLen(32.into()),
-                        Attribute::Label(label.as_bytes().to_vec()),
-                    ],
-                )
-                .map_err(|e| p11("creating the key", e))?;
-            tracing::warn!(key_label = label, "created a non-extractable AES-256 key on the PKCS#11 token");
-            key
-        }
+        [] => return Ok(None),
         [one] => *one,
         _ => return Err(format!("{} secret keys are labelled \"{label}\"; keep one", found.len())),
     };
+    check_key(session, key, label).map(Some)
+}
+
+/// Creates a sensitive, non-extractable AES-256 key on the token.
+fn create_key(session: &Session, label: &str) -> Result<ObjectHandle, String> {
+    if let Some(k) = find_key(session, label)? {
+        return Ok(k); // another process of a fleet made it meanwhile
+    }
+    let key = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Encrypt(true),
+                Attribute::Decrypt(true),
+                Attribute::Wrap(false),
+                Attribute::Unwrap(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+        .map_err(|e| p11("creating the key", e))?;
+    tracing::warn!(key_label = label, "created a non-extractable AES-256 key on the PKCS#11 token");
+    check_key(session, key, label)
+}
+
+/// Refuses a key keyward cannot use, or one whose value could leave the token.
+fn check_key(session: &Session, key: ObjectHandle, label: &str) -> Result<ObjectHandle, String> {
     let attrs = session
         .get_attributes(
             key,
@@ -272,7 +319,7 @@ impl Kms for Hsm {
             let aad = context.to_vec();
             let pt = Zeroizing::new(plaintext.to_vec());
             let ct = self
-                .with_session("encrypt", move |s, key| {
+                .with_session("encrypt", true, move |s, key| {
                     let mut iv = iv;
                     let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())?;
                     s.encrypt(&Mechanism::AesGcm(params), key, &pt)
@@ -289,14 +336,18 @@ impl Kms for Hsm {
                 return Err(VaultError::Malformed("PKCS#11-wrapped key too short"));
             }
             if body[..8] != self.id.0 {
-                return Err(VaultError::UnknownKey(KeyId(body[..8].try_into().unwrap_or_default())));
+                return Err(VaultError::Kms(format!(
+                    "wrapped by another PKCS#11 key (id {}), not {}",
+                    hex::encode(&body[..8]),
+                    self.describe()
+                )));
             }
             let mut iv = [0u8; IV_LEN];
             iv.copy_from_slice(&body[8..8 + IV_LEN]);
             let ct = body[8 + IV_LEN..].to_vec();
             let aad = context.to_vec();
             let pt = self
-                .with_session("decrypt", move |s, key| {
+                .with_session("decrypt", false, move |s, key| {
                     let mut iv = iv;
                     let params = GcmParams::new(&mut iv, &aad, TAG_BITS.into())?;
                     s.decrypt(&Mechanism::AesGcm(params), key, &ct)
