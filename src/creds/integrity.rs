@@ -36,7 +36,8 @@ pub(super) async fn open(store: &dyn Store, keyring: &Keyring) -> Result<(Integr
 /// up with. An unreachable KMS stays what it is (retry later).
 fn wrong_key(keyring: &Keyring, check: &[u8], e: VaultError) -> VaultError {
     match e {
-        VaultError::KmsUnavailable(_) => e,
+        // A local key's refusals already name the key id the store expects (StartError).
+        VaultError::KmsUnavailable(_) | VaultError::UnknownKey(_) | VaultError::Integrity(_) => e,
         other => {
             // A KMS's wrapped value names its kind and key version, not which key: only a
             // local key's id is exact.

@@ -85,7 +85,7 @@ pub enum VaultError {
     #[error("{0}: the wrapped key does not belong to this tenant or key")]
     KmsRefused(String),
     /// The store's key check value does not open under the configured master key.
-    #[error("this store's key check does not open under {tried} (the store was set up with {store}): {reason}; configure the master key this store was created with, or list it under previous")]
+    #[error("this store's key check does not open under {tried} (the store was set up with {store}): {reason}; configure the master key this store was created with, or list it under previous; nothing was changed")]
     WrongMasterKey {
         /// The active source, described.
         tried: String,
