@@ -22,6 +22,8 @@ struct Bao {
     /// The root token (dev: [`ROOT_TOKEN`]; raft: the one `operator init` answered).
     token: String,
     home: tempfile::TempDir,
+    /// Trusts the dev server's CA when it speaks TLS.
+    http: reqwest::Client,
 }
 
 impl Drop for Bao {
@@ -44,13 +46,22 @@ fn bao_bin() -> Option<PathBuf> {
 }
 
 async fn bao_call(bao: &Bao, method: reqwest::Method, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let r = reqwest::Client::new()
-        .request(method, format!("{}/v1/{path}", bao.addr))
-        .header("x-vault-token", &bao.token)
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    bao_call_ns(bao, None, method, path, body).await
+}
+
+/// [`bao_call`] inside a namespace.
+async fn bao_call_ns(
+    bao: &Bao,
+    namespace: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut req = bao.http.request(method, format!("{}/v1/{path}", bao.addr));
+    if let Some(ns) = namespace {
+        req = req.header("x-vault-namespace", ns);
+    }
+    let r = req.header("x-vault-token", &bao.token).body(body.to_string()).send().await.unwrap();
     let s = r.status().as_u16();
     (s, serde_json::from_slice(&r.bytes().await.unwrap()).unwrap_or_default())
 }
@@ -63,12 +74,13 @@ async fn start_bao(bin: &Path) -> Bao {
 
 /// [`start_bao`] on a given port (a restart where keyward expects it).
 async fn start_bao_on(bin: &Path, port: u16) -> Bao {
-    start_bao_with(bin, port, false).await
+    start_bao_with(bin, port, false, false).await
 }
 
 /// `audit`: with a file audit device at `<home>/audit.log` (declared in a config file:
 /// OpenBao refuses to enable one through the API).
-async fn start_bao_with(bin: &Path, port: u16, audit: bool) -> Bao {
+/// `tls`: `-dev-tls`, its CA written to `<home>/tls/vault-ca.pem`.
+async fn start_bao_with(bin: &Path, port: u16, audit: bool, tls: bool) -> Bao {
     keyward::install_crypto_provider();
     // Its own HOME (`-dev` writes a token helper file there) and a log for failures.
     let home = tempfile::tempdir().unwrap();
@@ -85,6 +97,11 @@ async fn start_bao_with(bin: &Path, port: u16, audit: bool) -> Bao {
         .unwrap();
         cmd.arg(format!("-config={}", conf.display()));
     }
+    let tls_dir = home.path().join("tls");
+    if tls {
+        std::fs::create_dir(&tls_dir).unwrap();
+        cmd.args(["-dev-tls", &format!("-dev-tls-cert-dir={}", tls_dir.display())]);
+    }
     let child = cmd
         .env("HOME", home.path())
         .args([&format!("-dev-root-token-id={ROOT_TOKEN}"), &format!("-dev-listen-address=127.0.0.1:{port}")])
@@ -92,8 +109,20 @@ async fn start_bao_with(bin: &Path, port: u16, audit: bool) -> Bao {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let addr = format!("http://127.0.0.1:{port}");
-    let bao = Bao { child, addr, token: ROOT_TOKEN.into(), home };
+    let scheme = if tls { "https" } else { "http" };
+    let addr = format!("{scheme}://127.0.0.1:{port}");
+    let mut http = reqwest::Client::builder();
+    if tls {
+        let ca = tls_dir.join("vault-ca.pem");
+        let t0 = Instant::now();
+        while !ca.exists() {
+            assert!(t0.elapsed() < Duration::from_secs(20), "no {}", ca.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap());
+    }
+    let bao = Bao { child, addr, token: ROOT_TOKEN.into(), home, http: http.build().unwrap() };
     wait_healthy(&bao, &log, &[200]).await;
     transit_key(&bao).await;
     bao
@@ -104,7 +133,7 @@ async fn start_bao_with(bin: &Path, port: u16, audit: bool) -> Bao {
 async fn wait_healthy(bao: &Bao, log: &Path, statuses: &[u16]) {
     let t0 = Instant::now();
     loop {
-        if let Ok(r) = reqwest::get(format!("{}/v1/sys/health", bao.addr)).await {
+        if let Ok(r) = bao.http.get(format!("{}/v1/sys/health", bao.addr)).send().await {
             if statuses.contains(&r.status().as_u16()) {
                 return;
             }
@@ -478,7 +507,13 @@ async fn start_raft_bao(bin: &Path, home: tempfile::TempDir, port: u16, unseal: 
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut bao = Bao { child, addr: format!("http://127.0.0.1:{port}"), token: String::new(), home };
+    let mut bao = Bao {
+        child,
+        addr: format!("http://127.0.0.1:{port}"),
+        token: String::new(),
+        home,
+        http: reqwest::Client::new(),
+    };
     let key = match unseal {
         Some(k) => {
             wait_healthy(&bao, &log, &[503]).await;
@@ -594,7 +629,7 @@ async fn two_fleet_sidecars_unwrap_through_the_kms_and_postgres_holds_nothing_of
 async fn start_up_unwraps_no_tenant_key_and_every_unwrap_is_in_the_kms_audit_log() {
     let Some(bin) = bao_bin() else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let bao = start_bao_with(&bin, port, true).await;
+    let bao = start_bao_with(&bin, port, true, false).await;
     let audit = bao.home.path().join("audit.log");
     let (_tmp, vapi, mut d) = transit_daemon(&bao, "info").await;
     let tenants: Vec<String> = (0..20).map(|i| format!("t{i:02}")).collect();
@@ -767,4 +802,54 @@ async fn a_wrong_or_missing_transit_key_is_refused_at_start_naming_the_source_an
     d.start();
     let (s, _, _) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
     assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_over_tls_with_a_ca_file_inside_a_namespace() {
+    let Some(bin) = bao_bin() else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bao = start_bao_with(&bin, port, false, true).await;
+    let ns = Some("team-a");
+    let (s, v) = bao_call(&bao, reqwest::Method::POST, "sys/namespaces/team-a", json!({})).await;
+    assert!(s < 300, "{v}");
+    let (s, v) = bao_call_ns(&bao, ns, reqwest::Method::POST, "sys/mounts/transit", json!({"type": "transit"})).await;
+    assert!(s < 300, "{v}");
+    let (s, v) = bao_call_ns(
+        &bao,
+        ns,
+        reqwest::Method::POST,
+        "transit/keys/keyward",
+        json!({"type": "aes256-gcm96", "derived": true}),
+    )
+    .await;
+    assert!(s < 300, "{v}");
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = secret_file(tmp.path(), "bao-token", &bao.token);
+    let ca = bao.home.path().join("tls/vault-ca.pem");
+    let auth =
+        format!("token_file = \"{}\", ca_file = \"{}\", namespace = \"team-a\"", token_file.display(), ca.display());
+    let (vapi, mut d) = daemon_with(tmp.path(), Some(transit_source(&bao, &auth)), "info", None).await;
+    put_vapi(&d, "acme", "key-of-acme-0000000000").await;
+    d.stop();
+    d.start();
+    all_served(&d, &vapi, &["acme"]).await;
+    // acme's key was wrapped by the namespace's transit key, not by the root namespace's
+    // key of the same name.
+    d.stop();
+    let store = keyward::store::SledStore::open(&d.store_path()).unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&store.raw_tree("tenants").unwrap().get("acme").unwrap().unwrap()).unwrap();
+    drop(store);
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let wrapped = b64.decode(rec["wrapped_key"].as_str().unwrap()).unwrap();
+    let body = json!({"ciphertext": std::str::from_utf8(&wrapped[5..]).unwrap(), "context": b64.encode(b"keyward/dek/v1\0acme")});
+    let (s, _) = bao_call_ns(&bao, ns, reqwest::Method::POST, "transit/decrypt/keyward", body.clone()).await;
+    assert_eq!(s, 200, "opens in team-a");
+    let (s, _) = bao_call(&bao, reqwest::Method::POST, "transit/decrypt/keyward", body).await;
+    assert_eq!(s, 400, "not in the root namespace");
+    // Without the CA file the server's certificate is not trusted: refused at start.
+    d.config.master_key_toml =
+        Some(transit_source(&bao, &format!("token_file = \"{}\", namespace = \"team-a\"", token_file.display())));
+    assert!(d.try_start().is_err(), "an untrusted KMS certificate is refused");
 }
