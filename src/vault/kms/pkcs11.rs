@@ -54,6 +54,8 @@ pub(crate) struct Hsm {
     key: std::sync::Mutex<Option<ObjectHandle>>,
     idle: Arc<Mutex<Vec<Session>>>,
     permits: Arc<tokio::sync::Semaphore>,
+    /// Sessions opened so far (the first, at start, included).
+    opened: Arc<std::sync::atomic::AtomicUsize>,
     // Keeps the library loaded and initialised while sessions exist; opens more of them.
     ctx: Pkcs11,
     reach: Reach,
@@ -124,6 +126,7 @@ impl Hsm {
             key: std::sync::Mutex::new(key),
             idle: Arc::new(Mutex::new(vec![session])),
             permits: Arc::new(tokio::sync::Semaphore::new(sessions)),
+            opened: Arc::new(std::sync::atomic::AtomicUsize::new(1)),
             ctx,
             reach: Reach::new(),
             id: location_id("pkcs11", &[&cfg.token_label, &cfg.key_label]),
@@ -176,14 +179,19 @@ impl Hsm {
             .await
             .map_err(|_| VaultError::KmsUnavailable(format!("{}: closed", self.describe())))?;
         let idle = self.idle.clone();
-        let (ctx, slot) = (self.ctx.clone(), self.slot);
+        let (ctx, slot, opened) = (self.ctx.clone(), self.slot, self.opened.clone());
         let joined = tokio::task::spawn_blocking(move || {
             let pooled = idle.lock().ok().and_then(|mut v| v.pop());
             // The token stays logged in while any session of this process is open, so a
             // new session is logged in already.
             let session = match pooled {
                 Some(s) => s,
-                None => ctx.open_ro_session(slot)?,
+                None => {
+                    let s = ctx.open_ro_session(slot)?;
+                    let n = opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    tracing::debug!(sessions = n, "opened a PKCS#11 session for concurrent calls");
+                    s
+                }
             };
             let r = f(&session, key);
             if !r.as_ref().err().is_some_and(is_outage) {
@@ -199,9 +207,12 @@ impl Hsm {
             Ok(Err(e)) if is_outage(&e) => {
                 Err(VaultError::KmsUnavailable(format!("{}: {}", self.describe(), p11(what, e))))
             }
-            Ok(Err(P11Error::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _))) => {
-                Err(VaultError::KmsRefused(format!("{}: {what}", self.describe())))
-            }
+            // A GCM tag that does not verify: the value was wrapped for another context or
+            // key, or altered. SoftHSM2 reports it as a general error.
+            Ok(Err(P11Error::Pkcs11(
+                RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange | RvError::GeneralError,
+                cryptoki::context::Function::Decrypt,
+            ))) => Err(VaultError::KmsRefused(format!("{}: {what}", self.describe()))),
             Ok(Err(e)) => Err(VaultError::Kms(format!("{}: {}", self.describe(), p11(what, e)))),
             Err(_) => Err(VaultError::Kms(format!("{}: {what} did not finish", self.describe()))),
         };
@@ -359,5 +370,70 @@ impl Kms for Hsm {
 
     fn reach(&self) -> &Reach {
         &self.reach
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+    /// An initialised SoftHSM2 token in `dir` (SOFTHSM2_CONF points there for this process).
+    fn token(dir: &std::path::Path, sessions: usize) -> Option<Pkcs11Config> {
+        if !std::path::Path::new(MODULE).exists() {
+            eprintln!("SKIPPED: needs SoftHSM2 (run scripts/ci-deps, or apt-get install softhsm2)");
+            return None;
+        }
+        let conf = dir.join("softhsm2.conf");
+        std::fs::create_dir(dir.join("tokens")).unwrap();
+        std::fs::write(&conf, format!("directories.tokendir = {}/tokens\nlog.level = ERROR\n", dir.display())).unwrap();
+        let ok = std::process::Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--init-token", "--free", "--label", "unit", "--pin", "1234", "--so-pin", "5678"])
+            .output()
+            .unwrap();
+        assert!(ok.status.success());
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let pin = dir.join("pin");
+        std::fs::write(&pin, "1234\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Some(Pkcs11Config {
+            module: MODULE.into(),
+            token_label: "unit".into(),
+            pin_file: pin,
+            key_label: "k".into(),
+            sessions,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_calls_take_sessions_from_the_pool_instead_of_queueing_on_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(cfg) = token(dir.path(), 4) else { return };
+        let hsm = Hsm::open(&cfg).unwrap();
+        // Wrap creates the key (a new store); the context binds the value.
+        let blob = hsm.wrap(b"ctx-a", b"forty bytes of a data key and its id....").await.unwrap();
+        assert_eq!(&hsm.unwrap(b"ctx-a", &blob).await.unwrap()[..], b"forty bytes of a data key and its id....");
+        let wrong = hsm.unwrap(b"ctx-b", &blob).await;
+        assert!(matches!(wrong, Err(VaultError::KmsRefused(_))), "{wrong:?}");
+        // Three calls that each hold their session for 300 ms: together, not one after another.
+        let slow = |_: &Session, _: Option<ObjectHandle>| {
+            std::thread::sleep(Duration::from_millis(300));
+            Ok(())
+        };
+        let t0 = Instant::now();
+        let (a, b, c) = tokio::join!(hsm.run("a", None, slow), hsm.run("b", None, slow), hsm.run("c", None, slow));
+        let took = t0.elapsed();
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert!(took < Duration::from_millis(850), "{took:?}: the calls queued");
+        assert!(hsm.opened.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+        // With sessions = 1 the same calls wait for each other.
+        let one = Hsm::open(&Pkcs11Config { sessions: 1, ..cfg }).unwrap();
+        let t0 = Instant::now();
+        let _ = tokio::join!(one.run("a", None, slow), one.run("b", None, slow), one.run("c", None, slow));
+        assert!(t0.elapsed() >= Duration::from_millis(850), "sessions = 1 serialises");
     }
 }
