@@ -205,13 +205,6 @@ async fn daemon_with(
     (vapi, d)
 }
 
-async fn put_vapi(d: &Daemon, tenant: &str, key: &str) {
-    let (s, v) = d
-        .admin("PUT", &format!("/v1/tenants/{tenant}/credentials/vapi"), Some(&json!({"api_key": key}).to_string()))
-        .await;
-    assert_eq!(s, 200, "{v}");
-}
-
 /// `keyward key status --json`.
 fn key_status(d: &Daemon) -> serde_json::Value {
     let out = d.cli(&["key", "status", "--json"], None);
@@ -262,10 +255,7 @@ async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
     let (_tmp, vapi, mut d) = transit_daemon(&bao, "trace").await;
     assert!(d.logs().contains("Vault transit key keyward"), "the start-up log names the source");
     for (t, k) in [("acme", "CANARYtransitVapiKeyAcme0000001"), ("globex", "CANARYtransitVapiKeyGlobex00002")] {
-        let (s, v) = d
-            .admin("PUT", &format!("/v1/tenants/{t}/credentials/vapi"), Some(&json!({"api_key": k}).to_string()))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        put_vapi(&d, t, k).await;
     }
     // A restart opens everything again through the KMS (nothing cached, no key on disk).
     d.stop();

@@ -12,7 +12,6 @@ use std::process::Command;
 
 use common::fake::*;
 use common::*;
-use serde_json::json;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "CANARYhsmPin00000000000000000001";
@@ -105,10 +104,7 @@ async fn tenant_keys_are_wrapped_inside_a_pkcs11_token_by_a_key_that_cannot_leav
     assert!(listed.contains("keyward-master"), "{listed}");
     assert!(listed.contains("always sensitive") && listed.contains("never extractable"), "{listed}");
     for (t, k) in [("acme", "CANARYhsmVapiKeyAcme000000000001"), ("globex", "CANARYhsmVapiKeyGlobex0000000002")] {
-        let (s, v) = d
-            .admin("PUT", &format!("/v1/tenants/{t}/credentials/vapi"), Some(&json!({"api_key": k}).to_string()))
-            .await;
-        assert_eq!(s, 200, "{v}");
+        put_vapi(&d, t, k).await;
     }
     // Concurrent cold unwraps after a restart: every tenant key comes back through the token.
     d.stop();

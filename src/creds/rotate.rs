@@ -46,6 +46,27 @@ pub struct SourceCount {
     pub active: bool,
 }
 
+/// Every tenant record, a thousand at a time.
+#[derive(Default)]
+struct TenantPages {
+    after: Option<TenantId>,
+    done: bool,
+}
+
+impl TenantPages {
+    async fn next(&mut self, store: &dyn Store) -> Result<Option<Vec<TenantRecord>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = store.list_tenants(self.after.as_ref(), 1000).await?;
+        match page.last() {
+            Some(last) => self.after = Some(last.tenant.clone()),
+            None => self.done = true,
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
+
 impl Credentials {
     /// Re-wraps up to `limit` tenant keys under the active master key. Each batch commits
     /// on its own, so an interrupted rotation resumes where it stopped when rerun.
@@ -64,14 +85,11 @@ impl Credentials {
 
     async fn rotate_once(&self, actor: &str, limit: usize) -> Result<RotateReport, CredError> {
         let target = self.keyring.target().await?;
-        let mut after: Option<TenantId> = None;
         let (mut total, mut remaining, mut rewrapped) = (0u64, 0u64, 0u64);
         let mut batch = Vec::new();
         let mut from: BTreeMap<WrapSource, u64> = BTreeMap::new();
-        loop {
-            let page = self.store.list_tenants(after.as_ref(), 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.tenant.clone());
+        let mut pages = TenantPages::default();
+        while let Some(page) = pages.next(&*self.store).await? {
             for t in page {
                 total += 1;
                 let source = self.keyring.source_of(&t.wrapped_key);
@@ -114,12 +132,9 @@ impl Credentials {
     pub async fn key_status(&self) -> Result<KeyStatus, CredError> {
         let active = self.keyring.target().await?;
         let mut counts: BTreeMap<WrapSource, u64> = BTreeMap::new();
-        let mut after: Option<TenantId> = None;
         let mut total = 0;
-        loop {
-            let page = self.store.list_tenants(after.as_ref(), 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.tenant.clone());
+        let mut pages = TenantPages::default();
+        while let Some(page) = pages.next(&*self.store).await? {
             for t in page {
                 total += 1;
                 *counts.entry(self.keyring.source_of(&t.wrapped_key)).or_default() += 1;

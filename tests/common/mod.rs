@@ -516,3 +516,15 @@ pub async fn fresh_pg_db(admin: &str) -> String {
     url.set_path(&format!("/{name}"));
     url.to_string()
 }
+
+/// Stores a Vapi credential for `tenant` through the admin API (200 asserted).
+pub async fn put_vapi(d: &Daemon, tenant: &str, key: &str) {
+    let (s, v) = d
+        .admin(
+            "PUT",
+            &format!("/v1/tenants/{tenant}/credentials/vapi"),
+            Some(&serde_json::json!({"api_key": key}).to_string()),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+}
