@@ -1,9 +1,10 @@
 //! Validation: raw TOML shapes into the components' config values, with errors that name
 //! the file and the key. The whole file is assembled here; the larger sections are
-//! validated in their own files (`app.rs`, `webhooks.rs`, `providers.rs`, `master_key.rs`).
+//! validated in their own files (`app.rs`, `webhooks.rs`, `providers.rs`, `master_key.rs`, `admin.rs`).
 
 use std::path::{Path, PathBuf};
 
+use super::admin::build_admin;
 use super::app::build_app;
 use super::master_key::build_master_key;
 use super::providers::build_providers;
@@ -200,34 +201,7 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
     let app = raw.app.map(|a| build_app(ctx, a, danger.app_plain_tcp)).transpose()?;
     let webhooks = raw.webhooks.map(|w| build_webhooks(ctx, w)).transpose()?;
 
-    let admin = AdminConfig {
-        unix: raw.admin.unix.as_deref().map(|p| ctx.path("admin.unix", p)).transpose()?,
-        tcp: raw.admin.tcp.as_deref().map(|a| ctx.addr("admin.tcp", a)).transpose()?,
-        token_file: raw.admin.token_file.as_deref().map(|p| ctx.path("admin.token_file", p)).transpose()?,
-        tls: raw
-            .admin
-            .tls
-            .as_ref()
-            .map(|t| -> Result<TlsFiles, ConfigError> {
-                Ok(TlsFiles { cert: ctx.path("admin.tls.cert", &t.cert)?, key: ctx.path("admin.tls.key", &t.key)? })
-            })
-            .transpose()?,
-    };
-    if let Some(a) = admin.tcp {
-        // The bearer token (and every credential put) would cross the network in clear.
-        if !a.ip().is_loopback() && admin.tls.is_none() && !danger.admin_plain_tcp {
-            return Err(ctx.err(
-                "admin.tcp",
-                format!("{a} is not a loopback address: add [admin.tls] cert and key, bind 127.0.0.1, or set [danger] admin_plain_tcp = true"),
-            ));
-        }
-    }
-    if admin.unix.is_none() && admin.tcp.is_none() {
-        return Err(ctx.err("admin", "set admin.unix (and optionally admin.tcp)"));
-    }
-    if admin.tcp.is_some() && admin.token_file.is_none() {
-        return Err(ctx.err("admin.token_file", "admin.tcp needs a token_file holding the bearer token"));
-    }
+    let admin = build_admin(ctx, raw.admin, danger.admin_plain_tcp)?;
 
     let ops = raw
         .ops

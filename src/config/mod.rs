@@ -301,6 +301,7 @@ impl Config {
     }
 }
 
+mod admin;
 mod app;
 mod build;
 mod master_key;
