@@ -434,6 +434,7 @@ impl App {
             creds: creds.clone(),
             log,
             token_digest,
+            users: Arc::new(config.admin.users.clone()),
             live: live.clone(),
             tokens,
             connect,

@@ -55,11 +55,39 @@ pub enum Command {
     /// Store maintenance.
     #[command(subcommand)]
     Store(StoreCmd),
+    /// Admin API users (no daemon needed).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Probe the ops listener (container HEALTHCHECK): exit 0 when it answers 200.
     Health {
         /// URL to GET.
         #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
         url: String,
+    },
+}
+
+/// `keyward admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+/// `keyward admin token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a token for a named user: prints the [[admin.users]] entry (its SHA-256 only)
+    /// and the token, once.
+    New {
+        /// The user's name, as audit entries will carry it.
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// Write the token to this file (mode 0600, never overwritten) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 

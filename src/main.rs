@@ -24,6 +24,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve => runtime.block_on(serve(cli.config)),
         Command::CheckConfig => check_config(cli.config),
+        Command::Admin(keyward::cli::AdminCmd::Token(keyward::cli::TokenCmd::New { name, role, out })) => {
+            admin_token_new(&name, &role, out.as_deref())
+        }
         Command::Keygen { out } => match keyward::write_new_key_file(&out) {
             Ok(()) => {
                 println!("wrote a new master key to {} (mode 0600)", out.display());
@@ -179,6 +182,7 @@ async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, comma
         Command::Serve
         | Command::CheckConfig
         | Command::Keygen { .. }
+        | Command::Admin(_)
         | Command::Webhook(_)
         | Command::Health { .. }
         | Command::Store(_) => Ok(true),
@@ -188,4 +192,45 @@ async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, comma
         Ok(false) => ExitCode::from(EXIT_FAILED),
         Err(e) => fail(&format!("{e:#}")),
     }
+}
+
+/// `keyward admin token new NAME`: a fresh token and the config entry holding its digest.
+fn admin_token_new(name: &str, role: &str, out: Option<&std::path::Path>) -> ExitCode {
+    if !matches!(role, "viewer" | "operator" | "admin") {
+        eprintln!("keyward: --role must be viewer, operator or admin, not \"{role}\"");
+        return ExitCode::from(2);
+    }
+    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@')) {
+        eprintln!("keyward: the name must be letters, digits, '.', '_', '-' or '@'");
+        return ExitCode::from(2);
+    }
+    let (token, digest) = match keyward::new_admin_token() {
+        Ok(t) => t,
+        Err(_) => return fail("the operating system's random number generator failed"),
+    };
+    let entry = format!("[[admin.users]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{digest}\"\n");
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(format!("{}\n", token.as_str()).as_bytes()));
+            if let Err(e) = written {
+                return fail(&format!("cannot write {} (never overwritten): {e}", path.display()));
+            }
+            println!(
+                "# the token is in {} (mode 0600); add this to keyward.toml and restart:\n{entry}",
+                path.display()
+            );
+        }
+        None => println!(
+            "# add this to keyward.toml and restart; hand the token to {name} (shown once):\n{entry}\n{}",
+            token.as_str()
+        ),
+    }
+    ExitCode::SUCCESS
 }

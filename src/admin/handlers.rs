@@ -59,11 +59,11 @@ fn q_bool(q: &HashMap<String, String>, name: &str) -> Result<bool, PublicError> 
 /// Runs a routed request and renders the answer.
 pub(crate) async fn dispatch(
     state: &AdminState,
-    actor: &str,
+    who: &super::roles::Principal,
     route: Endpoint,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    match run(state, actor, route, req).await {
+    match run(state, &who.actor, route, req).await {
         Ok((status, v)) => {
             let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
             *resp.status_mut() = status;
@@ -234,6 +234,10 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             ok(to_json(&creds.rotate_keys(actor, limit).await?))
         }
         Endpoint::KeyStatus => ok(to_json(&creds.key_status().await?)),
+        Endpoint::Users => {
+            let users: Vec<_> = state.users.iter().map(|u| json!({"name": u.name, "role": u.role})).collect();
+            ok(json!({"users": users, "token_file": state.token_digest.is_some()}))
+        }
         Endpoint::SetLogLevel => {
             let body = read_body(req, MAX_ADMIN_BODY).await?;
             let v = parse_json(&body)?;

@@ -17,12 +17,16 @@
 //! | POST | /v1/keys/rotate?limit= | re-wrap tenant keys under the active master key |
 //! | GET | /v1/keys/status | tenant keys per wrapping source and key version |
 //! | PUT | /v1/log/level | change the log filter at run time |
+//! | GET | /v1/users | the named operators and their roles (admin) |
 //!
 //! Authorisation: on the Unix socket (mode 0600) the peer uid must be keyward's own or
-//! root; on TCP a bearer token, compared as SHA-256 digests in constant time. Handlers go
+//! root (role admin); on TCP a bearer token — the `token_file`'s (admin) or a named
+//! user's (`[[admin.users]]`, its role) — compared as SHA-256 digests in constant time. A
+//! request beyond the role answers 403 `forbidden_role` and is audited. Handlers go
 //! through `creds`, never the store.
 
 mod handlers;
+pub(crate) mod roles;
 mod router;
 
 use std::convert::Infallible;
@@ -35,8 +39,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+
+use roles::{principal_for_token, AdminUser, Principal, Role};
 
 use crate::creds::Credentials;
 use crate::error::PublicError;
@@ -53,8 +57,10 @@ pub(crate) struct AdminState {
     pub creds: Arc<Credentials>,
     /// Run-time log level control.
     pub log: LogHandle,
-    /// SHA-256 of the admin TCP bearer token.
+    /// SHA-256 of the admin TCP bearer token (`token_file`, role admin).
     pub token_digest: Option<[u8; 32]>,
+    /// `[[admin.users]]`
+    pub users: Arc<Vec<AdminUser>>,
     /// Live checks and route discovery.
     pub live: Arc<crate::live::Live>,
     /// Google tokens (revocation on delete).
@@ -69,12 +75,13 @@ pub(crate) struct AdminState {
 
 impl AdminState {
     /// Who is asking, or why they may not.
-    fn authorize(&self, peer: &Peer, req: &Request<Incoming>) -> Result<String, PublicError> {
+    fn authorize(&self, peer: &Peer, req: &Request<Incoming>) -> Result<Principal, PublicError> {
         match peer {
             Peer::Unix { uid, .. } => {
                 let me = rustix::process::geteuid().as_raw();
                 if *uid == me || *uid == 0 {
-                    Ok(format!("uid:{uid}"))
+                    // The socket's uid rule is the admin's (CONTRACT.md §8.2).
+                    Ok(Principal { actor: format!("uid:{uid}"), role: Role::Admin })
                 } else {
                     Err(PublicError::new(
                         http::StatusCode::FORBIDDEN,
@@ -84,13 +91,13 @@ impl AdminState {
                 }
             }
             Peer::Tcp { addr, .. } => {
-                let expected = self.token_digest.ok_or_else(|| {
-                    PublicError::new(
+                if self.token_digest.is_none() && self.users.is_empty() {
+                    return Err(PublicError::new(
                         http::StatusCode::UNAUTHORIZED,
                         "unauthorized",
                         "admin TCP has no token configured",
-                    )
-                })?;
+                    ));
+                }
                 let given = req
                     .headers()
                     .get(http::header::AUTHORIZATION)
@@ -103,16 +110,13 @@ impl AdminState {
                             "send Authorization: Bearer <admin token>",
                         )
                     })?;
-                let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
-                if bool::from(digest.ct_eq(&expected)) {
-                    Ok(format!("token:{}@{}", hex::encode(&expected[..4]), addr.ip()))
-                } else {
-                    Err(PublicError::new(
+                principal_for_token(given, &self.users, self.token_digest.as_ref(), addr.ip()).ok_or_else(|| {
+                    PublicError::new(
                         http::StatusCode::UNAUTHORIZED,
                         "unauthorized",
-                        "the admin token is not valid",
-                    ))
-                }
+                        "the admin token is not valid (not the token_file's, nor any [[admin.users]] entry's)",
+                    )
+                })
             }
         }
     }
@@ -128,11 +132,28 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let (resp, route) = match state.authorize(&peer, &req) {
         Err(e) => (e.into_response(), "unauthorized"),
-        Ok(actor) => match router::route(&method, req.uri().path()) {
+        Ok(who) => match router::route(&method, req.uri().path()) {
             Err(e) => (e.into_response(), "unrouted"),
+            Ok(route) if who.role < route.role() => {
+                // Refused for the role: answered and audited like any refused mutation.
+                let name = route.name();
+                let (tenant, provider) = route.subject();
+                state.creds.audit_failure(&who.actor, name, tenant, provider, "forbidden_role").await;
+                let e = PublicError::new(
+                    http::StatusCode::FORBIDDEN,
+                    "forbidden_role",
+                    format!(
+                        "{} has the role {}; {name} needs {} (an admin changes roles in [[admin.users]])",
+                        who.actor,
+                        who.role,
+                        route.role()
+                    ),
+                );
+                (e.into_response(), name)
+            }
             Ok(route) => {
                 let name = route.name();
-                (handlers::dispatch(&state, &actor, route, req).await, name)
+                (handlers::dispatch(&state, &who, route, req).await, name)
             }
         },
     };
@@ -158,6 +179,8 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// Server certificate for `tcp` (required off loopback).
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Named operators and their roles.
+    pub users: Vec<AdminUser>,
 }
 
 /// The admin router, for `fuzz/`.

@@ -3,6 +3,7 @@
 use http::Method;
 use percent_encoding::percent_decode_str;
 
+use super::roles::Role;
 use crate::error::PublicError;
 use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
 
@@ -26,6 +27,7 @@ pub(crate) enum Endpoint {
     RotateKeys,
     KeyStatus,
     SetLogLevel,
+    Users,
 }
 
 impl Endpoint {
@@ -49,6 +51,44 @@ impl Endpoint {
             Endpoint::RotateKeys => "keys.rotate",
             Endpoint::KeyStatus => "keys.status",
             Endpoint::SetLogLevel => "log.level",
+            Endpoint::Users => "users.list",
+        }
+    }
+
+    /// The least role that may call it (CONTRACT.md §8.2).
+    pub(crate) fn role(&self) -> Role {
+        match self {
+            Endpoint::ListTenants
+            | Endpoint::ListCredentials(_)
+            | Endpoint::GetCredential(..)
+            | Endpoint::GetRoute(..)
+            | Endpoint::Audit
+            | Endpoint::AuditVerify
+            | Endpoint::KeyStatus => Role::Viewer,
+            Endpoint::DeleteTenant(_)
+            | Endpoint::PutCredential(..)
+            | Endpoint::DeleteCredential(..)
+            | Endpoint::RestoreCredential(..)
+            | Endpoint::VerifyCredential(..)
+            | Endpoint::GoogleStart(_)
+            | Endpoint::PutRoute(..)
+            | Endpoint::DeleteRoute(..) => Role::Operator,
+            Endpoint::RotateKeys | Endpoint::SetLogLevel | Endpoint::Users => Role::Admin,
+        }
+    }
+
+    /// The tenant and provider it acts on, for the audit entry of a refusal.
+    pub(crate) fn subject(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Endpoint::DeleteTenant(t) | Endpoint::ListCredentials(t) | Endpoint::GoogleStart(t) => {
+                (Some(t.as_str()), None)
+            }
+            Endpoint::PutCredential(t, p)
+            | Endpoint::GetCredential(t, p)
+            | Endpoint::DeleteCredential(t, p)
+            | Endpoint::RestoreCredential(t, p)
+            | Endpoint::VerifyCredential(t, p) => (Some(t.as_str()), Some(p.as_str())),
+            _ => (None, None),
         }
     }
 }
@@ -129,6 +169,7 @@ pub(crate) fn route(method: &Method, path: &str) -> Result<Endpoint, PublicError
         ["v1", "keys", "rotate"] => allow(m, &[Method::POST]).map(|()| Endpoint::RotateKeys),
         ["v1", "keys", "status"] => allow(m, &[Method::GET]).map(|()| Endpoint::KeyStatus),
         ["v1", "log", "level"] => allow(m, &[Method::PUT]).map(|()| Endpoint::SetLogLevel),
+        ["v1", "users"] => allow(m, &[Method::GET]).map(|()| Endpoint::Users),
         _ => {
             Err(PublicError::not_found(format!("no admin endpoint at {}", path.chars().take(200).collect::<String>())))
         }

@@ -162,6 +162,16 @@ pub(super) struct RawAdmin {
     pub(super) tcp: Option<String>,
     pub(super) token_file: Option<String>,
     pub(super) tls: Option<RawTls>,
+    #[serde(default)]
+    pub(super) users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUser {
+    pub(super) name: String,
+    pub(super) role: String,
+    pub(super) token_sha256: String,
 }
 
 #[derive(Deserialize)]
