@@ -234,6 +234,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Inco
             ok(to_json(&creds.rotate_keys(actor, limit).await?))
         }
         Endpoint::KeyStatus => ok(to_json(&creds.key_status().await?)),
+        Endpoint::OpenApi => ok(super::openapi::parsed().clone()),
         Endpoint::Users => {
             let users: Vec<_> = state.users.iter().map(|u| json!({"name": u.name, "role": u.role})).collect();
             ok(json!({"users": users, "token_file": state.token_digest.is_some()}))

@@ -26,6 +26,7 @@
 //! through `creds`, never the store.
 
 mod handlers;
+mod openapi;
 pub(crate) mod roles;
 mod router;
 

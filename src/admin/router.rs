@@ -28,6 +28,7 @@ pub(crate) enum Endpoint {
     KeyStatus,
     SetLogLevel,
     Users,
+    OpenApi,
 }
 
 impl Endpoint {
@@ -52,6 +53,7 @@ impl Endpoint {
             Endpoint::KeyStatus => "keys.status",
             Endpoint::SetLogLevel => "log.level",
             Endpoint::Users => "users.list",
+            Endpoint::OpenApi => "openapi",
         }
     }
 
@@ -64,7 +66,8 @@ impl Endpoint {
             | Endpoint::GetRoute(..)
             | Endpoint::Audit
             | Endpoint::AuditVerify
-            | Endpoint::KeyStatus => Role::Viewer,
+            | Endpoint::KeyStatus
+            | Endpoint::OpenApi => Role::Viewer,
             Endpoint::DeleteTenant(_)
             | Endpoint::PutCredential(..)
             | Endpoint::DeleteCredential(..)
@@ -115,65 +118,98 @@ fn route_pair(kind: &str, id: &str) -> Result<(RouteKind, RouteId), PublicError>
     Ok((k, i))
 }
 
-fn allow(method: &Method, allowed: &[Method]) -> Result<(), PublicError> {
-    if allowed.contains(method) {
-        Ok(())
-    } else {
-        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-        Err(PublicError::method_not_allowed(format!("{method} is not allowed here; use {}", names.join(" or "))))
+/// Every admin operation: method, path template (`{name}` is one segment), and its name —
+/// the one list the router matches and the OpenAPI description (docs/openapi.json) is
+/// checked against, both ways.
+pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
+    ("GET", "/v1/tenants", "tenants.list"),
+    ("DELETE", "/v1/tenants/{tenant}", "tenant.delete"),
+    ("GET", "/v1/tenants/{tenant}/credentials", "credentials.list"),
+    ("PUT", "/v1/tenants/{tenant}/credentials/{provider}", "credential.put"),
+    ("GET", "/v1/tenants/{tenant}/credentials/{provider}", "credential.get"),
+    ("DELETE", "/v1/tenants/{tenant}/credentials/{provider}", "credential.delete"),
+    ("POST", "/v1/tenants/{tenant}/credentials/{provider}/restore", "credential.restore"),
+    ("POST", "/v1/tenants/{tenant}/credentials/{provider}/verify", "credential.verify"),
+    ("POST", "/v1/tenants/{tenant}/oauth/google/start", "oauth.google.start"),
+    ("PUT", "/v1/routes/{kind}/{id}", "route.put"),
+    ("GET", "/v1/routes/{kind}/{id}", "route.get"),
+    ("DELETE", "/v1/routes/{kind}/{id}", "route.delete"),
+    ("GET", "/v1/audit", "audit.list"),
+    ("GET", "/v1/audit/verify", "audit.verify"),
+    ("POST", "/v1/keys/rotate", "keys.rotate"),
+    ("GET", "/v1/keys/status", "keys.status"),
+    ("PUT", "/v1/log/level", "log.level"),
+    ("GET", "/v1/users", "users.list"),
+    ("GET", "/v1/openapi.json", "openapi"),
+];
+
+/// The endpoint `name` with its path parameters parsed (in template order).
+fn build(name: &str, p: &[&str]) -> Result<Endpoint, PublicError> {
+    let arg = |i: usize| p.get(i).copied().unwrap_or_default();
+    Ok(match name {
+        "tenants.list" => Endpoint::ListTenants,
+        "tenant.delete" => Endpoint::DeleteTenant(tenant(arg(0))?),
+        "credentials.list" => Endpoint::ListCredentials(tenant(arg(0))?),
+        "credential.put" => Endpoint::PutCredential(tenant(arg(0))?, provider(arg(1))?),
+        "credential.get" => Endpoint::GetCredential(tenant(arg(0))?, provider(arg(1))?),
+        "credential.delete" => Endpoint::DeleteCredential(tenant(arg(0))?, provider(arg(1))?),
+        "credential.restore" => Endpoint::RestoreCredential(tenant(arg(0))?, provider(arg(1))?),
+        "credential.verify" => Endpoint::VerifyCredential(tenant(arg(0))?, provider(arg(1))?),
+        "oauth.google.start" => Endpoint::GoogleStart(tenant(arg(0))?),
+        "route.put" | "route.get" | "route.delete" => {
+            let (k, i) = route_pair(arg(0), arg(1))?;
+            match name {
+                "route.put" => Endpoint::PutRoute(k, i),
+                "route.get" => Endpoint::GetRoute(k, i),
+                _ => Endpoint::DeleteRoute(k, i),
+            }
+        }
+        "audit.list" => Endpoint::Audit,
+        "audit.verify" => Endpoint::AuditVerify,
+        "keys.rotate" => Endpoint::RotateKeys,
+        "keys.status" => Endpoint::KeyStatus,
+        "log.level" => Endpoint::SetLogLevel,
+        "users.list" => Endpoint::Users,
+        "openapi" => Endpoint::OpenApi,
+        other => return Err(PublicError::not_found(format!("no admin endpoint named {other}"))),
+    })
+}
+
+/// Whether `path`'s segments fit `template`'s; the parameters if so.
+fn fit<'a>(template: &str, segs: &[&'a str]) -> Option<Vec<&'a str>> {
+    let want: Vec<&str> = template.split('/').skip(1).collect();
+    if want.len() != segs.len() {
+        return None;
     }
+    let mut params = Vec::new();
+    for (w, s) in want.iter().zip(segs) {
+        if w.starts_with('{') {
+            params.push(*s);
+        } else if w != s {
+            return None;
+        }
+    }
+    Some(params)
 }
 
 /// Routes a request. Unknown paths answer 404, wrong methods 405, bad ids 400.
 pub(crate) fn route(method: &Method, path: &str) -> Result<Endpoint, PublicError> {
     let segs: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let m = method;
-    match segs.as_slice() {
-        ["v1", "tenants"] => allow(m, &[Method::GET]).map(|()| Endpoint::ListTenants),
-        ["v1", "tenants", t] => allow(m, &[Method::DELETE]).and_then(|()| Ok(Endpoint::DeleteTenant(tenant(t)?))),
-        ["v1", "tenants", t, "credentials"] => {
-            allow(m, &[Method::GET]).and_then(|()| Ok(Endpoint::ListCredentials(tenant(t)?)))
+    let mut allowed: Vec<&str> = Vec::new();
+    for (m, template, name) in ROUTES {
+        let Some(params) = fit(template, &segs) else { continue };
+        if *m == method.as_str() {
+            return build(name, &params);
         }
-        ["v1", "tenants", t, "credentials", p] => {
-            allow(m, &[Method::PUT, Method::GET, Method::DELETE])?;
-            let (t, p) = (tenant(t)?, provider(p)?);
-            Ok(match *m {
-                Method::PUT => Endpoint::PutCredential(t, p),
-                Method::GET => Endpoint::GetCredential(t, p),
-                _ => Endpoint::DeleteCredential(t, p),
-            })
-        }
-        ["v1", "tenants", t, "credentials", p, "restore"] => {
-            allow(m, &[Method::POST])?;
-            Ok(Endpoint::RestoreCredential(tenant(t)?, provider(p)?))
-        }
-        ["v1", "tenants", t, "credentials", p, "verify"] => {
-            allow(m, &[Method::POST])?;
-            Ok(Endpoint::VerifyCredential(tenant(t)?, provider(p)?))
-        }
-        ["v1", "tenants", t, "oauth", "google", "start"] => {
-            allow(m, &[Method::POST])?;
-            Ok(Endpoint::GoogleStart(tenant(t)?))
-        }
-        ["v1", "routes", k, i] => {
-            allow(m, &[Method::PUT, Method::GET, Method::DELETE])?;
-            let (k, i) = route_pair(k, i)?;
-            Ok(match *m {
-                Method::PUT => Endpoint::PutRoute(k, i),
-                Method::GET => Endpoint::GetRoute(k, i),
-                _ => Endpoint::DeleteRoute(k, i),
-            })
-        }
-        ["v1", "audit"] => allow(m, &[Method::GET]).map(|()| Endpoint::Audit),
-        ["v1", "audit", "verify"] => allow(m, &[Method::GET]).map(|()| Endpoint::AuditVerify),
-        ["v1", "keys", "rotate"] => allow(m, &[Method::POST]).map(|()| Endpoint::RotateKeys),
-        ["v1", "keys", "status"] => allow(m, &[Method::GET]).map(|()| Endpoint::KeyStatus),
-        ["v1", "log", "level"] => allow(m, &[Method::PUT]).map(|()| Endpoint::SetLogLevel),
-        ["v1", "users"] => allow(m, &[Method::GET]).map(|()| Endpoint::Users),
-        _ => {
-            Err(PublicError::not_found(format!("no admin endpoint at {}", path.chars().take(200).collect::<String>())))
-        }
+        allowed.push(m);
     }
+    if allowed.is_empty() {
+        return Err(PublicError::not_found(format!(
+            "no admin endpoint at {}",
+            path.chars().take(200).collect::<String>()
+        )));
+    }
+    Err(PublicError::method_not_allowed(format!("{method} is not allowed here; use {}", allowed.join(" or "))))
 }
 
 #[cfg(test)]
@@ -216,5 +252,24 @@ mod tests {
     fn unknown_paths_are_404() {
         assert_eq!(route(&Method::GET, "/v2/tenants").unwrap_err().code, "not_found");
         assert_eq!(route(&Method::GET, "/").unwrap_err().code, "not_found");
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn every_table_entry_routes_to_its_name_and_other_methods_are_405() {
+        for (m, template, name) in ROUTES {
+            let path = template
+                .replace("{tenant}", "acme")
+                .replace("{provider}", "vapi")
+                .replace("{kind}", "twilio-number")
+                .replace("{id}", "AC123");
+            let e = route(&Method::from_bytes(m.as_bytes()).unwrap(), &path).unwrap();
+            assert_eq!(e.name(), *name, "{m} {template}");
+            assert_eq!(route(&Method::PATCH, &path).unwrap_err().code, "method_not_allowed", "{template}");
+        }
     }
 }
