@@ -188,7 +188,7 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
             if json {
                 print_json(&v);
             } else {
-                println!("{:<12} {:<9} {:>4}  {:<25} {:<25} HINTS", "PROVIDER", "STATUS", "VER", "UPDATED", "VERIFIED");
+                let mut rows = Vec::new();
                 for c in v["credentials"].as_array().into_iter().flatten() {
                     let hints: Vec<String> = c["hints"]
                         .as_object()
@@ -198,16 +198,20 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
                         .collect();
                     let status =
                         if c.get("deleted_at").is_some() { "deleted" } else { c["status"].as_str().unwrap_or("") };
-                    println!(
-                        "{:<12} {:<9} {:>4}  {:<25} {:<25} {}",
-                        c["provider"].as_str().unwrap_or(""),
-                        status,
-                        c["version"],
-                        c["updated_at"].as_str().unwrap_or(""),
-                        c["last_verified_at"].as_str().unwrap_or("-"),
-                        hints.join(" ")
-                    );
+                    rows.push(vec![
+                        c["provider"].as_str().unwrap_or("").to_string(),
+                        status.to_string(),
+                        c["version"].to_string(),
+                        c["updated_at"].as_str().unwrap_or("").to_string(),
+                        c["last_verified_at"].as_str().unwrap_or("-").to_string(),
+                        c["last_error"].as_str().unwrap_or("-").to_string(),
+                        hints.join(" "),
+                    ]);
                 }
+                print!(
+                    "{}",
+                    table(&["PROVIDER", "STATUS", "VER", "UPDATED", "VERIFIED", "LAST ERROR", "HINTS"], &rows, &[2])
+                );
             }
         }
         CredCmd::Get(t) => print_json(&call(ep, Method::GET, &cred_path(&t.tenant, &t.provider), None).await?),
@@ -257,26 +261,29 @@ pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
                 }
             };
             let v = call(ep, Method::GET, &format!("/v1/audit?after={after}&limit={limit}"), None).await?;
+            let mut rows = Vec::new();
             for e in v["entries"].as_array().into_iter().flatten() {
                 if json {
                     println!("{e}");
-                } else {
-                    let ts = e["ts"].as_i64().map(keyward_core::time::rfc3339).unwrap_or_default();
-                    let scope = [e["tenant"].as_str(), e["provider"].as_str(), e["target"].as_str()]
-                        .iter()
-                        .flatten()
-                        .copied()
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    println!(
-                        "{:>6} {ts} {:<18} {:<24} {:<20} {}",
-                        e["seq"],
-                        e["actor"].as_str().unwrap_or(""),
-                        e["action"].as_str().unwrap_or(""),
-                        e["result"].as_str().unwrap_or(""),
-                        scope
-                    );
+                    continue;
                 }
+                let scope = [e["tenant"].as_str(), e["provider"].as_str(), e["target"].as_str()]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                rows.push(vec![
+                    e["seq"].to_string(),
+                    e["ts"].as_i64().map(keyward_core::time::rfc3339).unwrap_or_default(),
+                    e["actor"].as_str().unwrap_or("").to_string(),
+                    e["action"].as_str().unwrap_or("").to_string(),
+                    e["result"].as_str().unwrap_or("").to_string(),
+                    scope,
+                ]);
+            }
+            if !json {
+                print!("{}", table(&["SEQ", "TIME", "ACTOR", "ACTION", "RESULT", "SCOPE"], &rows, &[0]));
             }
             Ok(true)
         }
@@ -338,17 +345,21 @@ fn source_text(v: &serde_json::Value) -> String {
 
 /// The `key status` table: one row per source and key version.
 fn key_status_table(v: &serde_json::Value) -> String {
-    let mut out = format!("{:<14} {:<34} {:>7} {:>12}\n", "SOURCE", "KEY", "VERSION", "TENANT KEYS");
-    for row in v["sources"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "{:<14} {:<34} {:>7} {:>12}{}\n",
-            row["source"].as_str().unwrap_or("?"),
-            row["key"].as_str().unwrap_or("?"),
-            row["version"],
-            row["tenant_keys"],
-            if row["active"].as_bool() == Some(true) { "  (active)" } else { "" }
-        ));
-    }
+    let rows: Vec<Vec<String>> = v["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            vec![
+                row["source"].as_str().unwrap_or("?").to_string(),
+                row["key"].as_str().unwrap_or("?").to_string(),
+                row["version"].to_string(),
+                row["tenant_keys"].to_string(),
+                if row["active"].as_bool() == Some(true) { "yes".into() } else { "-".into() },
+            ]
+        })
+        .collect();
+    let mut out = table(&["SOURCE", "KEY", "VERSION", "TENANT KEYS", "ACTIVE"], &rows, &[2, 3]);
     out.push_str(&format!("new tenant keys go to {}\n", source_text(&v["active"])));
     if v["mixed"].as_bool() == Some(true) {
         out.push_str("MIXED: tenant keys are wrapped by more than one source or version; run `keyward key rotate`\n");
@@ -383,4 +394,76 @@ pub async fn health(url: &str) -> Result<bool> {
         .await
         .context("timed out")??;
     Ok(resp.status() == StatusCode::OK)
+}
+
+/// A text table whose columns line up whatever the values' widths (in characters); the
+/// columns in `right` are right-aligned, the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    let cols = header.len();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, cell) in r.iter().enumerate().take(cols) {
+            width[i] = width[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.enumerate().take(cols) {
+            let pad = width[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                out.push_str("  ");
+            }
+            if right.contains(&i) {
+                out.push_str(&" ".repeat(pad));
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                if i + 1 < cols {
+                    out.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = line(&mut header.iter().copied());
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table;
+
+    #[test]
+    fn table_columns_line_up_for_any_value_width() {
+        let rows = vec![
+            vec!["vapi".to_string(), "active".into(), "1".into(), "k=…abcd".into()],
+            vec!["a-very-long-generic-provider".to_string(), "revoked".into(), "1234".into(), "x=…1".into()],
+            vec!["é-ünïcode".to_string(), "inactive".into(), "7".into(), "-".into()],
+        ];
+        let t = table(&["PROVIDER", "STATUS", "VER", "HINTS"], &rows, &[2]);
+        let lines: Vec<&str> = t.lines().collect();
+        // Each column starts at the same character offset on every line.
+        let starts = |l: &str| -> Vec<usize> {
+            let chars: Vec<char> = l.chars().collect();
+            let mut s = vec![0];
+            for i in 1..chars.len() {
+                if chars[i] != ' ' && chars[i - 1] == ' ' && i >= 2 && chars[i - 2] == ' ' {
+                    s.push(i);
+                }
+            }
+            s
+        };
+        let header = starts(lines[0]);
+        assert_eq!(header.len(), 4, "{t}");
+        for l in &lines[1..] {
+            let st = starts(l);
+            // Left-aligned columns start where the header's do; VER is right-aligned: it ends where the header's ends.
+            assert_eq!((st[0], st[1], st[3]), (header[0], header[1], header[3]), "{t}");
+        }
+        assert!(lines[2].contains("1234") && lines[1].contains("   1  "), "{t}");
+    }
 }

@@ -303,6 +303,20 @@ async fn every_error_code_of_the_contract_is_answered_with_json_and_the_header()
             0,
             "{uri}"
         );
+        // A connection or TLS failure names what was tried and why.
+        let message = v["error"]["message"].as_str().unwrap().to_string();
+        if code == "upstream_connect_failed" {
+            assert!(
+                message.contains(&format!("127.0.0.1:{closed}")) && message.contains("connection refused"),
+                "{message}"
+            );
+        }
+        if code == "upstream_tls" {
+            assert!(
+                message.contains("127.0.0.1:") && message.contains("invalid peer certificate") && message.contains("extra_ca"),
+                "{message}"
+            );
+        }
         if code == "rate_limited" {
             let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
             assert!((1..=60).contains(&retry), "{retry}");

@@ -39,6 +39,7 @@ pub(crate) struct Upstream {
     client: HttpsClient,
     upgrade_client: HttpsClient,
     request_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -94,6 +95,7 @@ impl Upstream {
             client: build(cfg, allow_http, true)?,
             upgrade_client: build(cfg, allow_http, false)?,
             request_timeout: cfg.request_timeout,
+            connect_timeout: cfg.connect_timeout,
         })
     }
 
@@ -105,23 +107,75 @@ impl Upstream {
         upgrade: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let client = if upgrade { &self.upgrade_client } else { &self.client };
+        // Host and port only: the path or query may carry a secret.
+        let target = req
+            .uri()
+            .authority()
+            .map(|a| {
+                let default = if req.uri().scheme_str() == Some("http") { 80 } else { 443 };
+                format!("{}:{}", a.host(), a.port_u16().unwrap_or(default))
+            })
+            .unwrap_or_else(|| "the provider".into());
         match tokio::time::timeout(self.request_timeout, client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => {
                 tracing::debug!(error = ?e, "upstream request failed");
+                let why = cause(&e);
                 if is_tls(&e) {
-                    Err(UpstreamError::Tls(
-                        "the TLS handshake with the provider failed (certificate or protocol)".into(),
-                    ))
+                    Err(UpstreamError::Tls(format!(
+                        "the TLS handshake with {target} failed: {why} (a provider behind a private CA needs [upstream] extra_ca)"
+                    )))
                 } else if e.is_connect() {
-                    Err(UpstreamError::Connect("could not connect to the provider".into()))
+                    Err(UpstreamError::Connect(format!(
+                        "could not connect to {target}: {why} (check the provider's base_url and that this host can reach it; [upstream] connect_timeout = {:?})",
+                        self.connect_timeout
+                    )))
                 } else {
-                    Err(UpstreamError::Connect("the provider closed the connection or sent an invalid response".into()))
+                    Err(UpstreamError::Connect(format!(
+                        "{target} closed the connection or sent an invalid response: {why}"
+                    )))
                 }
             }
         }
     }
+}
+
+/// Why a request failed, from the innermost error that says: DNS, refused, reset, timed
+/// out, or the TLS library's reason. Never the request itself.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut last = String::new();
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            let kind = match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => Some("connection refused"),
+                std::io::ErrorKind::ConnectionReset => Some("connection reset"),
+                std::io::ErrorKind::TimedOut => Some("timed out"),
+                std::io::ErrorKind::UnexpectedEof => Some("the connection closed early"),
+                std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                    Some("no route to the host")
+                }
+                _ => None,
+            };
+            if let Some(k) = kind {
+                return k.into();
+            }
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return tls.to_string();
+        }
+        let text = err.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return "the host name did not resolve (DNS)".into();
+        }
+        if text.contains("tcp connect error") && err.source().is_none() {
+            return "the TCP connection failed".into();
+        }
+        last = text;
+        next = err.source();
+    }
+    last.chars().take(200).collect()
 }
 
 /// `[upstream]`
