@@ -313,7 +313,9 @@ async fn every_error_code_of_the_contract_is_answered_with_json_and_the_header()
         }
         if code == "upstream_tls" {
             assert!(
-                message.contains("127.0.0.1:") && message.contains("invalid peer certificate") && message.contains("extra_ca"),
+                message.contains("127.0.0.1:")
+                    && message.contains("invalid peer certificate")
+                    && message.contains("extra_ca"),
                 "{message}"
             );
         }

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::router::Endpoint;
@@ -34,7 +33,7 @@ fn parse_json(body: &[u8]) -> Result<Value, PublicError> {
     })
 }
 
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+fn query(req: &Request<super::AdminBody>) -> HashMap<String, String> {
     req.uri().query().map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
@@ -61,7 +60,7 @@ pub(crate) async fn dispatch(
     state: &AdminState,
     who: &super::roles::Principal,
     route: Endpoint,
-    req: Request<Incoming>,
+    req: Request<super::AdminBody>,
 ) -> Response<Full<Bytes>> {
     match run(state, &who.actor, route, req).await {
         Ok((status, v)) => {
@@ -74,7 +73,7 @@ pub(crate) async fn dispatch(
     }
 }
 
-async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<Incoming>) -> Answer {
+async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<super::AdminBody>) -> Answer {
     let creds = &state.creds;
     let q = query(&req);
     match route {

@@ -48,6 +48,9 @@ use crate::error::PublicError;
 use crate::listen::Peer;
 use crate::telemetry::LogHandle;
 
+/// A request body the admin handlers read: the connection's, or one the console builds.
+pub(crate) type AdminBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
 /// Largest admin request body.
 pub(crate) const MAX_ADMIN_BODY: u64 = 64 * 1024;
 
@@ -133,30 +136,11 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let (resp, route) = match state.authorize(&peer, &req) {
         Err(e) => (e.into_response(), "unauthorized"),
-        Ok(who) => match router::route(&method, req.uri().path()) {
-            Err(e) => (e.into_response(), "unrouted"),
-            Ok(route) if who.role < route.role() => {
-                // Refused for the role: answered and audited like any refused mutation.
-                let name = route.name();
-                let (tenant, provider) = route.subject();
-                state.creds.audit_failure(&who.actor, name, tenant, provider, "forbidden_role").await;
-                let e = PublicError::new(
-                    http::StatusCode::FORBIDDEN,
-                    "forbidden_role",
-                    format!(
-                        "{} has the role {}; {name} needs {} (an admin changes roles in [[admin.users]])",
-                        who.actor,
-                        who.role,
-                        route.role()
-                    ),
-                );
-                (e.into_response(), name)
-            }
-            Ok(route) => {
-                let name = route.name();
-                (handlers::dispatch(&state, &who, route, req).await, name)
-            }
-        },
+        Ok(who) => {
+            let req =
+                req.map(|b| http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(b, Into::into)));
+            api(&state, &who, req).await
+        }
     };
     tracing::info!(
         listener = "admin",
@@ -167,6 +151,39 @@ pub(crate) async fn handle(
         "admin request"
     );
     Ok(resp)
+}
+
+/// Routes and answers one admin API request for `who`: the role check (a refusal is
+/// `403 forbidden_role`, audited), then the handler. The console goes through here too, so
+/// it can do nothing the API cannot.
+pub(crate) async fn api(
+    state: &AdminState,
+    who: &Principal,
+    req: Request<AdminBody>,
+) -> (Response<Full<Bytes>>, &'static str) {
+    match router::route(req.method(), req.uri().path()) {
+        Err(e) => (e.into_response(), "unrouted"),
+        Ok(route) if who.role < route.role() => {
+            let name = route.name();
+            let (tenant, provider) = route.subject();
+            state.creds.audit_failure(&who.actor, name, tenant, provider, "forbidden_role").await;
+            let e = PublicError::new(
+                http::StatusCode::FORBIDDEN,
+                "forbidden_role",
+                format!(
+                    "{} has the role {}; {name} needs {} (an admin changes roles in [[admin.users]])",
+                    who.actor,
+                    who.role,
+                    route.role()
+                ),
+            );
+            (e.into_response(), name)
+        }
+        Ok(route) => {
+            let name = route.name();
+            (handlers::dispatch(state, who, route, req).await, name)
+        }
+    }
 }
 
 /// `[admin]`

@@ -4,7 +4,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use zeroize::Zeroizing;
 
 /// Errors carried by proxied bodies.
@@ -28,7 +27,11 @@ pub(crate) enum BodyError {
 /// copied into one buffer sized from `Content-Length` (grown by moving into a new zeroized
 /// buffer, never by `realloc`, which would leave the old bytes behind), and each chunk is
 /// wiped when keyward holds its only reference.
-pub(crate) async fn read_body(req: Request<Incoming>, limit: u64) -> Result<Zeroizing<Vec<u8>>, BodyError> {
+pub(crate) async fn read_body<B>(req: Request<B>, limit: u64) -> Result<Zeroizing<Vec<u8>>, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
