@@ -435,6 +435,10 @@ impl App {
             log,
             token_digest,
             users: Arc::new(config.admin.users.clone()),
+            console: config
+                .admin
+                .console
+                .then(|| Arc::new(crate::console::Console { tls: config.admin.tls.is_some(), ..Default::default() })),
             live: live.clone(),
             tokens,
             connect,

@@ -36,6 +36,7 @@ mod admin;
 mod app;
 pub mod cli;
 pub mod config;
+mod console;
 mod creds;
 pub mod ctl;
 mod error;

@@ -65,6 +65,8 @@ pub(crate) struct AdminState {
     pub token_digest: Option<[u8; 32]>,
     /// `[[admin.users]]`
     pub users: Arc<Vec<AdminUser>>,
+    /// The web console (`[admin] console = true`), served on admin TCP only.
+    pub console: Option<Arc<crate::console::Console>>,
     /// Live checks and route discovery.
     pub live: Arc<crate::live::Live>,
     /// Google tokens (revocation on delete).
@@ -134,6 +136,13 @@ pub(crate) async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
+    if let (Some(console), Peer::Tcp { addr, .. }) = (&state.console, &peer) {
+        if crate::console::is_console(req.uri().path()) {
+            let resp = crate::console::handle(&state, console, addr.ip(), req).await;
+            tracing::info!(listener = "admin", method = %method, route = "console", status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "admin request");
+            return Ok(resp);
+        }
+    }
     let (resp, route) = match state.authorize(&peer, &req) {
         Err(e) => (e.into_response(), "unauthorized"),
         Ok(who) => {
@@ -199,6 +208,8 @@ pub struct AdminConfig {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Named operators and their roles.
     pub users: Vec<AdminUser>,
+    /// Serve the web console at `/console/` on `tcp`.
+    pub console: bool,
 }
 
 /// The admin router, for `fuzz/`.

@@ -18,6 +18,7 @@ pub(super) fn build_admin(ctx: &Ctx<'_>, admin_raw: RawAdmin, plain_tcp: bool) -
             })
             .transpose()?,
         users: users(ctx, &admin_raw.users)?,
+        console: admin_raw.console,
     };
     if let Some(a) = admin.tcp {
         // The bearer token (and every credential put) would cross the network in clear.
@@ -36,6 +37,16 @@ pub(super) fn build_admin(ctx: &Ctx<'_>, admin_raw: RawAdmin, plain_tcp: bool) -
             "admin.token_file",
             "admin.tcp needs a token_file holding the bearer token, or [[admin.users]] (`keyward admin token new NAME`)",
         ));
+    }
+    if admin.console {
+        match admin.tcp {
+            None => return Err(ctx.err("admin.console", "the console is served on admin.tcp: set it")),
+            // Session cookies and tokens would cross the network in clear.
+            Some(a) if !a.ip().is_loopback() && admin.tls.is_none() => {
+                return Err(ctx.err("admin.console", format!("{a} is not loopback: the console needs [admin.tls]")))
+            }
+            _ => {}
+        }
     }
     if !admin.users.is_empty() && admin.tcp.is_none() {
         return Err(ctx.err(

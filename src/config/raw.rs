@@ -164,6 +164,8 @@ pub(super) struct RawAdmin {
     pub(super) tls: Option<RawTls>,
     #[serde(default)]
     pub(super) users: Vec<RawUser>,
+    #[serde(default)]
+    pub(super) console: bool,
 }
 
 #[derive(Deserialize)]

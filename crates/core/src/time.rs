@@ -24,6 +24,12 @@ pub fn rfc3339(ms: Millis) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// Reads the form [`rfc3339`] writes back into milliseconds.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let t = humantime::parse_rfc3339(s).ok()?;
+    i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,6 +39,8 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
         assert_eq!(rfc3339(-5), "1970-01-01T00:00:00.000Z");
+        assert_eq!(parse_rfc3339("2023-11-14T22:13:20.123Z"), Some(1_700_000_000_123));
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]
