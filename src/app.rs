@@ -435,6 +435,7 @@ impl App {
             log,
             token_digest,
             users: Arc::new(config.admin.users.clone()),
+            metrics: Some(metrics.clone()),
             console: config
                 .admin
                 .console

@@ -142,6 +142,45 @@ impl Metrics {
         Metrics { registry, proxy_requests, proxy_requests_by_tenant, upstream_latency, webhook_verifications }
     }
 
+    /// The counters an operator reads at a glance (requests, webhook verifications, cache,
+    /// Google refreshes), as `{name, labels, value}`, read back from the exposition so they
+    /// are exactly what `/metrics` says.
+    pub(crate) fn counters(&self) -> Vec<serde_json::Value> {
+        const WANTED: [&str; 5] = [
+            "keyward_proxy_requests_total",
+            "keyward_webhook_verifications_total",
+            "keyward_credential_cache_hits_total",
+            "keyward_credential_cache_misses_total",
+            "keyward_google_token_refreshes_total",
+        ];
+        let mut out = Vec::new();
+        for line in self.render().lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = match line.rsplit_once(' ') {
+                Some(p) => p,
+                None => continue,
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if !WANTED.contains(&name) {
+                continue;
+            }
+            let mut map = serde_json::Map::new();
+            for kv in labels.split("\",").filter(|s| !s.is_empty()) {
+                if let Some((k, v)) = kv.split_once("=\"") {
+                    map.insert(
+                        k.trim_start_matches(',').to_string(),
+                        serde_json::Value::String(v.trim_end_matches('"').to_string()),
+                    );
+                }
+            }
+            let value: f64 = value.parse().unwrap_or(0.0);
+            out.push(serde_json::json!({"name": name, "labels": map, "value": value}));
+        }
+        out
+    }
+
     /// The exposition text.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();

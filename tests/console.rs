@@ -99,10 +99,15 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
             admin_token.display()
         ),
         extra: pki.upstream("vapi", &vapi.url),
+        app: Some(String::new()),
         ..DaemonConfig::default()
     });
     d.start();
     put_vapi(&d, "acme", SECRET).await;
+    let (s, _) = d.admin("PUT", "/v1/routes/vapi-assistant/asst_console_1", Some(r#"{"tenant":"acme"}"#)).await;
+    assert_eq!(s, 200);
+    let (s, _, _) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 401, "relayed from the fake");
     let (s, _) = d
         .admin(
             "PUT",
@@ -163,12 +168,18 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
     );
     assert!(p.body.contains(">Test<") && p.body.contains(">Disconnect<"));
     assert!(p.body.contains("…0001"), "the hint is shown");
+    assert!(p.body.contains("<td>vapi-assistant</td><td><code>asst_console_1</code></td>"), "the tenant's routes");
     let csrf = csrf_of(&p.body);
     seen.push_str(&p.body);
     // Test: the provider refuses (401), so the credential is revoked, with the reason shown.
     let p = b.post("/console/tenants/acme/credentials/vapi/verify", &[("csrf", &csrf)]).await;
     assert_eq!(p.status, 200);
-    assert!(p.body.contains("Test vapi: invalid — invalid credentials (HTTP 401)") && p.body.contains("badge bad\">revoked"), "{}", p.body);
+    assert!(
+        p.body.contains("Test vapi: invalid — invalid credentials (HTTP 401)")
+            && p.body.contains("badge bad\">revoked"),
+        "{}",
+        p.body
+    );
     seen.push_str(&p.body);
     // Without the CSRF token, or from another origin: refused, nothing done.
     let p = b.post("/console/tenants/acme/credentials/vapi/delete", &[]).await;
@@ -207,6 +218,9 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
         p.body
     );
     seen.push_str(&p.body);
+    // The overview counts the proxied request.
+    let p = b.req("GET", "/console/overview", None, None).await;
+    assert!(p.body.contains("<tr><td>vapi</td><td>1</td>") && p.body.contains("hit rate"), "{}", p.body);
     // Logout ends the session.
     assert_eq!(b.post("/console/logout", &[("csrf", &csrf)]).await.status, 303);
     assert_eq!(b.req("GET", "/console/", None, None).await.status, 303);

@@ -234,6 +234,12 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
         }
         Endpoint::KeyStatus => ok(to_json(&creds.key_status().await?)),
         Endpoint::OpenApi => ok(super::openapi::parsed().clone()),
+        Endpoint::TenantRoutes(t) => {
+            let routes: Vec<Value> =
+                creds.tenant_routes(&t).await?.into_iter().map(|(k, i)| json!({"kind": k, "id": i})).collect();
+            ok(json!({"tenant": t, "routes": routes}))
+        }
+        Endpoint::Stats => ok(json!({"counters": state.metrics.as_ref().map(|m| m.counters()).unwrap_or_default()})),
         Endpoint::Users => {
             let users: Vec<_> = state.users.iter().map(|u| json!({"name": u.name, "role": u.role})).collect();
             ok(json!({"users": users, "token_file": state.token_digest.is_some()}))

@@ -65,6 +65,8 @@ pub(crate) struct AdminState {
     pub token_digest: Option<[u8; 32]>,
     /// `[[admin.users]]`
     pub users: Arc<Vec<AdminUser>>,
+    /// The daemon's counters, for `GET /v1/stats`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// The web console (`[admin] console = true`), served on admin TCP only.
     pub console: Option<Arc<crate::console::Console>>,
     /// Live checks and route discovery.

@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 description of the admin API (docs/openapi.json, served at
-//! `GET /v1/openapi.json`). It is written by hand and checked against the router's table
-//! both ways, so neither can change without the other.
+//! `GET /v1/openapi.json`). It is written by docs/openapi.py and checked against the
+//! router's table both ways, so neither can change without the other.
 
 /// The description, embedded in the binary.
 pub(crate) const DOC: &str = include_str!("../../docs/openapi.json");

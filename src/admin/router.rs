@@ -29,6 +29,8 @@ pub(crate) enum Endpoint {
     SetLogLevel,
     Users,
     OpenApi,
+    TenantRoutes(TenantId),
+    Stats,
 }
 
 impl Endpoint {
@@ -54,6 +56,8 @@ impl Endpoint {
             Endpoint::SetLogLevel => "log.level",
             Endpoint::Users => "users.list",
             Endpoint::OpenApi => "openapi",
+            Endpoint::TenantRoutes(_) => "tenant.routes",
+            Endpoint::Stats => "stats",
         }
     }
 
@@ -67,7 +71,9 @@ impl Endpoint {
             | Endpoint::Audit
             | Endpoint::AuditVerify
             | Endpoint::KeyStatus
-            | Endpoint::OpenApi => Role::Viewer,
+            | Endpoint::OpenApi
+            | Endpoint::TenantRoutes(_)
+            | Endpoint::Stats => Role::Viewer,
             Endpoint::DeleteTenant(_)
             | Endpoint::PutCredential(..)
             | Endpoint::DeleteCredential(..)
@@ -125,6 +131,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/tenants", "tenants.list"),
     ("DELETE", "/v1/tenants/{tenant}", "tenant.delete"),
     ("GET", "/v1/tenants/{tenant}/credentials", "credentials.list"),
+    ("GET", "/v1/tenants/{tenant}/routes", "tenant.routes"),
     ("PUT", "/v1/tenants/{tenant}/credentials/{provider}", "credential.put"),
     ("GET", "/v1/tenants/{tenant}/credentials/{provider}", "credential.get"),
     ("DELETE", "/v1/tenants/{tenant}/credentials/{provider}", "credential.delete"),
@@ -141,6 +148,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("PUT", "/v1/log/level", "log.level"),
     ("GET", "/v1/users", "users.list"),
     ("GET", "/v1/openapi.json", "openapi"),
+    ("GET", "/v1/stats", "stats"),
 ];
 
 /// The endpoint `name` with its path parameters parsed (in template order).
@@ -171,6 +179,8 @@ fn build(name: &str, p: &[&str]) -> Result<Endpoint, PublicError> {
         "log.level" => Endpoint::SetLogLevel,
         "users.list" => Endpoint::Users,
         "openapi" => Endpoint::OpenApi,
+        "tenant.routes" => Endpoint::TenantRoutes(tenant(arg(0))?),
+        "stats" => Endpoint::Stats,
         other => return Err(PublicError::not_found(format!("no admin endpoint named {other}"))),
     })
 }

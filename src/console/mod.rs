@@ -208,6 +208,7 @@ pub(crate) async fn handle(
             ["tenants", t, "credentials", p, "disconnect"] => {
                 html(StatusCode::OK, pages::confirm_disconnect(&ctx, t, p))
             }
+            ["overview"] => html(StatusCode::OK, pages::overview(state, &ctx).await),
             ["audit"] => html(
                 StatusCode::OK,
                 pages::audit(state, &ctx, get("tenant"), get("action"), get("user"), get("result")).await,

@@ -63,7 +63,7 @@ pub(crate) fn layout(ctx: &Ctx<'_>, title: &str, body: String) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <title>{t} · keyward</title><link rel=\"stylesheet\" href=\"/console/static/console.css\"></head><body>\
-<header><nav aria-label=\"main\"><a href=\"/console/\">Tenants</a> <a href=\"/console/audit\">Audit</a></nav>\
+<header><nav aria-label=\"main\"><a href=\"/console/\">Tenants</a> <a href=\"/console/audit\">Audit</a> <a href=\"/console/overview\">Overview</a></nav>\
 <form class=\"who\" method=\"post\" action=\"/console/logout\">{csrf}<span>{who} ({role})</span> <button type=\"submit\">Log out</button></form></header>\
 <main><h1>{t}</h1>{body}</main></body></html>",
         t = esc(title),
@@ -300,6 +300,21 @@ pub(crate) async fn tenant(state: &AdminState, ctx: &Ctx<'_>, tenant: &str, noti
         body.push_str("</section>");
     }
     body.push_str("</div>");
+    let (_, routes) = call(state, ctx.who, Method::GET, &format!("/v1/tenants/{t}/routes"), None).await;
+    body.push_str("<h2>Routes</h2><table><caption>Provider ids whose webhooks reach this tenant</caption><thead><tr><th scope=\"col\">Kind</th><th scope=\"col\">Id</th></tr></thead><tbody>");
+    let listed = routes["routes"].as_array().cloned().unwrap_or_default();
+    for r in &listed {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td><code>{}</code></td></tr>",
+            esc(r["kind"].as_str().unwrap_or("")),
+            esc(r["id"].as_str().unwrap_or(""))
+        );
+    }
+    body.push_str("</tbody></table>");
+    if listed.is_empty() {
+        body.push_str("<p>No routes.</p>");
+    }
     if change {
         body.push_str(&put_form(state, ctx, tenant));
         let _ = write!(
@@ -449,6 +464,51 @@ pub(crate) async fn audit(
     }
     body.push_str("</tbody></table>");
     layout(ctx, "Audit log", body)
+}
+
+/// The daemon's own counters at a glance.
+pub(crate) async fn overview(state: &AdminState, ctx: &Ctx<'_>) -> String {
+    use std::collections::BTreeMap;
+    let (_, v) = call(state, ctx.who, Method::GET, "/v1/stats", None).await;
+    let counters = v["counters"].as_array().cloned().unwrap_or_default();
+    let label = |c: &Value, k: &str| c["labels"][k].as_str().unwrap_or("").to_string();
+    let mut per_provider: BTreeMap<String, (f64, f64)> = BTreeMap::new();
+    let mut rejections: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let (mut hits, mut misses, mut refreshes) = (0.0, 0.0, 0.0);
+    for c in &counters {
+        let n = c["value"].as_f64().unwrap_or(0.0);
+        match c["name"].as_str().unwrap_or("") {
+            "keyward_proxy_requests_total" => {
+                let e = per_provider.entry(label(c, "provider")).or_default();
+                e.0 += n;
+                if !label(c, "error").is_empty() {
+                    e.1 += n;
+                }
+            }
+            "keyward_webhook_verifications_total" if label(c, "result") != "verified" => {
+                *rejections.entry((label(c, "provider"), label(c, "reason"))).or_default() += n;
+            }
+            "keyward_credential_cache_hits_total" => hits += n,
+            "keyward_credential_cache_misses_total" => misses += n,
+            "keyward_google_token_refreshes_total" => refreshes += n,
+            _ => {}
+        }
+    }
+    let rate =
+        if hits + misses > 0.0 { format!("{:.1} %", 100.0 * hits / (hits + misses)) } else { "no lookups yet".into() };
+    let mut body = format!(
+        "<dl><dt>Credential cache hit rate</dt><dd>{rate} ({hits:.0} hits, {misses:.0} misses)</dd><dt>Google token refreshes</dt><dd>{refreshes:.0}</dd></dl>"
+    );
+    body.push_str("<table><caption>Outbound requests per provider</caption><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Requests</th><th scope=\"col\">Errors</th></tr></thead><tbody>");
+    for (p, (n, e)) in &per_provider {
+        let _ = write!(body, "<tr><td>{}</td><td>{n:.0}</td><td>{e:.0}</td></tr>", esc(p));
+    }
+    body.push_str("</tbody></table><table><caption>Webhook rejections by reason</caption><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Reason</th><th scope=\"col\">Count</th></tr></thead><tbody>");
+    for ((p, r), n) in &rejections {
+        let _ = write!(body, "<tr><td>{}</td><td>{}</td><td>{n:.0}</td></tr>", esc(p), esc(r));
+    }
+    body.push_str("</tbody></table>");
+    layout(ctx, "Overview", body)
 }
 
 #[cfg(test)]

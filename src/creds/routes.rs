@@ -27,6 +27,25 @@ impl Credentials {
         Ok(self.store.get_route(&kind, &id).await?)
     }
 
+    /// The routes that lead to `tenant`, as `(kind, id)`, each checked through the store's
+    /// authenticated read. A scan of the routing index: for the console and the CLI, not
+    /// for a request path.
+    pub async fn tenant_routes(&self, tenant: &TenantId) -> Result<Vec<(RouteKind, RouteId)>, CredError> {
+        let mut out = Vec::new();
+        let mut after: Option<(RouteKind, RouteId)> = None;
+        loop {
+            let page = self.store.list_routes(after.as_ref().map(|(k, i)| (k, i)), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some((last.kind.clone(), last.id.clone()));
+            for row in page {
+                if row.tenant == *tenant && self.store.get_route(&row.kind, &row.id).await?.as_ref() == Some(tenant) {
+                    out.push((row.kind, row.id));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Removes a route; false when there was none.
     pub async fn delete_route(&self, actor: &str, kind: &RouteKind, id: &RouteId) -> Result<bool, CredError> {
         let Some(owner) = self.store.get_route(kind, id).await? else {
