@@ -200,8 +200,10 @@ async fn the_console_works_in_headless_chromium_and_refuses_what_it_must() {
     b.go(&format!("{console}/console/")).await;
     assert!(b.find("input[name=token][type=password]").await.is_some(), "sent to the login form");
     b.screenshot("login", 1280, 800).await;
-    b.type_into("#token", &op).await;
-    b.click("button[type=submit]").await;
+    // Keyboard only: the field has focus on load; typing the token and Enter logs in.
+    let active = b.script("return document.activeElement && document.activeElement.id").await;
+    assert_eq!(active, json!("token"), "the token field has focus");
+    b.type_into("#token", &format!("{op}\u{e007}")).await;
     b.wait_text("olga (operator)").await;
     assert_eq!(b.script("return document.cookie").await, json!(""), "the session cookie is HttpOnly");
     let cookies = b.cookies().await;
@@ -225,6 +227,11 @@ async fn the_console_works_in_headless_chromium_and_refuses_what_it_must() {
     }
     b.screenshot("tenant", 1280, 800).await;
     b.screenshot("tenant-phone", 390, 844).await;
+    // Readable on a phone: at 390×844 nothing is wider than the screen.
+    b.cmd(reqwest::Method::POST, "/window/rect", json!({"width": 390, "height": 844})).await;
+    let fits = b.script("return document.documentElement.scrollWidth <= window.innerWidth + 1").await;
+    assert_eq!(fits, json!(true), "the tenant page scrolls sideways at 390 px");
+    b.cmd(reqwest::Method::POST, "/window/rect", json!({"width": 1280, "height": 800})).await;
     // Test resend: the result shows in place.
     b.click("form[action$='/resend/verify'] button").await;
     b.wait_text("Test resend: valid").await;
