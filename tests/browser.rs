@@ -155,16 +155,6 @@ async fn attacker_page(target: String) -> String {
     url
 }
 
-fn user(dir: &std::path::Path, name: &str, role: &str) -> (String, String) {
-    let f = dir.join(name);
-    let out =
-        Command::new(BIN).args(["admin", "token", "new", name, "--role", role, "--out"]).arg(&f).output().unwrap();
-    assert!(out.status.success());
-    let entry =
-        String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    (std::fs::read_to_string(&f).unwrap().trim().to_string(), entry)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_works_in_headless_chromium_and_refuses_what_it_must() {
     let Some(b) = Driver::start().await else { return };
@@ -172,8 +162,8 @@ async fn the_console_works_in_headless_chromium_and_refuses_what_it_must() {
     let pki = Pki::new(tmp.path());
     let refuse = FakeProvider::with_handler(&pki, Arc::new(|_| Box::pin(async { json_response(401, "{}") }))).await;
     let accept = FakeProvider::start(&pki).await;
-    let (op, op_entry) = user(tmp.path(), "olga", "operator");
-    let (viewer, view_entry) = user(tmp.path(), "vera", "viewer");
+    let (op, op_entry) = admin_user(tmp.path(), "olga", "operator");
+    let (viewer, view_entry) = admin_user(tmp.path(), "vera", "viewer");
     let mut d = Daemon::new(DaemonConfig {
         admin_extra: format!("tcp = \"127.0.0.1:0\"\nconsole = true\n{op_entry}\n{view_entry}"),
         extra: format!("{}[providers.resend]\nbase_url = \"{}\"\n", pki.upstream("vapi", &refuse.url), accept.url),

@@ -71,16 +71,6 @@ fn csrf_of(page: &str) -> String {
     page[i..].split('"').next().unwrap().to_string()
 }
 
-fn user(dir: &std::path::Path, name: &str, role: &str) -> (String, String) {
-    let f = dir.join(name);
-    let out =
-        Command::new(BIN).args(["admin", "token", "new", name, "--role", role, "--out"]).arg(&f).output().unwrap();
-    assert!(out.status.success());
-    let entry =
-        String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    (std::fs::read_to_string(&f).unwrap().trim().to_string(), entry)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
     let tmp = tempfile::tempdir().unwrap();
@@ -88,8 +78,8 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
     // Vapi answers 401 to the live check: the card shows the failed check.
     let vapi =
         FakeProvider::with_handler(&pki, std::sync::Arc::new(|_| Box::pin(async { json_response(401, "{}") }))).await;
-    let (op_token, op_entry) = user(tmp.path(), "olga", "operator");
-    let (view_token, view_entry) = user(tmp.path(), "vera", "viewer");
+    let (op_token, op_entry) = admin_user(tmp.path(), "olga", "operator");
+    let (view_token, view_entry) = admin_user(tmp.path(), "vera", "viewer");
     let admin_token = tmp.path().join("admin-token");
     std::fs::write(&admin_token, "console-admin-token-000000000000001\n").unwrap();
     std::fs::set_permissions(&admin_token, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -528,3 +528,15 @@ pub async fn put_vapi(d: &Daemon, tenant: &str, key: &str) {
         .await;
     assert_eq!(s, 200, "{v}");
 }
+
+/// `keyward admin token new NAME --role ROLE --out FILE` in `dir`: the token, and the
+/// `[[admin.users]]` entry the command printed.
+pub fn admin_user(dir: &Path, name: &str, role: &str) -> (String, String) {
+    let f = dir.join(name);
+    let out =
+        Command::new(BIN).args(["admin", "token", "new", name, "--role", role, "--out"]).arg(&f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let entry =
+        String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    (std::fs::read_to_string(&f).unwrap().trim().to_string(), entry)
+}
