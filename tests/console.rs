@@ -88,7 +88,10 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
             "tcp = \"127.0.0.1:0\"\ntoken_file = \"{}\"\nconsole = true\n{op_entry}\n{view_entry}",
             admin_token.display()
         ),
-        extra: pki.upstream("vapi", &vapi.url),
+        extra: format!(
+            "[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"https://hooks.test\"\nforward_to = \"http://127.0.0.1:9\"\n{}",
+            pki.upstream("vapi", &vapi.url)
+        ),
         app: Some(String::new()),
         ..DaemonConfig::default()
     });
@@ -200,6 +203,20 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
         .await;
     assert!(p.body.contains("put elevenlabs: done") && p.body.contains("p-elevenlabs"), "{}", p.body);
     seen.push_str(&p.body);
+    // Connect Google: the inactive Google credential gets an authorization link to hand over.
+    let (s, _) = d
+        .admin("PUT", "/v1/tenants/acme/credentials/google", Some(&json!({"client_id": "c.apps.googleusercontent.com", "client_secret": "CANARYconsoleGoogle0000000000004", "scopes": ["s"]}).to_string()))
+        .await;
+    assert_eq!(s, 200);
+    let p = b.post("/console/tenants/acme/google", &[("csrf", &csrf)]).await;
+    assert!(
+        p.body.contains("Hand this authorization link to the tenant")
+            && p.body.contains("client_id=c.apps.googleusercontent.com"),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains("badge off\">inactive"), "the Google card waits for the flow");
+    seen.push_str(&p.body);
     // The audit page shows the user's actions and the chain state.
     let p = b.req("GET", "/console/audit?user=olga", None, None).await;
     assert!(
@@ -232,7 +249,10 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
     assert!(st.get("deleted_at").is_none());
 
     // No page carried a secret, in any form.
-    assert_eq!(canary_hits(seen.as_bytes(), &[SECRET, PUT_SECRET, &op_token, &view_token]), 0);
+    assert_eq!(
+        canary_hits(seen.as_bytes(), &[SECRET, PUT_SECRET, "CANARYconsoleGoogle0000000000004", &op_token, &view_token]),
+        0
+    );
     d.stop();
     assert_eq!(canary_hits(d.logs().as_bytes(), &[SECRET, PUT_SECRET, &op_token, &view_token]), 0);
 }
