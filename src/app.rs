@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::admin::{self, AdminState};
 use crate::config::{Backend, Config, Env, PasswordSource, PostgresConfig};
+use crate::console;
 use crate::creds::{CredError, Credentials};
 use crate::http::Upstream;
 use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
@@ -430,16 +431,16 @@ impl App {
             ..ConnLimits::default()
         };
         let budget = ConnBudget::new(&config);
+        let console = config
+            .admin
+            .console
+            .then(|| Arc::new(console::Console { tls: config.admin.tls.is_some(), ..Default::default() }));
         let admin_state = Arc::new(AdminState {
             creds: creds.clone(),
             log,
             token_digest,
             users: Arc::new(config.admin.users.clone()),
             metrics: Some(metrics.clone()),
-            console: config
-                .admin
-                .console
-                .then(|| Arc::new(crate::console::Console { tls: config.admin.tls.is_some(), ..Default::default() })),
             live: live.clone(),
             tokens,
             connect,
@@ -472,9 +473,23 @@ impl App {
                 }
                 ("admin" | "admin-tcp", _) => {
                     let st = admin_state.clone();
+                    // The console shares admin TCP: its paths go to it, the rest to the API.
+                    let con = (l.name == "admin-tcp").then(|| console.clone()).flatten();
                     tasks.push(tokio::spawn(listen::serve(l.name, l.bound, l.tls, limits, sd, move |peer| {
-                        let st = st.clone();
-                        hyper::service::service_fn(move |req| admin::handle(st.clone(), peer.clone(), req))
+                        let (st, con) = (st.clone(), con.clone());
+                        hyper::service::service_fn(move |req| {
+                            let (st, con, peer) = (st.clone(), con.clone(), peer.clone());
+                            async move {
+                                match (&con, &peer) {
+                                    (Some(c), listen::Peer::Tcp { addr, .. })
+                                        if console::is_console(req.uri().path()) =>
+                                    {
+                                        Ok(console::handle(&st, c, addr.ip(), req).await)
+                                    }
+                                    _ => admin::handle(st, peer, req).await,
+                                }
+                            }
+                        })
                     })));
                 }
                 _ => {

@@ -26,7 +26,9 @@
 //!    and route discovery. They return their own typed errors.
 //! 6. **edge**: [`error`], [`listen`], [`policy`] — the one error-to-HTTP mapping; socket
 //!    binding and accept loops; client policy and rate limits.
-//! 7. **servers**: [`proxy`], [`webhook`], [`admin`], [`ops`] — the four listeners' services.
+//! 7. **servers**: [`proxy`], [`webhook`], [`admin`], [`console`], [`ops`] — the listeners'
+//!    services; the console renders pages from the admin API (it imports `admin`, never
+//!    the other way).
 //! 8. **configuration**: [`config`] — TOML parsed into the components' own config types.
 //! 9. **composition**: [`app`], [`migrate`] — building and running the daemon; store moves.
 //! 10. **command line**: [`cli`], [`ctl`], [`fuzzing`], `main` — argument parsing, the admin

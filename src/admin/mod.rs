@@ -67,8 +67,6 @@ pub(crate) struct AdminState {
     pub users: Arc<Vec<AdminUser>>,
     /// The daemon's counters, for `GET /v1/stats`.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
-    /// The web console (`[admin] console = true`), served on admin TCP only.
-    pub console: Option<Arc<crate::console::Console>>,
     /// Live checks and route discovery.
     pub live: Arc<crate::live::Live>,
     /// Google tokens (revocation on delete).
@@ -138,13 +136,6 @@ pub(crate) async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
-    if let (Some(console), Peer::Tcp { addr, .. }) = (&state.console, &peer) {
-        if crate::console::is_console(req.uri().path()) {
-            let resp = crate::console::handle(&state, console, addr.ip(), req).await;
-            tracing::info!(listener = "admin", method = %method, route = "console", status = resp.status().as_u16(), micros = started.elapsed().as_micros() as u64, "admin request");
-            return Ok(resp);
-        }
-    }
     let (resp, route) = match state.authorize(&peer, &req) {
         Err(e) => (e.into_response(), "unauthorized"),
         Ok(who) => {

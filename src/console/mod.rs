@@ -144,8 +144,28 @@ pub(crate) async fn call(
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
-/// Serves one console request.
+/// Serves one console request (and logs it as the admin listener logs its requests).
 pub(crate) async fn handle(
+    state: &AdminState,
+    console: &Console,
+    peer_ip: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let resp = serve(state, console, peer_ip, req).await;
+    tracing::info!(
+        listener = "admin",
+        method = %method,
+        route = "console",
+        status = resp.status().as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "admin request"
+    );
+    resp
+}
+
+async fn serve(
     state: &AdminState,
     console: &Console,
     peer_ip: std::net::IpAddr,
