@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""The per-request budget from `bench/run --budget`: perf counters of the proxy process
+divided by the requests the load generator completed, keyward beside nginx, and the top of
+each one's profile. Writes OUT/budget.json and prints a Markdown table."""
+import json, os, sys
+
+out = sys.argv[1]
+NAMES = {
+    "task-clock": "CPU µs", "context-switches": "context switches", "cpu-migrations": "migrations",
+    "raw_syscalls:sys_enter": "syscalls", "probe_libc:malloc": "malloc", "probe_libc:calloc": "calloc",
+    "probe_libc:realloc": "realloc",
+}
+rows, tops = {}, {}
+for mode in ("rate", "sat"):
+    for who in ("keyward", "nginx"):
+        name = f"budget-{who}-{mode}"
+        lg = json.load(open(os.path.join(out, name + ".json")))
+        reqs = max(lg.get("requests", 0), 1)
+        per = {"requests": reqs}
+        for line in open(os.path.join(out, name + ".perf")):
+            parts = line.strip().split(",")
+            if len(parts) < 3 or not parts[0].replace(".", "").isdigit():
+                continue
+            value, event = float(parts[0]), parts[2]
+            if event == "task-clock":
+                value *= 1000  # msec -> µs
+            label = NAMES.get(event, event.replace("syscalls:sys_enter_", ""))
+            per[label] = round(value / reqs, 2)
+        per["allocations"] = round(sum(per.get(k, 0) for k in ("malloc", "calloc", "realloc")), 2)
+        rows[name] = per
+        top = os.path.join(out, name + ".top")
+        tops[name] = open(top).read().splitlines()[:15] if os.path.exists(top) else []
+json.dump({"per_request": rows, "top": tops}, open(os.path.join(out, "budget.json"), "w"), indent=2)
+keys = ["CPU µs", "syscalls", "context switches", "allocations", "read", "recvfrom", "write", "writev", "sendto", "sendmsg", "epoll_wait", "futex", "sched_yield"]
+for mode, title in (("rate", "2,000 req/s, 16 connections"), ("sat", "saturation, 64 connections")):
+    k, n = rows[f"budget-keyward-{mode}"], rows[f"budget-nginx-{mode}"]
+    print(f"\n| per request, {title} | keyward | nginx | keyward / nginx |\n| --- | ---: | ---: | ---: |")
+    for key in keys:
+        a, b = k.get(key, 0), n.get(key, 0)
+        ratio = f"{a / b:.2f}" if b else "—"
+        print(f"| {key} | {a} | {b} | {ratio} |")
+    print(f"| requests measured | {k['requests']} | {n['requests']} | |")
+for name, lines in tops.items():
+    print(f"\n{name}:")
+    for l in lines:
+        print("   " + l)
