@@ -14,18 +14,20 @@ rows, tops = {}, {}
 for mode in ("rate", "sat"):
     for who in ("keyward", "nginx"):
         name = f"budget-{who}-{mode}"
-        lg = json.load(open(os.path.join(out, name + ".json")))
-        reqs = max(lg.get("requests", 0), 1)
-        per = {"requests": reqs}
-        for line in open(os.path.join(out, name + ".perf")):
-            parts = line.strip().split(",")
-            if len(parts) < 3 or not parts[0].replace(".", "").isdigit():
-                continue
-            value, event = float(parts[0]), parts[2]
-            if event == "task-clock":
-                value *= 1000  # msec -> µs
-            label = NAMES.get(event, event.replace("syscalls:sys_enter_", ""))
-            per[label] = round(value / reqs, 2)
+        per = {}
+        for run in (name + ".cpu", name):
+            lg = json.load(open(os.path.join(out, run + ".json")))
+            reqs = max(lg.get("requests", 0), 1)
+            per.setdefault("requests", reqs)
+            for line in open(os.path.join(out, run + ".perf")):
+                parts = line.strip().split(",")
+                if len(parts) < 3 or not parts[0].replace(".", "").isdigit():
+                    continue
+                value, event = float(parts[0]), parts[2]
+                if event == "task-clock":
+                    value *= 1000  # msec -> µs
+                label = NAMES.get(event, event.replace("syscalls:sys_enter_", ""))
+                per[label] = round(value / reqs, 2)
         per["allocations"] = round(sum(per.get(k, 0) for k in ("malloc", "calloc", "realloc")), 2)
         rows[name] = per
         top = os.path.join(out, name + ".top")
