@@ -24,11 +24,58 @@ fn insert_bounded<K: std::hash::Hash + Eq + Clone, V>(map: &mut HashMap<K, V>, k
     map.insert(key, value);
 }
 
+/// A cache key as borrowed strings, so a lookup allocates nothing: `(String, String)`
+/// borrows as `dyn KeyPair`, hashed and compared like the tuple (each string in turn).
+pub(super) trait KeyPair {
+    fn tenant(&self) -> &str;
+    fn provider(&self) -> &str;
+}
+
+impl KeyPair for (String, String) {
+    fn tenant(&self) -> &str {
+        &self.0
+    }
+    fn provider(&self) -> &str {
+        &self.1
+    }
+}
+
+impl KeyPair for (&str, &str) {
+    fn tenant(&self) -> &str {
+        self.0
+    }
+    fn provider(&self) -> &str {
+        self.1
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn KeyPair + 'a> for (String, String) {
+    fn borrow(&self) -> &(dyn KeyPair + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn KeyPair + '_ {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The same sequence as `(String, String)`'s derived hash.
+        self.tenant().hash(state);
+        self.provider().hash(state);
+    }
+}
+
+impl PartialEq for dyn KeyPair + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.tenant() == other.tenant() && self.provider() == other.provider()
+    }
+}
+
+impl Eq for dyn KeyPair + '_ {}
+
 impl Credentials {
     pub(super) fn invalidate(&self, tenant: &str, provider: &str) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut c) = self.cache.write() {
-            c.remove(&(tenant.to_string(), provider.to_string()));
+            c.remove(&(tenant, provider) as &dyn KeyPair);
         }
     }
 
@@ -106,8 +153,8 @@ impl Credentials {
     /// The decrypted credential whatever its status (webhook verification still works for a
     /// revoked credential: revocation concerns outbound auth).
     pub async fn resolve_any(&self, tenant: &TenantId, provider: &str) -> Result<Arc<Credential>, CredError> {
-        let key = (tenant.as_str().to_string(), provider.to_string());
-        if let Some(c) = self.cache.read().ok().and_then(|c| c.get(&key).cloned()) {
+        let borrowed = (tenant.as_str(), provider);
+        if let Some(c) = self.cache.read().ok().and_then(|c| c.get(&borrowed as &dyn KeyPair).cloned()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(c);
         }
@@ -116,7 +163,12 @@ impl Credentials {
         let c = Arc::new(self.load(tenant, provider).await?);
         if let Ok(mut cache) = self.cache.write() {
             if self.generation.load(Ordering::SeqCst) == gen {
-                insert_bounded(&mut cache, key, c.clone(), self.capacity);
+                insert_bounded(
+                    &mut cache,
+                    (tenant.as_str().to_string(), provider.to_string()),
+                    c.clone(),
+                    self.capacity,
+                );
             }
         }
         Ok(c)
@@ -161,8 +213,18 @@ impl Credentials {
 
 #[cfg(test)]
 mod tests {
-    use super::insert_bounded;
+    use super::{insert_bounded, KeyPair};
     use std::collections::HashMap;
+
+    #[test]
+    fn a_borrowed_key_finds_what_the_owned_key_stored() {
+        let mut m: HashMap<(String, String), u32> = HashMap::new();
+        m.insert(("acme".into(), "vapi".into()), 1);
+        m.insert(("acm".into(), "evapi".into()), 2);
+        assert_eq!(m.get(&("acme", "vapi") as &dyn KeyPair), Some(&1));
+        assert_eq!(m.get(&("acm", "evapi") as &dyn KeyPair), Some(&2));
+        assert_eq!(m.get(&("acme", "twilio") as &dyn KeyPair), None);
+    }
 
     #[test]
     fn the_cache_never_grows_past_its_capacity() {

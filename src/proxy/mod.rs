@@ -72,8 +72,17 @@ const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "proxy-authorization", "
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
-fn request_id() -> String {
-    format!("{:x}-{:x}", std::process::id(), REQUEST_SEQ.fetch_add(1, Ordering::Relaxed))
+/// A request's id (`pid-seq` in hex), formatted only when a log line or span records it.
+struct RequestId(u32, u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}-{:x}", self.0, self.1)
+    }
+}
+
+fn request_id() -> RequestId {
+    RequestId(std::process::id(), REQUEST_SEQ.fetch_add(1, Ordering::Relaxed))
 }
 
 fn boxed_error(e: PublicError) -> Response<ProxyBody> {

@@ -140,12 +140,17 @@ impl ProviderDef {
     /// Whether this credential may be sent to `host:port`. A region-bound credential goes
     /// only to its region's host (or the configured base URL).
     pub fn allows(&self, cred: &dyn FieldSource, host: &str, port: u16) -> bool {
-        let host = host.to_ascii_lowercase();
         if self.rules().region_bound() {
-            let target = self.base_url(Some(cred));
-            return url_host_rule(&target).is_some_and(|r| r.matches(&host, port));
+            // The configured base URL is compared in place (no copy on the request path).
+            let matches = |u: &Url| {
+                u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)) && u.port_or_known_default() == Some(port)
+            };
+            return match &self.overrides.base_url {
+                Some(u) => matches(u),
+                None => matches(&self.base_url(Some(cred))),
+            };
         }
-        self.claims_host(&host, port)
+        self.claims_host(&host.to_ascii_lowercase(), port)
     }
 
     /// The injection for one request to `path` (already validated by the router).
