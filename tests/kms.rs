@@ -265,17 +265,8 @@ async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
     assert_eq!(vapi.last().header("authorization").unwrap(), "Bearer CANARYtransitVapiKeyAcme0000001");
     // The wrapped keys are transit ciphertexts; moving acme's to globex does not open.
     d.stop();
-    let store = keyward::store::SledStore::open(&d.store_path()).unwrap();
-    let tenants = store.raw_tree("tenants").unwrap();
-    let acme: serde_json::Value = serde_json::from_slice(&tenants.get("acme").unwrap().unwrap()).unwrap();
-    let mut globex: serde_json::Value = serde_json::from_slice(&tenants.get("globex").unwrap().unwrap()).unwrap();
-    use base64::Engine;
-    let wrapped = base64::engine::general_purpose::STANDARD.decode(acme["wrapped_key"].as_str().unwrap()).unwrap();
+    let wrapped = copy_wrapped_key(&d.store_path(), "acme", "globex").await;
     assert!(wrapped.starts_with(b"kwt1:vault:v1:"), "{}", String::from_utf8_lossy(&wrapped));
-    globex["wrapped_key"] = acme["wrapped_key"].clone();
-    tenants.insert("globex", serde_json::to_vec(&globex).unwrap()).unwrap();
-    store.flush().await.unwrap();
-    drop((tenants, store));
     d.start();
     let (s, _, body) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "globex")], None).await;
     assert_eq!(s, 500, "a wrapped key moved to another tenant does not decrypt: {}", String::from_utf8_lossy(&body));
@@ -291,6 +282,7 @@ async fn tenant_keys_are_wrapped_by_vault_transit_and_bound_to_their_tenant() {
     assert_eq!(canary_hits(&hay, &canaries), 0, "a canary reached a file or the trace log");
     // acme's data key, as the KMS's owner can decrypt it: not in any file, in no form.
     let ct = String::from_utf8(wrapped[b"kwt1:".len()..].to_vec()).unwrap();
+    use base64::Engine;
     let context = base64::engine::general_purpose::STANDARD.encode(b"keyward/dek/v1\0acme");
     let (s, v) =
         bao_call(&bao, reqwest::Method::POST, "transit/decrypt/keyward", json!({"ciphertext": ct, "context": context}))

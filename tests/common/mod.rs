@@ -540,3 +540,17 @@ pub fn admin_user(dir: &Path, name: &str, role: &str) -> (String, String) {
         String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
     (std::fs::read_to_string(&f).unwrap().trim().to_string(), entry)
 }
+
+/// Plays a store writer: copies tenant `from`'s wrapped data key over `to`'s in a stopped
+/// daemon's sled store; returns the wrapped key's bytes.
+pub async fn copy_wrapped_key(store_path: &Path, from: &str, to: &str) -> Vec<u8> {
+    use base64::Engine;
+    let store = keyward::store::SledStore::open(store_path).unwrap();
+    let tenants = store.raw_tree("tenants").unwrap();
+    let src: Value = serde_json::from_slice(&tenants.get(from).unwrap().unwrap()).unwrap();
+    let mut dst: Value = serde_json::from_slice(&tenants.get(to).unwrap().unwrap()).unwrap();
+    dst["wrapped_key"] = src["wrapped_key"].clone();
+    tenants.insert(to, serde_json::to_vec(&dst).unwrap()).unwrap();
+    store.flush().await.unwrap();
+    base64::engine::general_purpose::STANDARD.decode(src["wrapped_key"].as_str().unwrap()).unwrap()
+}
