@@ -119,12 +119,6 @@ pub(crate) async fn handle(
             (boxed_error(e), code)
         }
     };
-    let labels = crate::metrics::RequestLabels {
-        provider: provider.clone().unwrap_or_else(|| "-".into()),
-        status: resp.status().as_u16(),
-        error: error.to_string(),
-    };
-    state.metrics.proxy_requests.get_or_create(&labels).inc();
     if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &tenant, &provider) {
         f.get_or_create(&crate::metrics::TenantRequestLabels {
             tenant: t.clone(),
@@ -145,6 +139,13 @@ pub(crate) async fn handle(
             "proxied"
         )
     });
+    // Last, so the provider name moves into the label instead of being copied.
+    let labels = crate::metrics::RequestLabels {
+        provider: provider.unwrap_or_else(|| "-".into()),
+        status: resp.status().as_u16(),
+        error: error.to_string(),
+    };
+    state.metrics.proxy_requests.get_or_create(&labels).inc();
     Ok(resp)
 }
 

@@ -75,7 +75,7 @@ impl Destination {
             None => {
                 let base = target.provider.base_url(Some(cred));
                 Destination {
-                    scheme: base.scheme().to_string(),
+                    scheme: if base.scheme() == "http" { "http" } else { "https" }.into(),
                     host: base.host_str().unwrap_or_default().to_ascii_lowercase(),
                     port: base.port_or_known_default().unwrap_or(443),
                     prefix: base.path().trim_end_matches('/').to_string(),
@@ -85,23 +85,43 @@ impl Destination {
     }
 
     /// The upstream URI for `path` and `query` (as received), with the injection's path
-    /// rewrite and query parameter applied.
+    /// rewrite and query parameter applied. Written into one buffer that becomes the URI
+    /// without another copy (this runs for every request).
     fn uri(&self, path: &str, query: Option<&str>, injection: &Injection) -> Result<Uri, PublicError> {
+        use std::fmt::Write;
         let path = injection.path.as_deref().unwrap_or(path);
-        let mut query = query.unwrap_or_default().to_string();
-        if let Some((name, value)) = &injection.query {
-            if !query.is_empty() {
-                query.push('&');
-            }
-            query.push_str(&url::form_urlencoded::Serializer::new(String::new()).append_pair(name, value).finish());
+        let query = query.unwrap_or_default();
+        let mut s = String::with_capacity(
+            self.scheme.len() + self.host.len() + self.prefix.len() + path.len() + query.len() + 16,
+        );
+        s.push_str(&self.scheme);
+        s.push_str("://");
+        if self.host.contains(':') {
+            s.push('[');
+            s.push_str(&self.host);
+            s.push(']');
+        } else {
+            s.push_str(&self.host);
         }
         let default_port = if self.scheme == "https" { 443 } else { 80 };
-        let host_part = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        let authority = if self.port == default_port { host_part } else { format!("{host_part}:{}", self.port) };
-        let prefix = &self.prefix;
-        let pq = if query.is_empty() { format!("{prefix}{path}") } else { format!("{prefix}{path}?{query}") };
-        format!("{}://{authority}{pq}", self.scheme)
-            .parse()
+        if self.port != default_port {
+            let _ = write!(s, ":{}", self.port);
+        }
+        s.push_str(&self.prefix);
+        s.push_str(path);
+        let mut sep = '?';
+        if !query.is_empty() {
+            s.push('?');
+            s.push_str(query);
+            sep = '&';
+        }
+        if let Some((name, value)) = &injection.query {
+            s.push(sep);
+            // Starting at the end: the serializer adds no separator of its own.
+            let start = s.len();
+            url::form_urlencoded::Serializer::for_suffix(&mut s, start).append_pair(name, value);
+        }
+        Uri::try_from(s)
             .map_err(|_| PublicError::bad_request("the request path or query cannot be forwarded (invalid characters)"))
     }
 }
@@ -336,6 +356,8 @@ mod tests {
         let inj = Injection { query: Some(("key".into(), Zeroizing::new("a b&c".into()))), ..Injection::default() };
         let uri = dest("https", "api.example", 443, "/v2").uri("/calls/%2A", Some("x=1"), &inj).unwrap();
         assert_eq!(uri.to_string(), "https://api.example/v2/calls/%2A?x=1&key=a+b%26c");
+        let uri = dest("https", "api.example", 443, "").uri("/calls", None, &inj).unwrap();
+        assert_eq!(uri.to_string(), "https://api.example/calls?key=a+b%26c");
         let uri = dest("http", "::1", 8080, "").uri("/a", None, &Injection::default()).unwrap();
         assert_eq!(uri.to_string(), "http://[::1]:8080/a");
         let rewritten = Injection { path: Some("/2010-04-01/Accounts/AC1/Calls.json".into()), ..Injection::default() };

@@ -114,13 +114,13 @@ pub fn literal_url(s: &str) -> Url {
 
 impl ProviderDef {
     /// Where this provider's calls go for a credential (region-aware), or the configured
-    /// `base_url`.
-    pub fn base_url(&self, cred: Option<&dyn FieldSource>) -> Url {
+    /// `base_url` (borrowed: this runs for every request).
+    pub fn base_url(&self, cred: Option<&dyn FieldSource>) -> std::borrow::Cow<'_, Url> {
         if let Some(u) = &self.overrides.base_url {
-            return u.clone();
+            return std::borrow::Cow::Borrowed(u);
         }
         let region = cred.and_then(|c| c.public_field("region")).unwrap_or("us");
-        self.rules().default_base_url(region)
+        std::borrow::Cow::Owned(self.rules().default_base_url(region))
     }
 
     /// Every host the provider can be reached at, whatever the region: used to find the
@@ -141,14 +141,11 @@ impl ProviderDef {
     /// only to its region's host (or the configured base URL).
     pub fn allows(&self, cred: &dyn FieldSource, host: &str, port: u16) -> bool {
         if self.rules().region_bound() {
-            // The configured base URL is compared in place (no copy on the request path).
+            // Compared in place (no copy of a configured base URL on the request path).
             let matches = |u: &Url| {
                 u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)) && u.port_or_known_default() == Some(port)
             };
-            return match &self.overrides.base_url {
-                Some(u) => matches(u),
-                None => matches(&self.base_url(Some(cred))),
-            };
+            return matches(&self.base_url(Some(cred)));
         }
         self.claims_host(&host.to_ascii_lowercase(), port)
     }
