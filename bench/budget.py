@@ -42,6 +42,17 @@ for mode, title in (("rate", "2,000 req/s, 16 connections"), ("sat", "saturation
         ratio = f"{a / b:.2f}" if b else "—"
         print(f"| {key} | {a} | {b} | {ratio} |")
     print(f"| requests measured | {k['requests']} | {n['requests']} | |")
+h2 = {}
+for who in ("keyward", "nginx"):
+    p = os.path.join(out, f"h2load-{who}.json")
+    if os.path.exists(p):
+        h2[who] = json.load(open(p))
+if len(h2) == 2:
+    k, n = h2["keyward"], h2["nginx"]
+    print("\n| h2load, HTTP/1.1, 64 connections, 200,000 requests | keyward | nginx | keyward / nginx |\n| --- | ---: | ---: | ---: |")
+    print(f"| req/s | {k['rps']:.0f} | {n['rps']:.0f} | {k['rps'] / n['rps']:.2f} |")
+    print(f"| CPU µs / request | {k['cpu_us_per_request']} | {n['cpu_us_per_request']} | {k['cpu_us_per_request'] / n['cpu_us_per_request']:.2f} |")
+    json.dump({"per_request": rows, "top": tops, "h2load": h2}, open(os.path.join(out, "budget.json"), "w"), indent=2)
 for name, lines in tops.items():
     print(f"\n{name}:")
     for l in lines:
