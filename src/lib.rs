@@ -67,7 +67,7 @@ mod webhook;
 // to the crate, so `unreachable_pub` and `dead_code` can see it. The command line's own
 // modules (`cli`, `config`, `ctl`, `hardening`, `telemetry`) are public whole: every item
 // in them exists for main.rs.
-pub use admin::roles::new_token as new_admin_token;
+pub use admin::roles::{new_token as new_admin_token, valid_user_name, Role as AdminRole};
 pub use app::{serve, App, StartError};
 pub use creds::{CredError, Credentials};
 pub use migrate::migrate;

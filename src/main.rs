@@ -196,12 +196,12 @@ async fn client(admin: Option<String>, config: Option<std::path::PathBuf>, comma
 
 /// `keyward admin token new NAME`: a fresh token and the config entry holding its digest.
 fn admin_token_new(name: &str, role: &str, out: Option<&std::path::Path>) -> ExitCode {
-    if !matches!(role, "viewer" | "operator" | "admin") {
+    if keyward::AdminRole::parse(role).is_none() {
         eprintln!("keyward: --role must be viewer, operator or admin, not \"{role}\"");
         return ExitCode::from(2);
     }
-    if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@')) {
-        eprintln!("keyward: the name must be letters, digits, '.', '_', '-' or '@'");
+    if !keyward::valid_user_name(name) {
+        eprintln!("keyward: the name must be 1 to 64 letters, digits, '.', '_', '-' or '@'");
         return ExitCode::from(2);
     }
     let (token, digest) = match keyward::new_admin_token() {

@@ -42,6 +42,14 @@ impl fmt::Display for Role {
     }
 }
 
+/// Whether `name` may name a user: 1 to 64 letters, digits, `.`, `_`, `-` or `@` (it is an
+/// audit actor and a file name for `admin token new --out`).
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@'))
+}
+
 /// One `[[admin.users]]` entry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct AdminUser {

@@ -3,7 +3,7 @@
 use super::build::Ctx;
 use super::raw::*;
 use super::*;
-use crate::admin::roles::{AdminUser, Role};
+use crate::admin::roles::{valid_user_name, AdminUser, Role};
 
 pub(super) fn build_admin(ctx: &Ctx<'_>, admin_raw: RawAdmin, plain_tcp: bool) -> Result<AdminConfig, ConfigError> {
     let admin = AdminConfig {
@@ -62,10 +62,7 @@ fn users(ctx: &Ctx<'_>, raw: &[RawUser]) -> Result<Vec<AdminUser>, ConfigError> 
     let mut out: Vec<AdminUser> = Vec::new();
     for (i, u) in raw.iter().enumerate() {
         let at = |k: &str| format!("admin.users[{i}].{k}");
-        if u.name.is_empty()
-            || u.name.len() > 64
-            || !u.name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@'))
-        {
+        if !valid_user_name(&u.name) {
             return Err(ctx.err(&at("name"), "must be 1 to 64 letters, digits, '.', '_', '-' or '@'"));
         }
         let role = Role::parse(&u.role).ok_or_else(|| {
