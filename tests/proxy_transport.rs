@@ -173,6 +173,45 @@ async fn the_mtls_listener_requires_a_client_certificate_and_applies_san_policy(
 }
 
 #[tokio::test]
+async fn without_http2_requests_reuse_http1_keep_alive_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let vapi = FakeProvider::start(&pki).await;
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        extra: pki.upstream("vapi", &vapi.url).replace("[upstream]\n", "[upstream]\nhttp2 = false\n"),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
+    for i in 0..10 {
+        let (s, _, _) = d.app("GET", &format!("/vapi/assistant/{i}"), &[("keyward-tenant", "acme")], None).await;
+        assert_eq!(s, 200);
+    }
+    let r = vapi.last();
+    assert_eq!(r.version, http::Version::HTTP_11, "the provider offered h2; http2 = false keeps to HTTP/1.1");
+    assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
+    assert_eq!(r.header("host").unwrap(), vapi.addr.to_string(), "origin-form request line, authority in Host");
+    // Ten calls one after another (each a new app connection): one upstream connection.
+    assert_eq!(vapi.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Eight at once need eight; afterwards they are all kept and reused.
+    let calls = (0..8).map(|i| {
+        d.app("POST", "/vapi/call", &[("keyward-tenant", "acme")], Some(format!("{{\"n\":{i}}}").into_bytes()))
+    });
+    for (s, _, _) in futures_util::future::join_all(calls).await {
+        assert_eq!(s, 200);
+    }
+    let after_burst = vapi.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after_burst <= 8, "{after_burst} connections for 8 concurrent calls");
+    for _ in 0..8 {
+        d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
+    }
+    assert_eq!(vapi.connections.load(std::sync::atomic::Ordering::SeqCst), after_burst);
+    assert_eq!(vapi.count(), 26);
+    assert!(vapi.all().iter().filter(|r| r.method == "POST").all(|r| r.body.starts_with(b"{\"n\":")));
+}
+
+#[tokio::test]
 async fn h2c_on_the_socket_and_h2_upstream_work() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());

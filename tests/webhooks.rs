@@ -554,6 +554,16 @@ async fn deliveries_can_be_forwarded_to_an_app_on_a_unix_socket() {
     let r = e.app.last();
     assert_eq!(r.path_and_query, "/webhooks/resend/acme?x=1");
     assert_eq!(r.header("keyward-tenant").as_deref(), Some("acme"));
+    // Later deliveries reuse the kept-alive connection to the app.
+    for id in ["msg_u2", "msg_u3"] {
+        let h = with(
+            sdk_sign("resend", RESEND_SECRET, &format!("{BASE}/webhooks/resend/acme"), body, &["--id", id]),
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(e.deliver("POST", "/webhooks/resend/acme", &h, body).await.0, 200);
+    }
+    assert_eq!(e.app.count(), 3);
+    assert_eq!(e.app.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

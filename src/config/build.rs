@@ -226,6 +226,7 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
             Duration::from_secs(60),
         )?,
         extra_ca: raw.upstream.extra_ca.as_deref().map(|p| ctx.path("upstream.extra_ca", p)).transpose()?,
+        http2: raw.upstream.http2.unwrap_or(true),
     };
     if upstream.connect_timeout.is_zero() {
         return Err(ctx.err("upstream.connect_timeout", "must be above zero"));

@@ -191,6 +191,7 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout: Option<String>,
     pub(super) request_timeout: Option<String>,
     pub(super) extra_ca: Option<String>,
+    pub(super) http2: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -4,9 +4,10 @@
 
 pub(crate) mod body;
 pub(crate) mod headers;
+pub(crate) mod pool;
 pub(crate) mod target;
 pub(crate) mod upstream;
 
 pub(crate) use body::{read_body, BodyError, BoxError, ProxyBody};
 pub(crate) use target::RouteError;
-pub(crate) use upstream::{Upstream, UpstreamConfig, UpstreamError};
+pub(crate) use upstream::{Upstream, UpstreamBody, UpstreamConfig, UpstreamError};

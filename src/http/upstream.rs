@@ -1,11 +1,18 @@
-//! The upstream side: one pooled hyper client over rustls (webpki roots plus
-//! `upstream.extra_ca`), HTTP/2 where the provider offers it through ALPN, connect and
-//! request timeouts, and no redirect following (the client never follows them). A second,
-//! HTTP/1.1-only client carries WebSocket upgrades.
+//! The upstream side: one pooled hyper client that speaks HTTP/2 where the provider offers
+//! it through ALPN (the default: at saturation one multiplexed connection batches many
+//! responses per read, which measured cheaper than per-request keep-alive connections,
+//! docs/benchmarks.md), or with `[upstream] http2 = false` HTTP/1.1 keep-alive connections
+//! driven in each request's own task ([`super::pool`]); rustls with webpki roots plus
+//! `upstream.extra_ca`, connect and request timeouts, and no redirect following. A second,
+//! HTTP/1.1-only hyper client carries WebSocket upgrades.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -15,9 +22,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::path::PathBuf;
 
 use super::body::ProxyBody;
+use super::pool::{Dial, Pool, PoolError, PooledBody};
 use crate::tls::{self, TlsError};
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// How long an idle upstream connection is kept: under the keep-alive timeouts providers'
+/// front ends commonly use (60 s and more), so keyward closes first rather than writing
+/// into a connection the far side is closing.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 
 /// Why an upstream call failed, before any response arrived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,10 +46,17 @@ pub(crate) enum UpstreamError {
     Timeout(Duration),
 }
 
-/// The pooled upstream clients.
+/// How requests reach providers.
+#[derive(Clone)]
+enum Carrier {
+    Pool(Pool),
+    Hyper(Box<HttpsClient>),
+}
+
+/// The upstream connections.
 #[derive(Clone)]
 pub(crate) struct Upstream {
-    client: HttpsClient,
+    carrier: Carrier,
     upgrade_client: HttpsClient,
     request_timeout: Duration,
     connect_timeout: Duration,
@@ -45,6 +65,38 @@ pub(crate) struct Upstream {
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream").field("request_timeout", &self.request_timeout).finish()
+    }
+}
+
+/// A provider's response body, from whichever carrier brought it.
+pub(crate) enum UpstreamBody {
+    Pooled(PooledBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Hyper(b) => b.size_hint(),
+        }
     }
 }
 
@@ -66,7 +118,7 @@ fn build(cfg: &UpstreamConfig, allow_http: bool, h2: bool) -> Result<HttpsClient
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(IDLE_TIMEOUT)
         .pool_max_idle_per_host(256)
         .build(connector))
 }
@@ -89,10 +141,17 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Upstream {
-    /// Builds both clients.
+    /// Builds the carrier and the upgrade client.
     pub(crate) fn new(cfg: &UpstreamConfig, allow_http: bool) -> Result<Upstream, TlsError> {
+        let carrier = if cfg.http2 {
+            Carrier::Hyper(Box::new(build(cfg, allow_http, true)?))
+        } else {
+            let tls = tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
+            let dial = Dial::Net { tls: Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))), allow_http };
+            Carrier::Pool(Pool::new(dial, cfg.connect_timeout, IDLE_TIMEOUT))
+        };
         Ok(Upstream {
-            client: build(cfg, allow_http, true)?,
+            carrier,
             upgrade_client: build(cfg, allow_http, false)?,
             request_timeout: cfg.request_timeout,
             connect_timeout: cfg.connect_timeout,
@@ -105,39 +164,89 @@ impl Upstream {
         &self,
         req: Request<ProxyBody>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let client = if upgrade { &self.upgrade_client } else { &self.client };
-        // Host and port only: the path or query may carry a secret.
-        let target = req
-            .uri()
-            .authority()
-            .map(|a| {
-                let default = if req.uri().scheme_str() == Some("http") { 80 } else { 443 };
-                format!("{}:{}", a.host(), a.port_u16().unwrap_or(default))
-            })
-            .unwrap_or_else(|| "the provider".into());
-        match tokio::time::timeout(self.request_timeout, client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => {
-                tracing::debug!(error = ?e, "upstream request failed");
-                let why = cause(&e);
-                if is_tls(&e) {
-                    Err(UpstreamError::Tls(format!(
-                        "the TLS handshake with {target} failed: {why} (a provider behind a private CA needs [upstream] extra_ca)"
-                    )))
-                } else if e.is_connect() {
-                    Err(UpstreamError::Connect(format!(
-                        "could not connect to {target}: {why} (check the provider's base_url and that this host can reach it; [upstream] connect_timeout = {:?})",
-                        self.connect_timeout
-                    )))
-                } else {
-                    Err(UpstreamError::Connect(format!(
-                        "{target} closed the connection or sent an invalid response: {why}"
-                    )))
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let sent = async {
+            match (&self.carrier, upgrade) {
+                (Carrier::Pool(pool), false) => {
+                    pool.send(req).await.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))
+                }
+                (carrier, upgrade) => {
+                    let client = match carrier {
+                        Carrier::Hyper(c) if !upgrade => c,
+                        _ => &self.upgrade_client,
+                    };
+                    // Host and port only: the path or query may carry a secret.
+                    let target = Target::of(req.uri());
+                    client
+                        .request(req)
+                        .await
+                        .map(|r| r.map(UpstreamBody::Hyper))
+                        .map_err(|e| self.hyper_error(e, target))
                 }
             }
+        };
+        match tokio::time::timeout(self.request_timeout, sent).await {
+            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
+            Ok(r) => r,
         }
+    }
+
+    fn pool_error(&self, failed: super::pool::Failed) -> UpstreamError {
+        let super::pool::Failed { error: e, target } = failed;
+        tracing::debug!(error = ?e, "upstream request failed");
+        let why = cause(&e);
+        match e {
+            PoolError::Tls(_) => UpstreamError::Tls(format!(
+                "the TLS handshake with {target} failed: {why} (a provider behind a private CA needs [upstream] extra_ca)"
+            )),
+            PoolError::Connect(_) | PoolError::ConnectTimeout | PoolError::BadTarget(_) => {
+                UpstreamError::Connect(format!(
+                    "could not connect to {target}: {why} (check the provider's base_url and that this host can reach it; [upstream] connect_timeout = {:?})",
+                    self.connect_timeout
+                ))
+            }
+            PoolError::Http(_) => {
+                UpstreamError::Connect(format!("{target} closed the connection or sent an invalid response: {why}"))
+            }
+        }
+    }
+
+    fn hyper_error(&self, e: hyper_util::client::legacy::Error, target: Target) -> UpstreamError {
+        tracing::debug!(error = ?e, "upstream request failed");
+        let why = cause(&e);
+        if is_tls(&e) {
+            UpstreamError::Tls(format!(
+                "the TLS handshake with {target} failed: {why} (a provider behind a private CA needs [upstream] extra_ca)"
+            ))
+        } else if e.is_connect() {
+            UpstreamError::Connect(format!(
+                "could not connect to {target}: {why} (check the provider's base_url and that this host can reach it; [upstream] connect_timeout = {:?})",
+                self.connect_timeout
+            ))
+        } else {
+            UpstreamError::Connect(format!("{target} closed the connection or sent an invalid response: {why}"))
+        }
+    }
+}
+
+/// `host:port` of a request (never its path or query: they may carry a secret).
+struct Target(String);
+
+impl Target {
+    fn of(uri: &http::Uri) -> Target {
+        Target(match uri.authority() {
+            Some(a) => {
+                let default = if uri.scheme_str() == Some("http") { 80 } else { 443 };
+                format!("{}:{}", a.host(), a.port_u16().unwrap_or(default))
+            }
+            None => "the provider".into(),
+        })
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -187,4 +296,7 @@ pub struct UpstreamConfig {
     pub request_timeout: Duration,
     /// One more CA to trust.
     pub extra_ca: Option<PathBuf>,
+    /// Offer HTTP/2 to providers (one multiplexed connection per host; default) rather
+    /// than HTTP/1.1 keep-alive connections only.
+    pub http2: bool,
 }

@@ -20,7 +20,7 @@ use super::{is_websocket, scrub, ProxyState, CLIENT_CREDENTIALS};
 use crate::creds::{CredError, Credential};
 use crate::error::PublicError;
 use crate::http::target::Target;
-use crate::http::{headers, BoxError, ProxyBody};
+use crate::http::{headers, BoxError, ProxyBody, UpstreamBody};
 use crate::listen::Peer;
 use keyward_core::providers::Injection;
 
@@ -229,7 +229,7 @@ fn replayable(method: &Method, h: &HeaderMap) -> bool {
 
 /// What [`send`] hands to [`respond`].
 pub(super) struct Sent {
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     client_upgrade: Option<OnUpgrade>,
     scrub: ScrubList,
 }
@@ -266,7 +266,7 @@ async fn retry_with_fresh_token(
     cred: &Credential,
     (method, uri, mut headers): (Method, Uri, HeaderMap),
     scrub: &mut ScrubList,
-) -> Result<Option<Response<Incoming>>, PublicError> {
+) -> Result<Option<Response<UpstreamBody>>, PublicError> {
     let Some(tokens) = &state.tokens else { return Ok(None) };
     tokens.invalidate(&target.tenant).await;
     let fresh = Box::pin(tokens.token(&target.tenant)).await?;
@@ -320,7 +320,7 @@ pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
 
 /// Joins the app's and the provider's upgraded connections into a byte tunnel (in the
 /// background) and answers the app's upgrade with the provider's 101 headers.
-fn tunnel(client: OnUpgrade, upstream: &mut Response<Incoming>, scrub: &ScrubList) -> Response<ProxyBody> {
+fn tunnel(client: OnUpgrade, upstream: &mut Response<UpstreamBody>, scrub: &ScrubList) -> Response<ProxyBody> {
     let upstream_upgrade = hyper::upgrade::on(&mut *upstream);
     tokio::spawn(async move {
         match tokio::try_join!(client, upstream_upgrade) {

@@ -136,6 +136,8 @@ pub struct FakeProvider {
     pub addr: SocketAddr,
     pub url: String,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// TCP connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -160,9 +162,12 @@ impl FakeProvider {
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let reqs = requests.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let reqs = reqs.clone();
                 let handler = handler.clone();
@@ -183,7 +188,7 @@ impl FakeProvider {
                 });
             }
         });
-        FakeProvider { addr, url: format!("https://127.0.0.1:{}", addr.port()), requests, task }
+        FakeProvider { addr, url: format!("https://127.0.0.1:{}", addr.port()), requests, connections, task }
     }
 
     pub fn count(&self) -> usize {
@@ -235,6 +240,8 @@ pub struct FakeApp {
     pub addr: SocketAddr,
     pub url: String,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// TCP connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -267,13 +274,16 @@ impl FakeApp {
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let reqs = requests.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(serve_app_conn(TokioIo::new(tcp), reqs.clone(), handler.clone()));
             }
         });
-        FakeApp { addr, url: format!("http://127.0.0.1:{}", addr.port()), requests, task }
+        FakeApp { addr, url: format!("http://127.0.0.1:{}", addr.port()), requests, connections, task }
     }
 
     /// The same app on a Unix socket.
@@ -281,13 +291,22 @@ impl FakeApp {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let reqs = requests.clone();
+        let connections: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = listener.accept().await else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(serve_app_conn(TokioIo::new(s), reqs.clone(), handler.clone()));
             }
         });
-        FakeApp { addr: "127.0.0.1:0".parse().unwrap(), url: format!("unix:{}", path.display()), requests, task }
+        FakeApp {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            url: format!("unix:{}", path.display()),
+            requests,
+            connections,
+            task,
+        }
     }
 
     pub fn count(&self) -> usize {
