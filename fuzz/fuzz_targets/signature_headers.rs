@@ -1,6 +1,7 @@
 //! Every signature-header parser (Twilio, Vapi HMAC and static, Google, Standard Webhooks,
-//! Resend, ElevenLabs, Stripe-style) on arbitrary header values and bodies: no panic, and
-//! nothing verifies without the key.
+//! Resend, ElevenLabs, Stripe-style, Retell, Telnyx Ed25519, Deepgram Basic, Cartesia,
+//! OpenAI) on arbitrary header values and bodies: no panic, and nothing verifies without
+//! the key.
 #![no_main]
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -8,7 +9,7 @@ use keyward_core::providers::inbound::{Delivery, WebhookKeys};
 use keyward_core::providers::Providers;
 use libfuzzer_sys::fuzz_target;
 
-const NAMES: [&str; 15] = [
+const NAMES: [&str; 19] = [
     "x-twilio-signature",
     "x-twilio-webhooks-signature-settings",
     "x-signature",
@@ -24,6 +25,10 @@ const NAMES: [&str; 15] = [
     "elevenlabs-signature",
     "stripe-signature",
     "content-type",
+    "x-retell-signature",
+    "telnyx-signature-ed25519",
+    "telnyx-timestamp",
+    "x-webhook-secret",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -57,10 +62,17 @@ fuzz_target!(|data: &[u8]| {
     let providers = Providers::default_builtin();
     let d = Delivery { method: "POST", url: "https://hooks.example.com/webhooks/x/acme?a=1", headers: &h, body: rest, now: 1_700_000_000 };
     // Google's channel token and the static Vapi secret are compared whole: 22+ characters.
-    for name in ["twilio", "vapi", "google", "resend", "elevenlabs"] {
+    for name in ["twilio", "vapi", "google", "resend", "elevenlabs", "retell", "telnyx", "deepgram", "cartesia", "openai"] {
         let def = providers.get(name).unwrap();
         for hmac in [false, true] {
-            let keys = WebhookKeys { keys: vec![b"the-fuzzer-does-not-know-this-key"], hmac };
+            // Telnyx keys are public keys: RFC 8032's first test key, whose secret half the
+            // fuzzer does not hold either.
+            let key: &[u8] = if name == "telnyx" {
+                b"11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+            } else {
+                b"the-fuzzer-does-not-know-this-key"
+            };
+            let keys = WebhookKeys { keys: vec![key], hmac };
             assert!(def.verify_delivery(&d, &keys).is_err(), "{name} accepted a delivery without the key");
         }
         let _ = def.route_candidates(&d);

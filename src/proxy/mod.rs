@@ -67,8 +67,9 @@ impl ProxyState {
     }
 }
 
-/// Credential headers an app may have sent; keyward's own injection replaces them.
-const CLIENT_CREDENTIALS: [&str; 3] = ["authorization", "proxy-authorization", "xi-api-key"];
+/// Credential headers an app may have sent; keyward's own injection replaces them
+/// (`x-api-key`: Cartesia's older form, and a common one elsewhere).
+const CLIENT_CREDENTIALS: [&str; 4] = ["authorization", "proxy-authorization", "xi-api-key", "x-api-key"];
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 

@@ -160,6 +160,11 @@ pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, webso
         out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    for (n, v) in injection.defaults {
+        if !out.contains_key(&n) {
+            out.insert(n, v);
+        }
+    }
     for (n, v) in injection.headers {
         out.insert(n, v);
     }

@@ -309,6 +309,10 @@ impl FakeApp {
         }
     }
 
+    pub fn all(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
     pub fn count(&self) -> usize {
         self.requests.lock().unwrap().len()
     }

@@ -5,15 +5,20 @@
 //! and one line there. Generic providers declared in config implement the same trait.
 //! Pure: no I/O.
 
+mod cartesia;
 pub mod config;
+mod deepgram;
 pub mod discovery;
 mod elevenlabs;
 pub mod fields;
 mod generic;
 mod google;
 pub mod inbound;
+mod openai;
 pub mod outbound;
 mod resend;
+mod retell;
+mod telnyx;
 pub(crate) mod twilio;
 mod vapi;
 
@@ -130,8 +135,18 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 }
 
 /// The built-in providers, in documentation order: the registry.
-pub static BUILTIN: [&(dyn Provider + 'static); 5] =
-    [&vapi::Vapi, &twilio::Twilio, &google::Google, &resend::Resend, &elevenlabs::ElevenLabs];
+pub static BUILTIN: [&(dyn Provider + 'static); 10] = [
+    &vapi::Vapi,
+    &twilio::Twilio,
+    &google::Google,
+    &resend::Resend,
+    &elevenlabs::ElevenLabs,
+    &retell::Retell,
+    &telnyx::Telnyx,
+    &deepgram::Deepgram,
+    &cartesia::Cartesia,
+    &openai::OpenAi,
+];
 
 /// One provider as configured: its rules, its schema and the operator's overrides.
 #[derive(Debug)]

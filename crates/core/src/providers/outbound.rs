@@ -25,6 +25,8 @@ pub trait FieldSource {
 pub struct Injection {
     /// Headers to set (values marked sensitive).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers set only when the app sent none of that name (Cartesia's API version).
+    pub defaults: Vec<(HeaderName, HeaderValue)>,
     /// A query parameter to append (generic providers).
     pub query: Option<(String, Zeroizing<String>)>,
     /// A rewritten upstream path (Twilio `Accounts/_`).
@@ -37,6 +39,7 @@ impl std::fmt::Debug for Injection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Injection")
             .field("headers", &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>())
+            .field("defaults", &self.defaults)
             .field("query", &self.query.as_ref().map(|(n, _)| n))
             .field("path", &self.path)
             .finish()

@@ -56,7 +56,7 @@ pub(crate) const WHSEC_B64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-fn whsec(s: &str) -> bool {
+pub(crate) fn whsec(s: &str) -> bool {
     let Some(b) = s.strip_prefix("whsec_") else {
         return false;
     };
