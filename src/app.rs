@@ -312,6 +312,7 @@ impl App {
                     limiter: RateLimiter::default(),
                     tokens: Some(tokens.clone()),
                     metrics: metrics.clone(),
+                    public_base_url: config.webhooks.as_ref().map(|w| w.public_base_url.clone()),
                 }))
             }
         };

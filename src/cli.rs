@@ -100,8 +100,17 @@ pub enum WebhookCmd {
         #[arg(long)]
         provider: String,
         /// File holding the one key the delivery's scheme needs.
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "credential_file",
+            conflicts_with = "credential_file"
+        )]
+        secret_file: Option<PathBuf>,
+        /// File holding the credential's fields as JSON (as for `cred put`), for schemes that
+        /// need more than one field.
         #[arg(long, value_name = "FILE")]
-        secret_file: PathBuf,
+        credential_file: Option<PathBuf>,
         /// The URL the provider called.
         #[arg(long)]
         url: String,

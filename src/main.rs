@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Webhook(keyward::cli::WebhookCmd::Verify {
             provider,
             secret_file,
+            credential_file,
             url,
             method,
             headers,
@@ -53,9 +54,15 @@ fn main() -> ExitCode {
                 },
                 None => keyward_core::providers::Providers::default_builtin(),
             };
-            let secret = match std::fs::read(&secret_file) {
+            // clap guarantees exactly one of the two.
+            let (key_file, whole) = match (&secret_file, &credential_file) {
+                (_, Some(f)) => (f, true),
+                (Some(f), None) => (f, false),
+                (None, None) => return fail("give --secret-file or --credential-file"),
+            };
+            let secret = match std::fs::read(key_file) {
                 Ok(s) => zeroize::Zeroizing::new(s),
-                Err(e) => return fail(&format!("cannot read {}: {e}", secret_file.display())),
+                Err(e) => return fail(&format!("cannot read {}: {e}", key_file.display())),
             };
             let body = match std::fs::read(&body_file) {
                 Ok(b) => b,
@@ -71,7 +78,12 @@ fn main() -> ExitCode {
             };
             let delivery =
                 keyward_core::providers::Delivery { method: &method, url: &url, headers: &headers, body: &body, now };
-            match keyward::offline::verify_offline(&providers, &provider, &secret, &delivery) {
+            let verdict = if whole {
+                keyward::offline::verify_offline_credential(&providers, &provider, &secret, &delivery)
+            } else {
+                keyward::offline::verify_offline(&providers, &provider, &secret, &delivery)
+            };
+            match verdict {
                 Ok(()) => {
                     println!("valid");
                     ExitCode::SUCCESS

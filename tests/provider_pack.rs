@@ -482,3 +482,83 @@ async fn across_the_pack_a_tenant_never_gets_another_tenants_credential() {
         assert_eq!(r.header("x-api-key"), None);
     }
 }
+
+#[test]
+fn offline_verification_takes_the_whole_credential_for_multi_field_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sk, pk) = telnyx_key(5);
+    let (_, other) = telnyx_key(6);
+    let body = r#"{"data":{"event_type":"message.received","id":"ev-9","payload":{}}}"#;
+    let ts = 1_767_225_600u64;
+    let sig = telnyx_sig(&sk, ts, body);
+    std::fs::write(dir.path().join("body"), body).unwrap();
+    let run = |cred: Value, now: u64| {
+        let f = dir.path().join("cred.json");
+        std::fs::write(&f, cred.to_string()).unwrap();
+        let out = std::process::Command::new(BIN)
+            .args(["webhook", "verify", "--provider", "telnyx", "--credential-file"])
+            .arg(&f)
+            .args(["--url", "https://hooks.example.com/webhooks/telnyx/acme", "--body-file"])
+            .arg(dir.path().join("body"))
+            .args(["--header", &format!("telnyx-signature-ed25519: {sig}")])
+            .args(["--header", &format!("telnyx-timestamp: {ts}")])
+            .args(["--now", &now.to_string()])
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    // The current key, or the previous one during a change.
+    assert_eq!(run(json!({"api_key": "k", "public_key": pk}), ts), (Some(0), "valid".to_string()));
+    assert_eq!(run(json!({"api_key": "k", "public_key": other, "public_key_previous": pk}), ts).1, "valid");
+    let (code, line) = run(json!({"api_key": "k", "public_key": other}), ts);
+    assert_eq!(code, Some(1));
+    assert!(line.starts_with("invalid: bad_signature:"), "{line}");
+    assert!(run(json!({"api_key": "k", "public_key": pk}), ts + 301).1.starts_with("invalid: stale_timestamp:"));
+    // A credential without the key the scheme needs, or with a malformed field, says so.
+    assert!(run(json!({"api_key": "k"}), ts).1.starts_with("invalid: no_credential:"));
+    let bad = run(json!({"api_key": "k", "public_key": "c2hvcnQ="}), ts).1;
+    assert!(bad.starts_with("invalid: invalid_credential:") && bad.contains("public_key"), "{bad}");
+}
+
+#[tokio::test]
+async fn a_deepgram_callback_url_is_replaced_by_keywards_own_and_the_callback_then_verifies() {
+    use base64::Engine;
+    let e = env().await;
+    let q = "model=nova-3&callback=https%3A%2F%2Fapp.example%2Fcb%3Fx%3D1&callback_method=POST&keywords=a%20b";
+    let (s, _, _) =
+        e.d.app("POST", &format!("/deepgram/v1/listen?{q}"), &[("keyward-tenant", "acme")], Some(b"audio".to_vec()))
+            .await;
+    assert_eq!(s, 200);
+    let sent = e.fake.last().path_and_query;
+    let (path, query) = sent.split_once('?').unwrap();
+    assert_eq!(path, "/v1/listen");
+    let segs: Vec<&str> = query.split('&').collect();
+    assert_eq!(
+        (segs[0], segs[2], segs[3]),
+        ("model=nova-3", "callback_method=POST", "keywords=a%20b"),
+        "other parameters keep their bytes"
+    );
+    let callback: String =
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "callback").unwrap().1.into_owned();
+    assert_eq!(callback, format!("https://keyward:{DEEPGRAM_SECRET}@hooks.test/webhooks/deepgram/acme"));
+    assert!(!sent.contains("app.example"), "the app's own URL is not passed on");
+
+    // Deepgram calls the URL it was given: the userinfo becomes Basic credentials.
+    let u = url::Url::parse(&callback).unwrap();
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", u.username(), u.password().unwrap()))
+    );
+    let body = r#"{"metadata":{"request_id":"req-cb-1"},"results":{}}"#;
+    let (s, _, _) = e.deliver(u.path(), &[("authorization", &basic)], body).await;
+    assert_eq!(s, 200);
+    assert_eq!(e.app.last().header("keyward-event-id").as_deref(), Some("req-cb-1"));
+
+    // A tenant without a webhook_secret cannot use callbacks: told what to add.
+    put(&e.d, "globex", "deepgram", json!({"api_key": "globexDeepgram000000000000000010"})).await;
+    let (s, h, b) =
+        e.d.app("POST", &format!("/deepgram/v1/listen?{q}"), &[("keyward-tenant", "globex")], Some(b"a".to_vec()))
+            .await;
+    assert_eq!((s, h["keyward-error"].to_str().unwrap()), (400, "bad_request"));
+    assert!(String::from_utf8_lossy(&b).contains("webhook_secret"));
+}

@@ -45,6 +45,8 @@ pub(crate) struct ProxyState {
     pub tokens: Option<Arc<TokenManager>>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `[webhooks] public_base_url`, for callback URLs keyward writes into requests.
+    pub public_base_url: Option<url::Url>,
 }
 
 impl std::fmt::Debug for ProxyState {

@@ -209,7 +209,9 @@ pub(super) async fn build(
         _ => None,
     };
     let mut injection = provider.inject(cred, &target.path, token.as_ref())?;
-    let uri = dest.uri(&target.path, target.query.as_deref(), &injection)?;
+    let callback = callback_query(state, target, cred, &mut injection)?;
+    let query = callback.as_deref().map(String::as_str).or(target.query.as_deref());
+    let uri = dest.uri(&target.path, query, &injection)?;
     let scrub = std::mem::take(&mut injection.scrub);
     let websocket = is_websocket(&req);
     let headers = upstream_headers(req.headers(), injection, websocket);
@@ -223,6 +225,58 @@ pub(super) async fn build(
     *request.headers_mut() = headers;
     // The upstream connection negotiates its own HTTP version (ALPN).
     Ok(Prepared { request, retry, client_upgrade, scrub })
+}
+
+/// A provider that calls back a URL the app names (Deepgram's `callback`): the value is
+/// replaced by keyward's own webhook URL for the tenant, with the proof its verifier will
+/// check, so neither the app's URL nor a secret the app holds is involved
+/// (PROVIDERS-2.md §6.2). Other parameters keep their bytes.
+fn callback_query(
+    state: &ProxyState,
+    target: &Target,
+    cred: &Credential,
+    injection: &mut keyward_core::providers::Injection,
+) -> Result<Option<Zeroizing<String>>, PublicError> {
+    let (Some(param), Some(query)) = (target.provider.rules().callback_param(), target.query.as_deref()) else {
+        return Ok(None);
+    };
+    let named = |seg: &str| {
+        let name = seg.split_once('=').map_or(seg, |(n, _)| n);
+        url::form_urlencoded::parse(name.as_bytes()).next().is_some_and(|(n, _)| n == param)
+    };
+    if !query.split('&').any(named) {
+        return Ok(None);
+    }
+    let Some(base) = &state.public_base_url else {
+        return Err(PublicError::bad_request(format!(
+            "a {param} URL needs [webhooks] public_base_url: keyward replaces it with its own webhook URL"
+        )));
+    };
+    let Some(url) = target.provider.rules().callback_url(cred, base, target.tenant.as_str()) else {
+        return Err(PublicError::bad_request(format!(
+            "this tenant's {} credential has no webhook_secret, which keyward puts into {param} URLs; add one with cred put",
+            target.provider.name
+        )));
+    };
+    if let Some(secret) = keyward_core::providers::FieldSource::secret_field(cred, "webhook_secret") {
+        injection.scrub.push(Zeroizing::new(secret.expose().as_bytes().to_vec()));
+    }
+    let encoded: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
+    let encoded = Zeroizing::new(encoded);
+    let mut out = Zeroizing::new(String::with_capacity(query.len() + encoded.len()));
+    for (i, seg) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        if named(seg) {
+            out.push_str(param);
+            out.push('=');
+            out.push_str(&encoded);
+        } else {
+            out.push_str(seg);
+        }
+    }
+    Ok(Some(out))
 }
 
 /// Idempotent and without a body: safe to send twice, nothing to buffer.

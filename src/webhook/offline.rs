@@ -23,6 +23,28 @@ pub fn header_map(lines: &[String]) -> Result<HeaderMap, String> {
     Ok(h)
 }
 
+/// `Ok` for a valid delivery to `provider` under a whole credential (its fields as JSON,
+/// exactly as for `cred put`, so every key the scheme needs is there: Telnyx's public keys,
+/// a previous key during a rotation), else `<code>: <detail>`.
+pub fn verify_offline_credential(
+    providers: &Providers,
+    provider: &str,
+    credential_json: &[u8],
+    d: &Delivery<'_>,
+) -> Result<(), String> {
+    let def = providers
+        .get(provider)
+        .ok_or_else(|| format!("unknown_provider: no provider {provider} (generic providers need --config)"))?;
+    let value: serde_json::Value = serde_json::from_slice(credential_json).map_err(|e| {
+        format!("bad_request: the credential file is not JSON: {}", e.to_string().chars().take(120).collect::<String>())
+    })?;
+    let fields = def.schema.parse(value).map_err(|e| format!("invalid_credential: {e}"))?;
+    let keys = def
+        .webhook_keys(&fields)
+        .ok_or_else(|| format!("no_credential: the credential holds no webhook key for {provider}"))?;
+    def.verify_delivery(d, &keys).map(|_| ()).map_err(|r| format!("{}: {}", r.code(), r.detail()))
+}
+
 /// `Ok` for a valid delivery to `provider`, else `<code>: <detail>`.
 pub fn verify_offline(
     providers: &Providers,

@@ -58,6 +58,25 @@ impl Provider for Deepgram {
         })
     }
 
+    fn callback_param(&self) -> Option<&'static str> {
+        Some("callback")
+    }
+
+    // `https://keyward:<webhook_secret>@<public host and path>/webhooks/deepgram/<tenant>`:
+    // the app's own callback URL is never contacted (deliveries go to `forward_to`).
+    fn callback_url(&self, cred: &dyn FieldSource, public_base: &Url, tenant: &str) -> Option<Zeroizing<String>> {
+        let secret = cred.secret_field("webhook_secret")?;
+        let host = public_base.host_str()?;
+        let port = public_base.port().map(|p| format!(":{p}")).unwrap_or_default();
+        let path = public_base.path().trim_end_matches('/');
+        // The secret's alphabet ([A-Za-z0-9_-], the schema's rule) needs no escaping.
+        Some(Zeroizing::new(format!(
+            "{}://{CALLBACK_USER}:{}@{host}{port}{path}/webhooks/deepgram/{tenant}",
+            public_base.scheme(),
+            secret.expose()
+        )))
+    }
+
     fn verify(&self, d: &Delivery<'_>, k: &WebhookKeys<'_>) -> Result<Accepted, Reject> {
         verify_basic(d, &k.keys)
     }
@@ -141,6 +160,20 @@ mod tests {
         let mut token = HeaderMap::new();
         token.insert("authorization", HeaderValue::from_static("Token dg_callback_secret_0123456789"));
         assert_eq!(check(&token, body).unwrap_err().code(), "bad_signature");
+    }
+
+    #[test]
+    fn the_callback_url_carries_the_password_keyward_checks() {
+        let cred = fields(&[("api_key", "k"), ("webhook_secret", "dg_callback_secret_0123456789")], &[]);
+        let base = Url::parse("https://hooks.example.com/edge/").unwrap();
+        let url = Deepgram.callback_url(&cred, &base, "acme").unwrap();
+        assert_eq!(
+            url.as_str(),
+            "https://keyward:dg_callback_secret_0123456789@hooks.example.com/edge/webhooks/deepgram/acme"
+        );
+        let with_port = Url::parse("http://127.0.0.1:8443").unwrap();
+        assert!(Deepgram.callback_url(&cred, &with_port, "t").unwrap().starts_with("http://keyward:dg_"));
+        assert!(Deepgram.callback_url(&fields(&[("api_key", "k")], &[]), &base, "acme").is_none());
     }
 
     #[test]

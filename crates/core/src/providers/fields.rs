@@ -90,6 +90,18 @@ impl ParsedFields {
     }
 }
 
+/// Parsed but not stored fields answer like a stored credential (offline verification with
+/// `--credential-file`).
+impl super::outbound::FieldSource for ParsedFields {
+    fn secret_field(&self, name: &str) -> Option<&Secret> {
+        self.secrets.get(name)
+    }
+
+    fn public_field(&self, name: &str) -> Option<&str> {
+        self.public.get(name).and_then(Value::as_str)
+    }
+}
+
 /// Cross-field rules and derived status, run after the per-field checks.
 pub type CrossCheck = fn(&mut ParsedFields) -> Result<(), (Option<&'static str>, String)>;
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use url::Url;
+use zeroize::Zeroizing;
 
 pub use discovery::{Listing, Page};
 pub use fields::{FieldError, ParsedFields, Schema};
@@ -72,6 +73,18 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Whether calls carry an OAuth access token that keyward refreshes (Google).
     fn uses_access_token(&self) -> bool {
         false
+    }
+
+    /// The query parameter by which an app names a URL the provider will call back
+    /// (Deepgram's `callback`): keyward replaces its value with [`Provider::callback_url`].
+    fn callback_param(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// keyward's own webhook URL for this tenant, carrying the proof its verifier checks
+    /// (PROVIDERS-2.md §6.2); `None` when the credential holds no key for it.
+    fn callback_url(&self, _cred: &dyn FieldSource, _public_base: &Url, _tenant: &str) -> Option<Zeroizing<String>> {
+        None
     }
 
     // ---- inbound ----
