@@ -22,6 +22,8 @@ const DEEPGRAM_KEY: &str = "CANARYdeepgramApiKey000000000005";
 const DEEPGRAM_SECRET: &str = "CANARYdeepgramCallback_0000006";
 const CARTESIA_KEY: &str = "sk_car_CANARYcartesiaKey00000007";
 const CARTESIA_SECRET: &str = "CANARYcartesiaWebhookSecret_008";
+const PLIVO_ID: &str = "MA0123456789ABCDEFGH";
+const PLIVO_TOKEN: &str = "CANARYplivoAuthToken000000000000000013";
 const BASE: &str = "https://hooks.test";
 
 /// The Telnyx account's signing key (the test plays Telnyx) and its public half.
@@ -105,6 +107,7 @@ async fn env() -> Env {
              [providers.telnyx]\nbase_url = \"{u}/v2\"\n\
              [providers.deepgram]\nbase_url = \"{u}\"\n\
              [providers.cartesia]\nbase_url = \"{u}\"\n\
+             [providers.plivo]\nbase_url = \"{u}\"\n\
              [webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"{BASE}\"\nforward_to = \"{app}\"\n",
             ca = pki.ca_pem.display(),
             u = fake.url,
@@ -133,6 +136,8 @@ async fn env() -> Env {
     let (s, v) = put(&d, "acme", "deepgram", json!({"api_key": DEEPGRAM_KEY, "webhook_secret": DEEPGRAM_SECRET})).await;
     assert_eq!(s, 200, "{v}");
     let (s, v) = put(&d, "acme", "cartesia", json!({"api_key": CARTESIA_KEY, "webhook_secret": CARTESIA_SECRET})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = put(&d, "acme", "plivo", json!({"auth_id": PLIVO_ID, "auth_token": PLIVO_TOKEN})).await;
     assert_eq!(s, 200, "{v}");
     Env { d, app, fake, _tmp: tmp, pki }
 }
@@ -561,4 +566,57 @@ async fn a_deepgram_callback_url_is_replaced_by_keywards_own_and_the_callback_th
             .await;
     assert_eq!((s, h["keyward-error"].to_str().unwrap()), (400, "bad_request"));
     assert!(String::from_utf8_lossy(&b).contains("webhook_secret"));
+}
+
+#[tokio::test]
+async fn plivo_calls_fill_in_the_account_and_v3_signed_callbacks_verify() {
+    use base64::Engine;
+    let e = env().await;
+    let (s, _, _) =
+        e.d.app("POST", "/plivo/v1/Account/_/Call/", &[("keyward-tenant", "acme")], Some(b"{}".to_vec())).await;
+    assert_eq!(s, 200);
+    let r = e.fake.last();
+    assert_eq!(r.path_and_query, format!("/v1/Account/{PLIVO_ID}/Call/"));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{PLIVO_ID}:{PLIVO_TOKEN}"));
+    assert_eq!(r.header("authorization").unwrap(), format!("Basic {basic}"));
+    let (s, h, _) =
+        e.d.app("GET", "/plivo/v1/Account/MAFFFFFFFFFFFFFFFFFF/Call/", &[("keyward-tenant", "acme")], None).await;
+    assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "account_mismatch"));
+
+    // What Plivo signs for this POST (PROVIDERS-2.md §4.2), written out by hand: the URL
+    // without its query, "?" + the sorted decoded query, ".", the sorted form pairs joined.
+    let body = "To=%2B18005550199&From=%2B14155550100&Direction=inbound&CallUUID=u-42&Event=StartApp";
+    let nonce = "93828483774382";
+    let signed = format!(
+        "{BASE}/webhooks/plivo/acme?a=1&b=x y.CallUUIDu-42DirectioninboundEventStartAppFrom+14155550100To+18005550199.{nonce}"
+    );
+    let mac = base64::engine::general_purpose::STANDARD
+        .encode(hex::decode(hmac_hex(PLIVO_TOKEN.as_bytes(), &[signed.as_bytes()])).unwrap());
+    let h = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("x-plivo-signature-v3", mac.as_str()),
+        ("x-plivo-signature-v3-nonce", nonce),
+    ];
+    let (s, _, b) = e.deliver("/webhooks/plivo/acme?b=x+y&a=1", &h, body).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(e.app.last().header("keyward-event-id").as_deref(), Some("u-42:StartApp"));
+    assert_eq!(e.deliver("/webhooks/plivo/acme?b=x+y&a=1", &h, body).await.1, "replayed");
+    let tampered = body.replace("StartApp", "Hangup");
+    assert_eq!(e.deliver("/webhooks/plivo/acme?b=x+y&a=1", &h, &tampered).await.1, "bad_signature");
+    assert_eq!(e.deliver("/webhooks/plivo/acme?b=x+y&a=2", &h, body).await.1, "bad_signature");
+    // Routed by the called number when the path names no tenant.
+    e.d.admin("PUT", "/v1/routes/plivo-number/%2B18005550199", Some(r#"{"tenant":"acme"}"#)).await;
+    let signed = format!(
+        "{BASE}/webhooks/plivo?CallUUIDu-43DirectioninboundEventStartAppFrom+14155550100To+18005550199.{nonce}"
+    );
+    let mac = base64::engine::general_purpose::STANDARD
+        .encode(hex::decode(hmac_hex(PLIVO_TOKEN.as_bytes(), &[signed.as_bytes()])).unwrap());
+    let h = [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("x-plivo-signature-v3", mac.as_str()),
+        ("x-plivo-signature-v3-nonce", nonce),
+    ];
+    let (s, _, b) = e.deliver("/webhooks/plivo", &h, &body.replace("u-42", "u-43")).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(e.app.last().header("keyward-tenant").as_deref(), Some("acme"));
 }

@@ -16,6 +16,7 @@ mod google;
 pub mod inbound;
 mod openai;
 pub mod outbound;
+mod plivo;
 mod resend;
 mod retell;
 mod telnyx;
@@ -148,7 +149,7 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 }
 
 /// The built-in providers, in documentation order: the registry.
-pub static BUILTIN: [&(dyn Provider + 'static); 10] = [
+pub static BUILTIN: [&(dyn Provider + 'static); 11] = [
     &vapi::Vapi,
     &twilio::Twilio,
     &google::Google,
@@ -156,6 +157,7 @@ pub static BUILTIN: [&(dyn Provider + 'static); 10] = [
     &elevenlabs::ElevenLabs,
     &retell::Retell,
     &telnyx::Telnyx,
+    &plivo::Plivo,
     &deepgram::Deepgram,
     &cartesia::Cartesia,
     &openai::OpenAi,
