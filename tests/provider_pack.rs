@@ -108,6 +108,7 @@ async fn env() -> Env {
              [providers.deepgram]\nbase_url = \"{u}\"\n\
              [providers.cartesia]\nbase_url = \"{u}\"\n\
              [providers.plivo]\nbase_url = \"{u}\"\n\
+             [providers.vonage]\nbase_url = \"{u}\"\n\
              [webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"{BASE}\"\nforward_to = \"{app}\"\n",
             ca = pki.ca_pem.display(),
             u = fake.url,
@@ -619,4 +620,117 @@ async fn plivo_calls_fill_in_the_account_and_v3_signed_callbacks_verify() {
     let (s, _, b) = e.deliver("/webhooks/plivo", &h, &body.replace("u-42", "u-43")).await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     assert_eq!(e.app.last().header("keyward-tenant").as_deref(), Some("acme"));
+}
+
+const VONAGE_SIG: &str = "CANARYvonageSignatureSecret000000014";
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn unb64url(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).unwrap()
+}
+
+#[tokio::test]
+async fn vonage_mints_a_fresh_rs256_jwt_per_voice_call_and_verifies_signed_callbacks() {
+    let e = env().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("app.key");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key)
+        .output();
+    let Ok(made) = made else {
+        eprintln!("SKIPPED: openssl is missing (apt-get install openssl); it makes the Vonage application key");
+        return;
+    };
+    assert!(made.status.success());
+    let pem = std::fs::read_to_string(&key).unwrap().trim().to_string();
+    let public = dir.path().join("pub.pem");
+    let p = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .output();
+    assert!(p.unwrap().status.success());
+    let app_id = "0f9ab8c2-7e1d-4c3b-9a5f-1234567890ab";
+    let (s, v) = put(
+        &e.d,
+        "acme",
+        "vonage",
+        json!({"api_key": "abc123", "api_secret": "CANARYvonageApiSecret015", "application_id": app_id,
+               "private_key": pem, "signature_secret": VONAGE_SIG}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut jtis = Vec::new();
+    for _ in 0..2 {
+        let (s, _, _) = e.d.app("POST", "/vonage/v1/calls", &[("keyward-tenant", "acme")], Some(b"{}".to_vec())).await;
+        assert_eq!(s, 200);
+        let auth = e.fake.last().header("authorization").unwrap();
+        let jwt = auth.strip_prefix("Bearer ").unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let header: Value = serde_json::from_slice(&unb64url(parts[0])).unwrap();
+        assert_eq!(header, json!({"alg": "RS256", "typ": "JWT"}), "no kid");
+        let claims: Value = serde_json::from_slice(&unb64url(parts[1])).unwrap();
+        let iat = claims["iat"].as_u64().unwrap();
+        assert!(iat.abs_diff(now()) <= 5);
+        assert_eq!(claims["exp"].as_u64(), Some(iat + 900));
+        assert_eq!(claims["application_id"], app_id);
+        assert_eq!(claims.as_object().unwrap().len(), 4, "{claims}");
+        jtis.push(claims["jti"].as_str().unwrap().to_string());
+        // The signature verifies under the application's public key (openssl as the judge).
+        let input = dir.path().join("input");
+        std::fs::write(&input, format!("{}.{}", parts[0], parts[1])).unwrap();
+        let sig = dir.path().join("sig");
+        std::fs::write(&sig, unb64url(parts[2])).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["dgst", "-sha256", "-verify"])
+            .arg(&public)
+            .arg("-signature")
+            .arg(&sig)
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_ne!(jtis[0], jtis[1], "a jti is never reused");
+    // Account APIs take Basic.
+    e.d.app("GET", "/vonage/account/get-balance", &[("keyward-tenant", "acme")], None).await;
+    assert!(e.fake.last().header("authorization").unwrap().starts_with("Basic "));
+
+    // A signed callback: HS256 over the claims that bind the body.
+    let body = r#"{"to":"447700900000","from":"447700900001","status":"answered","uuid":"u-1"}"#;
+    let hs256 = |claims: Value| {
+        let p1 = b64url(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let p2 = b64url(claims.to_string().as_bytes());
+        let mac = hex::decode(hmac_hex(VONAGE_SIG.as_bytes(), &[format!("{p1}.{p2}").as_bytes()])).unwrap();
+        format!("Bearer {p1}.{p2}.{}", b64url(&mac))
+    };
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(body.as_bytes()))
+    };
+    let good = hs256(
+        json!({"iat": now(), "jti": "jti-1", "iss": "Vonage", "payload_hash": hash, "api_key": "abc123", "application_id": app_id}),
+    );
+    let (s, _, b) = e.deliver("/webhooks/vonage/acme", &[("authorization", &good)], body).await;
+    assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(e.app.last().header("authorization"), None, "the JWT is not forwarded");
+    assert_eq!(e.app.last().header("keyward-event-id").as_deref(), Some("jti-1"));
+    assert_eq!(e.deliver("/webhooks/vonage/acme", &[("authorization", &good)], body).await.1, "replayed");
+    let other_account = hs256(json!({"iat": now(), "jti": "jti-2", "payload_hash": hash, "api_key": "zzz999"}));
+    assert_eq!(
+        e.deliver("/webhooks/vonage/acme", &[("authorization", &other_account)], body).await.1,
+        "unresolved_tenant"
+    );
+    let tampered = body.replace("answered", "completed");
+    let t = hs256(json!({"iat": now(), "jti": "jti-3", "payload_hash": hash, "api_key": "abc123"}));
+    assert_eq!(e.deliver("/webhooks/vonage/acme", &[("authorization", &t)], &tampered).await.1, "bad_signature");
+    let old = hs256(json!({"iat": now() - 400, "jti": "jti-4", "payload_hash": hash, "api_key": "abc123"}));
+    assert_eq!(e.deliver("/webhooks/vonage/acme", &[("authorization", &old)], body).await.1, "stale_timestamp");
 }

@@ -9,7 +9,8 @@
 //! Auth is a token file, AppRole or a Kubernetes service-account JWT. The token is renewed
 //! when two thirds of its lease have passed; one that can no longer be renewed (its max TTL
 //! is near) is replaced by logging in again, and a token file is read again, so a token an
-//! agent rotates on disk is picked up. A call refused with 403 logs in once more and retries.
+//! agent rotates on disk is picked up. A call refused with 403 logs in once more and retries;
+//! one answered 5xx is tried once more after a pause.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -301,6 +302,13 @@ impl Transit {
         let mut a = self.send(method.clone(), &path, Some(&self.token(false).await?.value), body.clone()).await?;
         if a.status == 403 {
             a = self.send(method, &path, Some(&self.token(true).await?.value), body).await?;
+        } else if a.status >= 500 {
+            // One more try after a pause: OpenBao answers 500 for transient faults (a lease
+            // expiring mid-request on a loaded host was seen in CI); every transit call here
+            // can be repeated safely (decrypt, and encrypt/rewrap whose result is only used
+            // once it is answered).
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            a = self.send(method, &path, Some(&self.token(false).await?.value), body).await?;
         }
         if !(200..300).contains(&a.status) {
             return Err(self.refused(op, &a));

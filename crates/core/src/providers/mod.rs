@@ -22,6 +22,7 @@ mod retell;
 mod telnyx;
 pub(crate) mod twilio;
 mod vapi;
+mod vonage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -149,7 +150,7 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 }
 
 /// The built-in providers, in documentation order: the registry.
-pub static BUILTIN: [&(dyn Provider + 'static); 11] = [
+pub static BUILTIN: [&(dyn Provider + 'static); 12] = [
     &vapi::Vapi,
     &twilio::Twilio,
     &google::Google,
@@ -158,6 +159,7 @@ pub static BUILTIN: [&(dyn Provider + 'static); 11] = [
     &retell::Retell,
     &telnyx::Telnyx,
     &plivo::Plivo,
+    &vonage::Vonage,
     &deepgram::Deepgram,
     &cartesia::Cartesia,
     &openai::OpenAi,
