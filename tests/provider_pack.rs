@@ -379,7 +379,7 @@ fn python() -> Option<PathBuf> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_retell_and_openai_sdks_work_through_keyward_by_base_url() {
+async fn the_official_retell_openai_and_telnyx_sdks_work_through_keyward_by_base_url() {
     let Some(python) = python() else { return };
     let e = env().await;
     let (cert, key) = e.pki.client_cert("app", "spiffe://example/app");
@@ -391,7 +391,7 @@ async fn the_official_retell_and_openai_sdks_work_through_keyward_by_base_url() 
             e.pki.ca_pem.display()
         )),
         extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.retell]\nbase_url = \"{u}\"\n[providers.openai]\nbase_url = \"{u}/v1\"\n",
+            "[upstream]\nextra_ca = \"{}\"\n[providers.retell]\nbase_url = \"{u}\"\n[providers.openai]\nbase_url = \"{u}/v1\"\n[providers.telnyx]\nbase_url = \"{u}/v2\"\n",
             e.pki.ca_pem.display(),
             u = e.fake.url
         ),
@@ -400,10 +400,11 @@ async fn the_official_retell_and_openai_sdks_work_through_keyward_by_base_url() 
     d.start();
     put(&d, "acme", "retell", json!({"api_key": RETELL_KEY})).await;
     put(&d, "acme", "openai", json!({"api_key": OPENAI_KEY, "project": "proj_voice"})).await;
+    put(&d, "acme", "telnyx", json!({"api_key": TELNYX_KEY})).await;
     let port = d.addr("app-tls").rsplit(':').next().unwrap().to_string();
     let script = format!(
         r#"
-import httpx, openai, retell, ssl
+import httpx, openai, retell, ssl, telnyx
 tls = ssl.create_default_context(cafile="{ca}")
 tls.load_cert_chain("{cert}", "{key}")
 http = httpx.Client(verify=tls, headers={{"keyward-tenant": "acme"}})
@@ -411,6 +412,8 @@ o = openai.OpenAI(api_key="not-the-key", base_url="https://localhost:{port}/open
 o.models.with_raw_response.list()
 r = retell.Retell(api_key="not-the-key", base_url="https://localhost:{port}/retell", http_client=http, max_retries=0)
 r.agent.with_raw_response.list()
+t = telnyx.Telnyx(api_key="not-the-key", base_url="https://localhost:{port}/telnyx", http_client=http, max_retries=0)
+t.balance.with_raw_response.retrieve()
 print("ok")
 "#,
         cert = cert.display(),
@@ -427,6 +430,8 @@ print("ok")
         panic!("the Retell SDK's call arrived: {:?}", all.iter().map(|r| &r.path_and_query).collect::<Vec<_>>())
     });
     assert_eq!(info.header("authorization").unwrap(), format!("Bearer {RETELL_KEY}"));
+    let balance = all.iter().find(|r| r.path_and_query == "/v2/balance").expect("the Telnyx SDK's call arrived");
+    assert_eq!(balance.header("authorization").unwrap(), format!("Bearer {TELNYX_KEY}"));
 }
 
 #[tokio::test]
@@ -569,6 +574,20 @@ async fn a_deepgram_callback_url_is_replaced_by_keywards_own_and_the_callback_th
     assert!(String::from_utf8_lossy(&b).contains("webhook_secret"));
 }
 
+fn plivo_mac(signed: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .encode(hex::decode(hmac_hex(PLIVO_TOKEN.as_bytes(), &[signed.as_bytes()])).unwrap())
+}
+
+fn plivo_headers<'a>(mac: &'a str, nonce: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("content-type", "application/x-www-form-urlencoded"),
+        ("x-plivo-signature-v3", mac),
+        ("x-plivo-signature-v3-nonce", nonce),
+    ]
+}
+
 #[tokio::test]
 async fn plivo_calls_fill_in_the_account_and_v3_signed_callbacks_verify() {
     use base64::Engine;
@@ -591,13 +610,8 @@ async fn plivo_calls_fill_in_the_account_and_v3_signed_callbacks_verify() {
     let signed = format!(
         "{BASE}/webhooks/plivo/acme?a=1&b=x y.CallUUIDu-42DirectioninboundEventStartAppFrom+14155550100To+18005550199.{nonce}"
     );
-    let mac = base64::engine::general_purpose::STANDARD
-        .encode(hex::decode(hmac_hex(PLIVO_TOKEN.as_bytes(), &[signed.as_bytes()])).unwrap());
-    let h = [
-        ("content-type", "application/x-www-form-urlencoded"),
-        ("x-plivo-signature-v3", mac.as_str()),
-        ("x-plivo-signature-v3-nonce", nonce),
-    ];
+    let mac = plivo_mac(&signed);
+    let h = plivo_headers(&mac, nonce);
     let (s, _, b) = e.deliver("/webhooks/plivo/acme?b=x+y&a=1", &h, body).await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     assert_eq!(e.app.last().header("keyward-event-id").as_deref(), Some("u-42:StartApp"));
@@ -610,13 +624,8 @@ async fn plivo_calls_fill_in_the_account_and_v3_signed_callbacks_verify() {
     let signed = format!(
         "{BASE}/webhooks/plivo?CallUUIDu-43DirectioninboundEventStartAppFrom+14155550100To+18005550199.{nonce}"
     );
-    let mac = base64::engine::general_purpose::STANDARD
-        .encode(hex::decode(hmac_hex(PLIVO_TOKEN.as_bytes(), &[signed.as_bytes()])).unwrap());
-    let h = [
-        ("content-type", "application/x-www-form-urlencoded"),
-        ("x-plivo-signature-v3", mac.as_str()),
-        ("x-plivo-signature-v3-nonce", nonce),
-    ];
+    let mac = plivo_mac(&signed);
+    let h = plivo_headers(&mac, nonce);
     let (s, _, b) = e.deliver("/webhooks/plivo", &h, &body.replace("u-42", "u-43")).await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
     assert_eq!(e.app.last().header("keyward-tenant").as_deref(), Some("acme"));
