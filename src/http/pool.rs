@@ -204,8 +204,7 @@ impl Pool {
             match outcome {
                 Ok(resp) => {
                     let (parts, body) = resp.into_parts();
-                    let pooled = PooledBody { body, conn: Some(conn), key: Some(key), pool: self.clone() };
-                    let mut pooled = pooled;
+                    let mut pooled = PooledBody { body, conn: Some(conn), key: Some(key), pool: self.clone() };
                     if pooled.body.is_end_stream() {
                         pooled.release();
                     }

@@ -5,7 +5,7 @@
 use http::{HeaderName, HeaderValue};
 use url::Url;
 
-use super::fields::{FieldDef, ParsedFields, Rule, Schema};
+use super::fields::{url_safe, FieldDef, ParsedFields, Rule, Schema};
 use super::inbound::{secret_eq, single, Accepted, Delivery, Reject};
 use super::outbound::{bearer, exact, literal_url, FieldSource, HostRule, Injection, OutboundError};
 use super::{Provider, WebhookKeys};
@@ -65,7 +65,7 @@ impl Provider for Cartesia {
 }
 
 fn webhook_secret(s: &str) -> bool {
-    (22..=128).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    url_safe(s, 22..=128)
 }
 
 fn date(s: &str) -> bool {

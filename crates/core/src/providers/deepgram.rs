@@ -6,9 +6,9 @@ use base64::Engine;
 use url::Url;
 use zeroize::Zeroizing;
 
-use super::fields::{one_of, FieldDef, Rule, Schema};
+use super::fields::{one_of, url_safe, FieldDef, Rule, Schema};
 use super::inbound::{secret_eq, single, Accepted, Delivery, Reject};
-use super::outbound::{exact, literal_url, need, sensitive, FieldSource, HostRule, Injection, OutboundError};
+use super::outbound::{authorization, exact, literal_url, need, FieldSource, HostRule, Injection, OutboundError};
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
 
@@ -49,13 +49,7 @@ impl Provider for Deepgram {
     }
 
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
-        let key = need(cred, "api_key")?;
-        let value = Zeroizing::new(format!("Token {}", key.expose()));
-        Ok(Injection {
-            headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
-            scrub: vec![Zeroizing::new(key.expose().as_bytes().to_vec())],
-            ..Injection::default()
-        })
+        authorization("Token", need(cred, "api_key")?)
     }
 
     fn callback_param(&self) -> Option<&'static str> {
@@ -92,7 +86,7 @@ impl Provider for Deepgram {
 }
 
 fn webhook_secret(s: &str) -> bool {
-    (22..=64).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    url_safe(s, 22..=64)
 }
 
 /// `Authorization: Basic base64("keyward:" secret)`, compared as digests; the header is

@@ -102,6 +102,12 @@ impl super::outbound::FieldSource for ParsedFields {
     }
 }
 
+/// `[A-Za-z0-9_-]` of a length in `len`: the URL-safe secrets keyward asks for where a
+/// provider's own format is free (Deepgram callback passwords, Cartesia webhook secrets).
+pub(crate) fn url_safe(s: &str, len: std::ops::RangeInclusive<usize>) -> bool {
+    len.contains(&s.len()) && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+}
+
 /// Cross-field rules and derived status, run after the per-field checks.
 pub type CrossCheck = fn(&mut ParsedFields) -> Result<(), (Option<&'static str>, String)>;
 

@@ -181,7 +181,12 @@ pub(crate) fn bearer(cred: &dyn FieldSource, field: &str) -> Result<Injection, O
 }
 
 pub(crate) fn bearer_value(secret: &Secret) -> Result<Injection, OutboundError> {
-    let value = Zeroizing::new(format!("Bearer {}", secret.expose()));
+    authorization("Bearer", secret)
+}
+
+/// `Authorization: <scheme> <secret>` (Bearer; Deepgram's `Token`), the secret scrubbed.
+pub(crate) fn authorization(scheme: &str, secret: &Secret) -> Result<Injection, OutboundError> {
+    let value = Zeroizing::new(format!("{scheme} {}", secret.expose()));
     Ok(Injection {
         headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
         scrub: vec![Zeroizing::new(secret.expose().as_bytes().to_vec())],

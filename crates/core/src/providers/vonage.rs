@@ -72,17 +72,15 @@ impl Provider for Vonage {
     }
 
     fn inject(&self, cred: &dyn FieldSource, path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
+        // The JWT for the APIs that take it, else Basic; a credential with only one of the
+        // pairs uses that one everywhere.
         let jwt_pair = cred.public_field("application_id").zip(cred.secret_field("private_key"));
-        match (jwt_pair, uses_jwt(path)) {
-            (Some((app, key)), true) => application_jwt(app, key, crate::time::now_secs()),
-            _ => match (cred.public_field("api_key"), cred.secret_field("api_secret")) {
-                (Some(user), Some(secret)) => basic(user, secret),
-                _ if jwt_pair.is_some() => {
-                    let (app, key) = jwt_pair.ok_or_else(|| OutboundError::MissingField("private_key".into()))?;
-                    application_jwt(app, key, crate::time::now_secs())
-                }
-                _ => Err(OutboundError::MissingField("api_secret".into())),
-            },
+        let basic_pair = cred.public_field("api_key").zip(cred.secret_field("api_secret"));
+        match (jwt_pair, basic_pair) {
+            (Some((app, key)), Some(_)) if uses_jwt(path) => application_jwt(app, key, crate::time::now_secs()),
+            (_, Some((user, secret))) => basic(user, secret),
+            (Some((app, key)), None) => application_jwt(app, key, crate::time::now_secs()),
+            (None, None) => Err(OutboundError::MissingField("api_secret".into())),
         }
     }
 
@@ -207,9 +205,8 @@ fn pem_der(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
 
 fn uuid_v4() -> String {
     let mut b = [0u8; 16];
-    // getrandom failing means the OS has no entropy source: a fixed jti is then still unique
-    // enough for Vonage (it only has to differ per token) only if time differs, so fall back
-    // to the clock's nanoseconds rather than refusing the call.
+    // Without an entropy source the clock's nanoseconds still give a jti that differs per
+    // token, which is all Vonage asks of it; the call is not refused for that.
     if getrandom::fill(&mut b).is_err() {
         let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         b = n.to_le_bytes();
