@@ -19,6 +19,7 @@ pub mod outbound;
 mod plivo;
 mod resend;
 mod retell;
+mod rs256;
 mod telnyx;
 pub(crate) mod twilio;
 mod vapi;

@@ -3,7 +3,7 @@
 //! `api_key:api_secret` for everything else; signed callbacks are HS256 JWTs whose claims
 //! bind the body hash and the account.
 
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -178,29 +178,15 @@ fn uses_jwt(path: &str) -> bool {
 /// `{"alg":"RS256","typ":"JWT"}` · `{application_id, iat, jti, exp}` · RSASSA-PKCS1-v1_5-SHA256,
 /// with a new jti (UUIDv4) each time.
 pub(crate) fn application_jwt(app: &str, pem: &Secret, now: u64) -> Result<Injection, OutboundError> {
-    let der = pem_der(pem.expose()).ok_or_else(|| OutboundError::MissingField("a PKCS#8 private_key".into()))?;
-    let key = ring::signature::RsaKeyPair::from_pkcs8(&der)
-        .map_err(|_| OutboundError::MissingField("an RSA private_key (PKCS#8)".into()))?;
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let header = json!({"alg": "RS256", "typ": "JWT"});
     let claims = json!({"application_id": app, "iat": now, "jti": uuid_v4(), "exp": now + JWT_TTL});
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let signing_input = format!("{header}.{claims}");
-    let mut sig = vec![0u8; key.public().modulus_len()];
-    key.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), signing_input.as_bytes(), &mut sig)
-        .map_err(|_| OutboundError::MissingField("a private_key that can sign".into()))?;
-    let value = Zeroizing::new(format!("Bearer {signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)));
+    let jwt = super::rs256::sign(&header, &claims, pem)?;
+    let value = Zeroizing::new(format!("Bearer {}", jwt.as_str()));
     Ok(Injection {
         headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
         scrub: vec![Zeroizing::new(pem.expose().as_bytes().to_vec())],
         ..Injection::default()
     })
-}
-
-fn pem_der(pem: &str) -> Option<Zeroizing<Vec<u8>>> {
-    let start = pem.find("-----BEGIN PRIVATE KEY-----")? + "-----BEGIN PRIVATE KEY-----".len();
-    let end = pem[start..].find("-----END PRIVATE KEY-----")? + start;
-    let b64: Zeroizing<String> = Zeroizing::new(pem[start..end].chars().filter(|c| !c.is_ascii_whitespace()).collect());
-    STANDARD.decode(b64.as_bytes()).ok().map(Zeroizing::new)
 }
 
 fn uuid_v4() -> String {
