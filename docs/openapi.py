@@ -44,8 +44,8 @@ paths = {
  "/v1/tenants/{tenant}/credentials/{provider}/restore": {"post": op("credential.restore", "Undo a soft delete", "operator", okj(ref("Status")), ["tenant", "provider"], extra=conflict)},
  "/v1/tenants/{tenant}/credentials/{provider}/verify": {"post": op("credential.verify", "Live check against the provider, then route discovery", "operator",
     okj(ref("VerifyAnswer")), ["tenant", "provider"], extra={"502": {"$ref": "#/components/responses/BadGateway"}, **conflict})},
- "/v1/tenants/{tenant}/oauth/google/start": {"post": op("oauth.google.start", "Start the Google connect flow: the authorization URL to hand to the tenant", "operator",
-    okj({"type": "object", "required": ["authorization_url", "expires_in"], "properties": {"authorization_url": {"type": "string"}, "expires_in": {"type": "integer"}}}), ["tenant"], extra=conflict)},
+ "/v1/tenants/{tenant}/oauth/{provider}/start": {"post": op("oauth.start", "Start an OAuth provider's connect flow (Google, or an authorization_code provider of [providers.*] oauth2): the authorization URL to hand to the tenant, and the redirect URI to register with the provider", "operator",
+    okj({"type": "object", "required": ["authorization_url", "redirect_uri", "expires_in"], "properties": {"authorization_url": {"type": "string"}, "redirect_uri": {"type": "string"}, "expires_in": {"type": "integer"}}}), ["tenant", "provider"], extra=conflict)},
  "/v1/routes/{kind}/{id}": {
     "put": op("route.put", "Point a provider id at a tenant (webhook routing)", "operator", okj(ref("Route")), ["kind", "id"],
         body=jsonbody({"type": "object", "required": ["tenant"], "properties": {"tenant": TENANT}}, "the owner"), extra=conflict),

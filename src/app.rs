@@ -17,7 +17,7 @@ use crate::listen::{self, Bound, ConnLimits, ListenError, TlsSetup};
 use crate::live::Live;
 use crate::metrics::{DerivedSource, Metrics};
 use crate::oauth::connect::ConnectFlows;
-use crate::oauth::{Endpoints, TokenManager};
+use crate::oauth::TokenManager;
 use crate::ops::{self, Readiness};
 use crate::policy::{Policy, RateLimiter};
 use crate::proxy::{self, ProxyState};
@@ -285,11 +285,7 @@ impl App {
         let token_digest = config.admin.token_file.as_deref().map(read_token).transpose()?;
 
         let upstream = Upstream::new(&config.upstream, config.danger.allow_plain_http_upstream)?;
-        let tokens = Arc::new(TokenManager::new(
-            creds.clone(),
-            crate::oauth::http_client(&config.upstream)?,
-            Endpoints::from_config(config.providers.builtin.get("google")),
-        ));
+        let tokens = Arc::new(TokenManager::new(creds.clone(), crate::oauth::http_client(&config.upstream)?));
         let connect = Arc::new(ConnectFlows::default());
         let live = Arc::new(Live::new(creds.clone(), upstream.clone(), tokens.clone()));
         let replay = ReplayCache::new(REPLAY_CAPACITY);

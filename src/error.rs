@@ -217,7 +217,7 @@ impl From<ConnectError> for PublicError {
     fn from(e: ConnectError) -> Self {
         match &e {
             ConnectError::Cred(c) => c.into(),
-            ConnectError::NoClientId => Self::bad_request(e.to_string()),
+            ConnectError::NoClientId | ConnectError::NotConnectable(_) => Self::bad_request(e.to_string()),
             ConnectError::TooMany => Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", e.to_string()),
             ConnectError::Random => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
         }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::creds::{CredError, Credential, Credentials, StatusObject};
 use crate::http::{BoxError, Upstream};
-use crate::oauth::TokenManager;
+use crate::oauth::{CheckTokenError, TokenError, TokenManager};
 use crate::shutdown::Shutdown;
 use keyward_core::ids::{RouteId, RouteKind, TenantId};
 use keyward_core::providers::ProviderDef;
@@ -35,6 +35,14 @@ pub(crate) enum LiveError {
     /// The credential cannot be read.
     #[error(transparent)]
     Cred(#[from] CredError),
+}
+
+/// What a failed token call says about the credential.
+fn token_verdict(e: &TokenError) -> Verdict {
+    match e {
+        TokenError::Revoked(m) => Verdict::Invalid(format!("the grant was refused: {m}")),
+        other => Verdict::Unavailable(format!("token refresh failed: {other:?}").chars().take(300).collect()),
+    }
 }
 
 /// The verdict of one live check.
@@ -97,7 +105,7 @@ impl Live {
         def: &ProviderDef,
         cred: &Credential,
         path_and_query: &str,
-        google: Option<&Secret>,
+        token: Option<&Secret>,
     ) -> Result<Answer, String> {
         let base = def.base_url(Some(cred));
         let host = base.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -106,7 +114,7 @@ impl Live {
             return Err(format!("{host}:{port} is not on the provider's list"));
         }
         let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
-        let inj = def.inject(cred, path, google).map_err(|e| e.to_string())?;
+        let inj = def.inject(cred, path, token).map_err(|e| e.to_string())?;
         let path = inj.path.clone().unwrap_or_else(|| path.to_string());
         let mut q = query.unwrap_or("").to_string();
         if let Some((n, v)) = &inj.query {
@@ -137,25 +145,29 @@ impl Live {
         Ok(Answer { status, body })
     }
 
-    /// Checks a credential (stored or not) against its provider.
-    pub(crate) async fn check(&self, def: &ProviderDef, cred: &Credential) -> Verdict {
+    /// Checks a credential that is not stored yet against its provider. An OAuth
+    /// credential's refresh happens here, and what it rotates is written into `cred`, so
+    /// the grant that gets stored is the live one.
+    pub(crate) async fn check(&self, def: &ProviderDef, cred: &mut Credential) -> Verdict {
+        let token = match def.oauth() {
+            Some(spec) => match self.tokens.refresh_with(spec, cred).await {
+                Ok(g) => {
+                    cred.absorb(g.refresh_token, g.instance_url.filter(|_| spec.instance_url));
+                    Some(g.access_token)
+                }
+                Err(e) => return token_verdict(&e),
+            },
+            None => None,
+        };
+        self.check_with(def, cred, token.as_ref()).await
+    }
+
+    /// The check's GET, with the access token an OAuth provider needs.
+    async fn check_with(&self, def: &ProviderDef, cred: &Credential, token: Option<&Secret>) -> Verdict {
         let Some(path) = def.rules().check_path(cred) else {
             return Verdict::Unavailable(format!("provider {} has no verify_path configured", def.name));
         };
-        let google = if def.uses_access_token() {
-            match self.tokens.refresh_with(cred).await {
-                Ok(g) => Some(g.access_token),
-                Err(crate::oauth::TokenError::Revoked(m)) => {
-                    return Verdict::Invalid(format!("refresh token refused: {m}"))
-                }
-                Err(e) => {
-                    return Verdict::Unavailable(format!("token refresh failed: {e:?}").chars().take(300).collect())
-                }
-            }
-        } else {
-            None
-        };
-        match self.get(def, cred, &path, google.as_ref()).await {
+        match self.get(def, cred, &path, token).await {
             Err(e) => Verdict::Unavailable(e),
             Ok(a) if a.status.is_success() => Verdict::Valid,
             Ok(a) if def.rules().check_passes_anyway(a.status.as_u16(), &a.body) => Verdict::Valid,
@@ -166,6 +178,23 @@ impl Live {
                 Verdict::Unavailable(format!("provider unavailable (HTTP {})", a.status.as_u16()))
             }
             Ok(a) => Verdict::Invalid(format!("unexpected answer (HTTP {})", a.status.as_u16())),
+        }
+    }
+
+    /// A stored credential's check: OAuth ones refresh through the token manager's locks.
+    async fn check_stored(
+        &self,
+        def: &ProviderDef,
+        cred: Arc<Credential>,
+    ) -> Result<(Verdict, Arc<Credential>), LiveError> {
+        if def.oauth().is_none() {
+            let v = self.check_with(def, &cred, None).await;
+            return Ok((v, cred));
+        }
+        match self.tokens.fresh_for_check(&cred.tenant, def.name.as_str()).await {
+            Ok((token, cred)) => Ok((self.check_with(def, &cred, Some(&token)).await, cred)),
+            Err(CheckTokenError::Token(e)) => Ok((token_verdict(&e), cred)),
+            Err(CheckTokenError::Cred(e)) => Err(e.into()),
         }
     }
 
@@ -181,7 +210,7 @@ impl Live {
         let providers = self.creds.providers();
         let def = providers.get(provider).cloned().ok_or_else(|| LiveError::UnknownProvider(provider.to_string()))?;
         let cred = self.creds.resolve_any(tenant, provider).await?;
-        let verdict = self.check(&def, &cred).await;
+        let (verdict, cred) = self.check_stored(&def, cred).await?;
         let status = match &verdict {
             Verdict::Valid => {
                 self.creds
@@ -205,7 +234,7 @@ impl Live {
             }
         };
         if def.uses_access_token() {
-            self.tokens.invalidate(tenant).await;
+            self.tokens.invalidate(tenant, provider).await;
         }
         let discovery = if discover && verdict == Verdict::Valid {
             Some(self.discover(actor, &def, &cred, true).await)

@@ -208,7 +208,7 @@ async fn an_operator_and_a_viewer_use_the_console_and_nothing_leaks() {
         .admin("PUT", "/v1/tenants/acme/credentials/google", Some(&json!({"client_id": "c.apps.googleusercontent.com", "client_secret": "CANARYconsoleGoogle0000000000004", "scopes": ["s"]}).to_string()))
         .await;
     assert_eq!(s, 200);
-    let p = b.post("/console/tenants/acme/google", &[("csrf", &csrf)]).await;
+    let p = b.post("/console/tenants/acme/connect/google", &[("csrf", &csrf)]).await;
     assert!(
         p.body.contains("Hand this authorization link to the tenant")
             && p.body.contains("client_id=c.apps.googleusercontent.com"),

@@ -113,8 +113,8 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
                 let providers = creds.providers();
                 let def =
                     providers.get(p.as_str()).cloned().ok_or_else(|| PublicError::not_found("unknown provider"))?;
-                let candidate = crate::creds::Credential::ephemeral(t.clone(), p.as_str(), parsed);
-                let verdict = state.live.check(&def, &candidate).await;
+                let mut candidate = crate::creds::Credential::ephemeral(t.clone(), p.as_str(), parsed);
+                let verdict = state.live.check(&def, &mut candidate).await;
                 let failure = match &verdict {
                     crate::live::Verdict::Valid => None,
                     crate::live::Verdict::Invalid(m) => {
@@ -163,33 +163,40 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
             }
             ok(v)
         }
-        Endpoint::GoogleStart(t) => {
+        Endpoint::OAuthStart(t, p) => {
             let base = state.public_base_url.as_ref().ok_or_else(|| {
                 PublicError::bad_request(
                     "the connect flow needs [webhooks] public_base_url (the callback is served there)",
                 )
             })?;
-            let url = state.connect.start(creds, &state.tokens, &t, base).await?;
-            ok(json!({"authorization_url": url, "expires_in": 600}))
+            creds.check_provider(p.as_str())?;
+            let url = state.connect.start(creds, &state.tokens, &t, p.as_str(), base).await?;
+            let redirect = crate::oauth::connect::ConnectFlows::redirect_uri(base, p.as_str());
+            ok(json!({"authorization_url": url, "redirect_uri": redirect, "expires_in": 600}))
         }
         Endpoint::GetCredential(t, p) => ok(to_json(&creds.status(&t, p.as_str()).await?)),
         Endpoint::DeleteCredential(t, p) => {
-            // A token-managed credential (Google): revoke the refresh token at the provider
-            // too (best effort, audited).
-            let token_managed = creds.providers().get(p.as_str()).is_some_and(|d| d.uses_access_token());
-            let refresh = if token_managed {
-                creds.resolve_any(&t, "google").await.ok().and_then(|c| c.secret("refresh_token").cloned())
-            } else {
-                None
+            // A connected OAuth credential: revoke the refresh token at the provider too,
+            // where it has a revocation endpoint (best effort, audited).
+            let def = state.tokens.spec(p.as_str());
+            let connected = match &def {
+                Some(_) => creds.resolve_any(&t, p.as_str()).await.ok().filter(|c| c.secret("refresh_token").is_some()),
+                None => None,
             };
             let status = creds.delete(actor, &t, p.as_str()).await?;
-            if let Some(token) = refresh {
-                state.tokens.invalidate(&t).await;
-                let outcome = match state.tokens.revoke(&token).await {
-                    Ok(()) => "ok".to_string(),
-                    Err(e) => format!("error:{e}"),
-                };
-                creds.audit_note(actor, "oauth.google.revoke", Some(t.as_str()), Some("google"), &outcome).await;
+            if def.is_some() {
+                state.tokens.invalidate(&t, p.as_str()).await;
+            }
+            if let (Some(spec), Some(cred)) = (def.as_ref().and_then(|d| d.oauth()), connected) {
+                if let Some(token) = cred.secret("refresh_token") {
+                    let outcome = match state.tokens.revoke(spec, &*cred, token).await {
+                        Ok(true) => "ok".to_string(),
+                        Ok(false) => "none: the provider has no revocation endpoint".to_string(),
+                        Err(e) => format!("error:{e}"),
+                    };
+                    let action = format!("oauth.{}.revoke", p.as_str());
+                    creds.audit_note(actor, &action, Some(t.as_str()), Some(p.as_str()), &outcome).await;
+                }
             }
             ok(to_json(&status))
         }

@@ -18,7 +18,7 @@ pub(crate) enum Endpoint {
     DeleteCredential(TenantId, ProviderName),
     RestoreCredential(TenantId, ProviderName),
     VerifyCredential(TenantId, ProviderName),
-    GoogleStart(TenantId),
+    OAuthStart(TenantId, ProviderName),
     PutRoute(RouteKind, RouteId),
     GetRoute(RouteKind, RouteId),
     DeleteRoute(RouteKind, RouteId),
@@ -45,7 +45,7 @@ impl Endpoint {
             Endpoint::DeleteCredential(..) => "credential.delete",
             Endpoint::RestoreCredential(..) => "credential.restore",
             Endpoint::VerifyCredential(..) => "credential.verify",
-            Endpoint::GoogleStart(..) => "oauth.google.start",
+            Endpoint::OAuthStart(..) => "oauth.start",
             Endpoint::PutRoute(..) => "route.put",
             Endpoint::GetRoute(..) => "route.get",
             Endpoint::DeleteRoute(..) => "route.delete",
@@ -79,7 +79,7 @@ impl Endpoint {
             | Endpoint::DeleteCredential(..)
             | Endpoint::RestoreCredential(..)
             | Endpoint::VerifyCredential(..)
-            | Endpoint::GoogleStart(_)
+            | Endpoint::OAuthStart(..)
             | Endpoint::PutRoute(..)
             | Endpoint::DeleteRoute(..) => Role::Operator,
             Endpoint::RotateKeys | Endpoint::SetLogLevel | Endpoint::Users => Role::Admin,
@@ -89,10 +89,9 @@ impl Endpoint {
     /// The tenant and provider it acts on, for the audit entry of a refusal.
     pub(crate) fn subject(&self) -> (Option<&str>, Option<&str>) {
         match self {
-            Endpoint::DeleteTenant(t) | Endpoint::ListCredentials(t) | Endpoint::GoogleStart(t) => {
-                (Some(t.as_str()), None)
-            }
-            Endpoint::PutCredential(t, p)
+            Endpoint::DeleteTenant(t) | Endpoint::ListCredentials(t) => (Some(t.as_str()), None),
+            Endpoint::OAuthStart(t, p)
+            | Endpoint::PutCredential(t, p)
             | Endpoint::GetCredential(t, p)
             | Endpoint::DeleteCredential(t, p)
             | Endpoint::RestoreCredential(t, p)
@@ -137,7 +136,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("DELETE", "/v1/tenants/{tenant}/credentials/{provider}", "credential.delete"),
     ("POST", "/v1/tenants/{tenant}/credentials/{provider}/restore", "credential.restore"),
     ("POST", "/v1/tenants/{tenant}/credentials/{provider}/verify", "credential.verify"),
-    ("POST", "/v1/tenants/{tenant}/oauth/google/start", "oauth.google.start"),
+    ("POST", "/v1/tenants/{tenant}/oauth/{provider}/start", "oauth.start"),
     ("PUT", "/v1/routes/{kind}/{id}", "route.put"),
     ("GET", "/v1/routes/{kind}/{id}", "route.get"),
     ("DELETE", "/v1/routes/{kind}/{id}", "route.delete"),
@@ -163,7 +162,7 @@ fn build(name: &str, p: &[&str]) -> Result<Endpoint, PublicError> {
         "credential.delete" => Endpoint::DeleteCredential(tenant(arg(0))?, provider(arg(1))?),
         "credential.restore" => Endpoint::RestoreCredential(tenant(arg(0))?, provider(arg(1))?),
         "credential.verify" => Endpoint::VerifyCredential(tenant(arg(0))?, provider(arg(1))?),
-        "oauth.google.start" => Endpoint::GoogleStart(tenant(arg(0))?),
+        "oauth.start" => Endpoint::OAuthStart(tenant(arg(0))?, provider(arg(1))?),
         "route.put" | "route.get" | "route.delete" => {
             let (k, i) = route_pair(arg(0), arg(1))?;
             match name {

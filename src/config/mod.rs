@@ -164,7 +164,8 @@ pub struct DangerConfig {
 }
 
 pub use keyward_core::providers::config::{
-    template_fields, BuiltinOverride, GenericProvider, InjectTemplate, ProvidersConfig, RateLimit, WebhookScheme,
+    template_fields, BuiltinOverride, GenericProvider, InjectTemplate, OAuth2Spec, ProvidersConfig, RateLimit,
+    WebhookScheme,
 };
 pub use keyward_core::units::{parse_duration, parse_rate, parse_size};
 

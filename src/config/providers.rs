@@ -44,6 +44,10 @@ pub(super) fn build_providers(
                     ..BuiltinOverride::default()
                 },
             );
+        } else if value.get("oauth2").is_some() {
+            let mut o: RawOAuthProvider = typed(ctx, &key, value)?;
+            let rate = ctx.rate(&format!("{key}.rate_limit"), o.rate_limit.take())?;
+            out.oauth2.insert(pname, (build_oauth2(ctx, &key, o, allow_http)?, rate));
         } else {
             let g: RawGeneric = typed(ctx, &key, value)?;
             out.generic.insert(pname, build_generic(ctx, &key, g, allow_http)?);
@@ -157,4 +161,113 @@ fn build_generic(ctx: &Ctx<'_>, key: &str, g: RawGeneric, allow_http: bool) -> R
         rate_limit: ctx.rate(&format!("{key}.rate_limit"), g.rate_limit)?,
         verify_path: g.verify_path,
     })
+}
+
+/// An OAuth 2.0 provider: the preset's values, each key of the table overriding one; a
+/// custom provider (no preset) names its endpoints and base URL itself.
+fn build_oauth2(ctx: &Ctx<'_>, key: &str, o: RawOAuthProvider, allow_http: bool) -> Result<OAuth2Spec, ConfigError> {
+    use keyward_core::providers::config::{ClientAuth, Grant, Revoke};
+    let ok = format!("{key}.oauth2");
+    let r = o.oauth2;
+    let mut spec = match r.preset.as_deref() {
+        Some(p) => keyward_core::providers::preset(p).ok_or_else(|| {
+            let names = keyward_core::providers::PRESETS.join(", ");
+            ctx.err(
+                &format!("{ok}.preset"),
+                format!("\"{p}\" is not a preset; use one of {names}, or leave it out and name the endpoints"),
+            )
+        })?,
+        None => {
+            let need = |k: &str, v: &Option<String>| {
+                v.clone().ok_or_else(|| {
+                    ctx.err(&format!("{ok}.{k}"), format!("a custom OAuth 2.0 provider (no preset) needs {k}"))
+                })
+            };
+            if o.base_url.is_none() {
+                return Err(
+                    ctx.err(&format!("{key}.base_url"), "a custom OAuth 2.0 provider (no preset) needs base_url")
+                );
+            }
+            let mut s = keyward_core::providers::preset("google").unwrap_or_else(|| unreachable!("google is a preset"));
+            s.preset = None;
+            s.token_url = need("token_url", &r.token_url)?;
+            s.auth_url = None;
+            s.revoke_url = None;
+            s.revoke = Revoke::None;
+            s.auth_params.clear();
+            s.hosts.clear();
+            s.verify_path = None;
+            s
+        }
+    };
+    // Endpoints may hold {directory}; checked with it filled in.
+    let endpoint = |k: &str, v: &str| -> Result<String, ConfigError> {
+        let filled = OAuth2Spec::fill(v, None);
+        ctx.url(&format!("{ok}.{k}"), &filled, allow_http)?;
+        Ok(v.to_string())
+    };
+    if let Some(u) = &r.token_url {
+        spec.token_url = endpoint("token_url", u)?;
+    }
+    if let Some(u) = &r.auth_url {
+        spec.auth_url = Some(endpoint("auth_url", u)?);
+    }
+    if let Some(u) = &r.revoke_url {
+        spec.revoke_url = Some(endpoint("revoke_url", u)?);
+        if spec.revoke == Revoke::None {
+            spec.revoke = Revoke::Form;
+        }
+    }
+    if let Some(b) = &o.base_url {
+        spec.base_url = ctx.url(&format!("{key}.base_url"), b, allow_http)?;
+    }
+    if let Some(hosts) = &r.hosts {
+        for h in hosts {
+            if h.is_empty() || h.contains('/') || h.contains('@') || h.contains(':') {
+                return Err(ctx.err(&format!("{ok}.hosts"), format!("\"{h}\" is not a host name")));
+            }
+        }
+        spec.hosts.extend(hosts.iter().map(|h| keyward_core::providers::HostRule::Exact(h.to_ascii_lowercase(), 443)));
+    }
+    if let Some(p) = r.pkce {
+        spec.pkce = p;
+    }
+    if let Some(c) = r.client_auth.as_deref() {
+        spec.client_auth = match c {
+            "client_secret_basic" => ClientAuth::Basic,
+            "client_secret_post" => ClientAuth::Post,
+            other => return Err(ctx.err(
+                &format!("{ok}.client_auth"),
+                format!(
+                    "\"{other}\" is not a client authentication; use \"client_secret_basic\" or \"client_secret_post\""
+                ),
+            )),
+        };
+    }
+    if let Some(g) = r.grant.as_deref() {
+        spec.grant = match g {
+            "authorization_code" => Grant::AuthorizationCode,
+            "client_credentials" => Grant::ClientCredentials,
+            "jwt_bearer" => Grant::JwtBearer,
+            other => return Err(ctx.err(
+                &format!("{ok}.grant"),
+                format!(
+                    "\"{other}\" is not a grant; use \"authorization_code\", \"client_credentials\" or \"jwt_bearer\""
+                ),
+            )),
+        };
+    }
+    if spec.grant == Grant::AuthorizationCode && spec.auth_url.is_none() {
+        return Err(ctx.err(
+            &format!("{ok}.auth_url"),
+            "the authorization_code grant needs auth_url (the connect flow starts there)",
+        ));
+    }
+    if let Some(p) = &o.verify_path {
+        if !p.starts_with('/') || p.contains("..") {
+            return Err(ctx.err(&format!("{key}.verify_path"), "must be a path starting with / (e.g. \"/v1/me\")"));
+        }
+        spec.verify_path = Some(p.clone());
+    }
+    Ok(spec)
 }

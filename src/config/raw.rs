@@ -250,6 +250,29 @@ pub(super) struct RawGeneric {
     pub(super) verify_path: Option<String>,
 }
 
+/// `[providers.<name>]` with an `oauth2` table (CONTRACT.md §8.3).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuthProvider {
+    pub(super) oauth2: RawOAuth2,
+    pub(super) base_url: Option<String>,
+    pub(super) rate_limit: Option<RawRateLimit>,
+    pub(super) verify_path: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOAuth2 {
+    pub(super) preset: Option<String>,
+    pub(super) auth_url: Option<String>,
+    pub(super) token_url: Option<String>,
+    pub(super) revoke_url: Option<String>,
+    pub(super) hosts: Option<Vec<String>>,
+    pub(super) pkce: Option<bool>,
+    pub(super) client_auth: Option<String>,
+    pub(super) grant: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDanger {

@@ -299,9 +299,9 @@ async fn serve(
             let notice = pages::Notice::from_answer("put", &provider, s, &v);
             html(StatusCode::OK, pages::tenant(state, &ctx, t, Some(notice)).await)
         }
-        ["tenants", t, "google"] => {
-            let (s, v) = call(state, &who, Method::POST, &format!("/v1/tenants/{t}/oauth/google/start"), None).await;
-            let notice = pages::Notice::from_answer("connect", "google", s, &v);
+        ["tenants", t, "connect", p] => {
+            let (s, v) = call(state, &who, Method::POST, &format!("/v1/tenants/{t}/oauth/{p}/start"), None).await;
+            let notice = pages::Notice::from_answer("connect", p, s, &v);
             html(StatusCode::OK, pages::tenant(state, &ctx, t, Some(notice)).await)
         }
         _ => html(StatusCode::NOT_FOUND, pages::layout(&ctx, "Not found", String::new())),

@@ -317,11 +317,24 @@ pub(crate) async fn tenant(state: &AdminState, ctx: &Ctx<'_>, tenant: &str, noti
     }
     if change {
         body.push_str(&put_form(state, ctx, tenant));
-        let _ = write!(
-            body,
-            "<form method=\"post\" action=\"/console/tenants/{t}/google\">{}<button type=\"submit\">Connect Google</button></form>",
-            csrf_field(ctx)
-        );
+        // One button per provider whose tokens come from a user's consent.
+        let providers = state.creds.providers();
+        for name in providers.names() {
+            let connectable = providers
+                .get(name)
+                .and_then(|d| d.oauth())
+                .is_some_and(|o| o.grant == keyward_core::providers::config::Grant::AuthorizationCode);
+            if !connectable {
+                continue;
+            }
+            let label = if name == "google" { "Google".to_string() } else { esc(name) };
+            let _ = write!(
+                body,
+                "<form method=\"post\" action=\"/console/tenants/{t}/connect/{n}\">{}<button type=\"submit\">Connect {label}</button></form>",
+                csrf_field(ctx),
+                n = enc(name),
+            );
+        }
     }
     layout(ctx, &format!("Tenant {tenant}"), body)
 }

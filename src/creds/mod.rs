@@ -85,6 +85,16 @@ impl Credential {
         }
     }
 
+    /// Takes in what a token endpoint rotated while a candidate was checked.
+    pub(crate) fn absorb(&mut self, refresh_token: Option<Secret>, instance_url: Option<String>) {
+        if let Some(t) = refresh_token {
+            self.secrets.insert("refresh_token".into(), t);
+        }
+        if let Some(u) = instance_url {
+            self.public.insert("instance_url".into(), Value::String(u));
+        }
+    }
+
     /// A secret field.
     pub fn secret(&self, name: &str) -> Option<&Secret> {
         self.secrets.get(name)
@@ -397,7 +407,7 @@ impl Credentials {
         (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 
-    fn check_provider(&self, provider: &str) -> Result<(), CredError> {
+    pub(crate) fn check_provider(&self, provider: &str) -> Result<(), CredError> {
         self.provider_name(provider).map(|_| ())
     }
 

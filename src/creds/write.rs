@@ -11,20 +11,24 @@ use zeroize::Zeroizing;
 use super::*;
 
 impl Credentials {
-    /// Replaces one secret field of a stored credential (a rotated or newly connected
-    /// refresh token), optionally setting the status; sealed and committed before it returns.
-    pub async fn set_secret_field(
+    /// Stores what a token endpoint granted into a credential: a rotated or newly
+    /// connected `refresh_token` and Salesforce's `instance_url` (public), optionally
+    /// setting the status; sealed and committed before it returns.
+    pub(crate) async fn set_granted(
         &self,
         actor: &str,
         tenant: &TenantId,
         provider: &str,
-        field: &str,
-        value: Secret,
+        refresh_token: Option<Secret>,
+        instance_url: Option<&str>,
         status: Option<CredStatus>,
     ) -> Result<StatusObject, CredError> {
         let current = self.load(tenant, provider).await?;
         let mut secrets = current.secrets.clone();
-        secrets.insert(field.to_string(), value);
+        if let Some(t) = refresh_token {
+            secrets.insert("refresh_token".to_string(), t);
+        }
+        let instance = instance_url.map(|u| Value::String(u.to_string()));
         let hints: BTreeMap<String, String> = secrets.iter().map(|(k, v)| (k.clone(), v.hint())).collect();
         let next = |old: Option<&CredentialRecord>, now: Millis| {
             let old = old
@@ -34,6 +38,14 @@ impl Credentials {
                 version: old.version + 1,
                 updated_at: now,
                 hints: hints.clone(),
+                fields: match &instance {
+                    Some(u) => {
+                        let mut f = old.fields.clone();
+                        f.insert("instance_url".to_string(), u.clone());
+                        f
+                    }
+                    None => old.fields.clone(),
+                },
                 status: status.unwrap_or(old.status),
                 last_error: if status == Some(CredStatus::Active) { None } else { old.last_error.clone() },
                 ..old.clone()

@@ -1,9 +1,12 @@
-//! Google OAuth inside keyward (PROVIDERS.md §4.1): the token manager, which turns a
-//! tenant's stored refresh token into short-lived access tokens held only in memory, and
-//! the connect flow ([`connect`]) that obtains the refresh token in the first place.
+//! OAuth 2.0 inside keyward (PROVIDERS.md §4.1, PROVIDERS-2.md §9): the token manager,
+//! which turns a tenant's stored grant (a refresh token, the client's own credentials, or
+//! a service account's key) into short-lived access tokens held only in memory, and the
+//! connect flow ([`connect`]) that obtains the refresh token in the first place. One
+//! implementation for every OAuth provider: Google is the `google` preset of it.
 //!
-//! One refresh at a time per tenant: callers wait on the tenant's slot and reuse the
-//! token the first caller obtained. Tokens are refreshed 225 s before expiry. Transient
+//! One refresh at a time per tenant and provider (in fleet mode, per fleet): callers wait
+//! on the slot and reuse the token the first caller obtained, so a single-use refresh
+//! token (Calendly) is never spent twice. Tokens are refreshed 225 s before expiry. Transient
 //! failures (5xx, 408, 429, `server_error`…) are retried three times in all, waiting 1 s
 //! then 2 s with ±10 % jitter; `invalid_grant` and friends revoke the credential. A rotated
 //! refresh token is sealed and stored before the new access token is used. Token endpoint
@@ -23,33 +26,10 @@ use zeroize::Zeroizing;
 
 use crate::creds::{CredError, Credentials};
 use keyward_core::ids::TenantId;
-use keyward_core::providers::outbound::literal_url;
+use keyward_core::providers::config::{ClientAuth, Grant, OAuth2Spec, Revoke};
 use keyward_core::providers::FieldSource;
 use keyward_core::secret::Secret;
 use keyward_store::CredStatus;
-
-/// Where the token manager talks to Google.
-#[derive(Debug, Clone)]
-pub(crate) struct Endpoints {
-    /// `token_url`
-    pub token: Url,
-    /// `auth_url`
-    pub auth: Url,
-    /// `revoke_url`
-    pub revoke: Url,
-}
-
-impl Endpoints {
-    /// Google's endpoints, with config overrides.
-    pub(crate) fn from_config(ov: Option<&keyward_core::providers::config::BuiltinOverride>) -> Endpoints {
-        let pick = |o: Option<&Url>, d: &str| o.cloned().unwrap_or_else(|| literal_url(d));
-        Endpoints {
-            token: pick(ov.and_then(|o| o.token_url.as_ref()), "https://oauth2.googleapis.com/token"),
-            auth: pick(ov.and_then(|o| o.auth_url.as_ref()), "https://accounts.google.com/o/oauth2/v2/auth"),
-            revoke: pick(ov.and_then(|o| o.revoke_url.as_ref()), "https://oauth2.googleapis.com/revoke"),
-        }
-    }
-}
 
 /// Seconds before expiry at which a token is refreshed (google-auth's REFRESH_THRESHOLD).
 const EARLY_REFRESH: Duration = Duration::from_secs(225);
@@ -80,6 +60,21 @@ struct SlotState {
 
 type Slot = Arc<tokio::sync::Mutex<SlotState>>;
 
+/// Why [`TokenManager::fresh_for_check`] has no token.
+#[derive(Debug)]
+pub(crate) enum CheckTokenError {
+    /// The stored credential could not be read or updated.
+    Cred(CredError),
+    /// The token endpoint's answer.
+    Token(TokenError),
+}
+
+impl From<CredError> for CheckTokenError {
+    fn from(e: CredError) -> Self {
+        CheckTokenError::Cred(e)
+    }
+}
+
 /// What a token endpoint answered.
 #[derive(Debug)]
 pub(crate) enum TokenError {
@@ -96,17 +91,17 @@ pub(crate) enum TokenError {
 /// Why no access token could be had for a request.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AccessTokenError {
-    /// The Google credential cannot be used (missing, inactive, store down…).
+    /// The credential cannot be used (missing, inactive, store down…).
     #[error(transparent)]
     Cred(#[from] CredError),
-    /// Google refused the refresh token.
-    #[error("Google refused the refresh token ({0}); reconnect the tenant")]
+    /// The provider refused the grant.
+    #[error("the token endpoint refused the grant ({0}); reconnect the tenant or replace the credential")]
     Revoked(String),
     /// The token endpoint did not answer in time (after retries).
-    #[error("the Google token endpoint did not answer")]
+    #[error("the token endpoint did not answer")]
     Timeout,
     /// Any other failure of the token call.
-    #[error("could not obtain a Google access token: {0}")]
+    #[error("could not obtain an access token: {0}")]
     Failed(String),
 }
 
@@ -127,11 +122,17 @@ impl TokenError {
     }
 }
 
+/// RFC 6749 §5.1's answer; HubSpot's newer endpoints spell it in camelCase (accepted
+/// both ways, PROVIDERS-2.md §9), Salesforce adds `instance_url`.
 #[derive(Deserialize)]
 struct TokenBody {
+    #[serde(alias = "accessToken")]
     access_token: Option<String>,
+    #[serde(alias = "expiresIn")]
     expires_in: Option<serde_json::Value>,
+    #[serde(alias = "refreshToken")]
     refresh_token: Option<String>,
+    instance_url: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
     error_subtype: Option<String>,
@@ -142,6 +143,8 @@ pub(crate) struct Granted {
     pub(crate) access_token: Secret,
     pub(crate) expires_in: Duration,
     pub(crate) refresh_token: Option<Secret>,
+    /// Salesforce: the org's API base URL.
+    pub(crate) instance_url: Option<String>,
 }
 
 impl std::fmt::Debug for Granted {
@@ -149,6 +152,7 @@ impl std::fmt::Debug for Granted {
         f.debug_struct("Granted")
             .field("expires_in", &self.expires_in)
             .field("rotated", &self.refresh_token.is_some())
+            .field("instance_url", &self.instance_url)
             .finish()
     }
 }
@@ -166,13 +170,47 @@ pub(crate) fn http_client(cfg: &crate::http::UpstreamConfig) -> Result<reqwest::
         .map_err(|e| crate::tls::TlsError::Rustls(e.to_string()))
 }
 
+/// How the client authenticates one token call.
+pub(crate) struct Client<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) secret: Option<&'a str>,
+    pub(crate) auth: ClientAuth,
+}
+
+impl Client<'_> {
+    /// The client's part of a token or revocation request: a Basic header, or
+    /// `client_id` (and `client_secret`) in the form.
+    fn apply<'f>(
+        &'f self,
+        req: reqwest::RequestBuilder,
+        form: &mut Vec<(&'f str, &'f str)>,
+    ) -> reqwest::RequestBuilder {
+        match (self.auth, self.secret) {
+            (ClientAuth::Basic, Some(secret)) => req.basic_auth(self.id, Some(secret)),
+            (_, secret) => {
+                form.push(("client_id", self.id));
+                if let Some(s) = secret {
+                    form.push(("client_secret", s));
+                }
+                req
+            }
+        }
+    }
+}
+
 /// One POST to a token endpoint, classified; `form` holds secrets and is wiped after use.
 pub(crate) async fn token_call(
     http: &reqwest::Client,
     url: &Url,
+    client: Option<&Client<'_>>,
     form: &[(&str, &str)],
 ) -> Result<Granted, TokenError> {
-    let resp = match http.post(url.clone()).form(form).send().await {
+    let mut form = form.to_vec();
+    let mut req = http.post(url.clone());
+    if let Some(c) = client {
+        req = c.apply(req, &mut form);
+    }
+    let resp = match req.form(&form).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
             return Err(TokenError::Timeout("the token endpoint did not answer in time".into()))
@@ -251,15 +289,15 @@ fn classify(status: StatusCode, bytes: &[u8]) -> Result<Granted, TokenError> {
         access_token: Secret::new(access),
         expires_in: Duration::from_secs_f64(secs),
         refresh_token: b.refresh_token.take().filter(|t| !t.is_empty()).map(Secret::new),
+        instance_url: b.instance_url.take(),
     })
 }
 
-/// The Google token manager.
+/// The token manager of every OAuth provider.
 pub(crate) struct TokenManager {
     creds: Arc<Credentials>,
     http: reqwest::Client,
-    endpoints: Endpoints,
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<HashMap<(String, String), Slot>>,
     refreshes: AtomicU64,
     /// First retry wait (1 s in production; tests shorten it).
     retry_base: Duration,
@@ -267,7 +305,7 @@ pub(crate) struct TokenManager {
 
 impl std::fmt::Debug for TokenManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenManager").field("token_url", &self.endpoints.token.as_str()).finish()
+        f.debug_struct("TokenManager").field("refreshes", &self.refresh_count()).finish()
     }
 }
 
@@ -279,22 +317,41 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
+/// A provider's OAuth endpoint as a URL, `{directory}` filled from the credential.
+pub(crate) fn endpoint(url: &str, cred: &dyn FieldSource) -> Result<Url, TokenError> {
+    Url::parse(&OAuth2Spec::fill(url, cred.public_field("directory")))
+        .map_err(|_| TokenError::Invalid(format!("{url} is not a URL with this credential's directory")))
+}
+
+/// The credential's scopes (a list field).
+pub(crate) fn cred_scopes(cred: &crate::creds::Credential) -> Vec<String> {
+    cred.public
+        .get("scopes")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// The client authentication a credential gives for `spec`.
+pub(crate) fn client<'c>(spec: &OAuth2Spec, cred: &'c dyn FieldSource) -> Client<'c> {
+    Client {
+        id: cred.public_field("client_id").unwrap_or_default(),
+        secret: cred.secret_field("client_secret").map(Secret::expose),
+        auth: spec.client_auth,
+    }
+}
+
 impl TokenManager {
-    /// A token manager for these credentials and endpoints.
-    pub(crate) fn new(creds: Arc<Credentials>, http: reqwest::Client, endpoints: Endpoints) -> Self {
+    /// A token manager for these credentials; each provider's endpoints come from its
+    /// definition (`ProviderDef::oauth`).
+    pub(crate) fn new(creds: Arc<Credentials>, http: reqwest::Client) -> Self {
         TokenManager {
             creds,
             http,
-            endpoints,
             slots: Mutex::default(),
             refreshes: AtomicU64::new(0),
             retry_base: Duration::from_secs(1),
         }
-    }
-
-    /// Endpoints in use.
-    pub(crate) fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
     }
 
     /// The control-plane client.
@@ -307,49 +364,104 @@ impl TokenManager {
         self.refreshes.load(Ordering::Relaxed)
     }
 
-    fn slot(&self, tenant: &TenantId) -> Slot {
+    /// How `provider` obtains tokens, if it does.
+    pub(crate) fn spec(&self, provider: &str) -> Option<Arc<keyward_core::providers::ProviderDef>> {
+        self.creds.providers().get(provider).filter(|d| d.oauth().is_some()).cloned()
+    }
+
+    fn slot(&self, tenant: &TenantId, provider: &str) -> Slot {
         let Ok(mut m) = self.slots.lock() else { return Slot::default() };
         if m.len() > 100_000 {
             m.retain(|_, s| Arc::strong_count(s) > 1);
         }
-        m.entry(tenant.as_str().to_string()).or_default().clone()
+        m.entry((tenant.as_str().to_string(), provider.to_string())).or_default().clone()
     }
 
-    /// Forgets a tenant's access token (after a 401 from Google, or a credential change).
-    pub(crate) async fn invalidate(&self, tenant: &TenantId) {
-        let slot = self.slot(tenant);
+    /// Forgets a tenant's access token (after a 401 from the provider, or a credential change).
+    pub(crate) async fn invalidate(&self, tenant: &TenantId, provider: &str) {
+        let slot = self.slot(tenant, provider);
         let mut guard = slot.lock().await;
         // The fleet's shared copy is the same token: drop it too, or the next call would
         // pick it up again.
         if let Some(pg) = self.creds.store().as_pg() {
-            if let Err(e) = pg.drop_shared_token(tenant.as_str(), "google").await {
+            if let Err(e) = pg.drop_shared_token(tenant.as_str(), provider).await {
                 tracing::debug!(error = %e, "could not drop the fleet's shared access token");
             }
         }
         *guard = SlotState::default();
     }
 
-    /// Calls the token endpoint with up to three attempts for transient failures.
-    pub(crate) async fn refresh_with(&self, cred: &(dyn FieldSource + Sync)) -> Result<Granted, TokenError> {
-        let client_id = cred.public_field("client_id").unwrap_or_default();
-        let secret = cred.secret_field("client_secret").map(|s| s.expose()).unwrap_or_default();
-        let refresh = cred
-            .secret_field("refresh_token")
-            .map(|s| s.expose())
-            .ok_or_else(|| TokenError::Invalid("no refresh_token".into()))?;
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("client_id", client_id),
-            ("client_secret", secret),
-            ("refresh_token", refresh),
-        ];
+    /// Calls the token endpoint for the credential's grant, with up to three attempts for
+    /// transient failures.
+    pub(crate) async fn refresh_with(
+        &self,
+        spec: &OAuth2Spec,
+        cred: &crate::creds::Credential,
+    ) -> Result<Granted, TokenError> {
+        let url = endpoint(&spec.token_url, cred)?;
+        let scopes = cred_scopes(cred);
+        let scope = spec.scopes(&scopes).join(" ");
+        let mut form: Vec<(&str, &str)> = Vec::new();
+        let assertion;
+        let client = client(spec, cred);
+        let mut with_client = true;
+        match spec.grant {
+            Grant::AuthorizationCode => {
+                let refresh = cred
+                    .secret_field("refresh_token")
+                    .map(Secret::expose)
+                    .ok_or_else(|| TokenError::Invalid("no refresh_token; run the connect flow".into()))?;
+                form.extend([("grant_type", "refresh_token"), ("refresh_token", refresh)]);
+                if spec.scope_on_refresh {
+                    form.push(("scope", &scope));
+                }
+            }
+            Grant::ClientCredentials if spec.account_credentials => {
+                let account = cred.public_field("account_id").unwrap_or_default();
+                form.extend([("grant_type", "account_credentials"), ("account_id", account)]);
+            }
+            Grant::ClientCredentials => {
+                form.push(("grant_type", "client_credentials"));
+                if !scope.is_empty() {
+                    form.push(("scope", &scope));
+                }
+            }
+            Grant::JwtBearer => {
+                // Assertions go only to the configured endpoint: a credential naming
+                // another token_uri is refused rather than followed.
+                if let Some(t) = cred.public_field("token_uri").filter(|t| Url::parse(t).ok().as_ref() != Some(&url)) {
+                    return Err(TokenError::Invalid(format!(
+                        "the credential's token_uri {t} is not the configured token_url {url}; keyward sends assertions only there"
+                    )));
+                }
+                // google-auth's audience: Google's token endpoint even when token_uri differs.
+                let aud = if spec.preset == Some("google") {
+                    "https://oauth2.googleapis.com/token".to_string()
+                } else {
+                    url.to_string()
+                };
+                let claims = keyward_core::providers::assertion_claims(
+                    cred,
+                    &spec.scopes(&scopes),
+                    &aud,
+                    keyward_core::time::now_secs(),
+                );
+                assertion = keyward_core::providers::assertion(cred, &claims)
+                    .map_err(|e| TokenError::Invalid(e.to_string()))?;
+                form.extend([
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                    ("assertion", assertion.as_str()),
+                ]);
+                with_client = false;
+            }
+        }
         let mut wait = self.retry_base;
         let mut attempt = 1;
         loop {
             self.refreshes.fetch_add(1, Ordering::Relaxed);
-            match token_call(&self.http, &self.endpoints.token, &form).await {
+            match token_call(&self.http, &url, with_client.then_some(&client), &form).await {
                 Err(TokenError::Transient(m) | TokenError::Timeout(m)) if attempt < 3 => {
-                    tracing::info!(attempt, reason = %m, "Google token refresh failed; retrying");
+                    tracing::info!(attempt, reason = %m, "token refresh failed; retrying");
                     tokio::time::sleep(jitter(wait)).await;
                     wait *= 2;
                     attempt += 1;
@@ -359,11 +471,16 @@ impl TokenManager {
         }
     }
 
-    /// A valid access token for the tenant, refreshing when due.
-    pub(crate) async fn token(&self, tenant: &TenantId) -> Result<Secret, AccessTokenError> {
-        let slot = self.slot(tenant);
+    /// A valid access token for the tenant's `provider` credential, refreshing when due.
+    pub(crate) async fn token(&self, tenant: &TenantId, provider: &str) -> Result<Secret, AccessTokenError> {
+        let def = self
+            .spec(provider)
+            .ok_or_else(|| AccessTokenError::Failed(format!("{provider} is not an OAuth provider")))?;
+        let spec =
+            def.oauth().ok_or_else(|| AccessTokenError::Failed(format!("{provider} is not an OAuth provider")))?;
+        let slot = self.slot(tenant, provider);
         let mut guard = slot.lock().await;
-        let cred = self.creds.resolve(tenant, "google").await?;
+        let cred = self.creds.resolve(tenant, provider).await?;
         if let Some(c) = guard.cached.as_ref() {
             if c.version == cred.version && Instant::now() + EARLY_REFRESH < c.expires_at {
                 return Ok(c.token.clone());
@@ -378,11 +495,11 @@ impl TokenManager {
         let store = self.creds.store().clone();
         let mut cred = cred;
         let _fleet_lock = match store.as_pg() {
-            Some(pg) => match pg.lock_refresh(tenant.as_str(), "google").await {
+            Some(pg) => match pg.lock_refresh(tenant.as_str(), provider).await {
                 Ok(l) => {
                     // The wait may have spanned another replica's refresh-token rotation.
-                    cred = self.creds.resolve(tenant, "google").await?;
-                    if let Some(shared) = self.shared_token(pg, tenant, cred.version).await {
+                    cred = self.creds.resolve(tenant, provider).await?;
+                    if let Some(shared) = self.shared_token(pg, tenant, provider, cred.version).await {
                         let token = shared.token.clone();
                         *guard = SlotState { cached: Some(shared), failed: None };
                         return Ok(token);
@@ -390,26 +507,17 @@ impl TokenManager {
                     Some(l)
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = %tenant, error = %e, "fleet refresh lock unavailable; refreshing locally");
+                    tracing::warn!(tenant = %tenant, provider, error = %e, "fleet refresh lock unavailable; refreshing locally");
                     None
                 }
             },
             None => None,
         };
-        match self.refresh_with(&*cred).await {
-            Ok(g) => {
-                let mut version = cred.version;
-                if let Some(rotated) = g.refresh_token {
-                    // Sealed and stored before the new access token is used.
-                    let st = self
-                        .creds
-                        .set_secret_field("keyward", tenant, "google", "refresh_token", rotated, None)
-                        .await?;
-                    version = st.version;
-                    tracing::info!(tenant = %tenant, "Google rotated the refresh token; stored the new one");
-                }
+        match self.refresh_with(spec, &cred).await {
+            Ok(mut g) => {
+                let version = self.store_grant(tenant, provider, spec, &cred, &mut g).await?;
                 if let Some(pg) = store.as_pg() {
-                    self.share_token(pg, tenant, version, &g.access_token, g.expires_in).await;
+                    self.share_token(pg, tenant, provider, version, &g.access_token, g.expires_in).await;
                 }
                 let cached =
                     Cached { token: g.access_token.clone(), expires_at: Instant::now() + g.expires_in, version };
@@ -421,13 +529,13 @@ impl TokenManager {
                 let revoked = matches!(e, TokenError::Revoked(_));
                 let status = revoked.then_some(CredStatus::Revoked);
                 let mut version = cred.version;
-                match self.creds.record_check("keyward", tenant, "google", false, Some(msg.clone()), status).await {
+                match self.creds.record_check("keyward", tenant, provider, false, Some(msg.clone()), status).await {
                     Ok(st) => version = st.version,
                     Err(w) => {
-                        tracing::warn!(tenant = %tenant, error = %w, "could not record the token refresh failure")
+                        tracing::warn!(tenant = %tenant, provider, error = %w, "could not record the token refresh failure")
                     }
                 }
-                tracing::warn!(tenant = %tenant, reason = %e.message(), revoked, "Google token refresh failed");
+                tracing::warn!(tenant = %tenant, provider, reason = %e.message(), revoked, "token refresh failed");
                 let answer = e.answer();
                 // Keyed by the version the failure was recorded as, so only a later change
                 // of the credential clears it early.
@@ -440,14 +548,75 @@ impl TokenManager {
         }
     }
 
+    /// Stores what a refresh rotated (a new refresh token, a moved `instance_url`) and
+    /// returns the credential version the access token belongs to. Sealed and committed
+    /// before the new access token is used: a single-use refresh token (Calendly) is the
+    /// only copy of the grant now.
+    async fn store_grant(
+        &self,
+        tenant: &TenantId,
+        provider: &str,
+        spec: &OAuth2Spec,
+        cred: &crate::creds::Credential,
+        g: &mut Granted,
+    ) -> Result<u64, CredError> {
+        let instance = g.instance_url.as_deref().filter(|_| spec.instance_url);
+        let instance_changed = instance.is_some_and(|u| cred.public_field("instance_url") != Some(u));
+        if g.refresh_token.is_none() && !instance_changed {
+            return Ok(cred.version);
+        }
+        let st = self.creds.set_granted("keyward", tenant, provider, g.refresh_token.take(), instance, None).await?;
+        tracing::info!(tenant = %tenant, provider, "the token endpoint rotated the grant; stored it");
+        Ok(st.version)
+    }
+
+    /// A fresh access token for a live check of the stored credential, whatever its status
+    /// (a check may re-activate a revoked one): refreshed under the same locks as
+    /// [`TokenManager::token`], so a single-use refresh token is never spent twice, and
+    /// its rotation stored first. Failures are the caller's to record.
+    pub(crate) async fn fresh_for_check(
+        &self,
+        tenant: &TenantId,
+        provider: &str,
+    ) -> Result<(Secret, Arc<crate::creds::Credential>), CheckTokenError> {
+        let def = self
+            .spec(provider)
+            .ok_or_else(|| CheckTokenError::Token(TokenError::Invalid("not an OAuth provider".into())))?;
+        let spec =
+            def.oauth().ok_or_else(|| CheckTokenError::Token(TokenError::Invalid("not an OAuth provider".into())))?;
+        let slot = self.slot(tenant, provider);
+        let mut guard = slot.lock().await;
+        let _fleet_lock = match self.creds.store().as_pg() {
+            Some(pg) => pg.lock_refresh(tenant.as_str(), provider).await.ok(),
+            None => None,
+        };
+        let cred = self.creds.resolve_any(tenant, provider).await?;
+        let mut g = self.refresh_with(spec, &cred).await.map_err(CheckTokenError::Token)?;
+        let version = self.store_grant(tenant, provider, spec, &cred, &mut g).await?;
+        *guard = SlotState::default();
+        let cred = if version == cred.version { cred } else { self.creds.resolve_any(tenant, provider).await? };
+        Ok((g.access_token, cred))
+    }
+
+    /// What a provider's shared access token is sealed as (AAD purpose).
+    fn purpose(provider: &str) -> String {
+        format!("{provider}-access-token")
+    }
+
     /// A still-valid token another replica stored (sealed) for this credential version.
-    async fn shared_token(&self, pg: &keyward_store::PgStore, tenant: &TenantId, version: u64) -> Option<Cached> {
-        let (sealed, expires_at, v) = pg.shared_token(tenant.as_str(), "google").await.ok()??;
+    async fn shared_token(
+        &self,
+        pg: &keyward_store::PgStore,
+        tenant: &TenantId,
+        provider: &str,
+        version: u64,
+    ) -> Option<Cached> {
+        let (sealed, expires_at, v) = pg.shared_token(tenant.as_str(), provider).await.ok()??;
         let left = Duration::from_millis(u64::try_from(expires_at - keyward_store::now_millis()).ok()?);
         if v != version || left <= EARLY_REFRESH {
             return None;
         }
-        let plain = self.creds.open_aux(tenant, "google-access-token", version, &sealed).await.ok()?;
+        let plain = self.creds.open_aux(tenant, &Self::purpose(provider), version, &sealed).await.ok()?;
         let token = Secret::new(String::from_utf8(plain.to_vec()).ok()?);
         Some(Cached { token, expires_at: Instant::now() + left, version })
     }
@@ -457,14 +626,15 @@ impl TokenManager {
         &self,
         pg: &keyward_store::PgStore,
         tenant: &TenantId,
+        provider: &str,
         version: u64,
         token: &Secret,
         expires_in: Duration,
     ) {
         let expires_at = keyward_store::now_millis() + i64::try_from(expires_in.as_millis()).unwrap_or(0);
-        match self.creds.seal_aux(tenant, "google-access-token", version, token.expose().as_bytes()).await {
+        match self.creds.seal_aux(tenant, &Self::purpose(provider), version, token.expose().as_bytes()).await {
             Ok(sealed) => {
-                if let Err(e) = pg.put_shared_token(tenant.as_str(), "google", &sealed, expires_at, version).await {
+                if let Err(e) = pg.put_shared_token(tenant.as_str(), provider, &sealed, expires_at, version).await {
                     tracing::debug!(error = %e, "could not share the access token with the fleet");
                 }
             }
@@ -472,17 +642,34 @@ impl TokenManager {
         }
     }
 
-    /// Best-effort revocation of a refresh token at Google (on credential deletion).
-    pub(crate) async fn revoke(&self, token: &Secret) -> Result<(), String> {
-        let resp = self
-            .http
-            .post(self.endpoints.revoke.clone())
-            .form(&[("token", token.expose())])
-            .send()
-            .await
-            .map_err(|_| "the revoke endpoint could not be reached".to_string())?;
+    /// Best-effort revocation of a refresh token at the provider (on credential deletion),
+    /// in the provider's own form; `Ok(false)` when it has no revocation endpoint.
+    pub(crate) async fn revoke(
+        &self,
+        spec: &OAuth2Spec,
+        cred: &crate::creds::Credential,
+        token: &Secret,
+    ) -> Result<bool, String> {
+        let Some(url) = spec.revoke_url.as_deref().filter(|_| spec.revoke != Revoke::None) else { return Ok(false) };
+        let url = endpoint(url, cred).map_err(|e| e.message().to_string())?;
+        let client = client(spec, cred);
+        let mut form: Vec<(&str, &str)> = vec![("token", token.expose())];
+        let req = match spec.revoke {
+            Revoke::DeletePath => {
+                let mut u = url.clone();
+                u.path_segments_mut()
+                    .map_err(|()| "the revoke URL cannot take a path".to_string())?
+                    .push(token.expose());
+                form.clear();
+                self.http.delete(u)
+            }
+            Revoke::FormWithClient => client.apply(self.http.post(url), &mut form),
+            Revoke::Form | Revoke::None => self.http.post(url),
+        };
+        let req = if form.is_empty() { req } else { req.form(&form) };
+        let resp = req.send().await.map_err(|_| "the revoke endpoint could not be reached".to_string())?;
         if resp.status().is_success() {
-            Ok(())
+            Ok(true)
         } else {
             Err(format!("the revoke endpoint answered HTTP {}", resp.status().as_u16()))
         }
@@ -493,7 +680,7 @@ impl crate::metrics::DerivedSource for TokenManager {
     fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
         vec![(
             "keyward_google_token_refreshes",
-            "Calls to Google's token endpoint to refresh access tokens",
+            "Calls to OAuth token endpoints (every OAuth provider; the name predates the others)",
             true,
             self.refresh_count(),
         )]

@@ -205,7 +205,9 @@ pub(super) async fn build(
     // inlined it would sit in every request's future, paid per in-flight request even for
     // providers without tokens (1,000 connections: +3 MiB RSS).
     let token = match &state.tokens {
-        Some(src) if provider.uses_access_token() => Some(Box::pin(src.token(&target.tenant)).await?),
+        Some(src) if provider.uses_access_token() => {
+            Some(Box::pin(src.token(&target.tenant, provider.name.as_str())).await?)
+        }
         _ => None,
     };
     let mut injection = provider.inject(cred, &target.path, token.as_ref())?;
@@ -327,8 +329,8 @@ async fn retry_with_fresh_token(
     scrub: &mut ScrubList,
 ) -> Result<Option<Response<UpstreamBody>>, PublicError> {
     let Some(tokens) = &state.tokens else { return Ok(None) };
-    tokens.invalidate(&target.tenant).await;
-    let fresh = Box::pin(tokens.token(&target.tenant)).await?;
+    tokens.invalidate(&target.tenant, target.provider.name.as_str()).await;
+    let fresh = Box::pin(tokens.token(&target.tenant, target.provider.name.as_str())).await?;
     let again = target.provider.inject(cred, &target.path, Some(&fresh))?;
     scrub.extend(again.scrub);
     for (n, v) in again.headers {

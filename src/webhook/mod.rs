@@ -219,25 +219,27 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-async fn oauth_callback(state: &WebhookState, req: &Request<Incoming>) -> Response<ProxyBody> {
+async fn oauth_callback(state: &WebhookState, provider: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
     use crate::oauth::connect::page;
     let query = req.uri().query().unwrap_or("");
-    let (status, body) = match state.connect.callback(&state.creds, &state.tokens, query, &state.public_base_url).await
+    let flows = &state.connect;
+    let (status, body) = match flows
+        .callback(&state.creds, &state.tokens, provider, query, &state.public_base_url)
+        .await
     {
         Ok(tenant) => {
-            state
-                .creds
-                .audit_note("oauth-callback", "oauth.google.connect", Some(tenant.as_str()), Some("google"), "ok")
-                .await;
-            tracing::info!(tenant = %tenant, "Google connected");
+            let action = format!("oauth.{provider}.connect");
+            state.creds.audit_note("oauth-callback", &action, Some(tenant.as_str()), Some(provider), "ok").await;
+            tracing::info!(tenant = %tenant, provider, "OAuth provider connected");
+            let what = if provider == "google" { "Google Calendar".to_string() } else { provider.to_string() };
             (
                 StatusCode::OK,
-                page(true, &format!("Google Calendar is connected for tenant {tenant}. You can close this window.")),
+                page(true, provider, &format!("{what} is connected for tenant {tenant}. You can close this window.")),
             )
         }
         Err(e) => {
-            tracing::warn!(reason = %e.0, "Google connect callback failed");
-            (StatusCode::BAD_REQUEST, page(false, &e.0))
+            tracing::warn!(provider, reason = %e.0, "OAuth connect callback failed");
+            (StatusCode::BAD_REQUEST, page(false, provider, &e.0))
         }
     };
     let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
@@ -248,12 +250,21 @@ async fn oauth_callback(state: &WebhookState, req: &Request<Incoming>) -> Respon
     r
 }
 
+/// `/oauth/{provider}/callback`'s provider (a plain name: no percent-escapes).
+fn oauth_callback_provider(path: &str) -> Option<&str> {
+    let p = path.strip_prefix("/oauth/")?.strip_suffix("/callback")?;
+    keyward_core::ids::ProviderName::parse(p).is_ok().then_some(p)
+}
+
 async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
-    if req.uri().path() == "/oauth/google/callback" {
-        if req.method() != Method::GET {
-            return boxed(PublicError::method_not_allowed("the OAuth callback is GET"));
+    if let Some(provider) = oauth_callback_provider(req.uri().path()) {
+        if state.tokens.spec(provider).is_some() {
+            if req.method() != Method::GET {
+                return boxed(PublicError::method_not_allowed("the OAuth callback is GET"));
+            }
+            let provider = provider.to_string();
+            return oauth_callback(state, &provider, &req).await;
         }
-        return oauth_callback(state, &req).await;
     }
     let segs: Vec<String> =
         req.uri().path().split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();

@@ -14,6 +14,7 @@ pub mod fields;
 mod generic;
 mod google;
 pub mod inbound;
+mod oauth2;
 mod openai;
 pub mod outbound;
 mod plivo;
@@ -35,11 +36,12 @@ use zeroize::Zeroizing;
 pub use discovery::{Listing, Page};
 pub use fields::{FieldError, ParsedFields, Schema};
 pub use inbound::{Accepted, Delivery, Reject, WebhookKeys};
+pub use oauth2::{assertion, assertion_claims, preset, PRESETS};
 pub use outbound::{FieldSource, HostRule, Injection, OutboundError};
 
 use crate::ids::ProviderName;
 use crate::secret::Secret;
-use config::{BuiltinOverride, ProvidersConfig, RateLimit};
+use config::{BuiltinOverride, OAuth2Spec, ProvidersConfig, RateLimit};
 
 /// One provider's rules. Every method is pure; the daemon does the I/O around them.
 pub trait Provider: Send + Sync + std::fmt::Debug {
@@ -76,6 +78,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Whether calls carry an OAuth access token that keyward refreshes (Google).
     fn uses_access_token(&self) -> bool {
         false
+    }
+
+    /// Whether each credential names its own API host ([`Provider::credential_base_url`]),
+    /// the only one its token may be sent to (Salesforce's `instance_url`).
+    fn per_credential_host(&self) -> bool {
+        false
+    }
+
+    /// The credential's own base URL, for [per-credential hosts](Provider::per_credential_host).
+    fn credential_base_url(&self, _cred: &dyn FieldSource) -> Option<Url> {
+        None
     }
 
     /// The query parameter by which an app names a URL the provider will call back
@@ -175,6 +188,7 @@ pub struct ProviderDef {
     pub schema: Schema,
     rules: Rules,
     overrides: BuiltinOverride,
+    oauth: Option<OAuth2Spec>,
 }
 
 /// A provider's rules: a registry entry, or a generic provider built from config.
@@ -185,12 +199,17 @@ enum Rules {
 }
 
 impl ProviderDef {
-    fn new(name: ProviderName, rules: Rules, overrides: BuiltinOverride) -> Self {
+    fn new(name: ProviderName, rules: Rules, overrides: BuiltinOverride, oauth: Option<OAuth2Spec>) -> Self {
         let schema = match &rules {
             Rules::Builtin(p) => p.schema(),
             Rules::Generic(p) => p.schema(),
         };
-        ProviderDef { name, schema, rules, overrides }
+        ProviderDef { name, schema, rules, overrides, oauth }
+    }
+
+    /// How its access tokens are obtained, for providers that [use one](Provider::uses_access_token).
+    pub fn oauth(&self) -> Option<&OAuth2Spec> {
+        self.oauth.as_ref()
     }
 
     /// The provider's rules.
@@ -229,14 +248,21 @@ impl Providers {
         let mut defs = BTreeMap::new();
         for p in BUILTIN {
             let ov = cfg.builtin.get(p.name()).cloned().unwrap_or_default();
+            let oauth = p.uses_access_token().then(|| google_oauth(&ov));
             if let Ok(name) = ProviderName::parse(p.name()) {
-                defs.insert(p.name().to_string(), Arc::new(ProviderDef::new(name, Rules::Builtin(p), ov)));
+                defs.insert(p.name().to_string(), Arc::new(ProviderDef::new(name, Rules::Builtin(p), ov, oauth)));
             }
         }
         for (name, g) in &cfg.generic {
             let ov = BuiltinOverride { rate_limit: g.rate_limit, ..BuiltinOverride::default() };
             let rules = Rules::Generic(Box::new(generic::Generic::new(name.as_str(), g.clone())));
-            defs.insert(name.as_str().to_string(), Arc::new(ProviderDef::new(name.clone(), rules, ov)));
+            defs.insert(name.as_str().to_string(), Arc::new(ProviderDef::new(name.clone(), rules, ov, None)));
+        }
+        for (name, (spec, rate_limit)) in &cfg.oauth2 {
+            let ov = BuiltinOverride { rate_limit: *rate_limit, ..BuiltinOverride::default() };
+            let rules = Rules::Generic(Box::new(oauth2::OAuth2::new(name.as_str(), spec.clone())));
+            let def = ProviderDef::new(name.clone(), rules, ov, Some(spec.clone()));
+            defs.insert(name.as_str().to_string(), Arc::new(def));
         }
         Providers { defs }
     }
@@ -255,6 +281,25 @@ impl Providers {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.defs.keys().map(String::as_str)
     }
+}
+
+/// The built-in Google provider's OAuth machinery: the `google` preset with the
+/// endpoints `[providers.google]` overrides.
+fn google_oauth(ov: &BuiltinOverride) -> OAuth2Spec {
+    let mut spec = oauth2::preset("google").unwrap_or_else(|| unreachable!("google is a preset"));
+    let set = |slot: &mut String, u: &Option<Url>| {
+        if let Some(u) = u {
+            *slot = u.to_string();
+        }
+    };
+    set(&mut spec.token_url, &ov.token_url);
+    if let Some(u) = &ov.auth_url {
+        spec.auth_url = Some(u.to_string());
+    }
+    if let Some(u) = &ov.revoke_url {
+        spec.revoke_url = Some(u.to_string());
+    }
+    spec
 }
 
 /// The names of the built-in providers, in registry order.

@@ -119,6 +119,9 @@ impl ProviderDef {
     /// Where this provider's calls go for a credential (region-aware), or the configured
     /// `base_url` (borrowed: this runs for every request).
     pub fn base_url(&self, cred: Option<&dyn FieldSource>) -> std::borrow::Cow<'_, Url> {
+        if let Some(u) = cred.and_then(|c| self.rules().credential_base_url(c)) {
+            return std::borrow::Cow::Owned(u);
+        }
         if let Some(u) = &self.overrides.base_url {
             return std::borrow::Cow::Borrowed(u);
         }
@@ -143,6 +146,14 @@ impl ProviderDef {
     /// Whether this credential may be sent to `host:port`. A region-bound credential goes
     /// only to its region's host (or the configured base URL).
     pub fn allows(&self, cred: &dyn FieldSource, host: &str, port: u16) -> bool {
+        if self.rules().per_credential_host() {
+            // Only the credential's own host, and only if the provider claims it (a stored
+            // instance_url pointing elsewhere sends nothing).
+            return self.rules().credential_base_url(cred).is_some_and(|u| {
+                let (h, p) = (u.host_str().unwrap_or_default().to_ascii_lowercase(), u.port_or_known_default());
+                h.eq_ignore_ascii_case(host) && p == Some(port) && self.claims_host(&h, port)
+            });
+        }
         if self.rules().region_bound() {
             // Compared in place (no copy of a configured base URL on the request path).
             let matches = |u: &Url| {
