@@ -189,7 +189,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
             }
             if let (Some(spec), Some(cred)) = (def.as_ref().and_then(|d| d.oauth()), connected) {
                 if let Some(token) = cred.secret("refresh_token") {
-                    let outcome = match state.tokens.revoke(spec, &*cred, token).await {
+                    let outcome = match state.tokens.revoke(spec, &cred, token).await {
                         Ok(true) => "ok".to_string(),
                         Ok(false) => "none: the provider has no revocation endpoint".to_string(),
                         Err(e) => format!("error:{e}"),

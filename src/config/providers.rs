@@ -236,12 +236,14 @@ fn build_oauth2(ctx: &Ctx<'_>, key: &str, o: RawOAuthProvider, allow_http: bool)
         spec.client_auth = match c {
             "client_secret_basic" => ClientAuth::Basic,
             "client_secret_post" => ClientAuth::Post,
-            other => return Err(ctx.err(
-                &format!("{ok}.client_auth"),
-                format!(
+            other => {
+                return Err(ctx.err(
+                    &format!("{ok}.client_auth"),
+                    format!(
                     "\"{other}\" is not a client authentication; use \"client_secret_basic\" or \"client_secret_post\""
                 ),
-            )),
+                ))
+            }
         };
     }
     if let Some(g) = r.grant.as_deref() {
@@ -249,12 +251,14 @@ fn build_oauth2(ctx: &Ctx<'_>, key: &str, o: RawOAuthProvider, allow_http: bool)
             "authorization_code" => Grant::AuthorizationCode,
             "client_credentials" => Grant::ClientCredentials,
             "jwt_bearer" => Grant::JwtBearer,
-            other => return Err(ctx.err(
-                &format!("{ok}.grant"),
-                format!(
+            other => {
+                return Err(ctx.err(
+                    &format!("{ok}.grant"),
+                    format!(
                     "\"{other}\" is not a grant; use \"authorization_code\", \"client_credentials\" or \"jwt_bearer\""
                 ),
-            )),
+                ))
+            }
         };
     }
     if spec.grant == Grant::AuthorizationCode && spec.auth_url.is_none() {

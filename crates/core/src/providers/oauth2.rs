@@ -7,7 +7,7 @@ use serde_json::Value;
 use url::Url;
 
 use super::config::{ClientAuth, Grant, OAuth2Spec, Revoke};
-use super::fields::{FieldDef, ParsedFields, Rule, Schema};
+use super::fields::{CrossCheck, FieldDef, ParsedFields, Rule, Schema};
 use super::inbound::{Accepted, Delivery, Reject};
 use super::outbound::{
     bearer_value, exact, literal_url, url_host_rule, FieldSource, HostRule, Injection, OutboundError,
@@ -236,7 +236,7 @@ fn schema(name: &str, spec: &OAuth2Spec) -> Schema {
     let templated =
         spec.token_url.contains("{directory}") || spec.auth_url.as_deref().is_some_and(|u| u.contains("{directory}"));
     let mut fields = Vec::new();
-    let mut cross: Option<fn(&mut ParsedFields) -> Result<(), (Option<&'static str>, String)>> = None;
+    let mut cross: Option<CrossCheck> = None;
     match spec.grant {
         Grant::AuthorizationCode => {
             fields.push(FieldDef::public("client_id", true, Rule::Opaque));
