@@ -119,6 +119,54 @@ fn generic_providers_check_their_templates() {
 }
 
 #[test]
+fn oauth2_providers_start_from_a_preset_or_name_their_endpoints() {
+    use keyward_core::providers::config::{ClientAuth, Grant};
+    let ok = parse(&format!(
+        "{MINIMAL}\n[providers.outlook]\noauth2 = {{ preset = \"microsoft\" }}\n\
+         [providers.crm]\nbase_url = \"https://api.crm.example\"\nverify_path = \"/me\"\n\
+         oauth2 = {{ auth_url = \"https://id.crm.example/auth\", token_url = \"https://id.crm.example/token\", client_auth = \"client_secret_basic\", pkce = false }}\n"
+    ))
+    .unwrap();
+    let (outlook, _) = &ok.providers.oauth2[&ProviderName::parse("outlook").unwrap()];
+    assert_eq!(
+        (outlook.preset, outlook.grant, outlook.scope_on_refresh),
+        (Some("microsoft"), Grant::AuthorizationCode, true)
+    );
+    let (crm, _) = &ok.providers.oauth2[&ProviderName::parse("crm").unwrap()];
+    assert_eq!((crm.client_auth, crm.pkce, crm.verify_path.as_deref()), (ClientAuth::Basic, false, Some("/me")));
+    for (section, key, needle) in [
+        ("oauth2 = { preset = \"github\" }", "providers.x.oauth2.preset", "microsoft, hubspot"),
+        ("oauth2 = { preset = \"zoom\", grant = \"implicit\" }", "providers.x.oauth2.grant", "client_credentials"),
+        (
+            "oauth2 = { preset = \"zoom\", client_auth = \"mtls\" }",
+            "providers.x.oauth2.client_auth",
+            "client_secret_post",
+        ),
+        ("oauth2 = { token_url = \"https://t.example/token\" }", "providers.x.base_url", "needs base_url"),
+        (
+            "base_url = \"https://a.example\"\noauth2 = { auth_url = \"https://t.example/a\" }",
+            "providers.x.oauth2.token_url",
+            "needs token_url",
+        ),
+        (
+            "base_url = \"https://a.example\"\noauth2 = { token_url = \"https://t.example/t\" }",
+            "providers.x.oauth2.auth_url",
+            "authorization_code",
+        ),
+        (
+            "oauth2 = { preset = \"hubspot\", token_url = \"http://t.example/t\" }",
+            "providers.x.oauth2.token_url",
+            "https",
+        ),
+        ("oauth2 = { preset = \"hubspot\", scopes = [\"a\"] }", "providers.x.oauth2.scopes", "unknown field"),
+    ] {
+        let e = parse(&format!("{MINIMAL}\n[providers.x]\n{section}\n")).unwrap_err();
+        assert_eq!(e.key(), Some(key), "{section}: {e}");
+        assert!(e.to_string().contains(needle), "{section}: {e}");
+    }
+}
+
+#[test]
 fn env_overlay_changes_the_log_level_and_names_itself_on_error() {
     let mut env = BTreeMap::new();
     env.insert("KEYWARD_LOG".to_string(), "debug".to_string());

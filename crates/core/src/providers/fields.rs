@@ -148,7 +148,10 @@ impl Schema {
                 if s.is_empty() {
                     return Err(err(Some(&name), "must not be empty".into()));
                 }
-                if def.secret && s.trim() != s {
+                // A PEM block's closing newline is part of the format (Google's key files
+                // and openssl write one), not a paste error.
+                let pem = s.starts_with("-----BEGIN ") && s.trim_end().ends_with("-----");
+                if def.secret && !pem && s.trim() != s {
                     return Err(err(
                         Some(&name),
                         "has leading or trailing whitespace; paste the secret exactly".into(),
