@@ -22,7 +22,7 @@
 //!    cache; audited writes.
 //! 4. **http**: [`http`] — body types and bounded reads, hop-by-hop rules, the upstream
 //!    client, the app listener's request-target parser.
-//! 5. **services**: [`oauth`], [`live`] — Google tokens and the connect flow; live checks
+//! 5. **services**: [`oauth`], [`live`] — OAuth tokens and the connect flow (every OAuth provider); live checks
 //!    and route discovery. They return their own typed errors.
 //! 6. **edge**: [`error`], [`listen`], [`policy`] — the one error-to-HTTP mapping; socket
 //!    binding and accept loops; client policy and rate limits.
