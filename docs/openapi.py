@@ -44,6 +44,8 @@ paths = {
  "/v1/tenants/{tenant}/credentials/{provider}/restore": {"post": op("credential.restore", "Undo a soft delete", "operator", okj(ref("Status")), ["tenant", "provider"], extra=conflict)},
  "/v1/tenants/{tenant}/credentials/{provider}/verify": {"post": op("credential.verify", "Live check against the provider, then route discovery", "operator",
     okj(ref("VerifyAnswer")), ["tenant", "provider"], extra={"502": {"$ref": "#/components/responses/BadGateway"}, **conflict})},
+ "/v1/tenants/{tenant}/credentials/{provider}/callback-url": {"post": op("credential.callback_url", "The URL to configure at the provider for this tenant's deliveries; for Deepgram it embeds the credentials keyward checks (audited)", "operator",
+    okj({"type": "object", "required": ["callback_url", "embeds_credentials"], "properties": {"callback_url": {"type": "string"}, "embeds_credentials": {"type": "boolean"}, "param": {"type": ["string", "null"]}}}), ["tenant", "provider"], extra=conflict)},
  "/v1/tenants/{tenant}/oauth/{provider}/start": {"post": op("oauth.start", "Start an OAuth provider's connect flow (Google, or an authorization_code provider of [providers.*] oauth2): the authorization URL to hand to the tenant, and the redirect URI to register with the provider", "operator",
     okj({"type": "object", "required": ["authorization_url", "redirect_uri", "expires_in"], "properties": {"authorization_url": {"type": "string"}, "redirect_uri": {"type": "string"}, "expires_in": {"type": "integer"}}}), ["tenant", "provider"], extra=conflict)},
  "/v1/routes/{kind}/{id}": {

@@ -164,6 +164,9 @@ pub enum CredCmd {
     Restore(CredTarget),
     /// Check a stored credential against its provider (records the result).
     Verify(CredTarget),
+    /// Print the URL to configure at the provider for the tenant's deliveries (Deepgram's
+    /// embeds the credentials keyward checks).
+    CallbackUrl(CredTarget),
 }
 
 /// A tenant and provider.

@@ -219,6 +219,11 @@ pub async fn cred(ep: &Endpoint, cmd: CredCmd) -> Result<()> {
         CredCmd::Restore(t) => {
             print_json(&call(ep, Method::POST, &format!("{}/restore", cred_path(&t.tenant, &t.provider)), None).await?)
         }
+        CredCmd::CallbackUrl(t) => {
+            let v =
+                call(ep, Method::POST, &format!("{}/callback-url", cred_path(&t.tenant, &t.provider)), None).await?;
+            println!("{}", v["callback_url"].as_str().unwrap_or_default());
+        }
         CredCmd::Verify(t) => {
             let v = call(ep, Method::POST, &format!("{}/verify", cred_path(&t.tenant, &t.provider)), None).await?;
             print_json(&v);

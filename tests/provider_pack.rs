@@ -565,8 +565,26 @@ async fn a_deepgram_callback_url_is_replaced_by_keywards_own_and_the_callback_th
     assert_eq!(s, 200);
     assert_eq!(e.app.last().header("keyward-event-id").as_deref(), Some("req-cb-1"));
 
+    // The same URL from the admin API and the CLI, for a callback configured out of band;
+    // the disclosure is audited. Providers without one get their plain webhook URL.
+    let (s, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/deepgram/callback-url", None).await;
+    assert_eq!(
+        (s, v["callback_url"].as_str(), v["embeds_credentials"].as_bool()),
+        (200, Some(callback.as_str()), Some(true))
+    );
+    let out = e.d.cli(&["cred", "callback-url", "acme", "deepgram"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), callback);
+    let (_, audit) = e.d.admin("GET", "/v1/audit?limit=200", None).await;
+    let disclosed =
+        audit["entries"].as_array().unwrap().iter().filter(|x| x["action"] == "credential.callback_url").count();
+    assert_eq!(disclosed, 2);
+    let (s, v) = e.d.admin("POST", "/v1/tenants/acme/credentials/telnyx/callback-url", None).await;
+    assert_eq!((s, v["callback_url"].as_str()), (200, Some("https://hooks.test/webhooks/telnyx/acme")), "{v}");
+
     // A tenant without a webhook_secret cannot use callbacks: told what to add.
     put(&e.d, "globex", "deepgram", json!({"api_key": "globexDeepgram000000000000000010"})).await;
+    let (s, v) = e.d.admin("POST", "/v1/tenants/globex/credentials/deepgram/callback-url", None).await;
+    assert!(s == 400 && v["error"]["message"].as_str().unwrap().contains("webhook_secret"), "{v}");
     let (s, h, b) =
         e.d.app("POST", &format!("/deepgram/v1/listen?{q}"), &[("keyward-tenant", "globex")], Some(b"a".to_vec()))
             .await;

@@ -163,6 +163,32 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
             }
             ok(v)
         }
+        Endpoint::CallbackUrl(t, p) => {
+            // The URL to configure at the provider for this tenant's deliveries. For a
+            // provider that proves a callback by credentials in its URL (Deepgram), the URL
+            // embeds them: handed to the provider once, never needed by the app.
+            let base = state.public_base_url.as_ref().ok_or_else(|| {
+                PublicError::bad_request("a callback URL needs [webhooks] public_base_url (deliveries arrive there)")
+            })?;
+            let cred = creds.resolve_any(&t, p.as_str()).await?;
+            let providers = creds.providers();
+            let def = providers.get(p.as_str()).ok_or_else(|| PublicError::not_found("unknown provider"))?;
+            if !def.rules().has_webhooks() {
+                return Err(PublicError::bad_request(format!("{p} sends no webhooks keyward verifies")));
+            }
+            let rules = def.rules();
+            let (url, embeds) = match rules.callback_url(&*cred, base, t.as_str()) {
+                Some(u) => (u.to_string(), true),
+                None if rules.callback_param().is_some() => {
+                    return Err(PublicError::bad_request(format!(
+                        "this tenant's {p} credential has no webhook_secret, which keyward puts into its callback URL; add one with cred put"
+                    )))
+                }
+                None => (format!("{}/webhooks/{p}/{t}", base.as_str().trim_end_matches('/')), false),
+            };
+            creds.audit_note(actor, "credential.callback_url", Some(t.as_str()), Some(p.as_str()), "ok").await;
+            ok(json!({"callback_url": url, "embeds_credentials": embeds, "param": rules.callback_param()}))
+        }
         Endpoint::OAuthStart(t, p) => {
             let base = state.public_base_url.as_ref().ok_or_else(|| {
                 PublicError::bad_request(

@@ -10,6 +10,7 @@
 //! | PUT GET DELETE | /v1/tenants/{t}/credentials/{p} | create/replace (`?verify=true`), status, soft delete |
 //! | POST | /v1/tenants/{t}/credentials/{p}/restore | undo a soft delete |
 //! | POST | /v1/tenants/{t}/credentials/{p}/verify | live check, then route discovery |
+//! | POST | /v1/tenants/{t}/credentials/{p}/callback-url | the URL to configure at the provider |
 //! | POST | /v1/tenants/{t}/oauth/{p}/start | authorization URL of an OAuth provider's connect flow |
 //! | PUT GET DELETE | /v1/routes/{kind}/{id} | routing index |
 //! | GET | /v1/audit?after=&limit= | audit entries |

@@ -18,6 +18,7 @@ pub(crate) enum Endpoint {
     DeleteCredential(TenantId, ProviderName),
     RestoreCredential(TenantId, ProviderName),
     VerifyCredential(TenantId, ProviderName),
+    CallbackUrl(TenantId, ProviderName),
     OAuthStart(TenantId, ProviderName),
     PutRoute(RouteKind, RouteId),
     GetRoute(RouteKind, RouteId),
@@ -45,6 +46,7 @@ impl Endpoint {
             Endpoint::DeleteCredential(..) => "credential.delete",
             Endpoint::RestoreCredential(..) => "credential.restore",
             Endpoint::VerifyCredential(..) => "credential.verify",
+            Endpoint::CallbackUrl(..) => "credential.callback_url",
             Endpoint::OAuthStart(..) => "oauth.start",
             Endpoint::PutRoute(..) => "route.put",
             Endpoint::GetRoute(..) => "route.get",
@@ -79,6 +81,7 @@ impl Endpoint {
             | Endpoint::DeleteCredential(..)
             | Endpoint::RestoreCredential(..)
             | Endpoint::VerifyCredential(..)
+            | Endpoint::CallbackUrl(..)
             | Endpoint::OAuthStart(..)
             | Endpoint::PutRoute(..)
             | Endpoint::DeleteRoute(..) => Role::Operator,
@@ -95,7 +98,8 @@ impl Endpoint {
             | Endpoint::GetCredential(t, p)
             | Endpoint::DeleteCredential(t, p)
             | Endpoint::RestoreCredential(t, p)
-            | Endpoint::VerifyCredential(t, p) => (Some(t.as_str()), Some(p.as_str())),
+            | Endpoint::VerifyCredential(t, p)
+            | Endpoint::CallbackUrl(t, p) => (Some(t.as_str()), Some(p.as_str())),
             _ => (None, None),
         }
     }
@@ -136,6 +140,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("DELETE", "/v1/tenants/{tenant}/credentials/{provider}", "credential.delete"),
     ("POST", "/v1/tenants/{tenant}/credentials/{provider}/restore", "credential.restore"),
     ("POST", "/v1/tenants/{tenant}/credentials/{provider}/verify", "credential.verify"),
+    ("POST", "/v1/tenants/{tenant}/credentials/{provider}/callback-url", "credential.callback_url"),
     ("POST", "/v1/tenants/{tenant}/oauth/{provider}/start", "oauth.start"),
     ("PUT", "/v1/routes/{kind}/{id}", "route.put"),
     ("GET", "/v1/routes/{kind}/{id}", "route.get"),
@@ -162,6 +167,7 @@ fn build(name: &str, p: &[&str]) -> Result<Endpoint, PublicError> {
         "credential.delete" => Endpoint::DeleteCredential(tenant(arg(0))?, provider(arg(1))?),
         "credential.restore" => Endpoint::RestoreCredential(tenant(arg(0))?, provider(arg(1))?),
         "credential.verify" => Endpoint::VerifyCredential(tenant(arg(0))?, provider(arg(1))?),
+        "credential.callback_url" => Endpoint::CallbackUrl(tenant(arg(0))?, provider(arg(1))?),
         "oauth.start" => Endpoint::OAuthStart(tenant(arg(0))?, provider(arg(1))?),
         "route.put" | "route.get" | "route.delete" => {
             let (k, i) = route_pair(arg(0), arg(1))?;
