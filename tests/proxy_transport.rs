@@ -41,7 +41,9 @@ async fn ws_server(pki: &Pki) -> (String, Arc<Mutex<Vec<http::HeaderMap>>>) {
             tokio::spawn(async move {
                 let tls = acceptor.accept(tcp).await.unwrap();
                 let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
-                    seen.lock().unwrap().push(req.headers().clone());
+                    let mut h = req.headers().clone();
+                    h.insert("x-test-path", req.uri().to_string().parse().unwrap());
+                    seen.lock().unwrap().push(h);
                     Ok(resp)
                 };
                 let mut ws = tokio_tungstenite::accept_hdr_async(tls, cb).await.unwrap();
@@ -93,6 +95,95 @@ async fn a_websocket_passes_through_with_the_credential_in_the_handshake() {
     assert_eq!(handshake.get_all("xi-api-key").iter().count(), 1);
     assert!(handshake.get("keyward-tenant").is_none());
     assert_eq!(handshake["upgrade"].to_str().unwrap().to_ascii_lowercase(), "websocket");
+}
+
+/// PROVIDERS-2.md §3, §6.1, §7, §8: each streaming API of the voice-AI pack gets its own
+/// auth on the upgrade request, whatever the app sent, and the socket then carries frames
+/// both ways. (Retell's custom-LLM socket is opened by Retell towards the app: nothing to
+/// inject, not proxied.)
+#[tokio::test]
+async fn the_streaming_apis_of_the_voice_pack_get_their_auth_on_the_websocket_upgrade() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let (url, seen) = ws_server(&pki).await;
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        extra: format!(
+            "[upstream]\nextra_ca = \"{}\"\n[providers.deepgram]\nbase_url = \"{url}\"\n[providers.cartesia]\nbase_url = \"{url}\"\n\
+             [providers.openai]\nbase_url = \"{url}/v1\"\n[providers.telnyx]\nbase_url = \"{url}/v2\"\n",
+            pki.ca_pem.display()
+        ),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    let (dg, car, oai, tel) = (
+        "CANARYdeepgramWs0000000000000003",
+        "sk_car_CANARYcartesiaWs000000004",
+        "sk-proj-CANARYopenaiWs0000000005",
+        "KEYCANARYtelnyxWs00000000000006",
+    );
+    put(&d, "acme", "deepgram", json!({"api_key": dg})).await;
+    put(&d, "acme", "cartesia", json!({"api_key": car})).await;
+    put(&d, "acme", "openai", json!({"api_key": oai, "organization": "org-acme1", "project": "proj_voice"})).await;
+    let pk = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    put(&d, "acme", "telnyx", json!({"api_key": tel, "public_key": pk})).await;
+
+    let cases: [(&str, &str, Vec<(&str, String)>); 5] = [
+        (
+            "/deepgram/v1/listen?model=nova-3&encoding=linear16",
+            "/v1/listen?model=nova-3&encoding=linear16",
+            vec![("authorization", format!("Token {dg}"))],
+        ),
+        ("/deepgram/v1/speak?model=aura-2", "/v1/speak?model=aura-2", vec![("authorization", format!("Token {dg}"))]),
+        (
+            "/cartesia/tts/websocket",
+            "/tts/websocket",
+            vec![("authorization", format!("Bearer {car}")), ("cartesia-version", "2026-03-01".into())],
+        ),
+        (
+            "/openai/realtime?model=gpt-realtime",
+            "/v1/realtime?model=gpt-realtime",
+            vec![
+                ("authorization", format!("Bearer {oai}")),
+                ("openai-organization", "org-acme1".into()),
+                ("openai-project", "proj_voice".into()),
+            ],
+        ),
+        (
+            "/telnyx/speech-to-text/transcription",
+            "/v2/speech-to-text/transcription",
+            vec![("authorization", format!("Bearer {tel}"))],
+        ),
+    ];
+    for (i, (path, upstream_path, want)) in cases.iter().enumerate() {
+        let mut req = format!("ws://localhost{path}").into_client_request().unwrap();
+        req.headers_mut().insert("keyward-tenant", "acme".parse().unwrap());
+        req.headers_mut().insert("authorization", "Bearer app-must-not-send".parse().unwrap());
+        req.headers_mut().insert("x-api-key", "app-must-not-send".parse().unwrap());
+        let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+        assert_eq!(resp.status(), 101, "{path}");
+        ws.send(Message::binary(vec![i as u8; 320])).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echo.into_data().as_ref(), &[i as u8; 320][..], "{path}: audio frames pass both ways");
+        ws.send(Message::text("{\"type\":\"KeepAlive\"}")).await.unwrap();
+        assert!(ws.next().await.unwrap().unwrap().is_text());
+        ws.close(None).await.unwrap();
+        let h = seen.lock().unwrap()[i].clone();
+        for (name, value) in want {
+            assert_eq!(
+                h.get_all(*name).iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>(),
+                [value.as_str()],
+                "{path}: {name}"
+            );
+        }
+        assert!(h.get("x-api-key").is_none() && h.get("keyward-tenant").is_none(), "{path}");
+        assert_eq!(h["x-test-path"], *upstream_path, "{path}");
+    }
+    let logs = d.logs();
+    assert_eq!(canary_hits(logs.as_bytes(), &[dg, car, oai, tel]), 0);
 }
 
 fn mtls_app(pki: &Pki, clients: &str) -> String {
