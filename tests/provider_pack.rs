@@ -662,7 +662,7 @@ fn unb64url(s: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn vonage_mints_a_fresh_rs256_jwt_per_voice_call_and_verifies_signed_callbacks() {
+async fn vonage_mints_an_rs256_jwt_reused_briefly_and_verifies_signed_callbacks() {
     let e = env().await;
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("app.key");
@@ -725,7 +725,23 @@ async fn vonage_mints_a_fresh_rs256_jwt_per_voice_call_and_verifies_signed_callb
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     }
-    assert_ne!(jtis[0], jtis[1], "a jti is never reused");
+    assert_eq!(jtis[0], jtis[1], "a minted token is reused for a short part of its lifetime");
+    // A new key (or application) mints at once.
+    let key2 = dir.path().join("app2.key");
+    let made = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"])
+        .arg(&key2)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let pem2 = std::fs::read_to_string(&key2).unwrap();
+    let fields = json!({"api_key": "abc123", "api_secret": "CANARYvonageApiSecret015", "application_id": app_id,
+           "private_key": pem2, "signature_secret": VONAGE_SIG});
+    assert_eq!(put(&e.d, "acme", "vonage", fields).await.0, 200);
+    e.d.app("POST", "/vonage/v1/calls", &[("keyward-tenant", "acme")], Some(b"{}".to_vec())).await;
+    let auth = e.fake.last().header("authorization").unwrap();
+    let claims: Value = serde_json::from_slice(&unb64url(auth.split('.').nth(1).unwrap())).unwrap();
+    assert_ne!(claims["jti"].as_str().unwrap(), jtis[0], "the new key's own token");
     // Account APIs take Basic.
     e.d.app("GET", "/vonage/account/get-balance", &[("keyward-tenant", "acme")], None).await;
     assert!(e.fake.last().header("authorization").unwrap().starts_with("Basic "));

@@ -25,7 +25,6 @@ pub(crate) fn sign(header: &Value, claims: &Value, pem: &Secret) -> Result<Zeroi
 
 /// Whether `pem` holds an RSA key ring can sign with (checked when a credential is put,
 /// so a bad key is refused then rather than at the first call).
-#[allow(dead_code)] // used by the OAuth 2.0 JWT-bearer schema (next commit)
 pub(crate) fn is_rsa_pkcs8(pem: &str) -> bool {
     pem_der(pem).is_some_and(|der| ring::signature::RsaKeyPair::from_pkcs8(&der).is_ok())
 }
