@@ -5,7 +5,7 @@
 //! loadgen run --target tcp:127.0.0.1:8080|unix:/path|https:127.0.0.1:8443 [--ca FILE]
 //!             --path /vapi/x [--header 'K: V']… [--connections 32] [--duration 10]
 //!             [--rate RPS] [--tenants N] [--body-size BYTES]
-//!             [--sign stdwh:SECRET|twilio:TOKEN:URL] [--json FILE]
+//!             [--sign stdwh:SECRET|twilio:TOKEN:URL|telnyx:SEED|vonage:SECRET] [--json FILE]
 //! loadgen gencert DIR          # ca.pem, server.pem, server.key for the local upstream
 //! loadgen hmac                 # raw HMAC-SHA256 cost, 1 KiB and 64 KiB
 //! ```
@@ -40,6 +40,10 @@ enum Sign {
     None,
     Stdwh(Vec<u8>),
     Twilio(String),
+    /// Ed25519 over `timestamp|body`, the body naming a new event each time.
+    Telnyx(Box<ed25519_dalek::SigningKey>),
+    /// An HS256 callback JWT binding the body's hash, a new jti each time.
+    Vonage(Vec<u8>),
 }
 
 #[derive(Clone)]
@@ -97,8 +101,40 @@ fn build_request(o: &Opts, seq: u64) -> http::Request<Full<Bytes>> {
     if o.tenants > 0 {
         b = b.header("keyward-tenant", format!("t{:07}", seq as usize % o.tenants));
     }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut body = o.body.clone();
     match &o.sign {
         Sign::None => {}
+        Sign::Telnyx(key) => {
+            use ed25519_dalek::Signer;
+            let filler = "x".repeat(o.body.len().saturating_sub(60));
+            body = Bytes::from(format!(
+                "{{\"data\":{{\"id\":\"ev-{}-{seq}\",\"event_type\":\"call.initiated\"}},\"d\":\"{filler}\"}}",
+                std::process::id()
+            ));
+            let ts = now.to_string();
+            let mut msg = format!("{ts}|").into_bytes();
+            msg.extend_from_slice(&body);
+            let sig = base64::engine::general_purpose::STANDARD.encode(key.sign(&msg).to_bytes());
+            b = b
+                .header("telnyx-signature-ed25519", sig)
+                .header("telnyx-timestamp", ts)
+                .header("content-type", "application/json");
+        }
+        Sign::Vonage(key) => {
+            use sha2::Digest;
+            let b64 = |x: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(x);
+            let hash = hex::encode(sha2::Sha256::digest(&body));
+            let claims = format!(
+                "{{\"iat\":{now},\"jti\":\"bench-{}-{seq}\",\"iss\":\"Vonage\",\"payload_hash\":\"{hash}\"}}",
+                std::process::id()
+            );
+            let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.as_bytes()));
+            let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+            m.update(input.as_bytes());
+            let jwt = format!("{input}.{}", b64(&m.finalize().into_bytes()));
+            b = b.header("authorization", format!("Bearer {jwt}")).header("content-type", "application/json");
+        }
         Sign::Stdwh(key) => {
             let id = format!("msg_{}_{seq}", std::process::id());
             let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
@@ -118,7 +154,7 @@ fn build_request(o: &Opts, seq: u64) -> http::Request<Full<Bytes>> {
                 .header("content-type", "application/x-www-form-urlencoded");
         }
     }
-    b.body(Full::new(o.body.clone())).unwrap()
+    b.body(Full::new(body)).unwrap()
 }
 
 struct Outcome {
@@ -225,6 +261,13 @@ async fn run(args: Vec<String>) {
             m.update(format!("{url}Body{filler}CallSidCA1").as_bytes());
             Sign::Twilio(base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes()))
         }
+        Some(s) if s.starts_with("telnyx:") => {
+            // telnyx:SEED — the signing key from a 32-byte seed of that byte (its public
+            // half is what bench/run stores as the credential's public_key).
+            let seed: u8 = s.trim_start_matches("telnyx:").parse().unwrap();
+            Sign::Telnyx(Box::new(ed25519_dalek::SigningKey::from_bytes(&[seed; 32])))
+        }
+        Some(s) if s.starts_with("vonage:") => Sign::Vonage(s.trim_start_matches("vonage:").as_bytes().to_vec()),
         Some(other) => panic!("unknown --sign {other}"),
     };
     let body_size = body_size_arg(&args);
@@ -317,7 +360,13 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("gencert") => gencert(args.get(2).expect("DIR")),
         Some("hmac") => hmac_cost(),
+        // The public half of `--sign telnyx:SEED`'s key, for the bench credential.
+        Some("telnyx-public") => {
+            let seed: u8 = args.get(2).expect("SEED").parse().unwrap();
+            let pk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
+            println!("{}", base64::engine::general_purpose::STANDARD.encode(pk.to_bytes()));
+        }
         Some("run") => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(args)),
-        _ => eprintln!("usage: loadgen run|gencert|hmac …"),
+        _ => eprintln!("usage: loadgen run|gencert|hmac|telnyx-public …"),
     }
 }

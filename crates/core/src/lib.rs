@@ -16,4 +16,5 @@ pub mod units;
 #[doc(hidden)]
 pub mod internal {
     pub use crate::providers::twilio::{decode_form, port_variants};
+    pub use crate::providers::vonage::fuzz_callback_jwt;
 }

@@ -24,7 +24,7 @@ mod rs256;
 mod telnyx;
 pub(crate) mod twilio;
 mod vapi;
-mod vonage;
+pub(crate) mod vonage;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -331,6 +331,29 @@ pub(crate) fn verify(d: &Delivery<'_>, keys: &[&[u8]]) -> Result<(Accepted, Valu
     ))
 }
 
+/// For `fuzz/`: a signed-callback JWT made of arbitrary header and claims bytes (MACed with
+/// the tenant's key when `mac` is set, so the fuzzer reaches the claim checks), verified
+/// against `body` at `now`. Returns whether it was accepted, and panics if an accepted
+/// token breaks what verification promises: HS256, the body's hash, `iat` in the window.
+pub fn fuzz_callback_jwt(header: &[u8], claims: &[u8], body: &[u8], mac: bool, now: u64) -> bool {
+    const KEY: &[u8] = b"fuzz-signature-secret";
+    let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+    let sig = if mac { hmac_sha256(KEY, &[signing_input.as_bytes()]).to_vec() } else { claims.to_vec() };
+    let Ok(auth) = http::HeaderValue::from_str(&format!("Bearer {signing_input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+    else {
+        return false;
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, auth);
+    let d = Delivery { method: "POST", url: "https://hooks.test/webhooks/vonage", headers: &headers, body, now };
+    let Ok((_, c)) = verify(&d, &[KEY]) else { return false };
+    let h: Value = serde_json::from_slice(header).unwrap_or(Value::Null);
+    assert!(mac && h["alg"] == "HS256", "accepted without the MAC or with another alg");
+    assert_eq!(c["payload_hash"].as_str(), Some(hex::encode(Sha256::digest(body)).as_str()));
+    assert!(c["iat"].as_u64().is_some_and(|iat| iat.abs_diff(now) <= IAT_WINDOW));
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
