@@ -434,6 +434,104 @@ print("ok")
     assert_eq!(balance.header("authorization").unwrap(), format!("Bearer {TELNYX_KEY}"));
 }
 
+/// The SDKs whose base URL (or host) can be moved: each sends its call through keyward's
+/// mTLS listener with a placeholder credential and the provider sees the tenant's.
+/// Answers are the fake's, which the SDKs may fail to parse: what counts is the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_plivo_vonage_deepgram_and_cartesia_sdks_work_through_keyward_by_base_url() {
+    let Some(python) = python() else { return };
+    let e = env().await;
+    let (cert, key) = e.pki.client_cert("app", "spiffe://example/app");
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(format!(
+            "tcp = \"127.0.0.1:0\"\n[app.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n",
+            e.pki.server_cert.display(),
+            e.pki.server_key.display(),
+            e.pki.ca_pem.display()
+        )),
+        extra: format!(
+            "[upstream]\nextra_ca = \"{}\"\n[providers.plivo]\nbase_url = \"{u}\"\n[providers.vonage]\nbase_url = \"{u}\"\n\
+             [providers.deepgram]\nbase_url = \"{u}\"\n[providers.cartesia]\nbase_url = \"{u}\"\n",
+            e.pki.ca_pem.display(),
+            u = e.fake.url
+        ),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "plivo", json!({"auth_id": PLIVO_ID, "auth_token": PLIVO_TOKEN})).await;
+    put(&d, "acme", "vonage", json!({"api_key": "abc123", "api_secret": "CANARYvonageSdkSecret0016"})).await;
+    put(&d, "acme", "deepgram", json!({"api_key": DEEPGRAM_KEY})).await;
+    put(&d, "acme", "cartesia", json!({"api_key": CARTESIA_KEY})).await;
+    let port = d.addr("app-tls").rsplit(':').next().unwrap().to_string();
+    let script = format!(
+        r#"
+import httpx, ssl, sys
+import plivo, cartesia
+from deepgram import DeepgramClient
+from deepgram.environment import DeepgramClientEnvironment
+from vonage import Vonage, Auth, HttpClientOptions
+tls = ssl.create_default_context(cafile="{ca}")
+tls.load_cert_chain("{cert}", "{key}")
+http = httpx.Client(verify=tls, headers={{"keyward-tenant": "acme"}})
+base = "https://localhost:{port}"
+def attempt(name, call):
+    try:
+        call()
+    except Exception as e:  # the fake's answer is not the provider's: parsing may fail
+        print(name, type(e).__name__, repr(e)[:400], file=sys.stderr)
+import plivo.rest.client
+plivo.rest.client.PLIVO_API_BASE_URI = base + "/plivo/v1/Account"  # the SDK resets base_uri to it per call
+p = plivo.RestClient("{plivo_id}", "not-the-token")
+p.session.cert = ("{cert}", "{key}")
+p.session.verify = "{ca}"
+p.session.headers["keyward-tenant"] = "acme"
+attempt("plivo", lambda: p.account.get())
+v = Vonage(Auth(api_key="abc123", api_secret="not-the-secret"),
+           HttpClientOptions(api_host="localhost:{port}/vonage", rest_host="localhost:{port}/vonage"))
+v.http_client._session.cert = ("{cert}", "{key}")
+v.http_client._session.verify = "{ca}"
+v.http_client._session.trust_env = False  # else REQUESTS_CA_BUNDLE would replace the CA
+v.http_client._headers["keyward-tenant"] = "acme"
+attempt("vonage", lambda: v.account.get_balance())
+env = DeepgramClientEnvironment(base=base + "/deepgram", production="wss://localhost:{port}/deepgram",
+                                agent="wss://localhost:{port}/deepgram", agent_rest=base + "/deepgram")
+dg = DeepgramClient(api_key="not-the-key", environment=env, httpx_client=http, max_retries=0)
+attempt("deepgram", lambda: dg.manage.v1.projects.list())
+c = cartesia.Cartesia(api_key="not-the-key", base_url=base + "/cartesia", http_client=http, max_retries=0)
+attempt("cartesia", lambda: c.voices.list())
+print("ok")
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        ca = e.pki.ca_pem.display(),
+        plivo_id = PLIVO_ID
+    );
+    let out = std::process::Command::new(&python).args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{}\n{stderr}", String::from_utf8_lossy(&out.stdout));
+    let all = e.fake.all();
+    let arrived = |pred: &dyn Fn(&str) -> bool, who: &str| {
+        all.iter().find(|r| pred(&r.path_and_query)).cloned().unwrap_or_else(|| {
+            panic!(
+                "the {who} SDK's call did not arrive ({stderr}): {:?}",
+                all.iter().map(|r| &r.path_and_query).collect::<Vec<_>>()
+            )
+        })
+    };
+    use base64::Engine;
+    let basic =
+        |u: &str, p: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+    let plivo = arrived(&|p| p.starts_with(&format!("/v1/Account/{PLIVO_ID}")), "Plivo");
+    assert_eq!(plivo.header("authorization").unwrap(), basic(PLIVO_ID, PLIVO_TOKEN));
+    let vonage = arrived(&|p| p.starts_with("/account/get-balance"), "Vonage");
+    assert_eq!(vonage.header("authorization").unwrap(), basic("abc123", "CANARYvonageSdkSecret0016"));
+    let dg = arrived(&|p| p.starts_with("/v1/projects"), "Deepgram");
+    assert_eq!(dg.header("authorization").unwrap(), format!("Token {DEEPGRAM_KEY}"));
+    let car = arrived(&|p| p.starts_with("/voices"), "Cartesia");
+    assert_eq!(car.header("authorization").unwrap(), format!("Bearer {CARTESIA_KEY}"));
+    assert!(car.header("cartesia-version").is_some(), "the SDK's own version passes");
+}
+
 #[tokio::test]
 async fn across_the_pack_a_tenant_never_gets_another_tenants_credential() {
     let e = env().await;
