@@ -5,7 +5,7 @@
 //! loadgen run --target tcp:127.0.0.1:8080|unix:/path|https:127.0.0.1:8443 [--ca FILE]
 //!             --path /vapi/x [--header 'K: V']… [--connections 32] [--duration 10]
 //!             [--rate RPS] [--tenants N] [--body-size BYTES]
-//!             [--sign stdwh:SECRET|twilio:TOKEN:URL|telnyx:SEED|vonage:SECRET] [--json FILE]
+//!             [--sign stdwh:SECRET|twilio:TOKEN:URL|telnyx:SEED|vonage:SECRET:API_KEY] [--json FILE]
 //! loadgen gencert DIR          # ca.pem, server.pem, server.key for the local upstream
 //! loadgen hmac                 # raw HMAC-SHA256 cost, 1 KiB and 64 KiB
 //! ```
@@ -39,11 +39,20 @@ enum Target {
 enum Sign {
     None,
     Stdwh(Vec<u8>),
-    Twilio(String),
+    /// HMAC-SHA1 over URL + sorted parameters, with a new CallSid each time (Twilio's
+    /// replay key is the signature: a repeated one is refused as a replay).
+    Twilio {
+        token: String,
+        url: String,
+    },
     /// Ed25519 over `timestamp|body`, the body naming a new event each time.
     Telnyx(Box<ed25519_dalek::SigningKey>),
-    /// An HS256 callback JWT binding the body's hash, a new jti each time.
-    Vonage(Vec<u8>),
+    /// An HS256 callback JWT binding the body's hash and the account's api_key, a new jti
+    /// each time.
+    Vonage {
+        key: Vec<u8>,
+        api_key: String,
+    },
 }
 
 #[derive(Clone)]
@@ -121,12 +130,12 @@ fn build_request(o: &Opts, seq: u64) -> http::Request<Full<Bytes>> {
                 .header("telnyx-timestamp", ts)
                 .header("content-type", "application/json");
         }
-        Sign::Vonage(key) => {
+        Sign::Vonage { key, api_key } => {
             use sha2::Digest;
             let b64 = |x: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(x);
             let hash = hex::encode(sha2::Sha256::digest(&body));
             let claims = format!(
-                "{{\"iat\":{now},\"jti\":\"bench-{}-{seq}\",\"iss\":\"Vonage\",\"payload_hash\":\"{hash}\"}}",
+                "{{\"iat\":{now},\"jti\":\"bench-{}-{seq}\",\"iss\":\"Vonage\",\"api_key\":\"{api_key}\",\"payload_hash\":\"{hash}\"}}",
                 std::process::id()
             );
             let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.as_bytes()));
@@ -148,10 +157,16 @@ fn build_request(o: &Opts, seq: u64) -> http::Request<Full<Bytes>> {
                 .header("webhook-signature", format!("v1,{sig}"))
                 .header("content-type", "application/json");
         }
-        Sign::Twilio(sig) => {
-            b = b
-                .header("x-twilio-signature", sig.as_str())
-                .header("content-type", "application/x-www-form-urlencoded");
+        Sign::Twilio { token, url } => {
+            // `CallSid=CA…&Body=x…`: the signed string is URL + "Body" + x… + "CallSid" + CA…
+            // (sorted parameters).
+            let filler = "x".repeat(o.body.len().saturating_sub(48));
+            let call_sid = format!("CA{:08x}{seq:024x}", std::process::id());
+            body = Bytes::from(format!("CallSid={call_sid}&Body={filler}"));
+            let mut m = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
+            m.update(format!("{url}Body{filler}CallSid{call_sid}").as_bytes());
+            let sig = base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes());
+            b = b.header("x-twilio-signature", sig).header("content-type", "application/x-www-form-urlencoded");
         }
     }
     b.body(Full::new(body)).unwrap()
@@ -253,13 +268,9 @@ async fn run(args: Vec<String>) {
             Sign::Stdwh(base64::engine::general_purpose::STANDARD.decode(secret).unwrap())
         }
         Some(s) if s.starts_with("twilio:") => {
-            // twilio:TOKEN:URL — the body is `CallSid=CA1&Body=x…`, so the signed string is
-            // URL + "Body" + x… + "CallSid" + "CA1" (sorted parameters).
+            // twilio:TOKEN:URL
             let (token, url) = s.trim_start_matches("twilio:").split_once(':').unwrap();
-            let filler = "x".repeat(body_size_arg(&args).saturating_sub(17));
-            let mut m = hmac::Hmac::<sha1::Sha1>::new_from_slice(token.as_bytes()).unwrap();
-            m.update(format!("{url}Body{filler}CallSidCA1").as_bytes());
-            Sign::Twilio(base64::engine::general_purpose::STANDARD.encode(m.finalize().into_bytes()))
+            Sign::Twilio { token: token.to_string(), url: url.to_string() }
         }
         Some(s) if s.starts_with("telnyx:") => {
             // telnyx:SEED — the signing key from a 32-byte seed of that byte (its public
@@ -267,12 +278,16 @@ async fn run(args: Vec<String>) {
             let seed: u8 = s.trim_start_matches("telnyx:").parse().unwrap();
             Sign::Telnyx(Box::new(ed25519_dalek::SigningKey::from_bytes(&[seed; 32])))
         }
-        Some(s) if s.starts_with("vonage:") => Sign::Vonage(s.trim_start_matches("vonage:").as_bytes().to_vec()),
+        Some(s) if s.starts_with("vonage:") => {
+            // vonage:SECRET:API_KEY
+            let (key, api_key) = s.trim_start_matches("vonage:").split_once(':').unwrap();
+            Sign::Vonage { key: key.as_bytes().to_vec(), api_key: api_key.to_string() }
+        }
         Some(other) => panic!("unknown --sign {other}"),
     };
     let body_size = body_size_arg(&args);
     let body = match &sign {
-        Sign::Twilio(_) => Bytes::from(format!("CallSid=CA1&Body={}", "x".repeat(body_size.saturating_sub(17)))),
+        Sign::Twilio { .. } => Bytes::from("x".repeat(body_size)), // sized; rewritten per request
         _ if body_size > 0 => Bytes::from(format!("{{\"d\":\"{}\"}}", "x".repeat(body_size.saturating_sub(8)))),
         _ => Bytes::new(),
     };

@@ -291,7 +291,13 @@ impl App {
         let replay = ReplayCache::new(REPLAY_CAPACITY);
         let metrics = Arc::new(Metrics::new(
             config.ops.as_ref().is_some_and(|o| o.metrics_tenant_labels),
-            vec![creds.clone() as Arc<dyn DerivedSource>, tokens.clone(), Arc::new(replay.clone())],
+            vec![
+                creds.clone() as Arc<dyn DerivedSource>,
+                tokens.clone(),
+                Arc::new(replay.clone()),
+                live.clone(),
+                readiness.clone(),
+            ],
         ));
         let proxy = match &config.app {
             None => None,

@@ -80,6 +80,29 @@ pub(crate) struct Live {
     creds: Arc<Credentials>,
     upstream: Upstream,
     tokens: Arc<TokenManager>,
+    /// Checks of stored credentials, and those that were not `valid`.
+    checks: std::sync::atomic::AtomicU64,
+    check_failures: std::sync::atomic::AtomicU64,
+}
+
+impl crate::metrics::DerivedSource for Live {
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            (
+                "keyward_credential_checks",
+                "Live checks of stored credentials (cred verify, re-verification)",
+                true,
+                self.checks.load(Relaxed),
+            ),
+            (
+                "keyward_credential_check_failures",
+                "Live checks that found a credential invalid or could not reach its provider",
+                true,
+                self.check_failures.load(Relaxed),
+            ),
+        ]
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -96,7 +119,7 @@ struct Answer {
 impl Live {
     /// Joins the credential service, the upstream client and the token manager.
     pub(crate) fn new(creds: Arc<Credentials>, upstream: Upstream, tokens: Arc<TokenManager>) -> Self {
-        Live { creds, upstream, tokens }
+        Live { creds, upstream, tokens, checks: Default::default(), check_failures: Default::default() }
     }
 
     /// One authenticated GET through the provider's injection rules.
@@ -211,6 +234,10 @@ impl Live {
         let def = providers.get(provider).cloned().ok_or_else(|| LiveError::UnknownProvider(provider.to_string()))?;
         let cred = self.creds.resolve_any(tenant, provider).await?;
         let (verdict, cred) = self.check_stored(&def, cred).await?;
+        self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if verdict != Verdict::Valid {
+            self.check_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let status = match &verdict {
             Verdict::Valid => {
                 self.creds

@@ -30,6 +30,26 @@ pub(crate) struct Readiness {
     pub kms: std::sync::OnceLock<Arc<AtomicBool>>,
 }
 
+impl crate::metrics::DerivedSource for Readiness {
+    fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
+        let mut rows = Vec::new();
+        if let Some(s) = self.store.get() {
+            rows.push((
+                "keyward_store_connected",
+                "1 while the credential store answers",
+                false,
+                u64::from(s.healthy()),
+            ));
+        }
+        // Only with a KMS-held master key.
+        if let Some(k) = self.kms.get() {
+            let up = u64::from(k.load(Ordering::SeqCst));
+            rows.push(("keyward_kms_reachable", "1 while the KMS holding the master key answers", false, up));
+        }
+        rows
+    }
+}
+
 impl Readiness {
     /// Whether every check passes.
     pub(crate) fn is_ready(&self) -> bool {

@@ -105,6 +105,81 @@ async fn metrics_pass_promtool_and_never_carry_a_secret() {
     );
 }
 
+/// deploy/observability/: the alert rules pass `promtool check rules` and their unit tests
+/// (`promtool test rules`), every alert has a test, and every metric the rules and the
+/// Grafana dashboard name is one a running keyward exports (scraped after a call, a
+/// webhook and an audit verification), so neither can drift from the code.
+#[tokio::test]
+async fn alert_rules_pass_their_promtool_tests_and_alerts_and_dashboard_name_only_exported_metrics() {
+    let Some(promtool) = which("promtool") else {
+        eprintln!("SKIPPED: promtool is missing (scripts/ci-deps installs it, Debian package prometheus)");
+        return;
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability");
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+        let out = std::process::Command::new(&promtool).args(args).current_dir(&root).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(root.join("alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(root.join("alerts.test.yml")).unwrap();
+    let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();
+    assert!(alerts.len() >= 8, "{alerts:?}");
+    for a in &alerts {
+        assert!(tests.contains(&format!("alertname: {a}")), "{a} has no promtool unit test");
+    }
+    let dashboard = std::fs::read_to_string(root.join("grafana-keyward.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(dash["panels"].as_array().is_some_and(|p| p.len() >= 10));
+
+    // A daemon that has done a bit of everything, then its exposition.
+    let webhooks = "[webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"https://h.test\"\nforward_to = \"http://127.0.0.1:9\"\n";
+    let (_tmp, _vapi, d) = daemon_with_vapi(webhooks, "", vec![]).await;
+    d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
+    let hook = tokio::net::TcpStream::connect(d.addr("webhooks")).await.unwrap();
+    http_full(hyper_util::rt::TokioIo::new(hook), "POST", "/webhooks/resend/acme", Some(b"{}".to_vec()), &[]).await;
+    d.admin("POST", "/v1/tenants/acme/credentials/vapi/verify", None).await;
+    let (s, _) = d.admin("GET", "/v1/audit/verify", None).await;
+    assert_eq!(s, 200);
+    let stream = tokio::net::TcpStream::connect(d.ops_addr.as_ref().unwrap()).await.unwrap();
+    let (_, _, body) = http_full(hyper_util::rt::TokioIo::new(stream), "GET", "/metrics", None, &[]).await;
+    let text = String::from_utf8(body).unwrap();
+    let exported: std::collections::BTreeSet<&str> =
+        text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    for needle in [
+        "keyward_audit_chain_verified 1",
+        "keyward_store_connected 1",
+        "keyward_credential_checks_total 1",
+        "keyward_oauth_refresh_failures_total 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    // Only with a KMS-held master key (tests/kms.rs runs those).
+    let conditional = ["keyward_kms_reachable"];
+    let mut named = std::collections::BTreeSet::new();
+    for source in [&rules, &dashboard] {
+        let mut rest = source.as_str();
+        while let Some(i) = rest.find("keyward_") {
+            let tail = &rest[i..];
+            let end =
+                tail.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')).unwrap_or(tail.len());
+            named.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    for m in &named {
+        assert!(
+            exported.contains(m.as_str()) || conditional.contains(&m.as_str()),
+            "{m} is named in deploy/observability but not exported:\n{text}"
+        );
+    }
+    assert!(named.len() >= 10, "{named:?}");
+}
+
 fn which(cmd: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(cmd)).find(|p| p.exists()))
 }

@@ -62,6 +62,8 @@ impl Credentials {
                 report.problem = Some(problem);
             }
         }
+        // For the keyward_audit_chain_verified gauge (and the alert on it).
+        self.audit_verified.store(if report.ok { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
         Ok(report)
     }
 

@@ -213,6 +213,8 @@ pub struct Credentials {
     misses: AtomicU64,
     capacity: usize,
     audit_seq: AtomicU64,
+    /// The last audit verification's verdict: 0 none yet, 1 intact, 2 broken.
+    audit_verified: std::sync::atomic::AtomicU8,
     // How long an unwrapped tenant key (and what it decrypted) stays in memory.
     key_ttl: Option<Duration>,
 }
@@ -288,6 +290,7 @@ impl Credentials {
             misses: AtomicU64::new(0),
             capacity: DEFAULT_CACHE_ENTRIES,
             audit_seq: AtomicU64::new(store_head),
+            audit_verified: std::sync::atomic::AtomicU8::new(0),
             key_ttl: None,
         })
     }
@@ -436,11 +439,22 @@ impl keyward_core::providers::FieldSource for Credential {
 impl crate::metrics::DerivedSource for Credentials {
     fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
         let (hits, misses) = self.cache_stats();
-        vec![
+        let mut rows = vec![
             ("keyward_credential_cache_hits", "Credential lookups answered from memory", true, hits),
             ("keyward_credential_cache_misses", "Credential lookups that read and opened the store", true, misses),
             ("keyward_audit_chain_length", "Entries in the hash-chained audit log", false, self.audit_length()),
-        ]
+        ];
+        // Only once a verification ran (keyward audit verify, GET /v1/audit/verify).
+        match self.audit_verified.load(Ordering::Relaxed) {
+            0 => {}
+            v => rows.push((
+                "keyward_audit_chain_verified",
+                "1 when the last audit chain verification found it intact, 0 when broken or truncated",
+                false,
+                u64::from(v == 1),
+            )),
+        }
+        rows
     }
 }
 

@@ -299,6 +299,8 @@ pub(crate) struct TokenManager {
     http: reqwest::Client,
     slots: Mutex<HashMap<(String, String), Slot>>,
     refreshes: AtomicU64,
+    /// Refreshes for requests that ended without a token (revoked grants included).
+    failures: AtomicU64,
     /// First retry wait (1 s in production; tests shorten it).
     retry_base: Duration,
 }
@@ -350,6 +352,7 @@ impl TokenManager {
             http,
             slots: Mutex::default(),
             refreshes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
             retry_base: Duration::from_secs(1),
         }
     }
@@ -525,6 +528,7 @@ impl TokenManager {
                 Ok(g.access_token)
             }
             Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
                 let msg = format!("token refresh failed: {}", e.message());
                 let revoked = matches!(e, TokenError::Revoked(_));
                 let status = revoked.then_some(CredStatus::Revoked);
@@ -678,12 +682,20 @@ impl TokenManager {
 
 impl crate::metrics::DerivedSource for TokenManager {
     fn values(&self) -> Vec<(&'static str, &'static str, bool, u64)> {
-        vec![(
-            "keyward_google_token_refreshes",
-            "Calls to OAuth token endpoints (every OAuth provider; the name predates the others)",
-            true,
-            self.refresh_count(),
-        )]
+        vec![
+            (
+                "keyward_google_token_refreshes",
+                "Calls to OAuth token endpoints (every OAuth provider; the name predates the others)",
+                true,
+                self.refresh_count(),
+            ),
+            (
+                "keyward_oauth_refresh_failures",
+                "OAuth token refreshes that left requests without a token (revoked grants included)",
+                true,
+                self.failures.load(Ordering::Relaxed),
+            ),
+        ]
     }
 }
 
