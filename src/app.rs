@@ -508,6 +508,14 @@ impl App {
         readiness.listeners_bound.store(true, Ordering::SeqCst);
         tasks.push(tokio::spawn(creds.clone().watch_kms(shutdown.clone())));
         tasks.push(tokio::spawn(creds.clone().expire_keys(shutdown.clone())));
+        // Requests waiting for audit entries (audit tail --follow) answer at shutdown.
+        tasks.push(tokio::spawn({
+            let (creds, mut sd) = (creds.clone(), shutdown.clone());
+            async move {
+                sd.wait().await;
+                creds.end_audit_waits();
+            }
+        }));
         crate::shutdown::notify_systemd("READY=1");
         if !config.verification.interval.is_zero() {
             tasks.push(tokio::spawn(live.clone().reverify_loop(

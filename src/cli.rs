@@ -217,9 +217,13 @@ pub enum AuditCmd {
         /// Only entries with a larger sequence number.
         #[arg(long, value_name = "SEQ")]
         after: Option<u64>,
-        /// At most this many.
+        /// At most this many (per batch with --follow).
         #[arg(long, default_value_t = 20)]
         limit: u64,
+        /// Keep printing entries as they are committed; reconnects (resuming after the last
+        /// entry printed) when the daemon restarts.
+        #[arg(long)]
+        follow: bool,
     },
     /// Check the hash chain.
     Verify,

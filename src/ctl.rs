@@ -254,43 +254,79 @@ pub async fn route(ep: &Endpoint, cmd: RouteCmd) -> Result<()> {
     Ok(())
 }
 
+/// Prints one batch of audit entries: JSON lines, or a table (with its header when asked).
+fn print_entries(v: &Value, json: bool, header: bool) {
+    let mut rows = Vec::new();
+    for e in v["entries"].as_array().into_iter().flatten() {
+        if json {
+            println!("{e}");
+            continue;
+        }
+        let scope = [e["tenant"].as_str(), e["provider"].as_str(), e["target"].as_str()]
+            .iter()
+            .flatten()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        rows.push(vec![
+            e["seq"].to_string(),
+            e["ts"].as_i64().map(keyward_core::time::rfc3339).unwrap_or_default(),
+            e["actor"].as_str().unwrap_or("").to_string(),
+            e["action"].as_str().unwrap_or("").to_string(),
+            e["result"].as_str().unwrap_or("").to_string(),
+            scope,
+        ]);
+    }
+    if !json {
+        let t = table(&["SEQ", "TIME", "ACTOR", "ACTION", "RESULT", "SCOPE"], &rows, &[0]);
+        // Followed batches continue the table without repeating its header line.
+        let t = if header { t } else { t.split_once('\n').map(|(_, rest)| rest.to_string()).unwrap_or_default() };
+        print!("{t}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
 /// `keyward audit …`. Returns false when `verify` finds the chain broken.
 pub async fn audit(ep: &Endpoint, cmd: AuditCmd) -> Result<bool> {
     match cmd {
-        AuditCmd::Tail { json, after, limit } => {
-            let after = match after {
+        AuditCmd::Tail { json, after, limit, follow } => {
+            let mut after = match after {
                 Some(a) => a,
                 None => {
                     let head = call(ep, Method::GET, "/v1/audit?limit=0", None).await?;
                     head["head"].as_u64().unwrap_or(0).saturating_sub(limit)
                 }
             };
-            let v = call(ep, Method::GET, &format!("/v1/audit?after={after}&limit={limit}"), None).await?;
-            let mut rows = Vec::new();
-            for e in v["entries"].as_array().into_iter().flatten() {
-                if json {
-                    println!("{e}");
-                    continue;
+            if !follow {
+                let v = call(ep, Method::GET, &format!("/v1/audit?after={after}&limit={limit}"), None).await?;
+                print_entries(&v, json, true);
+                return Ok(true);
+            }
+            // Each request waits for the next commit (the daemon answers as soon as one
+            // lands); a lost daemon is retried with backoff, resuming after the last seq.
+            let mut backoff = std::time::Duration::from_millis(250);
+            let mut header = !json;
+            loop {
+                let path = format!("/v1/audit?after={after}&limit={}&wait=20", limit.clamp(1, 1000));
+                match call(ep, Method::GET, &path, None).await {
+                    Ok(v) => {
+                        backoff = std::time::Duration::from_millis(250);
+                        if let Some(last) =
+                            v["entries"].as_array().and_then(|e| e.last()).and_then(|e| e["seq"].as_u64())
+                        {
+                            print_entries(&v, json, header);
+                            header = false;
+                            after = last;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("keyward audit tail: {e:#}; retrying after entry {after}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    }
                 }
-                let scope = [e["tenant"].as_str(), e["provider"].as_str(), e["target"].as_str()]
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                rows.push(vec![
-                    e["seq"].to_string(),
-                    e["ts"].as_i64().map(keyward_core::time::rfc3339).unwrap_or_default(),
-                    e["actor"].as_str().unwrap_or("").to_string(),
-                    e["action"].as_str().unwrap_or("").to_string(),
-                    e["result"].as_str().unwrap_or("").to_string(),
-                    scope,
-                ]);
             }
-            if !json {
-                print!("{}", table(&["SEQ", "TIME", "ACTOR", "ACTION", "RESULT", "SCOPE"], &rows, &[0]));
-            }
-            Ok(true)
         }
         AuditCmd::Verify => {
             let v = match call(ep, Method::GET, "/v1/audit/verify", None).await {

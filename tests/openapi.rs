@@ -45,6 +45,7 @@ async fn schemathesis_finds_nothing_against_the_live_admin_api() {
     let addr = d.addr("admin-tcp");
     let out = Command::new(&st)
         .env("HOME", tmp.path())
+        .env("SCHEMATHESIS_HOOKS", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis_hooks.py"))
         .args([
             "run",
             &format!("http://{addr}/v1/openapi.json"),

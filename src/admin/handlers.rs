@@ -252,6 +252,12 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
         Endpoint::Audit => {
             let after = q_u64(&q, "after", 0, u64::MAX)?;
             let limit = q_u64(&q, "limit", 100, 1000)? as usize;
+            // `wait`: hold the request until an entry after `after` is committed (at most
+            // that many seconds), so `audit tail --follow` sees commits as they happen.
+            let wait = q_u64(&q, "wait", 0, 60)?;
+            if wait > 0 && limit > 0 {
+                creds.audit_wait(after, std::time::Duration::from_secs(wait)).await?;
+            }
             let (entries, head) = creds.audit(after, limit).await?;
             ok(json!({"entries": entries, "head": head.seq}))
         }

@@ -39,6 +39,35 @@ impl Credentials {
         Ok((self.store.audit_range(after, limit).await?, self.store.audit_head().await?))
     }
 
+    /// Waits (at most `max`) until the chain has an entry after `after`: woken by this
+    /// keyward's own commits at once; in fleet mode the store's head is also read every
+    /// second, for entries other sidecars commit.
+    pub async fn audit_wait(&self, after: u64, max: std::time::Duration) -> Result<(), CredError> {
+        let deadline = tokio::time::Instant::now() + max;
+        let fleet = self.store.as_pg().is_some();
+        loop {
+            let woken = self.audit_notify.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let over = self.audit_waits_over.load(std::sync::atomic::Ordering::SeqCst);
+            if over || self.audit_length() > after || (fleet && self.store.audit_head().await?.seq > after) {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let step = if fleet { (deadline - now).min(std::time::Duration::from_secs(1)) } else { deadline - now };
+            let _ = tokio::time::timeout(step, woken).await;
+        }
+    }
+
+    /// Ends every [`Credentials::audit_wait`] now and from now on (shutdown).
+    pub(crate) fn end_audit_waits(&self) {
+        self.audit_waits_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.audit_notify.notify_waiters();
+    }
+
     /// Walks the whole audit chain under the store's integrity key, then checks that every
     /// credential is at the version the chain last recorded for it (a whole older record
     /// put back, or one removed, is reported here even though it opens).

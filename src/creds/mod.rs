@@ -213,6 +213,10 @@ pub struct Credentials {
     misses: AtomicU64,
     capacity: usize,
     audit_seq: AtomicU64,
+    /// Woken at every commit, for requests waiting on new audit entries.
+    audit_notify: tokio::sync::Notify,
+    /// Set at shutdown: waiting requests answer at once, so the drain does not wait on them.
+    audit_waits_over: std::sync::atomic::AtomicBool,
     /// The last audit verification's verdict: 0 none yet, 1 intact, 2 broken.
     audit_verified: std::sync::atomic::AtomicU8,
     // How long an unwrapped tenant key (and what it decrypted) stays in memory.
@@ -291,6 +295,8 @@ impl Credentials {
             capacity: DEFAULT_CACHE_ENTRIES,
             audit_seq: AtomicU64::new(store_head),
             audit_verified: std::sync::atomic::AtomicU8::new(0),
+            audit_notify: tokio::sync::Notify::new(),
+            audit_waits_over: std::sync::atomic::AtomicBool::new(false),
             key_ttl: None,
         })
     }
@@ -347,6 +353,7 @@ impl Credentials {
     async fn commit(&self, ops: Vec<Op>, audit: AuditDraft) -> Result<AuditEntry, StoreError> {
         let entry = self.store.commit(ops, audit).await?;
         self.audit_seq.fetch_max(entry.seq, Ordering::Relaxed);
+        self.audit_notify.notify_waiters();
         Ok(entry)
     }
 
