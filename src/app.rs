@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::access::AccessLog;
 use crate::admin::{self, AdminState};
 use crate::config::{Backend, Config, Env, PasswordSource, PostgresConfig};
 use crate::console;
@@ -48,6 +49,9 @@ pub enum StartError {
     #[error("{0}")]
     PostgresSettings(String),
     /// The server task panicked or was cancelled.
+    #[error("telemetry.access_log: {0}")]
+    AccessLog(String),
+
     #[error("the server task failed: {0}")]
     Crashed(String),
     /// Opening the credential service failed otherwise.
@@ -102,6 +106,7 @@ pub struct App {
     tokens: Arc<TokenManager>,
     connect: Arc<ConnectFlows>,
     metrics: Arc<Metrics>,
+    access: Arc<AccessLog>,
 }
 
 impl std::fmt::Debug for App {
@@ -299,6 +304,7 @@ impl App {
                 readiness.clone(),
             ],
         ));
+        let access = AccessLog::open(&config.telemetry.access_log).map_err(StartError::AccessLog)?;
         let proxy = match &config.app {
             None => None,
             Some(app) => {
@@ -315,6 +321,7 @@ impl App {
                     tokens: Some(tokens.clone()),
                     metrics: metrics.clone(),
                     public_base_url: config.webhooks.as_ref().map(|w| w.public_base_url.clone()),
+                    access: access.clone(),
                 }))
             }
         };
@@ -336,6 +343,7 @@ impl App {
                 connect: connect.clone(),
                 tokens: tokens.clone(),
                 metrics: metrics.clone(),
+                access: access.clone(),
             })
         });
 
@@ -395,6 +403,7 @@ impl App {
             tokens,
             connect,
             metrics,
+            access,
         })
     }
 
@@ -409,6 +418,7 @@ impl App {
             creds: self.creds.clone(),
             proxy: self.proxy.clone(),
             log: self.log.clone(),
+            access: self.access.clone(),
             current: std::sync::Mutex::new(self.config.clone()),
         }
     }
@@ -428,6 +438,7 @@ impl App {
             tokens,
             connect,
             metrics,
+            access,
         } = self;
         let base = ConnLimits {
             drain_grace: config.ops.as_ref().map_or(Duration::from_secs(30), |o| o.drain_grace),
@@ -508,6 +519,9 @@ impl App {
         readiness.listeners_bound.store(true, Ordering::SeqCst);
         tasks.push(tokio::spawn(creds.clone().watch_kms(shutdown.clone())));
         tasks.push(tokio::spawn(creds.clone().expire_keys(shutdown.clone())));
+        if access.enabled() {
+            tasks.push(tokio::spawn(flush_loop(access.clone(), shutdown.clone())));
+        }
         // Requests waiting for audit entries (audit tail --follow) answer at shutdown.
         tasks.push(tokio::spawn({
             let (creds, mut sd) = (creds.clone(), shutdown.clone());
@@ -536,8 +550,20 @@ impl App {
         for t in tasks {
             let _ = t.await;
         }
+        // Records of requests that finished while draining.
+        access.flush();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Flushes the access log's buffer once a second (and [`App::run`] once more after the drain).
+async fn flush_loop(access: Arc<AccessLog>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => access.flush(),
+        }
     }
 }
 
@@ -571,6 +597,7 @@ pub(crate) struct Reloader {
     creds: Arc<Credentials>,
     proxy: Option<Arc<ProxyState>>,
     log: LogHandle,
+    access: Arc<AccessLog>,
     current: std::sync::Mutex<Config>,
 }
 
@@ -628,6 +655,8 @@ pub async fn serve(config: Config, env: &dyn Env, log: LogHandle) -> Result<(), 
             }
             Ok(crate::shutdown::SignalEvent::Reload) => {
                 crate::shutdown::notify_systemd("RELOADING=1");
+                // Whatever the new file says: logrotate sends SIGHUP after moving the file.
+                reloader.access.reopen();
                 match Config::load(&source, env) {
                     Ok(new) => {
                         let restart = reloader.apply(new);

@@ -24,8 +24,9 @@
 //!    client, the app listener's request-target parser.
 //! 5. **services**: [`oauth`], [`live`] — OAuth tokens and the connect flow (every OAuth provider); live checks
 //!    and route discovery. They return their own typed errors.
-//! 6. **edge**: [`error`], [`listen`], [`policy`] — the one error-to-HTTP mapping; socket
-//!    binding and accept loops; client policy and rate limits.
+//! 6. **edge**: [`error`], [`listen`], [`policy`], [`access`] — the one error-to-HTTP
+//!    mapping; socket binding and accept loops; client policy and rate limits; the access
+//!    log's records.
 //! 7. **servers**: [`proxy`], [`webhook`], [`admin`], [`console`], [`ops`] — the listeners'
 //!    services; the console renders pages from the admin API (it imports `admin`, never
 //!    the other way).
@@ -34,6 +35,7 @@
 //! 10. **command line**: [`cli`], [`ctl`], [`fuzzing`], `main` — argument parsing, the admin
 //!     client, and the parsers' entry points for `fuzz/`.
 
+mod access;
 mod admin;
 mod app;
 pub mod cli;

@@ -90,3 +90,21 @@ pub struct LogConfig {
     /// A tracing filter directive, e.g. `info` or `keyward=debug`.
     pub level: String,
 }
+
+/// Where access records go (`[telemetry] access_log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessMode {
+    /// Nowhere (the default).
+    Off,
+    /// The log, as `keyward::access` events at info level.
+    Log,
+    /// A file of JSON lines, appended to; reopened on SIGHUP.
+    File(std::path::PathBuf),
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `access_log`
+    pub access_log: AccessMode,
+}

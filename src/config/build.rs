@@ -261,6 +261,12 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
         );
     }
 
+    let access_log = match raw.telemetry.access_log.as_deref() {
+        None | Some("off") => AccessMode::Off,
+        Some("log") => AccessMode::Log,
+        Some(p) => AccessMode::File(ctx.path("telemetry.access_log", p)?),
+    };
+
     Ok(Config {
         source,
         store,
@@ -286,5 +292,6 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
             },
             discover_routes: raw.verification.discover_routes.unwrap_or(true),
         },
+        telemetry: TelemetryConfig { access_log },
     })
 }

@@ -18,7 +18,7 @@ use crate::live::VerificationConfig;
 use crate::ops::OpsConfig;
 use crate::policy::{ClientIdentity, ClientPolicy};
 use crate::proxy::AppConfig;
-use crate::telemetry::{LogConfig, LogFormat};
+use crate::telemetry::{AccessMode, LogConfig, LogFormat, TelemetryConfig};
 use crate::tls::{MtlsFiles, TlsFiles};
 use crate::vault::{KeySource, MasterKeyConfig};
 use crate::webhook::{ForwardTo, WebhooksConfig};
@@ -104,6 +104,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[verification]`
     pub verification: VerificationConfig,
+    /// `[telemetry]`
+    pub telemetry: TelemetryConfig,
 }
 
 /// Which store backend.

@@ -47,6 +47,8 @@ pub(crate) struct ProxyState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// `[webhooks] public_base_url`, for callback URLs keyward writes into requests.
     pub public_base_url: Option<url::Url>,
+    /// `[telemetry] access_log`
+    pub access: Arc<crate::access::AccessLog>,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -109,11 +111,11 @@ pub(crate) async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
     let rid = request_id();
     let span = tracing::info_span!("request", request_id = %rid);
-    let method = req.method().clone();
-    let (resp, tenant, provider) = proxy(&state, &peer, req).instrument(span.clone()).await;
+    let start = state.access.enabled().then(|| crate::access::Start::new("proxy", rid.to_string(), &peer, &req));
+    let mut facts = crate::access::Facts::new(&state.access);
+    let resp = proxy(&state, &peer, req, &mut facts).instrument(span).await;
     // The error label is keyward's own code (a bounded set), never a header value.
     let (resp, error) = match resp {
         Ok(r) => (r, ""),
@@ -122,57 +124,41 @@ pub(crate) async fn handle(
             (boxed_error(e), code)
         }
     };
-    if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &tenant, &provider) {
-        f.get_or_create(&crate::metrics::TenantRequestLabels {
-            tenant: t.clone(),
-            provider: p.clone(),
-            status: resp.status().as_u16(),
-        })
-        .inc();
+    let status = resp.status().as_u16();
+    if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &facts.tenant, &facts.provider) {
+        f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.clone(), provider: p.clone(), status }).inc();
     }
-    span.in_scope(|| {
-        tracing::info!(
-            target: "keyward::access",
-            method = %method,
-            tenant = tenant.as_deref().unwrap_or("-"),
-            provider = provider.as_deref().unwrap_or("-"),
-            status = resp.status().as_u16(),
-            error,
-            micros = started.elapsed().as_micros() as u64,
-            "proxied"
-        )
-    });
-    // Last, so the provider name moves into the label instead of being copied.
     let labels = crate::metrics::RequestLabels {
-        provider: provider.unwrap_or_else(|| "-".into()),
-        status: resp.status().as_u16(),
+        provider: facts.provider.clone().unwrap_or_else(|| "-".into()),
+        status,
         error: error.to_string(),
     };
     state.metrics.proxy_requests.get_or_create(&labels).inc();
-    Ok(resp)
+    Ok(match start {
+        Some(start) => crate::access::record(&state.access, start, facts, error, resp),
+        None => resp,
+    })
 }
 
-type Outcome = (Result<Response<ProxyBody>, PublicError>, Option<String>, Option<String>);
-
-async fn proxy(state: &ProxyState, peer: &Peer, req: Request<Incoming>) -> Outcome {
+async fn proxy(
+    state: &ProxyState,
+    peer: &Peer,
+    req: Request<Incoming>,
+    facts: &mut crate::access::Facts,
+) -> Result<Response<ProxyBody>, PublicError> {
     if req.method() == Method::CONNECT {
-        let e = PublicError::method_not_allowed(
+        return Err(PublicError::method_not_allowed(
             "CONNECT tunnels are not supported: keyward must see each request to inject the credential; send plain http:// URLs through it (HTTP_PROXY) and it calls the provider over HTTPS",
-        );
-        return (Err(e), None, None);
+        ));
     }
     if req.uri().path() == "/v1/webhooks/verify" {
-        return (crate::webhook::verify_api::handle(&state.creds, &state.policy(), peer, req).await, None, None);
+        return crate::webhook::verify_api::handle(&state.creds, &state.policy(), peer, req).await;
     }
     let providers = state.creds.providers();
-    let target = match route::route(req.version(), req.uri(), req.headers(), &providers) {
-        Ok(t) => t,
-        Err(e) => return (Err(e.into()), None, None),
-    };
-    let tenant = Some(target.tenant.to_string());
-    let provider_name = Some(target.provider.name.to_string());
-    let result = forward(state, peer, &target, req).await;
-    (result, tenant, provider_name)
+    let target = route::route(req.version(), req.uri(), req.headers(), &providers)?;
+    facts.tenant = Some(target.tenant.to_string());
+    facts.provider = Some(target.provider.name.to_string());
+    forward(state, peer, &target, req, facts).await
 }
 
 /// The phases, in order.
@@ -181,11 +167,16 @@ async fn forward(
     peer: &Peer,
     target: &route::Target,
     req: Request<Incoming>,
+    facts: &mut crate::access::Facts,
 ) -> Result<Response<ProxyBody>, PublicError> {
     phases::authorize(state, peer, target)?;
+    let resolving = Instant::now();
     let cred = phases::resolve(state, target).await?;
-    let prepared = phases::build(state, target, &cred, req).await?;
+    facts.resolve = Some(resolving.elapsed());
+    let prepared = phases::build(state, target, &cred, req, facts.bytes_in.clone()).await?;
     let sent = phases::send(state, target, &cred, prepared).await?;
+    facts.upstream = Some(sent.upstream_elapsed);
+    facts.upstream_status = Some(sent.response.status().as_u16());
     Ok(phases::respond(sent))
 }
 

@@ -188,6 +188,7 @@ pub(super) async fn build(
     target: &Target,
     cred: &Credential,
     mut req: Request<Incoming>,
+    count_in: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<Prepared, PublicError> {
     let provider = &target.provider;
     let dest = Destination::of(target, cred);
@@ -221,7 +222,8 @@ pub(super) async fn build(
     let (parts, body) = req.into_parts();
     let retry = (provider.uses_access_token() && replayable(&parts.method, &parts.headers))
         .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
-    let mut request = Request::new(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+    let body = crate::access::count_body(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(), count_in);
+    let mut request = Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
     *request.headers_mut() = headers;
@@ -290,7 +292,9 @@ fn replayable(method: &Method, h: &HeaderMap) -> bool {
 
 /// What [`send`] hands to [`respond`].
 pub(super) struct Sent {
-    response: Response<UpstreamBody>,
+    pub(super) response: Response<UpstreamBody>,
+    /// To the (last) response head.
+    pub(super) upstream_elapsed: std::time::Duration,
     client_upgrade: Option<OnUpgrade>,
     scrub: ScrubList,
 }
@@ -316,7 +320,7 @@ pub(super) async fn send(
             response = again;
         }
     }
-    Ok(Sent { response, client_upgrade, scrub })
+    Ok(Sent { response, upstream_elapsed: started.elapsed(), client_upgrade, scrub })
 }
 
 /// Google: a 401 may mean the access token was revoked early. Forget it, get a fresh one
@@ -349,7 +353,7 @@ async fn retry_with_fresh_token(
 /// accepted, else the response with hop-by-hop headers dropped and the credential
 /// scrubbed from headers and (text) body.
 pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
-    let Sent { mut response, client_upgrade, scrub } = sent;
+    let Sent { mut response, client_upgrade, scrub, .. } = sent;
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             return tunnel(client_upgrade, &mut response, &scrub);

@@ -119,6 +119,8 @@ pub(crate) struct WebhookState {
     pub tokens: Arc<crate::oauth::TokenManager>,
     /// Metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// `[telemetry] access_log`
+    pub access: Arc<crate::access::AccessLog>,
 }
 
 impl WebhookState {
@@ -202,21 +204,26 @@ pub(crate) async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let resp = route(&state, &peer, req).await;
-    tracing::info!(
-        target: "keyward::access",
-        listener = "webhooks",
-        method = %method,
-        path = %path.chars().take(200).collect::<String>(),
-        status = resp.status().as_u16(),
-        error = resp.headers().get("keyward-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
-        micros = started.elapsed().as_micros() as u64,
-        "webhook"
-    );
-    Ok(resp)
+    let start = state.access.enabled().then(|| crate::access::Start::new("webhook", delivery_id(), &peer, &req));
+    let mut facts = crate::access::Facts::default();
+    let resp = route(&state, &peer, req, &mut facts).await;
+    Ok(match start {
+        Some(start) => {
+            // The code keyward answered with (its own bounded set), not a header the app set.
+            let error = match resp.headers().get("keyward-error") {
+                Some(v) if facts.upstream_status.is_none() => v.to_str().unwrap_or("").to_string(),
+                _ => String::new(),
+            };
+            crate::access::record(&state.access, start, facts, &error, resp)
+        }
+        None => resp,
+    })
+}
+
+/// A delivery's id for the access log: `w` + pid + sequence, in hex.
+fn delivery_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("w{:x}-{:x}", std::process::id(), SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
 }
 
 async fn oauth_callback(state: &WebhookState, provider: &str, req: &Request<Incoming>) -> Response<ProxyBody> {
@@ -256,7 +263,12 @@ fn oauth_callback_provider(path: &str) -> Option<&str> {
     keyward_core::ids::ProviderName::parse(p).is_ok().then_some(p)
 }
 
-async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn route(
+    state: &WebhookState,
+    peer: &Peer,
+    req: Request<Incoming>,
+    facts: &mut crate::access::Facts,
+) -> Response<ProxyBody> {
     if let Some(provider) = oauth_callback_provider(req.uri().path()) {
         if state.tokens.spec(provider).is_some() {
             if req.method() != Method::GET {
@@ -283,6 +295,7 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
     let Some(def) = state.creds.providers().get(&provider).cloned().filter(|d| d.has_webhooks()) else {
         return boxed(PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", "no such provider with webhooks"));
     };
+    facts.provider = Some(def.name.to_string());
     // An unknown or invalid tenant in the path reads like a tenant without a key.
     let path_tenant = match tenant.map(|t| TenantId::parse(&t)) {
         None => None,
@@ -322,6 +335,7 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
             return boxed(e);
         }
     };
+    facts.bytes_in = Some(Arc::new((body.len() as u64).into()));
     let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let url = state.signed_url(peer, &parts.headers, &pq);
     let delivery = Delivery {
@@ -331,7 +345,10 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
         body: &body,
         now: keyward_core::time::now_secs(),
     };
-    let verified = match verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery).await {
+    let verifying = Instant::now();
+    let verdict = verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery).await;
+    facts.resolve = Some(verifying.elapsed());
+    let verified = match verdict {
         Ok(v) => v,
         Err(r) => {
             state.rejections.record(def.name.as_str(), path_tenant.as_ref(), &r);
@@ -340,7 +357,8 @@ async fn route(state: &WebhookState, peer: &Peer, req: Request<Incoming>) -> Res
         }
     };
     state.count(def.name.as_str(), None);
-    forward(state, verified, parts.method, &pq, parts.headers, body).await
+    facts.tenant = Some(verified.tenant.to_string());
+    forward(state, verified, parts.method, &pq, parts.headers, body, facts).await
 }
 
 async fn forward(
@@ -350,6 +368,7 @@ async fn forward(
     pq: &str,
     headers: HeaderMap,
     body: Bytes,
+    facts: &mut crate::access::Facts,
 ) -> Response<ProxyBody> {
     let Ok(uri) = state.app.uri(pq) else {
         return boxed(PublicError::bad_request("the request path cannot be forwarded"));
@@ -391,7 +410,9 @@ async fn forward(
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = out;
+    let forwarding = Instant::now();
     let sent = state.app.send(req).await;
+    facts.upstream = Some(forwarding.elapsed());
     let Verified { reservation, tenant, provider, .. } = v;
     let resp = match sent {
         Ok(r) => r,
@@ -404,6 +425,7 @@ async fn forward(
             return boxed(e.into());
         }
     };
+    facts.upstream_status = Some(resp.status().as_u16());
     if let Some(r) = reservation {
         if resp.status().is_success() {
             r.commit().await;
