@@ -60,6 +60,8 @@ paths = {
            q("wait", {"type": "integer", "minimum": 0, "maximum": 60, "default": 0}, "seconds to hold the request until an entry after `after` is committed (keyward audit tail --follow)")])},
  "/v1/audit/verify": {"get": op("audit.verify", "Check the hash chain and the records it covers", "viewer",
     okj(ref("ChainReport"), "the chain verifies"), extra={"409": okj(ref("ChainReport"), "the chain is broken: where and why")})},
+ "/v1/audit/checkpoint": {"get": op("audit.checkpoint", "A signed checkpoint of the chain's head (not recorded), to keep outside the host", "viewer",
+    okj(ref("Checkpoint")))},
  "/v1/keys/rotate": {"post": op("keys.rotate", "Re-wrap tenant keys under the active master key (resumable batches)", "admin", okj(ref("RotateReport")),
     query=[q("limit", {"type": "integer", "minimum": 1}, "tenant keys per call")], extra=conflict)},
  "/v1/keys/status": {"get": op("keys.status", "Tenant keys per wrapping source and key version", "viewer", okj(ref("KeyStatus")))},
@@ -86,6 +88,10 @@ schemas = {
     "seq": {"type": "integer", "minimum": 1}, "ts": {"type": "integer"}, "actor": {"type": "string", "description": "the user's name, uid:N on the socket, or token:… for the token_file"},
     "action": {"type": "string"}, "tenant": nullable_str, "provider": nullable_str, "target": nullable_str, "result": {"type": "string", "description": "ok, or error:<code>"},
     "prev": {"type": "string"}, "hash": {"type": "string"}}},
+ "Checkpoint": {"type": "object", "required": ["kind", "seq", "head", "time", "public_key", "signature"], "properties": {
+    "kind": {"const": "keyward.audit.checkpoint/v1"}, "seq": {"type": "integer", "minimum": 0}, "head": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    "time": {"type": "string", "format": "date-time"}, "public_key": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "Ed25519, hex"},
+    "signature": {"type": "string", "pattern": "^[0-9a-f]{128}$", "description": "Ed25519 over kind, seq, head and time, one per line"}}},
  "ChainReport": {"type": "object", "required": ["ok", "entries"], "properties": {"ok": {"type": "boolean"}, "entries": {"type": "integer", "minimum": 0}, "first_bad_seq": {"type": ["integer", "null"]}, "problem": nullable_str}},
  "RotateReport": {"type": "object", "required": ["rewrapped", "remaining", "total", "active_key_id", "target"], "properties": {
     "rewrapped": {"type": "integer", "minimum": 0}, "remaining": {"type": "integer", "minimum": 0}, "total": {"type": "integer", "minimum": 0}, "active_key_id": {"type": "string"}, "target": WRAP}},

@@ -160,9 +160,27 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    /// A counter for the request body when records are kept.
-    pub(crate) fn new(log: &AccessLog) -> Facts {
-        Facts { bytes_in: log.enabled().then(Arc::default), ..Facts::default() }
+    /// A counter for the request body when a record or a trace span will report it.
+    pub(crate) fn new(log: &AccessLog, traced: bool) -> Facts {
+        Facts { bytes_in: (log.enabled() || traced).then(Arc::default), ..Facts::default() }
+    }
+}
+
+/// The request's trace span gets what the phases learned (the body sizes follow when the
+/// response body ends). Only ids, codes and numbers: never a header, query or body.
+pub(crate) fn describe_span(span: &tracing::Span, facts: &Facts, status: u16, error: &str) {
+    if let Some(t) = &facts.tenant {
+        span.record("keyward.tenant", t.as_str());
+    }
+    if let Some(p) = &facts.provider {
+        span.record("keyward.provider", p.as_str());
+    }
+    span.record("http.response.status_code", i64::from(status));
+    if !error.is_empty() {
+        span.record("keyward.error_code", error);
+    }
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
     }
 }
 
@@ -280,20 +298,34 @@ impl Pending {
     }
 }
 
-/// The response body, counted; the record is written at its end (or when it is dropped
-/// early: the app hung up).
+/// The response body, counted; the record is written and the trace span ended at its end
+/// (or when it is dropped early: the caller hung up).
 struct Recorded {
     inner: ProxyBody,
     sent: u64,
     pending: Option<Pending>,
+    span: tracing::Span,
+    bytes_in: Option<Arc<AtomicU64>>,
 }
 
 impl Recorded {
     fn done(&mut self) {
+        end_span(std::mem::replace(&mut self.span, tracing::Span::none()), self.bytes_in.as_deref(), self.sent);
         if let Some(p) = self.pending.take() {
             p.finish(self.sent);
         }
     }
+}
+
+/// Numbers go in as `i64`: tracing-opentelemetry turns a `u64` into a string attribute.
+fn end_span(span: tracing::Span, bytes_in: Option<&AtomicU64>, sent: u64) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(n) = bytes_in {
+        span.record("http.request.body.size", n.load(Ordering::Relaxed) as i64);
+    }
+    span.record("http.response.body.size", sent as i64);
 }
 
 impl Drop for Recorded {
@@ -333,25 +365,38 @@ impl Body for Recorded {
     }
 }
 
-/// Attaches the record to the response: written when its body ends. `error` is keyward's
-/// code, empty when the provider's (or app's) answer was relayed.
-pub(crate) fn record(
-    log: &Arc<AccessLog>,
-    start: Start,
+/// Attaches the record (when the access log is on) and the trace span (when traces are) to
+/// the response: both end with its body. `error` is keyward's code, empty when the
+/// provider's (or app's) answer was relayed.
+pub(crate) fn attach(
+    resp: http::Response<ProxyBody>,
+    record: Option<(Arc<AccessLog>, Start)>,
     facts: Facts,
     error: &str,
-    resp: http::Response<ProxyBody>,
+    span: tracing::Span,
 ) -> http::Response<ProxyBody> {
+    if record.is_none() && span.is_disabled() {
+        return resp;
+    }
     let status = resp.status().as_u16();
-    let error = (!error.is_empty()).then(|| error.to_string());
+    let bytes_in = facts.bytes_in.clone();
+    let pending = record.map(|(log, start)| Pending {
+        log,
+        start,
+        facts,
+        status,
+        error: (!error.is_empty()).then(|| error.to_string()),
+    });
     let (parts, body) = resp.into_parts();
-    let pending = Pending { log: log.clone(), start, facts, status, error };
     if body.is_end_stream() {
-        // Nothing to stream (a HEAD, a 204, most errors): written now.
-        pending.finish(0);
+        // Nothing to stream (a HEAD, a 204, most errors): done now.
+        end_span(span, bytes_in.as_deref(), 0);
+        if let Some(p) = pending {
+            p.finish(0);
+        }
         return http::Response::from_parts(parts, body);
     }
-    let body = Recorded { inner: body, sent: 0, pending: Some(pending) }.boxed_unsync();
+    let body = Recorded { inner: body, sent: 0, pending, span, bytes_in }.boxed_unsync();
     http::Response::from_parts(parts, body)
 }
 

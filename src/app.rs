@@ -322,6 +322,8 @@ impl App {
                     metrics: metrics.clone(),
                     public_base_url: config.webhooks.as_ref().map(|w| w.public_base_url.clone()),
                     access: access.clone(),
+                    strip_trace_context: config.telemetry.propagate_to_providers
+                        == crate::telemetry::TraceContextOut::Never,
                 }))
             }
         };
@@ -540,6 +542,10 @@ impl App {
             )));
         }
         tasks.push(tokio::spawn(purge_loop(creds.clone(), config.store.deleted_retention, shutdown.clone())));
+        if !config.telemetry.audit_checkpoint_interval.is_zero() {
+            let every = config.telemetry.audit_checkpoint_interval;
+            tasks.push(tokio::spawn(checkpoint_loop(creds.clone(), every, shutdown.clone())));
+        }
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready");
 
         let mut sd = shutdown;
@@ -563,6 +569,27 @@ async fn flush_loop(access: Arc<AccessLog>, mut shutdown: Shutdown) {
         tokio::select! {
             _ = shutdown.wait() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => access.flush(),
+        }
+    }
+}
+
+/// Records a signed checkpoint of the audit head every `every` (skipped while nothing new
+/// was committed) and logs it, so that the log and the audit stream carry it off the host.
+async fn checkpoint_loop(creds: Arc<Credentials>, every: Duration, mut shutdown: Shutdown) {
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        match creds.record_checkpoint(last).await {
+            Ok(Some(cp)) => {
+                last = Some(cp.seq);
+                let json = serde_json::to_string(&cp).unwrap_or_default();
+                tracing::info!(target: "keyward::audit", seq = cp.seq, checkpoint = %json, "audit checkpoint");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not record an audit checkpoint; will retry"),
         }
     }
 }

@@ -225,8 +225,16 @@ pub enum AuditCmd {
         #[arg(long)]
         follow: bool,
     },
-    /// Check the hash chain.
-    Verify,
+    /// Check the hash chain; with --checkpoint, also that it still extends each checkpoint
+    /// in FILE (truncation or a rewrite since then is caught).
+    Verify {
+        /// Checkpoints kept outside the host: `keyward audit checkpoint` output, the
+        /// `audit.checkpoint` entries of `audit tail --json`, or log lines carrying one.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<std::path::PathBuf>,
+    },
+    /// Print a signed checkpoint of the chain's head (JSON), to keep outside the host.
+    Checkpoint,
 }
 
 /// `keyward key …`

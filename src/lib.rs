@@ -16,8 +16,9 @@
 //! 1. **foundation**: [`hardening`], [`shutdown`], [`telemetry`], [`metrics`] — memory
 //!    hygiene, signals and drain, logging, the Prometheus registry (figures from above
 //!    arrive through `metrics::DerivedSource`).
-//! 2. **keys and transport**: [`vault`], [`tls`] — the master keyring and sealing; rustls
-//!    configurations.
+//! 2. **keys and transport**: [`vault`], [`tls`], [`otlp`] — the master keyring and
+//!    sealing; rustls configurations; the OpenTelemetry exporter and trace-context
+//!    propagation.
 //! 3. **credentials**: [`creds`] — store + vault; the only producer of plaintext; the
 //!    cache; audited writes.
 //! 4. **http**: [`http`] — body types and bounded reads, hop-by-hop rules, the upstream
@@ -54,6 +55,7 @@ mod metrics;
 mod migrate;
 mod oauth;
 mod ops;
+pub mod otlp;
 mod policy;
 mod proxy;
 mod shutdown;

@@ -153,7 +153,11 @@ async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     let hygiene = hardening::apply();
-    let log = telemetry::init(&config.log);
+    let traces = match keyward::otlp::pipeline(&config.telemetry) {
+        Ok(t) => t,
+        Err(e) => return fail(&format!("telemetry.otlp_endpoint: {e}")),
+    };
+    let log = telemetry::init(&config.log, traces.as_ref().map(keyward::otlp::Traces::tracer));
     tracing::info!(
         core_dumps_off = hygiene.core_dumps_off,
         not_dumpable = hygiene.not_dumpable,
@@ -166,7 +170,11 @@ async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
     for w in config.danger_warnings() {
         tracing::warn!("{w}");
     }
-    match keyward::serve(config, &ProcessEnv, log).await {
+    let served = keyward::serve(config, &ProcessEnv, log).await;
+    if let Some(t) = traces {
+        t.shutdown().await;
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "keyward could not start");

@@ -40,27 +40,43 @@ impl LogHandle {
     }
 }
 
-/// Installs the global subscriber, writing to stderr. Call once, from `main`.
-pub fn init(cfg: &LogConfig) -> LogHandle {
+/// Installs the global subscriber, writing to stderr, and with a tracer the OpenTelemetry
+/// layer (which sees only [`TRACE_TARGET`] spans). Call once, from `main`.
+///
+/// The log filter is the log layer's own, so `[log] level = "warn"` does not switch traces
+/// off, and trace spans never reach the log.
+pub fn init(cfg: &LogConfig, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) -> LogHandle {
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match cfg.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(std::io::stderr),
-            )
-            .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init(),
-    };
-    if result.is_err() {
+    let not_traces = tracing_subscriber::filter::filter_fn(|m| m.target() != TRACE_TARGET);
+    let log = match cfg.format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
+    }
+    .with_filter(filter)
+    .with_filter(not_traces);
+    let traces = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_location(false)
+            .with_threads(false)
+            .with_level(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == TRACE_TARGET))
+    });
+    let on = traces.is_some();
+    if tracing_subscriber::registry().with(log).with(traces).try_init().is_err() {
         return LogHandle::noop();
     }
+    TRACES_ON.store(on, std::sync::atomic::Ordering::Relaxed);
     LogHandle { inner: Some(Arc::new(handle)) }
 }
 
@@ -102,9 +118,70 @@ pub enum AccessMode {
     File(std::path::PathBuf),
 }
 
+/// What a provider gets of the app's W3C trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceContextOut {
+    /// The app's `traceparent` / `tracestate` as received; keyward adds none of its own.
+    AsReceived,
+    /// Neither header.
+    Never,
+}
+
 /// `[telemetry]`
 #[derive(Debug, Clone)]
 pub struct TelemetryConfig {
     /// `access_log`
     pub access_log: AccessMode,
+    /// The OTLP/HTTP collector's base URL (`/v1/traces` is added); traces are off without it.
+    pub otlp_endpoint: Option<url::Url>,
+    /// A CA bundle for an https collector, besides the web roots.
+    pub otlp_ca: Option<std::path::PathBuf>,
+    /// The share of traces keyward starts that are recorded (a continued trace follows the
+    /// app's sampling decision).
+    pub sample_ratio: f64,
+    /// `service.name`
+    pub service_name: String,
+    /// More resource attributes (`deployment.environment`, `k8s.pod.name`…).
+    pub resource_attributes: std::collections::BTreeMap<String, String>,
+    /// `propagate_to_providers`
+    pub propagate_to_providers: TraceContextOut,
+    /// How often a signed checkpoint of the audit head is recorded; zero: never.
+    pub audit_checkpoint_interval: std::time::Duration,
 }
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            access_log: AccessMode::Off,
+            otlp_endpoint: None,
+            otlp_ca: None,
+            sample_ratio: 1.0,
+            service_name: "keyward".into(),
+            resource_attributes: Default::default(),
+            propagate_to_providers: TraceContextOut::AsReceived,
+            audit_checkpoint_interval: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The target of the spans exported as OpenTelemetry traces; the exporter sees no other.
+pub const TRACE_TARGET: &str = "keyward::trace";
+
+static TRACES_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether trace spans are made at all (off: not even a disabled span's bookkeeping).
+pub fn traces_on() -> bool {
+    TRACES_ON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `info_span!` of [`TRACE_TARGET`] while traces are on, else `Span::none()`.
+macro_rules! trace_span {
+    ($($arg:tt)+) => {
+        if $crate::telemetry::traces_on() {
+            tracing::info_span!(target: "keyward::trace", $($arg)+)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub(crate) use trace_span;

@@ -86,3 +86,90 @@ async fn audit_tail_follow_streams_commits_and_resumes_across_a_daemon_restart()
     assert_eq!(lines.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), expected);
     assert_eq!(canary_hits(&out.stdout, &["CANARYauditTail0000000000000002"]), 0);
 }
+
+/// Truncates the chain to its first `keep` entries, head included, as a writer of the
+/// store's directory would (keyward stopped).
+async fn truncate_chain(store: &std::path::Path, keep: u64) {
+    let db = keyward::store::SledStore::open(store).unwrap();
+    let audit = db.raw_tree("audit").unwrap();
+    let mut last = None;
+    for row in audit.iter() {
+        let (k, v) = row.unwrap();
+        let e: Value = serde_json::from_slice(&v).unwrap();
+        if e["seq"].as_u64().unwrap() > keep {
+            audit.remove(k).unwrap();
+        } else {
+            last = Some(e);
+        }
+    }
+    let last = last.unwrap();
+    let head = serde_json::json!({"seq": last["seq"], "hash": last["hash"]});
+    db.raw_tree("meta").unwrap().insert("audit_head", serde_json::to_vec(&head).unwrap()).unwrap();
+    db.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_checkpoints_travel_with_the_stream_and_expose_a_truncated_chain() {
+    let mut d = Daemon::new(DaemonConfig {
+        extra: "[telemetry]\naudit_checkpoint_interval = \"1s\"\n".into(),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put_vapi(&d, "acme", "CANARYauditCheckpoint00000000001").await;
+    // The loop records one once the head moved, as an audit entry and a log line.
+    let mut entry = None;
+    for _ in 0..50 {
+        let (_, v) = d.admin("GET", "/v1/audit?limit=1000", None).await;
+        entry = v["entries"].as_array().unwrap().iter().find(|e| e["action"] == "audit.checkpoint").cloned();
+        if entry.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let entry = entry.expect("no checkpoint entry within 5 s");
+    let recorded: Value = serde_json::from_str(entry["target"].as_str().unwrap()).unwrap();
+    assert_eq!(recorded["seq"].as_u64(), Some(entry["seq"].as_u64().unwrap() - 1), "it signs the head before it");
+    assert!(d.logs().contains("audit checkpoint") && d.logs().contains(recorded["signature"].as_str().unwrap()));
+    // Nothing new: no more checkpoints.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, v) = d.admin("GET", "/v1/audit?limit=1000", None).await;
+    let count = v["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "audit.checkpoint").count();
+    assert_eq!(count, 1, "an idle chain is not checkpointed again");
+
+    // What an operator keeps off the host: the CLI's checkpoint of the head (the
+    // checkpoint entry itself) and the stream's JSON lines.
+    let out = d.cli(&["audit", "checkpoint"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let kept = d.dir.join("checkpoint.json");
+    std::fs::write(&kept, &out.stdout).unwrap();
+    let head: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(head["seq"], entry["seq"]);
+    let stream = d.dir.join("stream.jsonl");
+    let tail = d.cli(&["audit", "tail", "--json", "--after", "0", "--limit", "1000"], None);
+    std::fs::write(&stream, &tail.stdout).unwrap();
+    for file in [&kept, &stream] {
+        let ok = d.cli(&["audit", "verify", "--checkpoint", file.to_str().unwrap()], None);
+        let text = String::from_utf8_lossy(&ok.stdout).to_string();
+        assert!(ok.status.success() && text.contains("the chain extends it"), "{text}");
+    }
+    // A checkpoint edited to claim a longer chain: the signature fails.
+    let mut forged = head.clone();
+    forged["seq"] = (head["seq"].as_u64().unwrap() + 5).into();
+    let forged_file = d.dir.join("forged.json");
+    std::fs::write(&forged_file, forged.to_string()).unwrap();
+    let bad = d.cli(&["audit", "verify", "--checkpoint", forged_file.to_str().unwrap()], None);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stdout).contains("signature does not verify"));
+
+    // The writer drops the last entry (the checkpoint: nothing refers to it) and moves the
+    // head back. The chain alone still verifies; the kept checkpoint does not.
+    d.stop();
+    truncate_chain(&d.store_path(), head["seq"].as_u64().unwrap() - 1).await;
+    d.config.extra = "[telemetry]\naudit_checkpoint_interval = \"0s\"\n".into();
+    d.write_config();
+    d.start();
+    let plain = d.cli(&["audit", "verify"], None);
+    assert!(plain.status.success(), "a truncation at a quiet point passes the chain check alone");
+    let caught = d.cli(&["audit", "verify", "--checkpoint", kept.to_str().unwrap()], None);
+    let text = String::from_utf8_lossy(&caught.stdout).to_string();
+    assert!(!caught.status.success() && text.contains("truncated"), "{text}");
+}

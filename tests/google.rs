@@ -501,3 +501,38 @@ async fn a_failing_refresh_is_one_attempt_and_one_audit_entry_however_many_reque
     let checks = page["entries"].as_array().unwrap().iter().filter(|x| x["action"] == "credential.check").count();
     assert_eq!(checks, 1, "{page}");
 }
+
+#[tokio::test]
+async fn a_token_refresh_is_a_client_span_under_the_request_that_needed_it() {
+    use common::otlp::*;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(receiver) = Receiver::start(tmp.path()) else { return };
+    let pki = Pki::new(tmp.path());
+    let st = Arc::new(GoogleState::default());
+    let google = FakeProvider::with_handler(&pki, fake_google(st.clone())).await;
+    let mut d = google_daemon(&pki, &google, "10s", None);
+    d.config.extra.push_str(&format!("[telemetry]\notlp_endpoint = \"http://127.0.0.1:{}\"\n", receiver.port));
+    d.config.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    d.write_config();
+    d.start();
+    let cred = json!({"client_id": "c.apps.googleusercontent.com", "client_secret": CLIENT_SECRET, "refresh_token": REFRESH, "scopes": ["https://www.googleapis.com/auth/calendar"]});
+    let (s, v) = d.admin("PUT", "/v1/tenants/acme/credentials/google", Some(&cred.to_string())).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _, _) = d.app("GET", CAL, &[("keyward-tenant", "acme")], None).await;
+    assert_eq!(s, 200);
+    d.stop();
+    let spans = wait_for(&receiver, 4).await;
+    let proxy = named(&spans, "keyward.proxy");
+    assert_eq!(proxy.len(), 1, "{spans:#?}");
+    let refresh = child_of(&spans, proxy[0], "keyward.oauth.refresh");
+    assert_eq!(refresh["kind"].as_i64(), Some(3), "a client span");
+    assert_eq!(
+        (attr(refresh, "keyward.provider"), attr(refresh, "keyward.tenant")),
+        (&json!("google"), &json!("acme"))
+    );
+    assert_eq!(refresh["status"].as_i64(), Some(0), "unset: it worked");
+    child_of(&spans, proxy[0], "keyward.upstream");
+    let raw = receiver.raw();
+    assert_eq!(canary_hits(&raw, &[REFRESH, CLIENT_SECRET]), 0);
+    assert!(!String::from_utf8_lossy(&raw).contains("ya29."), "no access token in a span");
+}

@@ -835,3 +835,38 @@ async fn transit_over_tls_with_a_ca_file_inside_a_namespace() {
         Some(transit_source(&bao, &format!("token_file = \"{}\", namespace = \"team-a\"", token_file.display())));
     assert!(d.try_start().is_err(), "an untrusted KMS certificate is refused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_tenants_unwrap_is_a_kms_span_under_its_credential_resolution() {
+    use common::otlp::*;
+    let Some(bin) = bao_bin() else { return };
+    let traces = tempfile::tempdir().unwrap();
+    let Some(receiver) = Receiver::start(traces.path()) else { return };
+    let bao = start_bao(&bin).await;
+    let (_tmp, vapi, mut d) = transit_daemon(&bao, "info").await;
+    put_vapi(&d, "t01", "key-of-t01-0000000000").await;
+    // Restarted with traces on: the tenant's key is cold.
+    d.stop();
+    d.config.extra.push_str(&format!("[telemetry]\notlp_endpoint = \"http://127.0.0.1:{}\"\n", receiver.port));
+    d.config.env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    d.write_config();
+    d.start();
+    all_served(&d, &vapi, &["t01", "t01"]).await;
+    d.stop();
+    let spans = wait_for(&receiver, 7).await;
+    let proxies = named(&spans, "keyward.proxy");
+    assert_eq!(proxies.len(), 2, "{spans:#?}");
+    let unwraps: Vec<&serde_json::Value> = proxies
+        .iter()
+        .filter_map(|p| {
+            let resolve = child_of(&spans, p, "keyward.credential.resolve");
+            spans.iter().find(|s| s["name"] == "keyward.kms.unwrap" && s["parent_span_id"] == resolve["span_id"])
+        })
+        .collect();
+    assert_eq!(unwraps.len(), 1, "the cold call unwraps through the KMS, the warm one does not");
+    assert_eq!(
+        (unwraps[0]["kind"].as_i64(), attr(unwraps[0], "keyward.kms")),
+        (Some(3), &serde_json::json!("vault-transit"))
+    );
+    assert_eq!(canary_hits(&receiver.raw(), &["key-of-t01-0000000000", &bao.token]), 0);
+}

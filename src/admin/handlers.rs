@@ -266,6 +266,7 @@ async fn run(state: &AdminState, actor: &str, route: Endpoint, req: Request<supe
             let status = if report.ok { StatusCode::OK } else { StatusCode::CONFLICT };
             Ok((status, to_json(&report)))
         }
+        Endpoint::AuditCheckpoint => ok(to_json(&creds.checkpoint().await?)),
         Endpoint::RotateKeys => {
             let limit = q_u64(&q, "limit", u64::MAX, u64::MAX)?;
             let limit = usize::try_from(limit).unwrap_or(usize::MAX).max(1);

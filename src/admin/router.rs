@@ -25,6 +25,7 @@ pub(crate) enum Endpoint {
     DeleteRoute(RouteKind, RouteId),
     Audit,
     AuditVerify,
+    AuditCheckpoint,
     RotateKeys,
     KeyStatus,
     SetLogLevel,
@@ -53,6 +54,7 @@ impl Endpoint {
             Endpoint::DeleteRoute(..) => "route.delete",
             Endpoint::Audit => "audit.list",
             Endpoint::AuditVerify => "audit.verify",
+            Endpoint::AuditCheckpoint => "audit.checkpoint",
             Endpoint::RotateKeys => "keys.rotate",
             Endpoint::KeyStatus => "keys.status",
             Endpoint::SetLogLevel => "log.level",
@@ -72,6 +74,7 @@ impl Endpoint {
             | Endpoint::GetRoute(..)
             | Endpoint::Audit
             | Endpoint::AuditVerify
+            | Endpoint::AuditCheckpoint
             | Endpoint::KeyStatus
             | Endpoint::OpenApi
             | Endpoint::TenantRoutes(_)
@@ -147,6 +150,7 @@ pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
     ("DELETE", "/v1/routes/{kind}/{id}", "route.delete"),
     ("GET", "/v1/audit", "audit.list"),
     ("GET", "/v1/audit/verify", "audit.verify"),
+    ("GET", "/v1/audit/checkpoint", "audit.checkpoint"),
     ("POST", "/v1/keys/rotate", "keys.rotate"),
     ("GET", "/v1/keys/status", "keys.status"),
     ("PUT", "/v1/log/level", "log.level"),
@@ -179,6 +183,7 @@ fn build(name: &str, p: &[&str]) -> Result<Endpoint, PublicError> {
         }
         "audit.list" => Endpoint::Audit,
         "audit.verify" => Endpoint::AuditVerify,
+        "audit.checkpoint" => Endpoint::AuditCheckpoint,
         "keys.rotate" => Endpoint::RotateKeys,
         "keys.status" => Endpoint::KeyStatus,
         "log.level" => Endpoint::SetLogLevel,

@@ -261,11 +261,7 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
         );
     }
 
-    let access_log = match raw.telemetry.access_log.as_deref() {
-        None | Some("off") => AccessMode::Off,
-        Some("log") => AccessMode::Log,
-        Some(p) => AccessMode::File(ctx.path("telemetry.access_log", p)?),
-    };
+    let telemetry = build_telemetry(ctx, raw.telemetry)?;
 
     Ok(Config {
         source,
@@ -292,6 +288,57 @@ pub(super) fn build(ctx: &Ctx<'_>, raw: RawConfig, env: &dyn Env, source: PathBu
             },
             discover_routes: raw.verification.discover_routes.unwrap_or(true),
         },
-        telemetry: TelemetryConfig { access_log },
+        telemetry,
+    })
+}
+
+fn build_telemetry(ctx: &Ctx<'_>, raw: RawTelemetry) -> Result<TelemetryConfig, ConfigError> {
+    let access_log = match raw.access_log.as_deref() {
+        None | Some("off") => AccessMode::Off,
+        Some("log") => AccessMode::Log,
+        Some(p) => AccessMode::File(ctx.path("telemetry.access_log", p)?),
+    };
+    let otlp_endpoint = match raw.otlp_endpoint.as_deref() {
+        None => None,
+        Some(s) => {
+            let key = "telemetry.otlp_endpoint";
+            let u = Url::parse(s).map_err(|e| ctx.err(key, format!("\"{s}\" is not a URL: {e}")))?;
+            if !matches!(u.scheme(), "http" | "https") || u.query().is_some() || !u.username().is_empty() {
+                return Err(ctx.err(key, "must be an http:// or https:// base URL without query or credentials, e.g. \"http://127.0.0.1:4318\" (keyward adds /v1/traces)"));
+            }
+            Some(u)
+        }
+    };
+    let sample_ratio = raw.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(ctx.err("telemetry.sample_ratio", "must be between 0.0 and 1.0"));
+    }
+    let service_name = raw.service_name.unwrap_or_else(|| "keyward".into());
+    if service_name.trim().is_empty() {
+        return Err(ctx.err("telemetry.service_name", "must not be empty"));
+    }
+    let propagate_to_providers = match raw.propagate_to_providers.as_deref() {
+        None | Some("as-received") => TraceContextOut::AsReceived,
+        Some("never") => TraceContextOut::Never,
+        Some(other) => {
+            return Err(ctx.err(
+                "telemetry.propagate_to_providers",
+                format!("\"{other}\" is not a choice; use \"as-received\" or \"never\""),
+            ))
+        }
+    };
+    Ok(TelemetryConfig {
+        access_log,
+        otlp_endpoint,
+        otlp_ca: raw.otlp_ca.as_deref().map(|p| ctx.path("telemetry.otlp_ca", p)).transpose()?,
+        sample_ratio,
+        service_name,
+        resource_attributes: raw.resource_attributes,
+        propagate_to_providers,
+        audit_checkpoint_interval: ctx.duration(
+            "telemetry.audit_checkpoint_interval",
+            raw.audit_checkpoint_interval.as_deref(),
+            Duration::from_secs(3600),
+        )?,
     })
 }

@@ -18,7 +18,7 @@ use crate::live::VerificationConfig;
 use crate::ops::OpsConfig;
 use crate::policy::{ClientIdentity, ClientPolicy};
 use crate::proxy::AppConfig;
-use crate::telemetry::{AccessMode, LogConfig, LogFormat, TelemetryConfig};
+use crate::telemetry::{AccessMode, LogConfig, LogFormat, TelemetryConfig, TraceContextOut};
 use crate::tls::{MtlsFiles, TlsFiles};
 use crate::vault::{KeySource, MasterKeyConfig};
 use crate::webhook::{ForwardTo, WebhooksConfig};
@@ -284,6 +284,9 @@ impl Config {
         }
         if differs(&self.verification, &new.verification) {
             out.push("verification");
+        }
+        if differs(&self.telemetry, &new.telemetry) {
+            out.push("telemetry");
         }
         out
     }

@@ -32,6 +32,14 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTelemetry {
     pub(super) access_log: Option<String>,
+    pub(super) otlp_endpoint: Option<String>,
+    pub(super) otlp_ca: Option<String>,
+    pub(super) sample_ratio: Option<f64>,
+    pub(super) service_name: Option<String>,
+    #[serde(default)]
+    pub(super) resource_attributes: BTreeMap<String, String>,
+    pub(super) propagate_to_providers: Option<String>,
+    pub(super) audit_checkpoint_interval: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

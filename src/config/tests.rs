@@ -190,3 +190,19 @@ fn durations_sizes_and_rates_parse() {
     assert_eq!(parse_rate("50/s").unwrap(), 50.0);
     assert!(parse_rate("0/s").is_err());
 }
+
+#[test]
+fn telemetry_settings_default_off_and_bad_ones_name_their_key() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!((c.telemetry.access_log.clone(), c.telemetry.otlp_endpoint.clone()), (AccessMode::Off, None));
+    assert_eq!(c.telemetry.propagate_to_providers, TraceContextOut::AsReceived);
+    let t = |body: &str| format!("{MINIMAL}\n[telemetry]\n{body}\n");
+    let c = parse(&t("access_log = \"access.jsonl\"\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 0.25\npropagate_to_providers = \"never\"")).unwrap();
+    assert_eq!(c.telemetry.access_log, AccessMode::File("/etc/keyward/access.jsonl".into()), "relative to the file");
+    assert_eq!((c.telemetry.sample_ratio, c.telemetry.propagate_to_providers), (0.25, TraceContextOut::Never));
+    assert_eq!(key_of(&t("sample_ratio = 1.5")), "telemetry.sample_ratio");
+    assert_eq!(key_of(&t("otlp_endpoint = \"grpc://collector:4317\"")), "telemetry.otlp_endpoint");
+    assert_eq!(key_of(&t("otlp_endpoint = \"http://u:p@collector:4318\"")), "telemetry.otlp_endpoint");
+    assert_eq!(key_of(&t("propagate_to_providers = \"always\"")), "telemetry.propagate_to_providers");
+    assert_eq!(key_of(&t("service_name = \" \"")), "telemetry.service_name");
+}

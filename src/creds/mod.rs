@@ -19,6 +19,7 @@ use keyward_core::providers::{FieldError, Providers};
 use keyward_core::secret::Secret;
 use keyward_core::time::rfc3339;
 mod audit;
+mod checkpoint;
 mod integrity;
 mod resolve;
 mod rotate;
@@ -26,6 +27,7 @@ mod routes;
 mod status;
 mod write;
 
+pub(crate) use checkpoint::{Checkpoint, CHECKPOINT_ACTION};
 pub(crate) use resolve::DEFAULT_CACHE_ENTRIES;
 pub(crate) use status::StatusObject;
 

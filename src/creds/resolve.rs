@@ -156,9 +156,15 @@ impl Credentials {
         let borrowed = (tenant.as_str(), provider);
         if let Some(c) = self.cache.read().ok().and_then(|c| c.get(&borrowed as &dyn KeyPair).cloned()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
+            if crate::telemetry::traces_on() {
+                tracing::Span::current().record("keyward.cache", "hit");
+            }
             return Ok(c);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
+        if crate::telemetry::traces_on() {
+            tracing::Span::current().record("keyward.cache", "miss");
+        }
         let gen = self.generation.load(Ordering::SeqCst);
         let c = Arc::new(self.load(tenant, provider).await?);
         if let Ok(mut cache) = self.cache.write() {

@@ -401,6 +401,26 @@ impl TokenManager {
         spec: &OAuth2Spec,
         cred: &crate::creds::Credential,
     ) -> Result<Granted, TokenError> {
+        use tracing::Instrument;
+        let span = crate::telemetry::trace_span!(
+            "keyward.oauth.refresh",
+            otel.kind = "client",
+            keyward.tenant = %cred.tenant,
+            keyward.provider = %cred.provider,
+            otel.status_code = tracing::field::Empty,
+        );
+        let out = self.refresh_attempts(spec, cred).instrument(span.clone()).await;
+        if out.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        out
+    }
+
+    async fn refresh_attempts(
+        &self,
+        spec: &OAuth2Spec,
+        cred: &crate::creds::Credential,
+    ) -> Result<Granted, TokenError> {
         let url = endpoint(&spec.token_url, cred)?;
         let scopes = cred_scopes(cred);
         let scope = spec.scopes(&scopes).join(" ");

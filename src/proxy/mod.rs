@@ -49,6 +49,8 @@ pub(crate) struct ProxyState {
     pub public_base_url: Option<url::Url>,
     /// `[telemetry] access_log`
     pub access: Arc<crate::access::AccessLog>,
+    /// `[telemetry] propagate_to_providers = "never"`
+    pub strip_trace_context: bool,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -112,10 +114,36 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let rid = request_id();
-    let span = tracing::info_span!("request", request_id = %rid);
-    let start = state.access.enabled().then(|| crate::access::Start::new("proxy", rid.to_string(), &peer, &req));
-    let mut facts = crate::access::Facts::new(&state.access);
-    let resp = proxy(&state, &peer, req, &mut facts).instrument(span).await;
+    let otel = crate::telemetry::trace_span!(
+        "keyward.proxy",
+        otel.kind = "server",
+        keyward.request_id = %rid,
+        http.request.method = req.method().as_str(),
+        keyward.tenant = tracing::field::Empty,
+        keyward.provider = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        keyward.error_code = tracing::field::Empty,
+        http.request.body.size = tracing::field::Empty,
+        http.response.body.size = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::otlp::continue_trace(&otel, req.headers());
+    let span = if otel.is_disabled() {
+        tracing::info_span!("request", request_id = %rid)
+    } else {
+        tracing::info_span!(parent: &otel, "request", request_id = %rid)
+    };
+    let start = state.access.enabled().then(|| {
+        let mut s = crate::access::Start::new("proxy", rid.to_string(), &peer, &req);
+        if let Some(t) = crate::otlp::trace_id(&otel) {
+            s.trace_id = Some(t);
+        }
+        s
+    });
+    let mut facts = crate::access::Facts::new(&state.access, !otel.is_disabled());
+    // Both entered: the log span for log lines, the trace span so that the phases' spans
+    // find it as their parent (the OpenTelemetry layer sees only trace spans).
+    let resp = proxy(&state, &peer, req, &mut facts).instrument(span).instrument(otel.clone()).await;
     // The error label is keyward's own code (a bounded set), never a header value.
     let (resp, error) = match resp {
         Ok(r) => (r, ""),
@@ -134,10 +162,11 @@ pub(crate) async fn handle(
         error: error.to_string(),
     };
     state.metrics.proxy_requests.get_or_create(&labels).inc();
-    Ok(match start {
-        Some(start) => crate::access::record(&state.access, start, facts, error, resp),
-        None => resp,
-    })
+    if !otel.is_disabled() {
+        crate::access::describe_span(&otel, &facts, status, error);
+    }
+    let record = start.map(|s| (state.access.clone(), s));
+    Ok(crate::access::attach(resp, record, facts, error, otel))
 }
 
 async fn proxy(

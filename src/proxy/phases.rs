@@ -46,7 +46,9 @@ pub(super) fn authorize(state: &ProxyState, peer: &Peer, target: &Target) -> Res
 /// The tenant's credential for the provider; a tenant keyward has never seen is
 /// `unknown_tenant` rather than `no_credential`.
 pub(super) async fn resolve(state: &ProxyState, target: &Target) -> Result<Arc<Credential>, PublicError> {
-    match state.creds.resolve(&target.tenant, target.provider.name.as_str()).await {
+    use tracing::Instrument;
+    let span = crate::telemetry::trace_span!("keyward.credential.resolve", keyward.cache = tracing::field::Empty);
+    match state.creds.resolve(&target.tenant, target.provider.name.as_str()).instrument(span).await {
         Ok(c) => Ok(c),
         Err(CredError::NotFound { .. }) if !state.creds.tenant_exists(&target.tenant).await? => Err(PublicError::new(
             StatusCode::NOT_FOUND,
@@ -217,7 +219,11 @@ pub(super) async fn build(
     let uri = dest.uri(&target.path, query, &injection)?;
     let scrub = std::mem::take(&mut injection.scrub);
     let websocket = is_websocket(&req);
-    let headers = upstream_headers(req.headers(), injection, websocket);
+    let mut headers = upstream_headers(req.headers(), injection, websocket);
+    if state.strip_trace_context {
+        headers.remove("traceparent");
+        headers.remove("tracestate");
+    }
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let retry = (provider.uses_access_token() && replayable(&parts.method, &parts.headers))
@@ -309,7 +315,24 @@ pub(super) async fn send(
     let Prepared { request, retry, client_upgrade, mut scrub } = p;
     let websocket = client_upgrade.is_some();
     let started = Instant::now();
-    let mut response = state.upstream.send(request, websocket).await?;
+    let span = crate::telemetry::trace_span!(
+        "keyward.upstream",
+        otel.kind = "client",
+        server.address = request.uri().host().unwrap_or(""),
+        http.request.method = request.method().as_str(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let sent = {
+        use tracing::Instrument;
+        state.upstream.send(request, websocket).instrument(span.clone()).await
+    };
+    match &sent {
+        Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
+        Err(_) => span.record("otel.status_code", "ERROR"),
+    };
+    drop(span);
+    let mut response = sent?;
     state
         .metrics
         .upstream_latency

@@ -283,7 +283,10 @@ impl Keyring {
     /// Opens `blob` for `context` with whichever key wrapped it.
     async fn open_any(&self, context: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
         if let Some(k) = self.kms_for(blob) {
-            return k.unwrap(context, blob).await;
+            use tracing::Instrument;
+            let span =
+                crate::telemetry::trace_span!("keyward.kms.unwrap", otel.kind = "client", keyward.kms = k.kind());
+            return k.unwrap(context, blob).instrument(span).await;
         }
         if is_kms_blob(blob) {
             return Err(VaultError::Kms(format!(

@@ -204,20 +204,41 @@ pub(crate) async fn handle(
     peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let start = state.access.enabled().then(|| crate::access::Start::new("webhook", delivery_id(), &peer, &req));
+    use tracing::Instrument;
+    // A provider's `traceparent` is not continued: the caller is outside the trust boundary,
+    // so each delivery starts its own trace.
+    let otel = crate::telemetry::trace_span!(
+        "keyward.webhook",
+        otel.kind = "server",
+        http.request.method = req.method().as_str(),
+        keyward.tenant = tracing::field::Empty,
+        keyward.provider = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        keyward.error_code = tracing::field::Empty,
+        http.request.body.size = tracing::field::Empty,
+        http.response.body.size = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let start = state.access.enabled().then(|| {
+        let mut s = crate::access::Start::new("webhook", delivery_id(), &peer, &req);
+        s.trace_id = crate::otlp::trace_id(&otel);
+        s
+    });
     let mut facts = crate::access::Facts::default();
-    let resp = route(&state, &peer, req, &mut facts).await;
-    Ok(match start {
-        Some(start) => {
-            // The code keyward answered with (its own bounded set), not a header the app set.
-            let error = match resp.headers().get("keyward-error") {
-                Some(v) if facts.upstream_status.is_none() => v.to_str().unwrap_or("").to_string(),
-                _ => String::new(),
-            };
-            crate::access::record(&state.access, start, facts, &error, resp)
-        }
-        None => resp,
-    })
+    let resp = route(&state, &peer, req, &mut facts).instrument(otel.clone()).await;
+    if start.is_none() && otel.is_disabled() {
+        return Ok(resp);
+    }
+    // The code keyward answered with (its own bounded set), not a header the app set.
+    let error = match resp.headers().get("keyward-error") {
+        Some(v) if facts.upstream_status.is_none() => v.to_str().unwrap_or("").to_string(),
+        _ => String::new(),
+    };
+    if !otel.is_disabled() {
+        crate::access::describe_span(&otel, &facts, resp.status().as_u16(), &error);
+    }
+    let record = start.map(|s| (state.access.clone(), s));
+    Ok(crate::access::attach(resp, record, facts, &error, otel))
 }
 
 /// A delivery's id for the access log: `w` + pid + sequence, in hex.
@@ -346,8 +367,24 @@ async fn route(
         now: keyward_core::time::now_secs(),
     };
     let verifying = Instant::now();
-    let verdict = verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery).await;
+    let span = crate::telemetry::trace_span!(
+        "keyward.webhook.verify",
+        keyward.provider = def.name.as_str(),
+        keyward.result = tracing::field::Empty,
+        keyward.reason = tracing::field::Empty,
+    );
+    let verdict = {
+        use tracing::Instrument;
+        verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery)
+            .instrument(span.clone())
+            .await
+    };
     facts.resolve = Some(verifying.elapsed());
+    match &verdict {
+        Ok(_) => span.record("keyward.result", "verified"),
+        Err(r) => span.record("keyward.result", "rejected").record("keyward.reason", r.code),
+    };
+    drop(span);
     let verified = match verdict {
         Ok(v) => v,
         Err(r) => {
@@ -411,7 +448,23 @@ async fn forward(
     *req.uri_mut() = uri;
     *req.headers_mut() = out;
     let forwarding = Instant::now();
-    let sent = state.app.send(req).await;
+    let span = crate::telemetry::trace_span!(
+        "keyward.webhook.forward",
+        otel.kind = "client",
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    // The app continues keyward's trace: this span is its parent.
+    crate::otlp::inject(&span, req.headers_mut());
+    let sent = {
+        use tracing::Instrument;
+        state.app.send(req).instrument(span.clone()).await
+    };
+    match &sent {
+        Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
+        Err(_) => span.record("otel.status_code", "ERROR"),
+    };
+    drop(span);
     facts.upstream = Some(forwarding.elapsed());
     let Verified { reservation, tenant, provider, .. } = v;
     let resp = match sent {

@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 pub mod fake;
+pub mod otlp;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
