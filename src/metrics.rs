@@ -1,4 +1,6 @@
-//! Prometheus metrics (text format 0.0.4, served on the ops listener's `/metrics`).
+//! Prometheus metrics, served on the ops listener's `/metrics`: Prometheus text 0.0.4, or
+//! OpenMetrics 1.0 when the scraper asks for it, which adds exemplars (the trace id of an
+//! observation made inside a sampled trace) to the latency histograms.
 //!
 //! Labels are bounded sets only: provider names, HTTP status codes, public error codes,
 //! verification results. Tenant ids appear only when `[ops] metrics_tenant_labels = true`
@@ -9,9 +11,10 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
@@ -55,6 +58,48 @@ pub(crate) struct WebhookLabels {
     pub reason: String,
 }
 
+/// A latency exemplar's labels: the trace the observation was made in.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TraceExemplar {
+    /// W3C trace id (hex).
+    pub trace_id: String,
+}
+
+/// Seconds, with a trace exemplar per bucket when traces are on.
+pub(crate) type Latency = HistogramWithExemplars<TraceExemplar>;
+
+/// Latency histograms by label set `L`.
+pub(crate) type LatencyFamily<L> = Family<L, Latency, fn() -> Latency>;
+
+/// 50 µs … 1.6 s: a cache hit is microseconds, a store read or KMS call milliseconds.
+fn latency() -> Latency {
+    HistogramWithExemplars::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+/// 0.5 ms … 4 s: a provider's answer (speech synthesis can take seconds).
+fn upstream_latency() -> Latency {
+    HistogramWithExemplars::new(exponential_buckets(0.0005, 2.0, 14))
+}
+
+/// Records `seconds`, with the trace id as the exemplar when there is one.
+pub(crate) fn observe(h: &Latency, seconds: f64, trace_id: Option<String>) {
+    h.observe(seconds, trace_id.map(|trace_id| TraceExemplar { trace_id }), None);
+}
+
+/// `kms` (`vault-transit`, `pkcs11`) and `op` (`wrap`, `unwrap`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KmsLabels {
+    /// The source's kind.
+    pub kms: &'static str,
+    /// The call.
+    pub op: &'static str,
+}
+
+/// KMS calls, timed where they are made (the keyring has no handle on a `Metrics`); every
+/// registry registers this one family.
+pub(crate) static KMS_CALLS: std::sync::LazyLock<LatencyFamily<KmsLabels>> =
+    std::sync::LazyLock::new(|| Family::new_with_constructor(latency as fn() -> Latency));
+
 /// Values read from the rest of the daemon at scrape time.
 #[derive(Debug)]
 struct Derived {
@@ -97,7 +142,9 @@ pub(crate) struct Metrics {
     /// The same by tenant, when enabled.
     pub proxy_requests_by_tenant: Option<Family<TenantRequestLabels, Counter>>,
     /// Time to the upstream's response head, by provider.
-    pub upstream_latency: Family<ProviderLabels, Histogram>,
+    pub upstream_latency: LatencyFamily<ProviderLabels>,
+    /// Time to the tenant's credential (cache hit, or store read and unwrap).
+    pub credential_resolve: Latency,
     /// Webhook verifications, by provider, result and reason.
     pub webhook_verifications: Family<WebhookLabels, Counter>,
 }
@@ -124,14 +171,19 @@ impl Metrics {
             );
             f
         });
-        let upstream_latency = Family::<ProviderLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-        });
+        let upstream_latency = Family::new_with_constructor(upstream_latency as fn() -> Latency);
         registry.register(
             "keyward_upstream_response_seconds",
             "Time from sending to the provider's response head",
             upstream_latency.clone(),
         );
+        let credential_resolve = latency();
+        registry.register(
+            "keyward_credential_resolve_seconds",
+            "Time to a tenant's credential: a cache hit, or the store read and key unwrap",
+            credential_resolve.clone(),
+        );
+        registry.register("keyward_kms_call_seconds", "Calls to the KMS holding the master key", KMS_CALLS.clone());
         let webhook_verifications = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "keyward_webhook_verifications",
@@ -139,7 +191,14 @@ impl Metrics {
             webhook_verifications.clone(),
         );
         registry.register_collector(Box::new(Derived { sources }));
-        Metrics { registry, proxy_requests, proxy_requests_by_tenant, upstream_latency, webhook_verifications }
+        Metrics {
+            registry,
+            proxy_requests,
+            proxy_requests_by_tenant,
+            upstream_latency,
+            credential_resolve,
+            webhook_verifications,
+        }
     }
 
     /// The counters an operator reads at a glance (requests, webhook verifications, cache,
@@ -186,6 +245,13 @@ impl Metrics {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// OpenMetrics 1.0 text, exemplars included.
+    pub(crate) fn render_openmetrics(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }

@@ -102,11 +102,19 @@ pub(crate) async fn handle(
             }
         }
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            // Prometheus asks for OpenMetrics (with exemplars) when exemplar storage is on.
+            let openmetrics = req
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
+            let (text, kind) = if openmetrics {
+                (metrics.render_openmetrics(), "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            } else {
+                (metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+            };
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(kind));
             r
         }
         _ => json_response(

@@ -852,6 +852,17 @@ async fn a_cold_tenants_unwrap_is_a_kms_span_under_its_credential_resolution() {
     d.write_config();
     d.start();
     all_served(&d, &vapi, &["t01", "t01"]).await;
+    let (_, metrics) = d.metrics_text(false).await;
+    let unwraps = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("keyward_kms_call_seconds_count{")
+                && l.contains("kms=\"vault-transit\"")
+                && l.contains("op=\"unwrap\"")
+        })
+        .and_then(|l| l.rsplit_once(' '))
+        .map(|(_, n)| n.parse::<f64>().unwrap());
+    assert!(unwraps >= Some(1.0), "KMS calls are timed: {metrics}");
     d.stop();
     let spans = wait_for(&receiver, 7).await;
     let proxies = named(&spans, "keyward.proxy");

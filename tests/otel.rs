@@ -113,6 +113,10 @@ async fn traces_continue_the_apps_nest_by_phase_reach_the_app_and_hold_no_secret
     assert_eq!(s, 404);
     assert_eq!(deliver(&d).await, 200);
     let to_app = app.last().header("traceparent").expect("the forward to the app carries a traceparent");
+    let (kind, openmetrics) = d.metrics_text(true).await;
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let (kind, plain) = d.metrics_text(false).await;
+    assert!(kind.starts_with("text/plain") && !plain.contains(" # {"), "no exemplars in the Prometheus format");
     d.stop();
 
     let spans = wait_for(&receiver, 10).await;
@@ -146,6 +150,19 @@ async fn traces_continue_the_apps_nest_by_phase_reach_the_app_and_hold_no_secret
     assert_eq!(attr(child_of(&spans, hit, "keyward.credential.resolve"), "keyward.cache"), "hit");
     let refused = own.iter().find(|s| attr(s, "http.response.status_code") == 404).unwrap();
     assert_eq!(attr(refused, "keyward.error_code"), "unknown_tenant");
+
+    // Exemplars: each latency bucket names the trace of its latest observation.
+    let traces: BTreeSet<&str> =
+        named(&spans, "keyward.proxy").iter().map(|s| s["trace_id"].as_str().unwrap()).collect();
+    for histogram in ["keyward_upstream_response_seconds_bucket", "keyward_credential_resolve_seconds_bucket"] {
+        let exemplars: Vec<&str> = openmetrics
+            .lines()
+            .filter(|l| l.starts_with(histogram))
+            .filter_map(|l| l.split_once(" # {trace_id=\"").map(|(_, rest)| &rest[..32]))
+            .collect();
+        assert!(!exemplars.is_empty(), "{histogram} has no exemplar:\n{openmetrics}");
+        assert!(exemplars.iter().all(|t| traces.contains(t)), "{histogram}: {exemplars:?} not among {traces:?}");
+    }
 
     let hook = named(&spans, "keyward.webhook");
     assert_eq!(hook.len(), 1);

@@ -48,7 +48,11 @@ pub(super) fn authorize(state: &ProxyState, peer: &Peer, target: &Target) -> Res
 pub(super) async fn resolve(state: &ProxyState, target: &Target) -> Result<Arc<Credential>, PublicError> {
     use tracing::Instrument;
     let span = crate::telemetry::trace_span!("keyward.credential.resolve", keyward.cache = tracing::field::Empty);
-    match state.creds.resolve(&target.tenant, target.provider.name.as_str()).instrument(span).await {
+    let started = Instant::now();
+    let resolved = state.creds.resolve(&target.tenant, target.provider.name.as_str()).instrument(span.clone()).await;
+    let trace = crate::otlp::trace_id(&span);
+    crate::metrics::observe(&state.metrics.credential_resolve, started.elapsed().as_secs_f64(), trace);
+    match resolved {
         Ok(c) => Ok(c),
         Err(CredError::NotFound { .. }) if !state.creds.tenant_exists(&target.tenant).await? => Err(PublicError::new(
             StatusCode::NOT_FOUND,
@@ -331,13 +335,16 @@ pub(super) async fn send(
         Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
         Err(_) => span.record("otel.status_code", "ERROR"),
     };
-    drop(span);
     let mut response = sent?;
-    state
-        .metrics
-        .upstream_latency
-        .get_or_create(&crate::metrics::ProviderLabels { provider: target.provider.name.to_string() })
-        .observe(started.elapsed().as_secs_f64());
+    crate::metrics::observe(
+        &state
+            .metrics
+            .upstream_latency
+            .get_or_create(&crate::metrics::ProviderLabels { provider: target.provider.name.to_string() }),
+        started.elapsed().as_secs_f64(),
+        crate::otlp::trace_id(&span),
+    );
+    drop(span);
     if let (StatusCode::UNAUTHORIZED, Some(retry)) = (response.status(), retry) {
         if let Some(again) = retry_with_fresh_token(state, target, cred, retry, &mut scrub).await? {
             response = again;

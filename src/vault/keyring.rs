@@ -168,6 +168,12 @@ fn load_previous(cfg: &MasterKeyConfig, active: Option<KeyId>) -> Result<Vec<Mas
     Ok(previous)
 }
 
+/// Times a KMS call into `keyward_kms_call_seconds` (the span's trace as the exemplar).
+fn kms_timed(kms: &'static str, op: &'static str, started: std::time::Instant, span: &tracing::Span) {
+    let h = crate::metrics::KMS_CALLS.get_or_create(&crate::metrics::KmsLabels { kms, op });
+    crate::metrics::observe(&h, started.elapsed().as_secs_f64(), crate::otlp::trace_id(span));
+}
+
 impl Keyring {
     /// Loads the active key from its configured source and every previous key file.
     /// With `create_missing` (development), a missing key file is created first.
@@ -286,7 +292,10 @@ impl Keyring {
             use tracing::Instrument;
             let span =
                 crate::telemetry::trace_span!("keyward.kms.unwrap", otel.kind = "client", keyward.kms = k.kind());
-            return k.unwrap(context, blob).instrument(span).await;
+            let started = std::time::Instant::now();
+            let out = k.unwrap(context, blob).instrument(span.clone()).await;
+            kms_timed(k.kind(), "unwrap", started, &span);
+            return out;
         }
         if is_kms_blob(blob) {
             return Err(VaultError::Kms(format!(
@@ -313,7 +322,12 @@ impl Keyring {
         pt[8..].copy_from_slice(dek.key().expose());
         match &self.active {
             Active::Local(k) => seal_raw(&k.key, k.id, &Self::dek_aad(tenant), &pt[..]),
-            Active::Kms(k) => k.wrap(&Self::dek_aad(tenant), &pt[..]).await,
+            Active::Kms(k) => {
+                let started = std::time::Instant::now();
+                let out = k.wrap(&Self::dek_aad(tenant), &pt[..]).await;
+                kms_timed(k.kind(), "wrap", started, &tracing::Span::none());
+                out
+            }
         }
     }
 

@@ -363,6 +363,16 @@ level = "{level}"
         let (s, b) = http_request(TokioIo::new(stream), "GET", path, None, &[]).await;
         (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
     }
+
+    /// `/metrics` as text: (content type, body); `openmetrics` asks for OpenMetrics.
+    pub async fn metrics_text(&self, openmetrics: bool) -> (String, String) {
+        let stream = tokio::net::TcpStream::connect(self.ops_addr.as_ref().unwrap()).await.unwrap();
+        let accept = if openmetrics { "application/openmetrics-text; version=1.0.0" } else { "text/plain" };
+        let (s, h, b) = http_full(TokioIo::new(stream), "GET", "/metrics", None, &[("accept", accept)]).await;
+        assert_eq!(s, 200);
+        let kind = h.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        (kind, String::from_utf8(b).unwrap())
+    }
 }
 
 impl Drop for Daemon {
