@@ -44,14 +44,7 @@ impl Traces {
 /// exporter's requests are spawned onto it.
 pub fn pipeline(cfg: &TelemetryConfig) -> Result<Option<Traces>, String> {
     let Some(endpoint) = &cfg.otlp_endpoint else { return Ok(None) };
-    let tls = crate::tls::client_config(cfg.otlp_ca.as_deref(), &[b"http/1.1"]).map_err(|e| e.to_string())?;
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
+    let http = crate::tls::control_client(cfg.otlp_ca.as_deref(), Duration::from_secs(3), Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
     let client = Client { http, rt: tokio::runtime::Handle::current() };
     let url = format!("{}/v1/traces", endpoint.as_str().trim_end_matches('/'));

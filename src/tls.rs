@@ -72,6 +72,24 @@ pub(crate) fn client_config(extra_ca: Option<&Path>, alpn: &[&[u8]]) -> Result<C
     Ok(cfg)
 }
 
+/// A control-plane HTTP client (OAuth token endpoints, the KMS, the OTLP collector): rustls
+/// with the web roots plus `extra_ca`, HTTP/1.1, no redirects (a redirect could carry a
+/// token elsewhere), no proxy from the environment.
+pub(crate) fn control_client(
+    extra_ca: Option<&Path>,
+    connect_timeout: std::time::Duration,
+    timeout: std::time::Duration,
+) -> Result<reqwest::Client, TlsError> {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(extra_ca, &[b"http/1.1"])?)
+        .connect_timeout(connect_timeout)
+        .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| TlsError::Rustls(e.to_string()))
+}
+
 /// A TLS server that requires a client certificate chaining to `client_ca` (mTLS).
 pub(crate) fn mtls_server_config(files: &MtlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();

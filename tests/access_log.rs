@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fake::*;
+use common::vapi_hooks;
 use common::*;
 use serde_json::{json, Value};
 
@@ -20,32 +21,8 @@ const HEADER_CANARY: &str = "CANARYaccessHeaderValue00000004";
 const BODY_CANARY: &str = "CANARYaccessBodyValue0000000005";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-fn hmac(ts: &str, body: &str) -> String {
-    use hmac::Mac;
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC.as_bytes()).unwrap();
-    m.update(format!("{ts}.{body}").as_bytes());
-    hex::encode(m.finalize().into_bytes())
-}
-
 async fn daemon(access_log: &str, pki: &Pki, vapi: &FakeProvider, app: &FakeApp) -> Daemon {
-    let mut d = Daemon::new(DaemonConfig {
-        app: Some(String::new()),
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n\
-             [webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"https://hooks.test\"\nforward_to = \"{}\"\n\
-             [telemetry]\naccess_log = \"{access_log}\"\n",
-            pki.ca_pem.display(),
-            vapi.url,
-            app.url
-        ),
-        ..DaemonConfig::default()
-    });
-    d.start();
-    let cred = json!({"api_key": KEY, "webhook_hmac_secret": HMAC, "org_id": "org-acme"}).to_string();
-    let (s, v) = d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(&cred)).await;
-    assert_eq!(s, 200, "{v}");
-    d.admin("PUT", "/v1/routes/vapi-assistant/asst-acme", Some(r#"{"tenant":"acme"}"#)).await;
-    d
+    vapi_hooks::daemon(&format!("access_log = \"{access_log}\""), vec![], pki, vapi, app, (KEY, HMAC)).await
 }
 
 /// A proxied POST with a traceparent, a canary query value, header and body; an unknown
@@ -63,14 +40,8 @@ async fn traffic(d: &Daemon) {
     assert_eq!(s, 200);
     let (s, _, _) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "nobody")], None).await;
     assert_eq!(s, 404);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
-    let body = json!({"message": {"type": "status-update", "call": {"assistantId": "asst-acme", "orgId": "org-acme"}, "note": BODY_CANARY}}).to_string();
-    for sig in [hmac(&now, &body), "00".repeat(32)] {
-        let stream = tokio::net::TcpStream::connect(d.addr("webhooks")).await.unwrap();
-        let h = [("x-signature", sig.as_str()), ("x-timestamp", now.as_str()), ("content-type", "application/json")];
-        http_full(hyper_util::rt::TokioIo::new(stream), "POST", "/webhooks/vapi", Some(body.clone().into_bytes()), &h)
-            .await;
-    }
+    assert_eq!(vapi_hooks::deliver(d, Some(HMAC), BODY_CANARY).await, 200);
+    assert_eq!(vapi_hooks::deliver(d, None, BODY_CANARY).await, 401);
 }
 
 /// Waits for `n` records in the file (flushed at least once a second).

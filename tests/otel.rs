@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use common::fake::*;
 use common::otlp::*;
+use common::vapi_hooks;
 use common::*;
 use serde_json::{json, Value};
 
@@ -41,45 +42,10 @@ const ALLOWED: &[&str] = &[
     "server.address",
 ];
 
-fn hmac(ts: &str, body: &str) -> String {
-    use hmac::Mac;
-    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(HMAC.as_bytes()).unwrap();
-    m.update(format!("{ts}.{body}").as_bytes());
-    hex::encode(m.finalize().into_bytes())
-}
-
+/// The batch exporter's delay, so that spans arrive within the test's patience.
 async fn daemon(telemetry: &str, pki: &Pki, vapi: &FakeProvider, app: &FakeApp) -> Daemon {
-    let mut d = Daemon::new(DaemonConfig {
-        app: Some(String::new()),
-        // The batch exporter's delay, so spans arrive within the test's patience.
-        env: vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())],
-        extra: format!(
-            "[upstream]\nextra_ca = \"{}\"\n[providers.vapi]\nbase_url = \"{}\"\n\
-             [webhooks]\nlisten = \"127.0.0.1:0\"\npublic_base_url = \"https://hooks.test\"\nforward_to = \"{}\"\n\
-             [telemetry]\n{telemetry}\n",
-            pki.ca_pem.display(),
-            vapi.url,
-            app.url
-        ),
-        ..DaemonConfig::default()
-    });
-    d.start();
-    let cred = json!({"api_key": KEY, "webhook_hmac_secret": HMAC, "org_id": "org-acme"}).to_string();
-    let (s, v) = d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(&cred)).await;
-    assert_eq!(s, 200, "{v}");
-    d.admin("PUT", "/v1/routes/vapi-assistant/asst-acme", Some(r#"{"tenant":"acme"}"#)).await;
-    d
-}
-
-async fn deliver(d: &Daemon) -> u16 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
-    let body = json!({"message": {"type": "status-update", "call": {"assistantId": "asst-acme", "orgId": "org-acme"}, "note": BODY_CANARY}}).to_string();
-    let sig = hmac(&now, &body);
-    let stream = tokio::net::TcpStream::connect(d.addr("webhooks")).await.unwrap();
-    let h = [("x-signature", sig.as_str()), ("x-timestamp", now.as_str()), ("content-type", "application/json")];
-    let (s, _, _) =
-        http_full(hyper_util::rt::TokioIo::new(stream), "POST", "/webhooks/vapi", Some(body.into_bytes()), &h).await;
-    s
+    let env = vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())];
+    vapi_hooks::daemon(telemetry, env, pki, vapi, app, (KEY, HMAC)).await
 }
 
 #[tokio::test]
@@ -111,7 +77,7 @@ async fn traces_continue_the_apps_nest_by_phase_reach_the_app_and_hold_no_secret
     assert_eq!(s, 200);
     let (s, _, _) = d.app("GET", "/vapi/assistant", &[("keyward-tenant", "nobody")], None).await;
     assert_eq!(s, 404);
-    assert_eq!(deliver(&d).await, 200);
+    assert_eq!(vapi_hooks::deliver(&d, Some(HMAC), BODY_CANARY).await, 200);
     let to_app = app.last().header("traceparent").expect("the forward to the app carries a traceparent");
     let (kind, openmetrics) = d.metrics_text(true).await;
     assert!(kind.starts_with("application/openmetrics-text"), "{kind}");

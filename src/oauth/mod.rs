@@ -159,15 +159,7 @@ impl std::fmt::Debug for Granted {
 
 /// Builds the control-plane HTTP client (rustls, webpki roots plus `upstream.extra_ca`).
 pub(crate) fn http_client(cfg: &crate::http::UpstreamConfig) -> Result<reqwest::Client, crate::tls::TlsError> {
-    let tls = crate::tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .connect_timeout(cfg.connect_timeout)
-        .timeout(cfg.request_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| crate::tls::TlsError::Rustls(e.to_string()))
+    crate::tls::control_client(cfg.extra_ca.as_deref(), cfg.connect_timeout, cfg.request_timeout)
 }
 
 /// How the client authenticates one token call.

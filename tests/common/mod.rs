@@ -13,6 +13,7 @@ use serde_json::Value;
 
 pub mod fake;
 pub mod otlp;
+pub mod vapi_hooks;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 

@@ -108,16 +108,8 @@ struct Answer {
 impl Transit {
     /// Builds the client; nothing is read or sent until the first call.
     pub(crate) fn new(cfg: &TransitConfig) -> Result<Transit, VaultError> {
-        let tls = crate::tls::client_config(cfg.ca_file.as_deref(), &[b"http/1.1"])
+        let http = crate::tls::control_client(cfg.ca_file.as_deref(), Duration::from_secs(3), Duration::from_secs(10))
             .map_err(|e| VaultError::Kms(format!("TLS for {}: {e}", cfg.address)))?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .build()
-            .map_err(|e| VaultError::Kms(e.to_string()))?;
         let id =
             location_id("vault-transit", &[&cfg.address, cfg.namespace.as_deref().unwrap_or(""), &cfg.mount, &cfg.key]);
         let t = Transit {
