@@ -42,24 +42,34 @@ const ALLOWED: &[&str] = &[
     "server.address",
 ];
 
-/// The batch exporter's delay, so that spans arrive within the test's patience.
-async fn daemon(telemetry: &str, pki: &Pki, vapi: &FakeProvider, app: &FakeApp) -> Daemon {
+/// What a trace test runs against: the receiver, a fake Vapi and app, and the daemon.
+struct Setup {
+    _tmp: tempfile::TempDir,
+    receiver: Receiver,
+    vapi: FakeProvider,
+    app: FakeApp,
+    d: Daemon,
+}
+
+/// `telemetry` holds `{endpoint}` where the receiver's URL goes; `None` when the receiver
+/// cannot run here (the test is skipped). The batch exporter's delay is cut so that spans
+/// arrive within the test's patience.
+async fn setup(telemetry: &str) -> Option<Setup> {
+    let tmp = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(tmp.path())?;
+    let pki = Pki::new(tmp.path());
+    let vapi = FakeProvider::start(&pki).await;
+    let app = FakeApp::start(Arc::new(|_r: Recorded| Box::pin(async { json_response(200, r#"{"ok":1}"#) }))).await;
+    let telemetry = telemetry.replace("{endpoint}", &format!("http://127.0.0.1:{}", receiver.port));
     let env = vec![("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into())];
-    vapi_hooks::daemon(telemetry, env, pki, vapi, app, (KEY, HMAC)).await
+    let d = vapi_hooks::daemon(&telemetry, env, &pki, &vapi, &app, (KEY, HMAC)).await;
+    Some(Setup { _tmp: tmp, receiver, vapi, app, d })
 }
 
 #[tokio::test]
 async fn traces_continue_the_apps_nest_by_phase_reach_the_app_and_hold_no_secret() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(receiver) = Receiver::start(tmp.path()) else { return };
-    let pki = Pki::new(tmp.path());
-    let vapi = FakeProvider::start(&pki).await;
-    let app = FakeApp::start(Arc::new(|_r: Recorded| Box::pin(async { json_response(200, r#"{"ok":1}"#) }))).await;
-    let telemetry = format!(
-        "otlp_endpoint = \"http://127.0.0.1:{}\"\nservice_name = \"keyward-test\"\nresource_attributes = {{ \"deployment.environment\" = \"ci\" }}",
-        receiver.port
-    );
-    let mut d = daemon(&telemetry, &pki, &vapi, &app).await;
+    let telemetry = "otlp_endpoint = \"{endpoint}\"\nservice_name = \"keyward-test\"\nresource_attributes = { \"deployment.environment\" = \"ci\" }";
+    let Some(Setup { _tmp: _dir, receiver, vapi, app, mut d }) = setup(telemetry).await else { return };
 
     let traceparent = format!("00-{APP_TRACE}-{APP_SPAN}-01");
     let body = format!("{{\"note\":\"{BODY_CANARY}\"}}");
@@ -164,16 +174,8 @@ async fn traces_continue_the_apps_nest_by_phase_reach_the_app_and_hold_no_secret
 
 #[tokio::test]
 async fn sampling_follows_the_ratio_and_the_apps_decision_and_never_sends_providers_no_trace_context() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(receiver) = Receiver::start(tmp.path()) else { return };
-    let pki = Pki::new(tmp.path());
-    let vapi = FakeProvider::start(&pki).await;
-    let app = FakeApp::start(Arc::new(|_r: Recorded| Box::pin(async { json_response(200, r#"{"ok":1}"#) }))).await;
-    let telemetry = format!(
-        "otlp_endpoint = \"http://127.0.0.1:{}/\"\nsample_ratio = 0.0\npropagate_to_providers = \"never\"",
-        receiver.port
-    );
-    let mut d = daemon(&telemetry, &pki, &vapi, &app).await;
+    let telemetry = "otlp_endpoint = \"{endpoint}/\"\nsample_ratio = 0.0\npropagate_to_providers = \"never\"";
+    let Some(Setup { _tmp: _dir, receiver, vapi, app: _app, mut d }) = setup(telemetry).await else { return };
     for _ in 0..5 {
         d.app("GET", "/vapi/assistant", &[("keyward-tenant", "acme")], None).await;
     }
