@@ -356,7 +356,9 @@ async fn route(
             return boxed(e);
         }
     };
-    facts.bytes_in = Some(Arc::new((body.len() as u64).into()));
+    if state.access.enabled() || crate::telemetry::traces_on() {
+        facts.bytes_in = Some(Arc::new((body.len() as u64).into()));
+    }
     let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let url = state.signed_url(peer, &parts.headers, &pq);
     let delivery = Delivery {
