@@ -46,10 +46,16 @@ impl LogHandle {
 /// The log filter is the log layer's own, so `[log] level = "warn"` does not switch traces
 /// off, and trace spans never reach the log.
 pub fn init(cfg: &LogConfig, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) -> LogHandle {
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
     use tracing_subscriber::Layer;
     let filter = EnvFilter::try_new(&cfg.level).unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    let not_traces = tracing_subscriber::filter::filter_fn(|m| m.target() != TRACE_TARGET);
+    // One filter per layer, each deciding per callsite (EnvFilter's directives, `Targets`):
+    // a callsite both layers refuse is then never evaluated again. A closure filter
+    // (`filter_fn`) is asked on every hit, and two nested `with_filter`s let spans the inner
+    // one refuses be built anyway; with h2's trace spans on every frame that was ~20 % of
+    // the proxy's CPU (docs/benchmarks.md, "A/B: log filters decided per callsite").
+    let not_traces = Targets::new().with_default(LevelFilter::TRACE).with_target(TRACE_TARGET, LevelFilter::OFF);
     let log = match cfg.format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -60,8 +66,7 @@ pub fn init(cfg: &LogConfig, tracer: Option<opentelemetry_sdk::trace::SdkTracer>
             .boxed(),
         LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
     }
-    .with_filter(filter)
-    .with_filter(not_traces);
+    .with_filter(filter.and(not_traces));
     let traces = tracer.map(|t| {
         tracing_opentelemetry::layer()
             .with_tracer(t)
@@ -70,7 +75,7 @@ pub fn init(cfg: &LogConfig, tracer: Option<opentelemetry_sdk::trace::SdkTracer>
             .with_level(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_filter(tracing_subscriber::filter::filter_fn(|m| m.target() == TRACE_TARGET))
+            .with_filter(Targets::new().with_target(TRACE_TARGET, LevelFilter::TRACE))
     });
     let on = traces.is_some();
     if tracing_subscriber::registry().with(log).with(traces).try_init().is_err() {
