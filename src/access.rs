@@ -148,8 +148,8 @@ struct Line<'a> {
 /// What the phases of a request learn on the way, for its record (and its metrics).
 #[derive(Debug, Default)]
 pub(crate) struct Facts {
-    pub tenant: Option<String>,
-    pub provider: Option<String>,
+    pub tenant: Option<keyward_core::ids::TenantId>,
+    pub provider: Option<keyward_core::ids::ProviderName>,
     pub upstream_status: Option<u16>,
     /// Credential resolution (proxy) or signature verification (webhooks).
     pub resolve: Option<Duration>,
@@ -281,8 +281,8 @@ impl Pending {
             request_id: &self.start.request_id,
             trace_id: self.start.trace_id.as_deref(),
             client: &self.start.client,
-            tenant: self.facts.tenant.as_deref(),
-            provider: self.facts.provider.as_deref(),
+            tenant: self.facts.tenant.as_ref().map(|t| t.as_str()),
+            provider: self.facts.provider.as_ref().map(|p| p.as_str()),
             method: &self.start.method,
             path: &self.start.path,
             status: self.status,

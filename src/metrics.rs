@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
@@ -18,24 +20,56 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+/// A provider name or tenant id as a label value: shared text, so the label set a request
+/// builds to find its counter copies nothing (the ids keep their text in an `Arc`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(crate) struct Name(Arc<str>);
+
+impl Name {
+    /// `-`: no provider (routing failed).
+    pub(crate) fn none() -> Name {
+        static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("-"));
+        Name(NONE.clone())
+    }
+}
+
+impl From<&keyward_core::ids::ProviderName> for Name {
+    fn from(n: &keyward_core::ids::ProviderName) -> Name {
+        Name(n.shared())
+    }
+}
+
+impl From<&keyward_core::ids::TenantId> for Name {
+    fn from(t: &keyward_core::ids::TenantId) -> Name {
+        Name(t.shared())
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
+}
+
 /// `provider`, `status` (HTTP code) and `error` (keyward's code, or empty).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RequestLabels {
     /// Provider name, or `-` when routing failed.
-    pub provider: String,
+    pub provider: Name,
     /// HTTP status answered.
     pub status: u16,
     /// keyward's error code, empty for relayed answers.
-    pub error: String,
+    pub error: &'static str,
 }
 
 /// The same, per tenant (opt-in).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TenantRequestLabels {
     /// Tenant id.
-    pub tenant: String,
+    pub tenant: Name,
     /// Provider name.
-    pub provider: String,
+    pub provider: Name,
     /// HTTP status answered.
     pub status: u16,
 }
@@ -44,18 +78,18 @@ pub(crate) struct TenantRequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ProviderLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: Name,
 }
 
 /// `provider`, `result` (`verified` / `rejected`) and `reason` (the rejection code).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct WebhookLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: Name,
     /// `verified` or `rejected`.
-    pub result: String,
+    pub result: &'static str,
     /// Rejection code, empty when verified.
-    pub reason: String,
+    pub reason: &'static str,
 }
 
 /// A latency exemplar's labels: the trace the observation was made in.

@@ -19,12 +19,25 @@ use keyward_core::providers::{ProviderDef, Providers};
 pub(crate) struct Target {
     pub(crate) tenant: TenantId,
     pub(crate) provider: Arc<ProviderDef>,
-    /// Upstream path, still percent-encoded as received, starting with `/`.
-    pub(crate) path: String,
-    /// Query string as received, without `?`.
-    pub(crate) query: Option<String>,
+    /// The request's URI, which [`Target::path`] and [`Target::query`] borrow from (a clone
+    /// shares its bytes: no copy per request).
+    uri: Uri,
+    /// Where the upstream path starts in `uri.path()`; `None` when it is just `/`.
+    path_from: Option<usize>,
     /// Absolute form: the host and port the app named.
     pub(crate) authority: Option<(String, u16)>,
+}
+
+impl Target {
+    /// Upstream path, still percent-encoded as received, starting with `/`.
+    pub(crate) fn path(&self) -> &str {
+        self.path_from.and_then(|i| self.uri.path().get(i..)).filter(|p| !p.is_empty()).unwrap_or("/")
+    }
+
+    /// Query string as received, without `?`.
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
 }
 
 /// Why a request cannot be routed.
@@ -59,6 +72,15 @@ fn check_dot_segments(path: &str) -> Result<(), RouteError> {
         return Err(RouteError::BadRequest("the path contains an encoded slash (%2F); keyward refuses it".into()));
     }
     for seg in path.split('/') {
+        if !seg.contains('%') {
+            // Nothing encoded (the usual case): checked as it is, without decoding a copy.
+            if seg.split('\\').any(|part| part == "." || part == "..") {
+                return Err(RouteError::BadRequest(
+                    "the path contains a dot segment (. or ..); send a normalised path".into(),
+                ));
+            }
+            continue;
+        }
         let decoded = percent_decode_str(seg).collect::<Vec<u8>>();
         if decoded.contains(&0) {
             return Err(RouteError::BadRequest("the path contains NUL".into()));
@@ -87,7 +109,6 @@ pub(crate) fn route(
     providers: &Providers,
 ) -> Result<Target, RouteError> {
     let path = uri.path();
-    let query = uri.query().map(str::to_string);
     check_dot_segments(path)?;
 
     // Absolute form (HTTP/1.x only: HTTP/2 requests always carry an authority).
@@ -107,8 +128,8 @@ pub(crate) fn route(
             return Ok(Target {
                 tenant,
                 provider,
-                path: if path.is_empty() { "/".into() } else { path.to_string() },
-                query,
+                uri: uri.clone(),
+                path_from: Some(0),
                 authority: Some((host, port)),
             });
         }
@@ -119,7 +140,7 @@ pub(crate) fn route(
         let mut parts = after.splitn(3, '/');
         let t = parts.next().unwrap_or("");
         let p = parts.next().unwrap_or("");
-        let up = parts.next().unwrap_or("");
+        let up = parts.next();
         let t = percent_decode_str(t)
             .decode_utf8()
             .map_err(|_| RouteError::BadRequest("the tenant segment is not UTF-8".into()))?;
@@ -136,7 +157,7 @@ pub(crate) fn route(
         }
         (tenant, lookup(providers, p)?, up)
     } else {
-        let (p, up) = rest.split_once('/').unwrap_or((rest, ""));
+        let (p, up) = rest.split_once('/').map_or((rest, None), |(p, up)| (p, Some(up)));
         if p.is_empty() {
             return Err(RouteError::BadRequest(
                 "use /{provider}/{path} with Keyward-Tenant, or /t/{tenant}/{provider}/{path}".into(),
@@ -148,7 +169,9 @@ pub(crate) fn route(
         })?;
         (tenant, provider, up)
     };
-    Ok(Target { tenant, provider, path: format!("/{upstream}"), query, authority: None })
+    // `upstream` is a suffix of `path`: its path starts at the `/` before it.
+    let path_from = upstream.map(|up| path.len() - up.len() - 1);
+    Ok(Target { tenant, provider, uri: uri.clone(), path_from, authority: None })
 }
 
 #[cfg(test)]
@@ -181,8 +204,8 @@ mod tests {
         for t in [&a, &b, &c] {
             assert_eq!(t.tenant.as_str(), "acme");
             assert_eq!(t.provider.name.as_str(), "twilio");
-            assert_eq!(t.path, "/2010-04-01/Accounts/_/Messages.json");
-            assert_eq!(t.query.as_deref(), Some("x=1"));
+            assert_eq!(t.path(), "/2010-04-01/Accounts/_/Messages.json");
+            assert_eq!(t.query(), Some("x=1"));
         }
         assert_eq!(c.authority, Some(("api.twilio.com".to_string(), 443)));
     }
@@ -204,6 +227,27 @@ mod tests {
             assert!(matches!(r(p, Some("acme")), Err(RouteError::BadRequest(_))), "{p}");
         }
         assert!(r("/vapi/assistant/a..b", Some("acme")).is_ok(), "dots inside a segment are fine");
+        assert!(
+            matches!(r("/vapi/x\\..\\y", Some("acme")), Err(RouteError::BadRequest(_))),
+            "a raw backslash splits too"
+        );
+    }
+
+    #[test]
+    fn the_upstream_path_is_what_follows_the_provider() {
+        for (uri, path) in [
+            ("/vapi/assistant/a?x=1", "/assistant/a"),
+            ("/vapi/", "/"),
+            ("/vapi", "/"),
+            ("/t/acme/vapi", "/"),
+            ("/t/acme/vapi/", "/"),
+            ("/t/acme/vapi/call/1", "/call/1"),
+            ("http://api.vapi.ai", "/"),
+            ("http://api.vapi.ai/call", "/call"),
+        ] {
+            assert_eq!(r(uri, Some("acme")).unwrap().path(), path, "{uri}");
+        }
+        assert_eq!(r("/vapi/a", Some("acme")).unwrap().query(), None);
     }
 
     #[test]

@@ -154,12 +154,12 @@ pub(crate) async fn handle(
     };
     let status = resp.status().as_u16();
     if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &facts.tenant, &facts.provider) {
-        f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.clone(), provider: p.clone(), status }).inc();
+        f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.into(), provider: p.into(), status }).inc();
     }
     let labels = crate::metrics::RequestLabels {
-        provider: facts.provider.clone().unwrap_or_else(|| "-".into()),
+        provider: facts.provider.as_ref().map_or_else(crate::metrics::Name::none, Into::into),
         status,
-        error: error.to_string(),
+        error,
     };
     state.metrics.proxy_requests.get_or_create(&labels).inc();
     if !otel.is_disabled() {
@@ -185,8 +185,8 @@ async fn proxy(
     }
     let providers = state.creds.providers();
     let target = route::route(req.version(), req.uri(), req.headers(), &providers)?;
-    facts.tenant = Some(target.tenant.to_string());
-    facts.provider = Some(target.provider.name.to_string());
+    facts.tenant = Some(target.tenant.clone());
+    facts.provider = Some(target.provider.name.clone());
     forward(state, peer, &target, req, facts).await
 }
 

@@ -5,11 +5,12 @@
 //! tunnel). Each phase returns a typed value the next one takes, so a phase cannot be
 //! skipped and each can be tested alone.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -63,28 +64,45 @@ pub(super) async fn resolve(state: &ProxyState, target: &Target) -> Result<Arc<C
     }
 }
 
-/// Where a call goes: scheme, host (lower case), port and the base URL's path prefix.
+/// Where a call goes: scheme, host (lower case), port and the base URL's path prefix;
+/// borrowed from the target or the provider's base URL where it can be (every request).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Destination {
-    scheme: String,
-    host: String,
+pub(super) struct Destination<'a> {
+    scheme: &'static str,
+    host: Cow<'a, str>,
     port: u16,
-    prefix: String,
+    prefix: Cow<'a, str>,
 }
 
-impl Destination {
+impl<'a> Destination<'a> {
     /// The absolute-form authority the app named, else the provider's base URL for this
     /// credential.
-    fn of(target: &Target, cred: &Credential) -> Destination {
+    fn of(target: &'a Target, cred: &'a Credential) -> Destination<'a> {
         match &target.authority {
-            Some((h, p)) => Destination { scheme: "https".into(), host: h.clone(), port: *p, prefix: String::new() },
+            Some((h, p)) => {
+                Destination { scheme: "https", host: Cow::Borrowed(h), port: *p, prefix: Cow::Borrowed("") }
+            }
             None => {
                 let base = target.provider.base_url(Some(cred));
-                Destination {
-                    scheme: if base.scheme() == "http" { "http" } else { "https" }.into(),
-                    host: base.host_str().unwrap_or_default().to_ascii_lowercase(),
-                    port: base.port_or_known_default().unwrap_or(443),
-                    prefix: base.path().trim_end_matches('/').to_string(),
+                let scheme = if base.scheme() == "http" { "http" } else { "https" };
+                let port = base.port_or_known_default().unwrap_or(443);
+                let lower = |h: &str| h.bytes().all(|b| !b.is_ascii_uppercase());
+                match base {
+                    Cow::Borrowed(u) => {
+                        let host = u.host_str().unwrap_or_default();
+                        Destination {
+                            scheme,
+                            host: if lower(host) { Cow::Borrowed(host) } else { Cow::Owned(host.to_ascii_lowercase()) },
+                            port,
+                            prefix: Cow::Borrowed(u.path().trim_end_matches('/')),
+                        }
+                    }
+                    Cow::Owned(u) => Destination {
+                        scheme,
+                        host: Cow::Owned(u.host_str().unwrap_or_default().to_ascii_lowercase()),
+                        port,
+                        prefix: Cow::Owned(u.path().trim_end_matches('/').to_string()),
+                    },
                 }
             }
         }
@@ -100,7 +118,7 @@ impl Destination {
         let mut s = String::with_capacity(
             self.scheme.len() + self.host.len() + self.prefix.len() + path.len() + query.len() + 16,
         );
-        s.push_str(&self.scheme);
+        s.push_str(self.scheme);
         s.push_str("://");
         if self.host.contains(':') {
             s.push('[');
@@ -140,7 +158,6 @@ impl Destination {
 /// JSON costs more bytes on the provider link, which is the price of scanning it.
 pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, websocket: bool) -> HeaderMap {
     let listed = headers::connection_listed(from_app);
-    let injected: Vec<&HeaderName> = injection.headers.iter().map(|(n, _)| n).collect();
     let mut out = HeaderMap::with_capacity(from_app.len() + 2);
     for (name, value) in from_app {
         let n = name.as_str();
@@ -149,7 +166,7 @@ pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, webso
             || n.starts_with("keyward-")
             || name == header::HOST
             || listed.iter().any(|l| l == n)
-            || injected.contains(&name)
+            || injection.headers.iter().any(|(n, _)| n == name)
             || name == header::ACCEPT_ENCODING
         {
             continue;
@@ -217,10 +234,10 @@ pub(super) async fn build(
         }
         _ => None,
     };
-    let mut injection = provider.inject(cred, &target.path, token.as_ref())?;
+    let mut injection = provider.inject(cred, target.path(), token.as_ref())?;
     let callback = callback_query(state, target, cred, &mut injection)?;
-    let query = callback.as_deref().map(String::as_str).or(target.query.as_deref());
-    let uri = dest.uri(&target.path, query, &injection)?;
+    let query = callback.as_deref().map(String::as_str).or(target.query());
+    let uri = dest.uri(target.path(), query, &injection)?;
     let scrub = std::mem::take(&mut injection.scrub);
     let websocket = is_websocket(&req);
     let mut headers = upstream_headers(req.headers(), injection, websocket);
@@ -251,7 +268,7 @@ fn callback_query(
     cred: &Credential,
     injection: &mut keyward_core::providers::Injection,
 ) -> Result<Option<Zeroizing<String>>, PublicError> {
-    let (Some(param), Some(query)) = (target.provider.rules().callback_param(), target.query.as_deref()) else {
+    let (Some(param), Some(query)) = (target.provider.rules().callback_param(), target.query()) else {
         return Ok(None);
     };
     let named = |seg: &str| {
@@ -340,7 +357,7 @@ pub(super) async fn send(
         &state
             .metrics
             .upstream_latency
-            .get_or_create(&crate::metrics::ProviderLabels { provider: target.provider.name.to_string() }),
+            .get_or_create(&crate::metrics::ProviderLabels { provider: (&target.provider.name).into() }),
         started.elapsed().as_secs_f64(),
         crate::otlp::trace_id(&span),
     );
@@ -365,7 +382,7 @@ async fn retry_with_fresh_token(
     let Some(tokens) = &state.tokens else { return Ok(None) };
     tokens.invalidate(&target.tenant, target.provider.name.as_str()).await;
     let fresh = Box::pin(tokens.token(&target.tenant, target.provider.name.as_str())).await?;
-    let again = target.provider.inject(cred, &target.path, Some(&fresh))?;
+    let again = target.provider.inject(cred, target.path(), Some(&fresh))?;
     scrub.extend(again.scrub);
     for (n, v) in again.headers {
         headers.insert(n, v);
@@ -441,9 +458,10 @@ fn tunnel(client: OnUpgrade, upstream: &mut Response<UpstreamBody>, scrub: &Scru
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
-    fn dest(scheme: &str, host: &str, port: u16, prefix: &str) -> Destination {
-        Destination { scheme: scheme.into(), host: host.into(), port, prefix: prefix.into() }
+    fn dest<'a>(scheme: &'static str, host: &'a str, port: u16, prefix: &'a str) -> Destination<'a> {
+        Destination { scheme, host: host.into(), port, prefix: prefix.into() }
     }
 
     #[test]

@@ -18,11 +18,13 @@ use http_body::{Body, Frame};
 use zeroize::Zeroizing;
 
 pub(crate) use keyward_core::redact::mask;
+use keyward_core::redact::{contains_any, ends_with_partial};
 
 /// Masks secrets in response header values. Returns how many headers were changed.
 pub(crate) fn scrub_headers(headers: &mut HeaderMap, patterns: &[Zeroizing<Vec<u8>>]) -> usize {
     let mut changed = 0;
-    for v in headers.values_mut() {
+    // Searched in place first: a copy only for the (rare) value that echoes a secret.
+    for v in headers.values_mut().filter(|v| contains_any(v.as_bytes(), patterns)) {
         let mut bytes = v.as_bytes().to_vec();
         if mask(&mut bytes, patterns) {
             if let Ok(nv) = HeaderValue::from_bytes(&bytes) {
@@ -46,13 +48,14 @@ pub(crate) fn is_scannable(headers: &HeaderMap) -> bool {
 
 /// Whether the body is text a secret could be echoed in.
 pub(crate) fn is_textual(headers: &HeaderMap) -> bool {
+    let has = |ct: &[u8], word: &[u8]| ct.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word));
     headers.get(http::header::CONTENT_TYPE).is_none_or(|v| {
-        let ct = v.to_str().unwrap_or("").to_ascii_lowercase();
-        ct.starts_with("text/")
-            || ct.contains("json")
-            || ct.contains("xml")
-            || ct.contains("x-www-form-urlencoded")
-            || ct.contains("javascript")
+        let ct = v.as_bytes();
+        ct.get(..5).is_some_and(|t| t.eq_ignore_ascii_case(b"text/"))
+            || has(ct, b"json")
+            || has(ct, b"xml")
+            || has(ct, b"x-www-form-urlencoded")
+            || has(ct, b"javascript")
     })
 }
 
@@ -101,6 +104,15 @@ where
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if !this.scan => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    // Nothing held, nothing to mask and nothing that could continue into
+                    // the next chunk: passed on as it came, without a copy (the usual case).
+                    Ok(data)
+                        if this.carry.is_empty()
+                            && !contains_any(&data, &this.patterns)
+                            && !ends_with_partial(&data, &this.patterns) =>
+                    {
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
                     Ok(data) => {
                         this.carry.extend_from_slice(&data);
                         mask(&mut this.carry, &this.patterns);

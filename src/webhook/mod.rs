@@ -124,11 +124,11 @@ pub(crate) struct WebhookState {
 }
 
 impl WebhookState {
-    fn count(&self, provider: &str, reason: Option<&str>) {
+    fn count(&self, provider: &keyward_core::ids::ProviderName, reason: Option<&'static str>) {
         let labels = crate::metrics::WebhookLabels {
-            provider: provider.to_string(),
-            result: if reason.is_some() { "rejected" } else { "verified" }.to_string(),
-            reason: reason.unwrap_or("").to_string(),
+            provider: provider.into(),
+            result: if reason.is_some() { "rejected" } else { "verified" },
+            reason: reason.unwrap_or(""),
         };
         self.metrics.webhook_verifications.get_or_create(&labels).inc();
     }
@@ -316,7 +316,7 @@ async fn route(
     let Some(def) = state.creds.providers().get(&provider).cloned().filter(|d| d.has_webhooks()) else {
         return boxed(PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", "no such provider with webhooks"));
     };
-    facts.provider = Some(def.name.to_string());
+    facts.provider = Some(def.name.clone());
     // An unknown or invalid tenant in the path reads like a tenant without a key.
     let path_tenant = match tenant.map(|t| TenantId::parse(&t)) {
         None => None,
@@ -324,7 +324,7 @@ async fn route(
         Some(Err(_)) => {
             let r = Rejection { code: "no_credential", detail: "the path names no valid tenant".into() };
             state.rejections.record(def.name.as_str(), None, &r);
-            state.count(def.name.as_str(), Some(r.code));
+            state.count(&def.name, Some(r.code));
             return rejection_response(&r);
         }
     };
@@ -391,12 +391,12 @@ async fn route(
         Ok(v) => v,
         Err(r) => {
             state.rejections.record(def.name.as_str(), path_tenant.as_ref(), &r);
-            state.count(def.name.as_str(), Some(r.code));
+            state.count(&def.name, Some(r.code));
             return rejection_response(&r);
         }
     };
-    state.count(def.name.as_str(), None);
-    facts.tenant = Some(verified.tenant.to_string());
+    state.count(&def.name, None);
+    facts.tenant = Some(verified.tenant.clone());
     forward(state, verified, parts.method, &pq, parts.headers, body, facts).await
 }
 

@@ -4,6 +4,7 @@
 //! types before anything else looks at it, so a path like `../x` never reaches the store.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,15 +43,16 @@ fn is_name(s: &str) -> bool {
 macro_rules! name_type {
     ($(#[$m:meta])* $ty:ident, $what:literal) => {
         $(#[$m])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $ty(String);
+        // Shared text: every request carries its tenant and provider into several places
+        // (logs, metrics labels, the access record), and a clone is a count, not a copy.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(Arc<str>);
 
         impl $ty {
             /// Parses and validates.
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 if is_name(s) {
-                    Ok($ty(s.to_string()))
+                    Ok($ty(Arc::from(s)))
                 } else {
                     Err(IdError::new($what, s, NAME_RULE))
                 }
@@ -59,6 +61,17 @@ macro_rules! name_type {
             /// The id as text.
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            /// The id as shared text.
+            pub fn shared(&self) -> Arc<str> {
+                self.0.clone()
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 

@@ -26,6 +26,17 @@ pub fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
     hit
 }
 
+/// Whether any pattern occurs in `buf`: lets a caller skip copying what it would not change.
+pub fn contains_any(buf: &[u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
+    patterns.iter().any(|p| !p.is_empty() && p.len() <= buf.len() && memchr::memmem::find(buf, p).is_some())
+}
+
+/// Whether `buf` ends with the start of some pattern (a proper prefix): only then can a
+/// match span into the next chunk of a stream.
+pub fn ends_with_partial(buf: &[u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
+    patterns.iter().any(|p| (1..p.len().min(buf.len() + 1)).any(|k| buf.ends_with(&p[..k])))
+}
+
 /// String values of the named JSON fields, anywhere in `body` (for masking echoed secrets).
 pub fn json_field_values(body: &[u8], names: &[&str]) -> Vec<Zeroizing<Vec<u8>>> {
     fn walk(v: &serde_json::Value, names: &[&str], out: &mut Vec<Zeroizing<Vec<u8>>>) {
@@ -57,6 +68,18 @@ pub fn json_field_values(body: &[u8], names: &[&str]) -> Vec<Zeroizing<Vec<u8>>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_that_ends_with_the_start_of_a_pattern_is_partial() {
+        let p = vec![Zeroizing::new(b"sk-123".to_vec())];
+        assert!(ends_with_partial(b"key sk-", &p));
+        assert!(ends_with_partial(b"s", &p));
+        assert!(!ends_with_partial(b"key sk-123", &p), "a whole match is not a partial one");
+        assert!(!ends_with_partial(b"key", &p));
+        assert!(!ends_with_partial(b"", &p));
+        assert!(contains_any(b"a sk-123 b", &p));
+        assert!(!contains_any(b"a sk-12 b", &p));
+    }
 
     #[test]
     fn echoed_fields_are_found_at_any_depth_and_masked() {

@@ -189,6 +189,9 @@ pub struct ProviderDef {
     rules: Rules,
     overrides: BuiltinOverride,
     oauth: Option<OAuth2Spec>,
+    /// The base URL in the default region, parsed once (every request without an override
+    /// and without another region borrows it).
+    default_url: url::Url,
 }
 
 /// A provider's rules: a registry entry, or a generic provider built from config.
@@ -204,7 +207,11 @@ impl ProviderDef {
             Rules::Builtin(p) => p.schema(),
             Rules::Generic(p) => p.schema(),
         };
-        ProviderDef { name, schema, rules, overrides, oauth }
+        let default_url = match &rules {
+            Rules::Builtin(p) => p.default_base_url(outbound::DEFAULT_REGION),
+            Rules::Generic(p) => p.default_base_url(outbound::DEFAULT_REGION),
+        };
+        ProviderDef { name, schema, rules, overrides, oauth, default_url }
     }
 
     /// How its access tokens are obtained, for providers that [use one](Provider::uses_access_token).

@@ -115,6 +115,9 @@ pub fn literal_url(s: &str) -> Url {
     Url::parse(s).expect("a literal URL parses")
 }
 
+/// The region of a credential that names none.
+pub(crate) const DEFAULT_REGION: &str = "us";
+
 impl ProviderDef {
     /// Where this provider's calls go for a credential (region-aware), or the configured
     /// `base_url` (borrowed: this runs for every request).
@@ -125,8 +128,10 @@ impl ProviderDef {
         if let Some(u) = &self.overrides.base_url {
             return std::borrow::Cow::Borrowed(u);
         }
-        let region = cred.and_then(|c| c.public_field("region")).unwrap_or("us");
-        std::borrow::Cow::Owned(self.rules().default_base_url(region))
+        match cred.and_then(|c| c.public_field("region")) {
+            Some(region) if region != DEFAULT_REGION => std::borrow::Cow::Owned(self.rules().default_base_url(region)),
+            _ => std::borrow::Cow::Borrowed(&self.default_url),
+        }
     }
 
     /// Every host the provider can be reached at, whatever the region: used to find the
