@@ -115,8 +115,20 @@ impl<'a> Destination<'a> {
         use std::fmt::Write;
         let path = injection.path.as_deref().unwrap_or(path);
         let query = query.unwrap_or_default();
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        let port_len = if self.port == default_port { 0 } else { 2 + self.port.checked_ilog10().unwrap_or(0) as usize };
+        let brackets = if self.host.contains(':') { 2 } else { 0 };
+        // Exact unless a query parameter is injected: a `String` whose length is its
+        // capacity becomes the URI's bytes without a second allocation.
         let mut s = String::with_capacity(
-            self.scheme.len() + self.host.len() + self.prefix.len() + path.len() + query.len() + 16,
+            self.scheme.len()
+                + 3
+                + brackets
+                + self.host.len()
+                + port_len
+                + self.prefix.len()
+                + path.len()
+                + if query.is_empty() { 0 } else { 1 + query.len() },
         );
         s.push_str(self.scheme);
         s.push_str("://");
@@ -127,7 +139,6 @@ impl<'a> Destination<'a> {
         } else {
             s.push_str(&self.host);
         }
-        let default_port = if self.scheme == "https" { 443 } else { 80 };
         if self.port != default_port {
             let _ = write!(s, ":{}", self.port);
         }
@@ -144,6 +155,7 @@ impl<'a> Destination<'a> {
             // Starting at the end: the serializer adds no separator of its own.
             let start = s.len();
             url::form_urlencoded::Serializer::for_suffix(&mut s, start).append_pair(name, value);
+            s.shrink_to_fit();
         }
         Uri::try_from(s)
             .map_err(|_| PublicError::bad_request("the request path or query cannot be forwarded (invalid characters)"))

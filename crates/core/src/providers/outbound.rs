@@ -192,6 +192,23 @@ pub(super) fn sensitive(bytes: &[u8]) -> Result<HeaderValue, OutboundError> {
     Ok(v)
 }
 
+/// `{scheme} {secret}` written once, into the buffer that becomes the header value (every
+/// request injects one). The secret is checked first, so a refused one is never copied.
+fn sensitive_joined(scheme: &str, secret: &str) -> Result<HeaderValue, OutboundError> {
+    let header_safe = |b: &u8| (*b >= 0x20 && *b != 0x7f) || *b == b'\t';
+    if !secret.as_bytes().iter().all(header_safe) {
+        return Err(OutboundError::MissingField("a header-safe secret".into()));
+    }
+    let mut buf = Vec::with_capacity(scheme.len() + 1 + secret.len());
+    buf.extend_from_slice(scheme.as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(secret.as_bytes());
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+        .map_err(|_| OutboundError::MissingField("a header-safe secret".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 pub(crate) fn bearer(cred: &dyn FieldSource, field: &str) -> Result<Injection, OutboundError> {
     bearer_value(need(cred, field)?)
 }
@@ -202,9 +219,8 @@ pub(crate) fn bearer_value(secret: &Secret) -> Result<Injection, OutboundError> 
 
 /// `Authorization: <scheme> <secret>` (Bearer; Deepgram's `Token`), the secret scrubbed.
 pub(crate) fn authorization(scheme: &str, secret: &Secret) -> Result<Injection, OutboundError> {
-    let value = Zeroizing::new(format!("{scheme} {}", secret.expose()));
     Ok(Injection {
-        headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
+        headers: vec![(http::header::AUTHORIZATION, sensitive_joined(scheme, secret.expose())?)],
         scrub: vec![Zeroizing::new(secret.expose().as_bytes().to_vec())],
         ..Injection::default()
     })
@@ -309,6 +325,17 @@ pub(crate) mod tests {
     use super::*;
     use crate::providers::config::ProvidersConfig;
     use crate::providers::Providers;
+
+    #[test]
+    fn an_authorization_value_is_the_scheme_and_the_secret_marked_sensitive_or_refused() {
+        let inj = authorization("Bearer", &Secret::new("sk-1\tz".into())).unwrap();
+        let (name, v) = &inj.headers[0];
+        assert_eq!((name.as_str(), v.as_bytes()), ("authorization", &b"Bearer sk-1\tz"[..]));
+        assert!(v.is_sensitive());
+        for bad in ["sk\n1", "sk\r1", "sk\x7f", "sk\x001"] {
+            assert!(authorization("Bearer", &Secret::new(bad.into())).is_err(), "{bad:?}");
+        }
+    }
     use std::collections::BTreeMap;
 
     /// A credential's fields for tests of the provider rules.
