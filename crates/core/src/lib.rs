@@ -15,6 +15,6 @@ pub mod units;
 /// their provider file but worth fuzzing on their own.
 #[doc(hidden)]
 pub mod internal {
-    pub use crate::providers::twilio::{decode_form, port_variants};
+    pub use crate::providers::twilio::{decode_form, port_variants, FormPair};
     pub use crate::providers::vonage::fuzz_callback_jwt;
 }
