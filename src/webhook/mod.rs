@@ -437,7 +437,7 @@ async fn forward(
         set(&mut out, "keyward-event-id", id);
     }
     set(&mut out, "keyward-verified", "1");
-    let needs_mask = v.mask.iter().any(|p| !p.is_empty() && memchr::memmem::find(&body, p).is_some());
+    let needs_mask = keyward_core::redact::contains_any(&body, &v.mask);
     let body = if !needs_mask {
         body
     } else {
