@@ -28,12 +28,18 @@ for mode in ("rate", "sat"):
                     value *= 1000  # msec -> µs
                 label = NAMES.get(event, event.replace("syscalls:sys_enter_", ""))
                 per[label] = round(value / reqs, 2)
+        ust = os.path.join(out, name + ".ustime")
+        if os.path.exists(ust):
+            u0, s0, u1, s1, hz = (int(x) for x in open(ust).read().split())
+            reqs = per["requests"]
+            per["user CPU µs"] = round((u1 - u0) * 1e6 / hz / reqs, 1)
+            per["kernel CPU µs"] = round((s1 - s0) * 1e6 / hz / reqs, 1)
         per["allocations"] = round(sum(per.get(k, 0) for k in ("malloc", "calloc", "realloc")), 2)
         rows[name] = per
         top = os.path.join(out, name + ".top")
         tops[name] = open(top).read().splitlines()[:15] if os.path.exists(top) else []
 json.dump({"per_request": rows, "top": tops}, open(os.path.join(out, "budget.json"), "w"), indent=2)
-keys = ["CPU µs", "syscalls", "context switches", "allocations", "read", "recvfrom", "write", "writev", "sendto", "sendmsg", "epoll_wait", "futex", "sched_yield"]
+keys = ["CPU µs", "user CPU µs", "kernel CPU µs", "syscalls", "context switches", "allocations", "read", "recvfrom", "write", "writev", "sendto", "sendmsg", "epoll_wait", "futex", "sched_yield"]
 for mode, title in (("rate", "2,000 req/s, 16 connections"), ("sat", "saturation, 64 connections")):
     k, n = rows[f"budget-keyward-{mode}"], rows[f"budget-nginx-{mode}"]
     print(f"\n| per request, {title} | keyward | nginx | keyward / nginx |\n| --- | ---: | ---: | ---: |")
