@@ -166,7 +166,9 @@ impl Credentials {
             tracing::Span::current().record("keyward.cache", "miss");
         }
         let gen = self.generation.load(Ordering::SeqCst);
-        let c = Arc::new(self.load(tenant, provider).await?);
+        // Boxed: the store's read (sled or PostgreSQL, then the unwrap) is a large future
+        // that would otherwise size every request's future, hits included.
+        let c = Arc::new(Box::pin(self.load(tenant, provider)).await?);
         if let Ok(mut cache) = self.cache.write() {
             if self.generation.load(Ordering::SeqCst) == gen {
                 insert_bounded(

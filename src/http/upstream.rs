@@ -167,8 +167,10 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let sent = async {
             match (&self.carrier, upgrade) {
+                // Boxed: the pool's future (2.4 KiB) would otherwise size every request's
+                // future on the default HTTP/2 path too, copied each time it moves.
                 (Carrier::Pool(pool), false) => {
-                    pool.send(req).await.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))
+                    Box::pin(pool.send(req)).await.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))
                 }
                 (carrier, upgrade) => {
                     let client = match carrier {
@@ -229,24 +231,26 @@ impl Upstream {
     }
 }
 
-/// `host:port` of a request (never its path or query: they may carry a secret).
-struct Target(String);
+/// `host:port` of a request (never its path or query: they may carry a secret), written
+/// only when an error names it: the authority is shared with the URI, not copied.
+struct Target {
+    authority: Option<http::uri::Authority>,
+    default_port: u16,
+}
 
 impl Target {
     fn of(uri: &http::Uri) -> Target {
-        Target(match uri.authority() {
-            Some(a) => {
-                let default = if uri.scheme_str() == Some("http") { 80 } else { 443 };
-                format!("{}:{}", a.host(), a.port_u16().unwrap_or(default))
-            }
-            None => "the provider".into(),
-        })
+        let default_port = if uri.scheme_str() == Some("http") { 80 } else { 443 };
+        Target { authority: uri.authority().cloned(), default_port }
     }
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match &self.authority {
+            Some(a) => write!(f, "{}:{}", a.host(), a.port_u16().unwrap_or(self.default_port)),
+            None => f.write_str("the provider"),
+        }
     }
 }
 

@@ -108,105 +108,120 @@ fn is_websocket(req: &Request<Incoming>) -> bool {
 }
 
 /// Handles one app request.
-pub(crate) async fn handle(
+///
+/// This and the functions below on every request's path return an `async move` block
+/// rather than being `async fn`s: an `async fn` keeps each argument twice in its future
+/// (the argument and the body's binding of it), and the request alone is 264 bytes; the
+/// future is allocated and copied per request (docs/benchmarks.md).
+#[allow(clippy::manual_async_fn)] // on purpose, as said above
+pub(crate) fn handle(
     state: Arc<ProxyState>,
     peer: Peer,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    let rid = request_id();
-    let otel = crate::telemetry::trace_span!(
-        "keyward.proxy",
-        otel.kind = "server",
-        keyward.request_id = %rid,
-        http.request.method = req.method().as_str(),
-        keyward.tenant = tracing::field::Empty,
-        keyward.provider = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        keyward.error_code = tracing::field::Empty,
-        http.request.body.size = tracing::field::Empty,
-        http.response.body.size = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    crate::otlp::continue_trace(&otel, req.headers());
-    let span = if otel.is_disabled() {
-        tracing::info_span!("request", request_id = %rid)
-    } else {
-        tracing::info_span!(parent: &otel, "request", request_id = %rid)
-    };
-    let start = state.access.enabled().then(|| {
-        let mut s = crate::access::Start::new("proxy", rid.to_string(), &peer, &req);
-        if let Some(t) = crate::otlp::trace_id(&otel) {
-            s.trace_id = Some(t);
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    async move {
+        let rid = request_id();
+        let otel = crate::telemetry::trace_span!(
+            "keyward.proxy",
+            otel.kind = "server",
+            keyward.request_id = %rid,
+            http.request.method = req.method().as_str(),
+            keyward.tenant = tracing::field::Empty,
+            keyward.provider = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            keyward.error_code = tracing::field::Empty,
+            http.request.body.size = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        crate::otlp::continue_trace(&otel, req.headers());
+        let span = if otel.is_disabled() {
+            tracing::info_span!("request", request_id = %rid)
+        } else {
+            tracing::info_span!(parent: &otel, "request", request_id = %rid)
+        };
+        let start = state.access.enabled().then(|| {
+            let mut s = crate::access::Start::new("proxy", rid.to_string(), &peer, &req);
+            if let Some(t) = crate::otlp::trace_id(&otel) {
+                s.trace_id = Some(t);
+            }
+            s
+        });
+        let mut facts = crate::access::Facts::new(&state.access, !otel.is_disabled());
+        // Both entered: the log span for log lines, the trace span so that the phases' spans
+        // find it as their parent (the OpenTelemetry layer sees only trace spans).
+        let resp = proxy(&state, &peer, req, &mut facts).instrument(span).instrument(otel.clone()).await;
+        // The error label is keyward's own code (a bounded set), never a header value.
+        let (resp, error) = match resp {
+            Ok(r) => (r, ""),
+            Err(e) => {
+                let code = e.code;
+                (boxed_error(e), code)
+            }
+        };
+        let status = resp.status().as_u16();
+        if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &facts.tenant, &facts.provider) {
+            f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.into(), provider: p.into(), status })
+                .inc();
         }
-        s
-    });
-    let mut facts = crate::access::Facts::new(&state.access, !otel.is_disabled());
-    // Both entered: the log span for log lines, the trace span so that the phases' spans
-    // find it as their parent (the OpenTelemetry layer sees only trace spans).
-    let resp = proxy(&state, &peer, req, &mut facts).instrument(span).instrument(otel.clone()).await;
-    // The error label is keyward's own code (a bounded set), never a header value.
-    let (resp, error) = match resp {
-        Ok(r) => (r, ""),
-        Err(e) => {
-            let code = e.code;
-            (boxed_error(e), code)
+        let labels = crate::metrics::RequestLabels {
+            provider: facts.provider.as_ref().map_or_else(crate::metrics::Name::none, Into::into),
+            status,
+            error,
+        };
+        state.metrics.proxy_requests.get_or_create(&labels).inc();
+        if !otel.is_disabled() {
+            crate::access::describe_span(&otel, &facts, status, error);
         }
-    };
-    let status = resp.status().as_u16();
-    if let (Some(f), Some(t), Some(p)) = (&state.metrics.proxy_requests_by_tenant, &facts.tenant, &facts.provider) {
-        f.get_or_create(&crate::metrics::TenantRequestLabels { tenant: t.into(), provider: p.into(), status }).inc();
+        let record = start.map(|s| (state.access.clone(), s));
+        Ok(crate::access::attach(resp, record, facts, error, otel))
     }
-    let labels = crate::metrics::RequestLabels {
-        provider: facts.provider.as_ref().map_or_else(crate::metrics::Name::none, Into::into),
-        status,
-        error,
-    };
-    state.metrics.proxy_requests.get_or_create(&labels).inc();
-    if !otel.is_disabled() {
-        crate::access::describe_span(&otel, &facts, status, error);
-    }
-    let record = start.map(|s| (state.access.clone(), s));
-    Ok(crate::access::attach(resp, record, facts, error, otel))
 }
 
-async fn proxy(
-    state: &ProxyState,
-    peer: &Peer,
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+fn proxy<'a>(
+    state: &'a ProxyState,
+    peer: &'a Peer,
     req: Request<Incoming>,
-    facts: &mut crate::access::Facts,
-) -> Result<Response<ProxyBody>, PublicError> {
-    if req.method() == Method::CONNECT {
-        return Err(PublicError::method_not_allowed(
+    facts: &'a mut crate::access::Facts,
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, PublicError>> + 'a {
+    async move {
+        if req.method() == Method::CONNECT {
+            return Err(PublicError::method_not_allowed(
             "CONNECT tunnels are not supported: keyward must see each request to inject the credential; send plain http:// URLs through it (HTTP_PROXY) and it calls the provider over HTTPS",
         ));
+        }
+        if req.uri().path() == "/v1/webhooks/verify" {
+            return Box::pin(crate::webhook::verify_api::handle(&state.creds, &state.policy(), peer, req)).await;
+        }
+        let providers = state.creds.providers();
+        let target = route::route(req.version(), req.uri(), req.headers(), &providers)?;
+        facts.tenant = Some(target.tenant.clone());
+        facts.provider = Some(target.provider.name.clone());
+        forward(state, peer, &target, req, facts).await
     }
-    if req.uri().path() == "/v1/webhooks/verify" {
-        return crate::webhook::verify_api::handle(&state.creds, &state.policy(), peer, req).await;
-    }
-    let providers = state.creds.providers();
-    let target = route::route(req.version(), req.uri(), req.headers(), &providers)?;
-    facts.tenant = Some(target.tenant.clone());
-    facts.provider = Some(target.provider.name.clone());
-    forward(state, peer, &target, req, facts).await
 }
 
 /// The phases, in order.
-async fn forward(
-    state: &ProxyState,
-    peer: &Peer,
-    target: &route::Target,
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+fn forward<'a>(
+    state: &'a ProxyState,
+    peer: &'a Peer,
+    target: &'a route::Target,
     req: Request<Incoming>,
-    facts: &mut crate::access::Facts,
-) -> Result<Response<ProxyBody>, PublicError> {
-    phases::authorize(state, peer, target)?;
-    let resolving = Instant::now();
-    let cred = phases::resolve(state, target).await?;
-    facts.resolve = Some(resolving.elapsed());
-    let prepared = phases::build(state, target, &cred, req, facts.bytes_in.clone()).await?;
-    let sent = phases::send(state, target, &cred, prepared).await?;
-    facts.upstream = Some(sent.upstream_elapsed);
-    facts.upstream_status = Some(sent.response.status().as_u16());
-    Ok(phases::respond(sent))
+    facts: &'a mut crate::access::Facts,
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, PublicError>> + 'a {
+    async move {
+        phases::authorize(state, peer, target)?;
+        let resolving = Instant::now();
+        let cred = phases::resolve(state, target).await?;
+        facts.resolve = Some(resolving.elapsed());
+        let prepared = phases::build(state, target, &cred, req, facts.bytes_in.clone()).await?;
+        let sent = phases::send(state, target, &cred, prepared).await?;
+        facts.upstream = Some(sent.upstream_elapsed);
+        facts.upstream_status = Some(sent.response.status().as_u16());
+        Ok(phases::respond(sent))
+    }
 }
 
 /// `[app]`

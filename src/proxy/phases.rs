@@ -339,47 +339,52 @@ pub(super) struct Sent {
 }
 
 /// Sends the request; a token-managed provider's 401 gets one retry with a fresh token.
-pub(super) async fn send(
-    state: &ProxyState,
-    target: &Target,
-    cred: &Credential,
-    p: Prepared,
-) -> Result<Sent, PublicError> {
-    let Prepared { request, retry, client_upgrade, mut scrub } = p;
-    let websocket = client_upgrade.is_some();
-    let started = Instant::now();
-    let span = crate::telemetry::trace_span!(
-        "keyward.upstream",
-        otel.kind = "client",
-        server.address = request.uri().host().unwrap_or(""),
-        http.request.method = request.method().as_str(),
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    let sent = {
-        use tracing::Instrument;
-        state.upstream.send(request, websocket).instrument(span.clone()).await
-    };
-    match &sent {
-        Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
-        Err(_) => span.record("otel.status_code", "ERROR"),
-    };
-    let mut response = sent?;
-    crate::metrics::observe(
-        &state
-            .metrics
-            .upstream_latency
-            .get_or_create(&crate::metrics::ProviderLabels { provider: (&target.provider.name).into() }),
-        started.elapsed().as_secs_f64(),
-        crate::otlp::trace_id(&span),
-    );
-    drop(span);
-    if let (StatusCode::UNAUTHORIZED, Some(retry)) = (response.status(), retry) {
-        if let Some(again) = retry_with_fresh_token(state, target, cred, retry, &mut scrub).await? {
-            response = again;
+///
+/// Not an `async fn`: one of those keeps its arguments twice in its future (the argument
+/// and the body's own binding of it), and this future is part of every request's.
+#[allow(clippy::manual_async_fn)] // on purpose, as `proxy::handle`
+pub(super) fn send<'a>(
+    state: &'a ProxyState,
+    target: &'a Target,
+    cred: &'a Credential,
+    mut p: Prepared,
+) -> impl std::future::Future<Output = Result<Sent, PublicError>> + 'a {
+    async move {
+        let websocket = p.client_upgrade.is_some();
+        let started = Instant::now();
+        let span = crate::telemetry::trace_span!(
+            "keyward.upstream",
+            otel.kind = "client",
+            server.address = p.request.uri().host().unwrap_or(""),
+            http.request.method = p.request.method().as_str(),
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let sent = {
+            use tracing::Instrument;
+            state.upstream.send(p.request, websocket).instrument(span.clone()).await
+        };
+        match &sent {
+            Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        let mut response = sent?;
+        crate::metrics::observe(
+            &state
+                .metrics
+                .upstream_latency
+                .get_or_create(&crate::metrics::ProviderLabels { provider: (&target.provider.name).into() }),
+            started.elapsed().as_secs_f64(),
+            crate::otlp::trace_id(&span),
+        );
+        drop(span);
+        if let (StatusCode::UNAUTHORIZED, Some(retry)) = (response.status(), p.retry) {
+            if let Some(again) = Box::pin(retry_with_fresh_token(state, target, cred, retry, &mut p.scrub)).await? {
+                response = again;
+            }
         }
+        Ok(Sent { response, upstream_elapsed: started.elapsed(), client_upgrade: p.client_upgrade, scrub: p.scrub })
     }
-    Ok(Sent { response, upstream_elapsed: started.elapsed(), client_upgrade, scrub })
 }
 
 /// Google: a 401 may mean the access token was revoked early. Forget it, get a fresh one
