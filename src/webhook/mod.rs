@@ -174,71 +174,78 @@ impl WebhookState {
 /// trusted proxy's `X-Forwarded-Proto` (http or https) and `X-Forwarded-Host` (no `/`, `@`
 /// or space) replace scheme and authority.
 pub(crate) fn signed_url(base: &Url, trusted: bool, req_headers: &HeaderMap, path_and_query: &str) -> String {
-    let mut scheme = base.scheme().to_string();
-    let mut authority = match (base.host_str(), base.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => String::new(),
-    };
-    if trusted {
-        if let Some(p) =
-            req_headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).filter(|p| *p == "http" || *p == "https")
-        {
-            scheme = p.to_string();
-        }
-        if let Some(h) = req_headers
-            .get("x-forwarded-host")
-            .and_then(|v| v.to_str().ok())
-            .filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']))
-        {
-            authority = h.to_string();
-        }
-    }
+    let forwarded = |name: &str| req_headers.get(name).and_then(|v| v.to_str().ok()).filter(|_| trusted);
+    let scheme = forwarded("x-forwarded-proto").filter(|p| *p == "http" || *p == "https").unwrap_or(base.scheme());
+    let host = forwarded("x-forwarded-host").filter(|h| !h.is_empty() && !h.contains(['/', '@', ' ']));
     let prefix = base.path().trim_end_matches('/');
-    format!("{scheme}://{authority}{prefix}{path_and_query}")
+    // One allocation, sized up front: this runs for every delivery.
+    let mut url = String::with_capacity(scheme.len() + 3 + 64 + prefix.len() + path_and_query.len());
+    url.push_str(scheme);
+    url.push_str("://");
+    match (host, base.host_str(), base.port()) {
+        (Some(h), _, _) => url.push_str(h),
+        (None, Some(h), port) => {
+            url.push_str(h);
+            if let Some(p) = port {
+                use std::fmt::Write;
+                let _ = write!(url, ":{p}");
+            }
+        }
+        (None, None, _) => {}
+    }
+    url.push_str(prefix);
+    url.push_str(path_and_query);
+    url
 }
 
 /// Handles one request on the webhook listener.
-pub(crate) async fn handle(
+///
+/// `handle`, `route` and `forward` return `async move` blocks rather than being `async fn`s,
+/// for the reason given at `proxy::handle`: an `async fn` keeps each by-value argument twice
+/// in its future, and the future is allocated and copied per delivery.
+#[allow(clippy::manual_async_fn)] // on purpose, as said above
+pub(crate) fn handle(
     state: Arc<WebhookState>,
     peer: Peer,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    use tracing::Instrument;
-    // A provider's `traceparent` is not continued: the caller is outside the trust boundary,
-    // so each delivery starts its own trace.
-    let otel = crate::telemetry::trace_span!(
-        "keyward.webhook",
-        otel.kind = "server",
-        http.request.method = req.method().as_str(),
-        keyward.tenant = tracing::field::Empty,
-        keyward.provider = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        keyward.error_code = tracing::field::Empty,
-        http.request.body.size = tracing::field::Empty,
-        http.response.body.size = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    let start = state.access.enabled().then(|| {
-        let mut s = crate::access::Start::new("webhook", delivery_id(), &peer, &req);
-        s.trace_id = crate::otlp::trace_id(&otel);
-        s
-    });
-    let mut facts = crate::access::Facts::default();
-    let resp = route(&state, &peer, req, &mut facts).instrument(otel.clone()).await;
-    if start.is_none() && otel.is_disabled() {
-        return Ok(resp);
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> {
+    async move {
+        use tracing::Instrument;
+        // A provider's `traceparent` is not continued: the caller is outside the trust boundary,
+        // so each delivery starts its own trace.
+        let otel = crate::telemetry::trace_span!(
+            "keyward.webhook",
+            otel.kind = "server",
+            http.request.method = req.method().as_str(),
+            keyward.tenant = tracing::field::Empty,
+            keyward.provider = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            keyward.error_code = tracing::field::Empty,
+            http.request.body.size = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let start = state.access.enabled().then(|| {
+            let mut s = crate::access::Start::new("webhook", delivery_id(), &peer, &req);
+            s.trace_id = crate::otlp::trace_id(&otel);
+            s
+        });
+        let mut facts = crate::access::Facts::default();
+        let resp = route(&state, &peer, req, &mut facts).instrument(otel.clone()).await;
+        if start.is_none() && otel.is_disabled() {
+            return Ok(resp);
+        }
+        // The code keyward answered with (its own bounded set), not a header the app set.
+        let error = match resp.headers().get("keyward-error") {
+            Some(v) if facts.upstream_status.is_none() => v.to_str().unwrap_or("").to_string(),
+            _ => String::new(),
+        };
+        if !otel.is_disabled() {
+            crate::access::describe_span(&otel, &facts, resp.status().as_u16(), &error);
+        }
+        let record = start.map(|s| (state.access.clone(), s));
+        Ok(crate::access::attach(resp, record, facts, &error, otel))
     }
-    // The code keyward answered with (its own bounded set), not a header the app set.
-    let error = match resp.headers().get("keyward-error") {
-        Some(v) if facts.upstream_status.is_none() => v.to_str().unwrap_or("").to_string(),
-        _ => String::new(),
-    };
-    if !otel.is_disabled() {
-        crate::access::describe_span(&otel, &facts, resp.status().as_u16(), &error);
-    }
-    let record = start.map(|s| (state.access.clone(), s));
-    Ok(crate::access::attach(resp, record, facts, &error, otel))
 }
 
 /// A delivery's id for the access log: `w` + pid + sequence, in hex.
@@ -284,213 +291,223 @@ fn oauth_callback_provider(path: &str) -> Option<&str> {
     keyward_core::ids::ProviderName::parse(p).is_ok().then_some(p)
 }
 
-async fn route(
-    state: &WebhookState,
-    peer: &Peer,
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+fn route<'a>(
+    state: &'a WebhookState,
+    peer: &'a Peer,
     req: Request<Incoming>,
-    facts: &mut crate::access::Facts,
-) -> Response<ProxyBody> {
-    if let Some(provider) = oauth_callback_provider(req.uri().path()) {
-        if state.tokens.spec(provider).is_some() {
-            if req.method() != Method::GET {
-                return boxed(PublicError::method_not_allowed("the OAuth callback is GET"));
+    facts: &'a mut crate::access::Facts,
+) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
+    async move {
+        if let Some(provider) = oauth_callback_provider(req.uri().path()) {
+            if state.tokens.spec(provider).is_some() {
+                if req.method() != Method::GET {
+                    return boxed(PublicError::method_not_allowed("the OAuth callback is GET"));
+                }
+                let provider = provider.to_string();
+                // Boxed: the callback's code exchange is a large future, and rare.
+                return Box::pin(oauth_callback(state, &provider, &req)).await;
             }
-            let provider = provider.to_string();
-            return oauth_callback(state, &provider, &req).await;
         }
-    }
-    let segs: Vec<String> =
-        req.uri().path().split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned()).collect();
-    let (provider, tenant) = match segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        ["webhooks", p] => (p.to_string(), None),
-        ["webhooks", p, t] => (p.to_string(), Some(t.to_string())),
-        _ => {
-            return boxed(PublicError::not_found(
-                "keyward serves webhooks at /webhooks/{provider} and /webhooks/{provider}/{tenant}",
-            ))
+        // Segments are decoded (a plain one is borrowed, not copied); exactly two or three.
+        let mut segs = req.uri().path().split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy());
+        let (provider, tenant) = match (segs.next(), segs.next(), segs.next(), segs.next()) {
+            (Some(w), Some(p), t, None) if w == "webhooks" => (p, t),
+            _ => {
+                return boxed(PublicError::not_found(
+                    "keyward serves webhooks at /webhooks/{provider} and /webhooks/{provider}/{tenant}",
+                ))
+            }
+        };
+        if req.method() != Method::POST && req.method() != Method::GET {
+            return boxed(PublicError::method_not_allowed("webhooks are POST or GET"));
         }
-    };
-    if req.method() != Method::POST && req.method() != Method::GET {
-        return boxed(PublicError::method_not_allowed("webhooks are POST or GET"));
-    }
-    let Some(def) = state.creds.providers().get(&provider).cloned().filter(|d| d.has_webhooks()) else {
-        return boxed(PublicError::new(StatusCode::NOT_FOUND, "unknown_provider", "no such provider with webhooks"));
-    };
-    facts.provider = Some(def.name.clone());
-    // An unknown or invalid tenant in the path reads like a tenant without a key.
-    let path_tenant = match tenant.map(|t| TenantId::parse(&t)) {
-        None => None,
-        Some(Ok(t)) => Some(t),
-        Some(Err(_)) => {
-            let r = Rejection { code: "no_credential", detail: "the path names no valid tenant".into() };
-            state.rejections.record(def.name.as_str(), None, &r);
-            state.count(&def.name, Some(r.code));
-            return rejection_response(&r);
-        }
-    };
-
-    // Read the whole body, bounded: nothing is buffered past the limit.
-    let (parts, body) = req.into_parts();
-    if let Some(len) =
-        parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-    {
-        if len > state.max_body {
-            return boxed(PublicError::too_large(state.max_body));
-        }
-    }
-    // A deadline for the whole body: a sender trickling bytes must not hold a connection
-    // (and a descriptor) for ever.
-    let collect = Limited::new(body, usize::try_from(state.max_body).unwrap_or(usize::MAX)).collect();
-    let body = match tokio::time::timeout(state.body_read_timeout, collect).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return boxed(PublicError::too_large(state.max_body))
-        }
-        Ok(Err(_)) => return boxed(PublicError::bad_request("the request body could not be read")),
-        Err(_) => {
-            let mut e = PublicError::bad_request(format!(
-                "the request body did not arrive within {} s (webhooks.body_read_timeout)",
-                state.body_read_timeout.as_secs()
+        let Some(def) = state.creds.providers().get(&provider).cloned().filter(|d| d.has_webhooks()) else {
+            return boxed(PublicError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_provider",
+                "no such provider with webhooks",
             ));
-            e.status = http::StatusCode::REQUEST_TIMEOUT;
-            return boxed(e);
+        };
+        facts.provider = Some(def.name.clone());
+        // An unknown or invalid tenant in the path reads like a tenant without a key.
+        let path_tenant = match tenant.map(|t| TenantId::parse(&t)) {
+            None => None,
+            Some(Ok(t)) => Some(t),
+            Some(Err(_)) => {
+                let r = Rejection { code: "no_credential", detail: "the path names no valid tenant".into() };
+                state.rejections.record(def.name.as_str(), None, &r);
+                state.count(&def.name, Some(r.code));
+                return rejection_response(&r);
+            }
+        };
+
+        // Read the whole body, bounded: nothing is buffered past the limit.
+        let (parts, body) = req.into_parts();
+        if let Some(len) =
+            parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > state.max_body {
+                return boxed(PublicError::too_large(state.max_body));
+            }
         }
-    };
-    if state.access.enabled() || crate::telemetry::traces_on() {
-        facts.bytes_in = Some(Arc::new((body.len() as u64).into()));
+        // A deadline for the whole body: a sender trickling bytes must not hold a connection
+        // (and a descriptor) for ever.
+        let collect = Limited::new(body, usize::try_from(state.max_body).unwrap_or(usize::MAX)).collect();
+        let body = match tokio::time::timeout(state.body_read_timeout, collect).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return boxed(PublicError::too_large(state.max_body))
+            }
+            Ok(Err(_)) => return boxed(PublicError::bad_request("the request body could not be read")),
+            Err(_) => {
+                let mut e = PublicError::bad_request(format!(
+                    "the request body did not arrive within {} s (webhooks.body_read_timeout)",
+                    state.body_read_timeout.as_secs()
+                ));
+                e.status = http::StatusCode::REQUEST_TIMEOUT;
+                return boxed(e);
+            }
+        };
+        if state.access.enabled() || crate::telemetry::traces_on() {
+            facts.bytes_in = Some(Arc::new((body.len() as u64).into()));
+        }
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let url = state.signed_url(peer, &parts.headers, pq);
+        let delivery = Delivery {
+            method: parts.method.as_str(),
+            url: &url,
+            headers: &parts.headers,
+            body: &body,
+            now: keyward_core::time::now_secs(),
+        };
+        let verifying = Instant::now();
+        let span = crate::telemetry::trace_span!(
+            "keyward.webhook.verify",
+            keyward.provider = def.name.as_str(),
+            keyward.result = tracing::field::Empty,
+            keyward.reason = tracing::field::Empty,
+        );
+        let verdict = {
+            use tracing::Instrument;
+            verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery)
+                .instrument(span.clone())
+                .await
+        };
+        facts.resolve = Some(verifying.elapsed());
+        match &verdict {
+            Ok(_) => span.record("keyward.result", "verified"),
+            Err(r) => span.record("keyward.result", "rejected").record("keyward.reason", r.code),
+        };
+        drop(span);
+        let verified = match verdict {
+            Ok(v) => v,
+            Err(r) => {
+                state.rejections.record(def.name.as_str(), path_tenant.as_ref(), &r);
+                state.count(&def.name, Some(r.code));
+                return rejection_response(&r);
+            }
+        };
+        state.count(&def.name, None);
+        facts.tenant = Some(verified.tenant.clone());
+        forward(state, verified, parts.method, pq, parts.headers, body, facts).await
     }
-    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let url = state.signed_url(peer, &parts.headers, &pq);
-    let delivery = Delivery {
-        method: parts.method.as_str(),
-        url: &url,
-        headers: &parts.headers,
-        body: &body,
-        now: keyward_core::time::now_secs(),
-    };
-    let verifying = Instant::now();
-    let span = crate::telemetry::trace_span!(
-        "keyward.webhook.verify",
-        keyward.provider = def.name.as_str(),
-        keyward.result = tracing::field::Empty,
-        keyward.reason = tracing::field::Empty,
-    );
-    let verdict = {
-        use tracing::Instrument;
-        verify::verify(&state.creds, Some(&state.replay), &def, path_tenant.clone(), &delivery)
-            .instrument(span.clone())
-            .await
-    };
-    facts.resolve = Some(verifying.elapsed());
-    match &verdict {
-        Ok(_) => span.record("keyward.result", "verified"),
-        Err(r) => span.record("keyward.result", "rejected").record("keyward.reason", r.code),
-    };
-    drop(span);
-    let verified = match verdict {
-        Ok(v) => v,
-        Err(r) => {
-            state.rejections.record(def.name.as_str(), path_tenant.as_ref(), &r);
-            state.count(&def.name, Some(r.code));
-            return rejection_response(&r);
-        }
-    };
-    state.count(&def.name, None);
-    facts.tenant = Some(verified.tenant.clone());
-    forward(state, verified, parts.method, &pq, parts.headers, body, facts).await
 }
 
-async fn forward(
-    state: &WebhookState,
+#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
+fn forward<'a>(
+    state: &'a WebhookState,
     v: Verified,
     method: Method,
-    pq: &str,
+    pq: &'a str,
     headers: HeaderMap,
     body: Bytes,
-    facts: &mut crate::access::Facts,
-) -> Response<ProxyBody> {
-    let Ok(uri) = state.app.uri(pq) else {
-        return boxed(PublicError::bad_request("the request path cannot be forwarded"));
-    };
-    let listed = connection_listed(&headers);
-    let mut out = HeaderMap::with_capacity(headers.len() + 4);
-    for (name, value) in &headers {
-        let n = name.as_str();
-        if n.starts_with("keyward-")
-            || is_hop_by_hop(n)
-            || name == header::HOST
-            || listed.iter().any(|l| l == n)
-            || v.strip.contains(&n)
-        {
-            continue;
+    facts: &'a mut crate::access::Facts,
+) -> impl std::future::Future<Output = Response<ProxyBody>> + 'a {
+    async move {
+        let Ok(uri) = state.app.uri(pq) else {
+            return boxed(PublicError::bad_request("the request path cannot be forwarded"));
+        };
+        let listed = connection_listed(&headers);
+        let mut out = HeaderMap::with_capacity(headers.len() + 4);
+        for (name, value) in &headers {
+            let n = name.as_str();
+            if n.starts_with("keyward-")
+                || is_hop_by_hop(n)
+                || name == header::HOST
+                || listed.iter().any(|l| l == n)
+                || v.strip.contains(&n)
+            {
+                continue;
+            }
+            out.append(name.clone(), value.clone());
         }
-        out.append(name.clone(), value.clone());
-    }
-    let set = |h: &mut HeaderMap, n: &'static str, val: &str| {
-        if let Ok(v) = HeaderValue::from_str(val) {
-            h.insert(HeaderName::from_static(n), v);
+        let set = |h: &mut HeaderMap, n: &'static str, val: &str| {
+            if let Ok(v) = HeaderValue::from_str(val) {
+                h.insert(HeaderName::from_static(n), v);
+            }
+        };
+        set(&mut out, "keyward-tenant", v.tenant.as_str());
+        set(&mut out, "keyward-provider", v.provider.name.as_str());
+        if let Some(id) = &v.event_id {
+            set(&mut out, "keyward-event-id", id);
         }
-    };
-    set(&mut out, "keyward-tenant", v.tenant.as_str());
-    set(&mut out, "keyward-provider", v.provider.name.as_str());
-    if let Some(id) = &v.event_id {
-        set(&mut out, "keyward-event-id", id);
-    }
-    set(&mut out, "keyward-verified", "1");
-    let needs_mask = keyward_core::redact::contains_any(&body, &v.mask);
-    let body = if !needs_mask {
-        body
-    } else {
-        let mut b = body.to_vec();
-        keyward_core::redact::mask(&mut b, &v.mask);
-        Bytes::from(b)
-    };
-    let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.headers_mut() = out;
-    let forwarding = Instant::now();
-    let span = crate::telemetry::trace_span!(
-        "keyward.webhook.forward",
-        otel.kind = "client",
-        http.response.status_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    // The app continues keyward's trace: this span is its parent.
-    crate::otlp::inject(&span, req.headers_mut());
-    let sent = {
-        use tracing::Instrument;
-        state.app.send(req).instrument(span.clone()).await
-    };
-    match &sent {
-        Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
-        Err(_) => span.record("otel.status_code", "ERROR"),
-    };
-    drop(span);
-    facts.upstream = Some(forwarding.elapsed());
-    let Verified { reservation, tenant, provider, .. } = v;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(tenant = %tenant, provider = %provider.name, error = %e, "verified webhook could not be forwarded to the app");
-            // The replay key is released: the provider's retry passes.
-            if let Some(r) = reservation {
+        set(&mut out, "keyward-verified", "1");
+        let needs_mask = keyward_core::redact::contains_any(&body, &v.mask);
+        let body = if !needs_mask {
+            body
+        } else {
+            let mut b = body.to_vec();
+            keyward_core::redact::mask(&mut b, &v.mask);
+            Bytes::from(b)
+        };
+        let mut req = Request::new(Full::new(body).map_err(|never| match never {}).boxed_unsync());
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = out;
+        let forwarding = Instant::now();
+        let span = crate::telemetry::trace_span!(
+            "keyward.webhook.forward",
+            otel.kind = "client",
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // The app continues keyward's trace: this span is its parent.
+        crate::otlp::inject(&span, req.headers_mut());
+        let sent = {
+            use tracing::Instrument;
+            state.app.send(req).instrument(span.clone()).await
+        };
+        match &sent {
+            Ok(r) => span.record("http.response.status_code", i64::from(r.status().as_u16())),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        drop(span);
+        facts.upstream = Some(forwarding.elapsed());
+        let Verified { reservation, tenant, provider, .. } = v;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant, provider = %provider.name, error = %e, "verified webhook could not be forwarded to the app");
+                // The replay key is released: the provider's retry passes.
+                if let Some(r) = reservation {
+                    r.release().await;
+                }
+                return boxed(e.into());
+            }
+        };
+        facts.upstream_status = Some(resp.status().as_u16());
+        if let Some(r) = reservation {
+            if resp.status().is_success() {
+                r.commit().await;
+            } else {
                 r.release().await;
             }
-            return boxed(e.into());
         }
-    };
-    facts.upstream_status = Some(resp.status().as_u16());
-    if let Some(r) = reservation {
-        if resp.status().is_success() {
-            r.commit().await;
-        } else {
-            r.release().await;
-        }
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
     }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
 }
 
 /// `[webhooks]`
