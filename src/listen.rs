@@ -441,7 +441,7 @@ where
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let activity = Arc::new(Activity::default());
+        let activity = Arc::new(Activity::new());
         let svc = Tracked { inner: (self.make)(peer), activity: activity.clone() };
         let idle = Idle { activity, after: self.limits.idle_timeout };
         match version {
@@ -458,18 +458,32 @@ where
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// Requests in flight on one connection, and when that count last changed.
-#[derive(Default)]
+/// Requests in flight on one connection, and when the last one ended.
 struct Activity {
     inflight: std::sync::atomic::AtomicUsize,
-    last: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Milliseconds from `opened` to the end of the last request: an atomic rather than a
+    /// locked `Instant`, and no clock read when a request starts (it is in flight then).
+    ended_ms: std::sync::atomic::AtomicU64,
+    opened: tokio::time::Instant,
 }
 
 impl Activity {
-    fn touch(&self) {
-        if let Ok(mut l) = self.last.lock() {
-            *l = Some(tokio::time::Instant::now());
-        }
+    fn new() -> Self {
+        Self { inflight: Default::default(), ended_ms: Default::default(), opened: tokio::time::Instant::now() }
+    }
+
+    /// The time is stored before the count drops, so the idle check never sees nothing in
+    /// flight beside the time of an earlier end.
+    fn end(&self) {
+        use std::sync::atomic::Ordering;
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ended_ms.fetch_max(ms, Ordering::Release);
+        self.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the last request ended, or the connection opened if none has.
+    fn last_end(&self) -> tokio::time::Instant {
+        self.opened + Duration::from_millis(self.ended_ms.load(std::sync::atomic::Ordering::Acquire))
     }
 }
 
@@ -485,8 +499,7 @@ struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        self.0.touch();
+        self.0.end();
     }
 }
 
@@ -502,7 +515,6 @@ where
 
     fn call(&self, req: R) -> Self::Future {
         self.activity.inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.activity.touch();
         let guard = Some(InFlight(self.activity.clone()));
         Tracking { fut: self.inner.call(req), guard }
     }
@@ -570,17 +582,15 @@ struct Idle {
 impl Idle {
     /// Resolves once the connection has had nothing in flight for `after`.
     async fn wait(&self) {
-        let start = tokio::time::Instant::now();
         loop {
-            let last = self.activity.last.lock().ok().and_then(|l| *l).unwrap_or(start);
-            let due = last + self.after;
-            if self.activity.inflight.load(std::sync::atomic::Ordering::Acquire) == 0
-                && tokio::time::Instant::now() >= due
-            {
+            // The count first: once it reads zero, the end time stored before it is seen.
+            let idle = self.activity.inflight.load(std::sync::atomic::Ordering::Acquire) == 0;
+            let due = self.activity.last_end() + self.after;
+            let now = tokio::time::Instant::now();
+            if idle && now >= due {
                 return;
             }
-            let next = if tokio::time::Instant::now() >= due { tokio::time::Instant::now() + self.after } else { due };
-            tokio::time::sleep_until(next).await;
+            tokio::time::sleep_until(if now >= due { now + self.after } else { due }).await;
         }
     }
 }

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self};
 use http::{Method, Request, Response, Version};
@@ -213,9 +212,8 @@ fn forward<'a>(
 ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, PublicError>> + 'a {
     async move {
         phases::authorize(state, peer, target)?;
-        let resolving = Instant::now();
-        let cred = phases::resolve(state, target).await?;
-        facts.resolve = Some(resolving.elapsed());
+        let (cred, took) = phases::resolve(state, target).await?;
+        facts.resolve = Some(took);
         let prepared = phases::build(state, target, &cred, req, facts.bytes_in.clone()).await?;
         let sent = phases::send(state, target, &cred, prepared).await?;
         facts.upstream = Some(sent.upstream_elapsed);

@@ -44,17 +44,22 @@ pub(super) fn authorize(state: &ProxyState, peer: &Peer, target: &Target) -> Res
     Ok(())
 }
 
-/// The tenant's credential for the provider; a tenant keyward has never seen is
-/// `unknown_tenant` rather than `no_credential`.
-pub(super) async fn resolve(state: &ProxyState, target: &Target) -> Result<Arc<Credential>, PublicError> {
+/// The tenant's credential for the provider and how long finding it took (one clock for
+/// the metric and the access log); a tenant keyward has never seen is `unknown_tenant`
+/// rather than `no_credential`.
+pub(super) async fn resolve(
+    state: &ProxyState,
+    target: &Target,
+) -> Result<(Arc<Credential>, std::time::Duration), PublicError> {
     use tracing::Instrument;
     let span = crate::telemetry::trace_span!("keyward.credential.resolve", keyward.cache = tracing::field::Empty);
     let started = Instant::now();
     let resolved = state.creds.resolve(&target.tenant, target.provider.name.as_str()).instrument(span.clone()).await;
     let trace = crate::otlp::trace_id(&span);
-    crate::metrics::observe(&state.metrics.credential_resolve, started.elapsed().as_secs_f64(), trace);
+    let took = started.elapsed();
+    crate::metrics::observe(&state.metrics.credential_resolve, took.as_secs_f64(), trace);
     match resolved {
-        Ok(c) => Ok(c),
+        Ok(c) => Ok((c, took)),
         Err(CredError::NotFound { .. }) if !state.creds.tenant_exists(&target.tenant).await? => Err(PublicError::new(
             StatusCode::NOT_FOUND,
             "unknown_tenant",
