@@ -333,6 +333,32 @@ async fn h2c_on_the_socket_and_h2_upstream_work() {
     assert_eq!(r.path_and_query, "/assistant/2");
     assert_eq!(r.version, http::Version::HTTP_2, "the provider offered h2 and keyward used it");
     assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
+    // Concurrent calls share the one HTTP/2 connection.
+    let calls = (0..8).map(|_| d.app("GET", "/vapi/assistant/c", &[("keyward-tenant", "acme")], None));
+    assert!(futures_util::future::join_all(calls).await.iter().all(|(s, _, _)| *s == 200));
+    assert_eq!(vapi.connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_provider_without_h2_gets_http1_keep_alive_with_http2_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = Pki::new(tmp.path());
+    let vapi = FakeProvider::serve(pki.server_config(&[b"http/1.1"]), common::fake::ok_json()).await;
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        extra: pki.upstream("vapi", &vapi.url),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
+    for i in 0..5 {
+        let (s, _, _) = d.app("GET", &format!("/vapi/assistant/{i}"), &[("keyward-tenant", "acme")], None).await;
+        assert_eq!(s, 200);
+    }
+    let r = vapi.last();
+    assert_eq!(r.version, http::Version::HTTP_11);
+    assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
+    assert_eq!(vapi.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "one keep-alive connection");
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

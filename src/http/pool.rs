@@ -1,28 +1,32 @@
-//! HTTP/1.1 keep-alive connections to the few hosts a sidecar talks to, each driven inside
-//! the task of the request that holds it.
+//! Connections to the few hosts a sidecar talks to: HTTP/1.1 keep-alive connections, each
+//! driven inside the task of the request that holds it, and, where a host's TLS handshake
+//! chooses `h2` (ALPN), one shared HTTP/2 connection per host.
 //!
-//! Why not hyper-util's pooled client: it runs every connection as a task of its own, so a
-//! request crosses tasks twice (request in, response out) and its body once per chunk, and
-//! each checkout builds a pool key and takes a global lock with many hosts in mind. Here a
-//! request takes an idle connection (a short lock over a list of a handful of hosts), drives
-//! it itself until the response head, and hands it on inside the response body, which drives
-//! it while the app reads and puts it back when the body ends. nginx's upstream keep-alive
-//! is the model; bench/run measures the difference (docs/benchmarks.md).
+//! Why not hyper-util's pooled client: it runs every connection as a task of its own, so an
+//! HTTP/1.1 request crosses tasks twice (request in, response out) and its body once per
+//! chunk; and each checkout, HTTP/2 too, builds a pool key, takes a global lock with many
+//! hosts in mind, boxes its futures and adds a map of connection facts to every response.
+//! Here an HTTP/1.1 request takes an idle connection (a short lock over a list of a handful
+//! of hosts), drives it itself until the response head, and hands it on inside the response
+//! body, which drives it while the app reads and puts it back when the body ends; an HTTP/2
+//! request clones its host's sender under the same lock. nginx's upstream keep-alive is the
+//! model; bench/run measures the difference (docs/benchmarks.md).
 
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -35,7 +39,7 @@ const MAX_IDLE_PER_HOST: usize = 256;
 #[derive(Clone)]
 pub(crate) enum Dial {
     /// TCP, with TLS for `https` when there is a connector, plain for `http` when
-    /// `allow_http`.
+    /// `allow_http`. HTTP/2 is spoken where the connector offers `h2` and the host takes it.
     Net { tls: Option<tokio_rustls::TlsConnector>, allow_http: bool },
     /// One Unix socket whatever the URI names (the webhook app behind `forward_to`).
     Unix(Arc<PathBuf>),
@@ -84,7 +88,7 @@ pub(crate) struct Failed {
     pub(crate) target: String,
 }
 
-/// One pool of keep-alive connections; cheap to clone.
+/// One pool of connections; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Pool {
     inner: Arc<Inner>,
@@ -95,16 +99,29 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// A handful of hosts: a list scanned under a short lock beats hashing a key.
-    idle: Mutex<Vec<HostIdle>>,
+    hosts: Mutex<Vec<Host>>,
 }
 
-struct HostIdle {
+struct Host {
     key: Key,
-    /// Oldest first; checkout takes the newest (warmest).
-    conns: Vec<(Box<Conn>, Instant)>,
+    /// Idle HTTP/1.1 connections, oldest first; checkout takes the newest (warmest).
+    idle: Vec<(Box<Conn>, Instant)>,
+    /// The host's HTTP/2 connection, when it speaks HTTP/2.
+    shared: Option<Shared>,
 }
 
-/// Where a connection goes.
+/// An HTTP/2 connection every request to its host goes on; its driver is a task of its own,
+/// since many requests' streams are on it at once.
+struct Shared {
+    send: http2::SendRequest<ProxyBody>,
+    /// Told apart from a later connection to the same host, for the idle watch.
+    id: u64,
+    /// Requests sent on it: the idle watch sees the count unchanged over an idle timeout,
+    /// without a clock read per request.
+    sent: u64,
+}
+
+/// A host, as the pool keeps it (copied once, when its first connection is made).
 #[derive(Clone, PartialEq, Eq)]
 struct Key {
     tls: bool,
@@ -112,35 +129,56 @@ struct Key {
     port: u16,
 }
 
-impl std::fmt::Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+impl Key {
+    fn matches(&self, dest: &Dest) -> bool {
+        self.tls == dest.tls && self.port == dest.port && self.host == dest.host()
     }
 }
 
-impl Key {
-    fn of(uri: &Uri) -> Result<Key, PoolError> {
+/// Where one request goes; shares its URI's authority (no copy per request).
+#[derive(Clone)]
+struct Dest {
+    tls: bool,
+    authority: Authority,
+    port: u16,
+}
+
+impl Dest {
+    fn of(uri: &Uri) -> Result<Dest, PoolError> {
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => return Err(PoolError::BadTarget("the URI has no http or https scheme")),
         };
-        let host = uri.host().ok_or(PoolError::BadTarget("the URI has no host"))?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        Ok(Key { tls, host: host.to_string(), port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }) })
+        let authority = uri.authority().filter(|a| !a.host().is_empty()).cloned();
+        let authority = authority.ok_or(PoolError::BadTarget("the URI has no host"))?;
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        Ok(Dest { tls, authority, port })
     }
 
-    fn matches(&self, tls: bool, host: &str, port: u16) -> bool {
-        self.tls == tls && self.port == port && self.host == host
+    /// Without an IPv6 literal's brackets, as sockets and TLS server names take it.
+    fn host(&self) -> &str {
+        let host = self.authority.host();
+        host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+    }
+
+    fn key(&self) -> Key {
+        Key { tls: self.tls, host: self.host().to_string(), port: self.port }
     }
 }
 
-/// A connection: the handle requests go in by, and the state machine that does its I/O,
-/// which whoever holds the connection polls.
+impl std::fmt::Display for Dest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host().contains(':') {
+            write!(f, "[{}]:{}", self.host(), self.port)
+        } else {
+            write!(f, "{}:{}", self.host(), self.port)
+        }
+    }
+}
+
+/// An HTTP/1.1 connection: the handle requests go in by, and the state machine that does
+/// its I/O, which whoever holds the connection polls.
 struct Conn {
     send: http1::SendRequest<ProxyBody>,
     driver: http1::Connection<TokioIo<Stream>, ProxyBody>,
@@ -163,69 +201,131 @@ impl Conn {
     }
 }
 
+/// A new connection, as the host's TLS handshake chose.
+enum Dialed {
+    H1(Box<Conn>),
+    H2(http2::SendRequest<ProxyBody>),
+}
+
 impl Pool {
     pub(crate) fn new(dial: Dial, connect_timeout: Duration, idle_timeout: Duration) -> Pool {
-        Pool { inner: Arc::new(Inner { dial, connect_timeout, idle_timeout, idle: Mutex::new(Vec::new()) }) }
+        Pool { inner: Arc::new(Inner { dial, connect_timeout, idle_timeout, hosts: Mutex::new(Vec::new()) }) }
     }
 
-    /// Sends `req` (absolute URI) on an idle connection to its host, or a new one, and
-    /// waits for the response head. A request that an idle connection turned out unable to
-    /// take (the peer had closed it) goes once more on a new connection.
-    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
-        let key = Key::of(req.uri()).map_err(|error| Failed { error, target: "the provider".into() })?;
-        self.send_to(key, req).await.map_err(|(error, key)| Failed { error, target: key.to_string() })
+    /// Sends `req` (absolute URI) and waits for the response head: on the host's HTTP/2
+    /// connection, or an idle HTTP/1.1 one, or a new one. A request that an existing
+    /// connection turned out unable to take (the peer had closed it) goes once more on a
+    /// new connection.
+    pub(crate) async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
+        let dest = Dest::of(req.uri()).map_err(|error| Failed { error, target: "the provider".into() })?;
+        let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
+        if let Some(mut h2) = self.shared(&dest) {
+            match h2.try_send_request(req).await {
+                Ok(resp) => return Ok(resp.map(PooledBody::shared)),
+                Err(mut e) => match e.take_message() {
+                    // Never sent: the connection was closing; a new one may take it.
+                    Some(back) => req = back,
+                    None => return Err(failed(PoolError::Http(e.into_error()), &dest)),
+                },
+            }
+        }
+        // Boxed: HTTP/1.1 and a new connection (its TLS handshake) make a large future, which
+        // would otherwise size the request's future on the shared HTTP/2 path too.
+        Box::pin(self.send_h1_or_new(dest, req)).await
     }
 
-    async fn send_to(&self, key: Key, req: Request<ProxyBody>) -> Result<Response<PooledBody>, (PoolError, Key)> {
-        let mut req = origin_form(req);
-        let mut reused = self.checkout(&key).await;
+    async fn send_h1_or_new(&self, dest: Dest, req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
+        let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
+        let mut reused = self.checkout(&dest).await;
+        let mut req = Some(req);
         loop {
             let fresh = reused.is_none();
-            let mut conn = match reused.take() {
+            let conn = match reused.take() {
                 Some(c) => c,
-                None => match self.connect(&key).await {
-                    Ok(c) => c,
-                    Err(e) => return Err((e, key)),
+                None => match self.connect(&dest).await {
+                    Ok(Dialed::H1(c)) => c,
+                    Ok(Dialed::H2(mut h2)) => {
+                        let Some(req) = req.take() else { unreachable!("a request is taken once") };
+                        return h2
+                            .send_request(req)
+                            .await
+                            .map(|r| r.map(PooledBody::shared))
+                            .map_err(|e| failed(PoolError::Http(e), &dest));
+                    }
+                    Err(e) => return Err(failed(e, &dest)),
                 },
             };
-            let mut sending = std::pin::pin!(conn.send.try_send_request(req));
-            let outcome = std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = sending.as_mut().poll(cx) {
-                    return Poll::Ready(r);
-                }
-                // Writes the request and reads the head; when it finishes early, `sending`
-                // resolves with the reason on the next poll.
-                if !conn.drive(cx) {
-                    return sending.as_mut().poll(cx);
-                }
-                Poll::Pending
-            })
-            .await;
-            match outcome {
-                Ok(resp) => {
-                    let (parts, body) = resp.into_parts();
-                    let mut pooled = PooledBody { body, conn: Some(conn), key: Some(key), pool: self.clone() };
-                    if pooled.body.is_end_stream() {
-                        pooled.release();
-                    }
-                    return Ok(Response::from_parts(parts, pooled));
-                }
-                Err(mut e) => match e.take_message() {
+            let Some(r) = req.take() else { unreachable!("a request is taken once") };
+            match self.send_h1(conn, &dest, r).await {
+                Ok(resp) => return Ok(resp),
+                Err((e, back)) => match back {
                     // Never written: a closed idle connection; a new one may take it.
-                    Some(back) if !fresh => req = back,
-                    _ => return Err((PoolError::Http(e.into_error()), key)),
+                    Some(back) if !fresh => req = Some(back),
+                    _ => return Err(failed(PoolError::Http(e), &dest)),
                 },
             }
         }
     }
 
-    /// The newest idle connection to `key` that is still usable; stale ones are closed.
-    async fn checkout(&self, key: &Key) -> Option<Box<Conn>> {
+    /// Writes the request on `conn` and reads the response head; on failure, the request
+    /// comes back when it was never written.
+    async fn send_h1(
+        &self,
+        mut conn: Box<Conn>,
+        dest: &Dest,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<PooledBody>, (hyper::Error, Option<Request<ProxyBody>>)> {
+        let mut sending = std::pin::pin!(conn.send.try_send_request(origin_form(req)));
+        let outcome = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = sending.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            // Writes the request and reads the head; when it finishes early, `sending`
+            // resolves with the reason on the next poll.
+            if !conn.drive(cx) {
+                return sending.as_mut().poll(cx);
+            }
+            Poll::Pending
+        })
+        .await;
+        match outcome {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                let held = Held { conn, dest: dest.clone(), pool: self.clone() };
+                let mut pooled = PooledBody { body, held: Some(held) };
+                if pooled.body.is_end_stream() {
+                    pooled.release();
+                }
+                Ok(Response::from_parts(parts, pooled))
+            }
+            Err(mut e) => {
+                let back = e.take_message();
+                Err((e.into_error(), back))
+            }
+        }
+    }
+
+    /// A sender on the host's HTTP/2 connection, if it has one that is open.
+    fn shared(&self, dest: &Dest) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut hosts = self.inner.hosts.lock().ok()?;
+        let host = hosts.iter_mut().find(|h| h.key.matches(dest))?;
+        let shared = host.shared.as_mut()?;
+        if shared.send.is_closed() {
+            host.shared = None;
+            return None;
+        }
+        shared.sent = shared.sent.wrapping_add(1);
+        Some(shared.send.clone())
+    }
+
+    /// The newest idle HTTP/1.1 connection to `dest` that is still usable; stale ones are
+    /// closed.
+    async fn checkout(&self, dest: &Dest) -> Option<Box<Conn>> {
         loop {
             let (conn, since) = {
-                let mut idle = self.inner.idle.lock().ok()?;
-                let host = idle.iter_mut().find(|h| h.key.matches(key.tls, &key.host, key.port))?;
-                host.conns.pop()?
+                let mut hosts = self.inner.hosts.lock().ok()?;
+                let host = hosts.iter_mut().find(|h| h.key.matches(dest))?;
+                host.idle.pop()?
             };
             if since.elapsed() >= self.inner.idle_timeout {
                 continue;
@@ -238,54 +338,142 @@ impl Pool {
         }
     }
 
-    fn checkin(&self, key: Key, conn: Box<Conn>) {
-        let Ok(mut idle) = self.inner.idle.lock() else { return };
-        let now = Instant::now();
-        let at = match idle.iter().position(|h| h.key == key) {
+    /// The host's entry, made on first use.
+    fn host<'h>(hosts: &'h mut Vec<Host>, dest: &Dest) -> &'h mut Host {
+        let at = match hosts.iter().position(|h| h.key.matches(dest)) {
             Some(i) => i,
             None => {
-                idle.push(HostIdle { key, conns: Vec::new() });
-                idle.len() - 1
+                hosts.push(Host { key: dest.key(), idle: Vec::new(), shared: None });
+                hosts.len() - 1
             }
         };
-        let conns = &mut idle[at].conns;
-        // Oldest first: drop what timed out and what exceeds the cap.
-        let stale = conns.iter().take_while(|(_, t)| now.duration_since(*t) >= self.inner.idle_timeout).count();
-        let over = (conns.len() - stale + 1).saturating_sub(MAX_IDLE_PER_HOST);
-        conns.drain(..stale + over);
-        conns.push((conn, now));
+        &mut hosts[at]
     }
 
-    // Boxed once here and kept boxed through every checkout: a response body carries it.
-    async fn connect(&self, key: &Key) -> Result<Box<Conn>, PoolError> {
-        let stream = tokio::time::timeout(self.inner.connect_timeout, self.dial(key))
+    fn checkin(&self, dest: &Dest, conn: Box<Conn>) {
+        let Ok(mut hosts) = self.inner.hosts.lock() else { return };
+        let now = Instant::now();
+        let idle = &mut Self::host(&mut hosts, dest).idle;
+        // Oldest first: drop what timed out and what exceeds the cap.
+        let stale = idle.iter().take_while(|(_, t)| now.duration_since(*t) >= self.inner.idle_timeout).count();
+        let over = (idle.len() - stale + 1).saturating_sub(MAX_IDLE_PER_HOST);
+        idle.drain(..stale + over);
+        idle.push((conn, now));
+    }
+
+    // An HTTP/1.1 connection is boxed once here and kept boxed through every checkout: a
+    // response body carries it.
+    async fn connect(&self, dest: &Dest) -> Result<Dialed, PoolError> {
+        let (stream, h2) = tokio::time::timeout(self.inner.connect_timeout, self.dial(dest))
             .await
             .map_err(|_| PoolError::ConnectTimeout)??;
+        if h2 {
+            let (send, driver) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(PoolError::Http)?;
+            self.share(dest, send.clone(), driver);
+            return Ok(Dialed::H2(send));
+        }
         let (send, driver) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(PoolError::Http)?;
-        Ok(Box::new(Conn { send, driver, done: false }))
+        Ok(Dialed::H1(Box::new(Conn { send, driver, done: false })))
     }
 
-    async fn dial(&self, key: &Key) -> Result<Stream, PoolError> {
+    /// Makes a new HTTP/2 connection the host's (unless another request's new one got there
+    /// first and is open: then this one carries only its own request and closes after it),
+    /// and drives it in a task that also lets it go after an idle timeout without requests.
+    fn share(&self, dest: &Dest, send: http2::SendRequest<ProxyBody>, driver: H2Driver) {
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut hosts) = self.inner.hosts.lock() {
+            let host = Self::host(&mut hosts, dest);
+            if host.shared.as_ref().is_none_or(|s| s.send.is_closed()) {
+                host.shared = Some(Shared { send, id, sent: 0 });
+            }
+        }
+        let pool = Arc::downgrade(&self.inner);
+        let (dest, after) = (dest.clone(), self.inner.idle_timeout);
+        tokio::spawn(async move {
+            let mut driver = std::pin::pin!(driver);
+            let mut watch = IdleWatch::default();
+            loop {
+                tokio::select! {
+                    _ = driver.as_mut() => return,
+                    _ = tokio::time::sleep(after / IdleWatch::LOOKS) => {
+                        if !Self::still_used(&pool, &dest, id, &mut watch) {
+                            // No longer handed out; in-flight streams finish, then it closes.
+                            let _ = driver.await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// False once the connection is no longer the host's, or has carried no request over
+    /// an idle timeout (it is then let go).
+    fn still_used(pool: &Weak<Inner>, dest: &Dest, id: u64, watch: &mut IdleWatch) -> bool {
+        let Some(inner) = pool.upgrade() else { return false };
+        let Ok(mut hosts) = inner.hosts.lock() else { return false };
+        let Some(host) = hosts.iter_mut().find(|h| h.key.matches(dest)) else { return false };
+        let Some(shared) = host.shared.as_ref().filter(|s| s.id == id) else { return false };
+        if watch.idle_after(shared.sent) {
+            host.shared = None;
+            return false;
+        }
+        true
+    }
+
+    /// The stream, and whether the TLS handshake chose HTTP/2.
+    async fn dial(&self, dest: &Dest) -> Result<(Stream, bool), PoolError> {
         match &self.inner.dial {
-            Dial::Unix(path) => Ok(Stream::Unix(UnixStream::connect(&**path).await.map_err(PoolError::Connect)?)),
+            Dial::Unix(path) => {
+                Ok((Stream::Unix(UnixStream::connect(&**path).await.map_err(PoolError::Connect)?), false))
+            }
             Dial::Net { tls, allow_http } => {
-                if !key.tls && !allow_http {
+                if !dest.tls && !allow_http {
                     return Err(PoolError::BadTarget("plain http upstreams are not allowed"));
                 }
-                if key.tls && tls.is_none() {
+                if dest.tls && tls.is_none() {
                     return Err(PoolError::BadTarget("https is not carried here"));
                 }
-                let tcp = TcpStream::connect((key.host.as_str(), key.port)).await.map_err(PoolError::Connect)?;
+                let tcp = TcpStream::connect((dest.host(), dest.port)).await.map_err(PoolError::Connect)?;
                 tcp.set_nodelay(true).map_err(PoolError::Connect)?;
                 let sock = socket2::SockRef::from(&tcp);
                 let _ = sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)));
-                let Some(tls) = tls.as_ref().filter(|_| key.tls) else { return Ok(Stream::Tcp(tcp)) };
-                let name = rustls::pki_types::ServerName::try_from(key.host.clone())
+                let Some(tls) = tls.as_ref().filter(|_| dest.tls) else { return Ok((Stream::Tcp(tcp), false)) };
+                let name = rustls::pki_types::ServerName::try_from(dest.host().to_string())
                     .map_err(|_| PoolError::BadTarget("the host is not a valid TLS server name"))?;
                 let tls = tls.connect(name, tcp).await.map_err(PoolError::Tls)?;
-                Ok(Stream::Tls(Box::new(tls)))
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                Ok((Stream::Tls(Box::new(tls)), h2))
             }
         }
+    }
+}
+
+type H2Driver = http2::Connection<TokioIo<Stream>, ProxyBody, TokioExecutor>;
+
+/// Looks at a shared connection's request count a few times per idle timeout: idle once
+/// the count stood still for a whole timeout (let go within 1¼ timeouts of its last use).
+#[derive(Default)]
+struct IdleWatch {
+    last: u64,
+    still: u32,
+}
+
+impl IdleWatch {
+    const LOOKS: u32 = 4;
+
+    fn idle_after(&mut self, sent: u64) -> bool {
+        if sent == self.last {
+            self.still += 1;
+        } else {
+            (self.last, self.still) = (sent, 0);
+        }
+        self.still >= Self::LOOKS
     }
 }
 
@@ -315,21 +503,30 @@ fn origin_form(req: Request<ProxyBody>) -> Request<ProxyBody> {
     Request::from_parts(parts, body)
 }
 
-/// A response body that drives its connection while it is read and returns it to the
-/// pool when it ends; dropped early, it closes the connection (the rest of the answer
-/// would still be on it).
-pub(crate) struct PooledBody {
-    body: Incoming,
-    conn: Option<Box<Conn>>,
-    key: Option<Key>,
+/// An HTTP/1.1 connection a response body holds, and where it goes back to.
+struct Held {
+    conn: Box<Conn>,
+    dest: Dest,
     pool: Pool,
 }
 
+/// A response body. Over HTTP/1.1 it drives its connection while it is read and returns it
+/// to the pool when it ends; dropped early, it closes the connection (the rest of the answer
+/// would still be on it). Over HTTP/2 the connection's own task drives it.
+pub(crate) struct PooledBody {
+    body: Incoming,
+    held: Option<Held>,
+}
+
 impl PooledBody {
+    fn shared(body: Incoming) -> PooledBody {
+        PooledBody { body, held: None }
+    }
+
     fn release(&mut self) {
-        if let (Some(conn), Some(key)) = (self.conn.take(), self.key.take()) {
+        if let Some(Held { conn, dest, pool }) = self.held.take() {
             if !conn.done {
-                self.pool.checkin(key, conn);
+                pool.checkin(&dest, conn);
             }
         }
     }
@@ -341,15 +538,15 @@ impl Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        if let Some(conn) = &mut this.conn {
+        if let Some(held) = &mut this.held {
             // Reads the next chunk into the body's channel (or learns the peer closed).
-            conn.drive(cx);
+            held.conn.drive(cx);
         }
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.conn = None,
+            Poll::Ready(Some(Err(_))) => this.held = None,
             _ => {}
         }
         polled
@@ -557,6 +754,119 @@ mod tests {
             assert_eq!(read(pool.send(get(&format!("http://{addr}/"))).await.unwrap()).await, 2);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A TLS server offering `alpn` with a self-signed certificate for `localhost`; each
+    /// connection serves `per_conn` requests and then closes gracefully (GOAWAY on HTTP/2).
+    /// Counts connections accepted and connections ended; the pool trusts the certificate.
+    async fn tls_server(alpn: &[&[u8]], per_conn: usize) -> (String, Pool, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let client = crate::tls::client_config(Some(&ca), &[b"h2", b"http/1.1"]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let mut server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.cert.der().clone()], key)
+            .unwrap();
+        server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, e) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, e) = (acceptor.clone(), e.clone());
+                tokio::spawn(async move {
+                    let tls = acceptor.accept(tcp).await.unwrap();
+                    let served = Arc::new(AtomicUsize::new(0));
+                    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                    let svc = service_fn(move |_req: Request<Incoming>| {
+                        let n = served.fetch_add(1, Ordering::SeqCst) + 1;
+                        if n >= per_conn {
+                            let _ = stop_tx.send(true);
+                        }
+                        async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    let mut conn = std::pin::pin!(conn);
+                    let mut stop_rx = stop_rx;
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = async { drop(stop_rx.wait_for(|s| *s).await) } => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        std::mem::forget(dir);
+        let dial = Dial::Net { tls: Some(tokio_rustls::TlsConnector::from(Arc::new(client))), allow_http: false };
+        let pool = Pool::new(dial, Duration::from_secs(2), Duration::from_millis(400));
+        (format!("https://localhost:{port}"), pool, accepted, ended)
+    }
+
+    async fn read_h(resp: Response<PooledBody>) -> (http::Version, usize) {
+        (resp.version(), read(resp).await)
+    }
+
+    #[tokio::test]
+    async fn an_http2_host_gets_one_shared_connection_for_every_request() {
+        let (url, pool, accepted, _) = tls_server(&[b"h2", b"http/1.1"], usize::MAX).await;
+        assert_eq!(read_h(pool.send(get(&url)).await.unwrap()).await, (http::Version::HTTP_2, 2));
+        let at_once = futures_util::future::join_all((0..16).map(|_| pool.send(get(&url)))).await;
+        for r in at_once {
+            assert_eq!(read_h(r.unwrap()).await, (http::Version::HTTP_2, 2));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "sixteen at once shared the first connection");
+    }
+
+    #[tokio::test]
+    async fn a_host_that_offers_only_http1_over_tls_gets_keep_alive() {
+        let (url, pool, accepted, _) = tls_server(&[b"http/1.1"], usize::MAX).await;
+        for _ in 0..5 {
+            assert_eq!(read_h(pool.send(get(&url)).await.unwrap()).await, (http::Version::HTTP_11, 2));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_shared_connection_the_host_closed_is_replaced_without_an_error() {
+        // Every connection takes three requests, then the server says GOAWAY.
+        let (url, pool, accepted, ended) = tls_server(&[b"h2"], 3).await;
+        for _ in 0..10 {
+            assert_eq!(read_h(pool.send(get(&url)).await.unwrap()).await, (http::Version::HTTP_2, 2));
+            // Lets the GOAWAY arrive, as it would between a provider's calls.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // HTTP/2's graceful close takes a round trip (GOAWAY, PING, GOAWAY), during which a
+        // connection may take a request more than three.
+        let (n, closed) = (accepted.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
+        assert!((2..=10).contains(&n) && closed >= 1, "{n} connections, {closed} closed, for 10 requests");
+    }
+
+    #[tokio::test]
+    async fn an_idle_shared_connection_is_let_go_after_the_idle_timeout() {
+        let (url, pool, accepted, ended) = tls_server(&[b"h2"], usize::MAX).await;
+        read_h(pool.send(get(&url)).await.unwrap()).await;
+        // In use: requests every 100 ms for longer than the 400 ms timeout keep it.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            read_h(pool.send(get(&url)).await.unwrap()).await;
+        }
+        assert_eq!((accepted.load(Ordering::SeqCst), ended.load(Ordering::SeqCst)), (1, 0));
+        // Idle: let go within 1¼ timeouts; the server sees the connection end.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(ended.load(Ordering::SeqCst), 1, "the idle connection was closed");
+        assert_eq!(read_h(pool.send(get(&url)).await.unwrap()).await, (http::Version::HTTP_2, 2));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
-//! The upstream side: one pooled hyper client that speaks HTTP/2 where the provider offers
-//! it through ALPN (the default: at saturation one multiplexed connection batches many
-//! responses per read, which measured cheaper than per-request keep-alive connections,
-//! docs/benchmarks.md), or with `[upstream] http2 = false` HTTP/1.1 keep-alive connections
-//! driven in each request's own task ([`super::pool`]); rustls with webpki roots plus
-//! `upstream.extra_ca`, connect and request timeouts, and no redirect following. A second,
-//! HTTP/1.1-only hyper client carries WebSocket upgrades.
+//! The upstream side: keyward's own pool ([`super::pool`]), which speaks HTTP/2 where the
+//! provider offers it through ALPN (the default: at saturation one multiplexed connection
+//! batches many responses per read, which measured cheaper than per-request keep-alive
+//! connections, docs/benchmarks.md), or HTTP/1.1 keep-alive connections driven in each
+//! request's own task (the provider offers no `h2`, or `[upstream] http2 = false`); rustls
+//! with webpki roots plus `upstream.extra_ca`, connect and request timeouts, and no redirect
+//! following. A hyper-util client, HTTP/1.1 only, carries WebSocket upgrades (rare, and
+//! its connection is handed over to the tunnel).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -46,17 +47,10 @@ pub(crate) enum UpstreamError {
     Timeout(Duration),
 }
 
-/// How requests reach providers.
-#[derive(Clone)]
-enum Carrier {
-    Pool(Pool),
-    Hyper(Box<HttpsClient>),
-}
-
 /// The upstream connections.
 #[derive(Clone)]
 pub(crate) struct Upstream {
-    carrier: Carrier,
+    pool: Pool,
     upgrade_client: HttpsClient,
     request_timeout: Duration,
     connect_timeout: Duration,
@@ -100,7 +94,8 @@ impl Body for UpstreamBody {
     }
 }
 
-fn build(cfg: &UpstreamConfig, allow_http: bool, h2: bool) -> Result<HttpsClient, TlsError> {
+/// The WebSocket upgrade client.
+fn build(cfg: &UpstreamConfig, allow_http: bool) -> Result<HttpsClient, TlsError> {
     // hyper-rustls sets the ALPN list itself from enable_http1/enable_http2.
     let tls = tls::client_config(cfg.extra_ca.as_deref(), &[])?;
     let mut http = HttpConnector::new();
@@ -110,11 +105,7 @@ fn build(cfg: &UpstreamConfig, allow_http: bool, h2: bool) -> Result<HttpsClient
     http.set_keepalive(Some(Duration::from_secs(60)));
     let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
     let builder = if allow_http { builder.https_or_http() } else { builder.https_only() };
-    let connector = if h2 {
-        builder.enable_http1().enable_http2().wrap_connector(http)
-    } else {
-        builder.enable_http1().wrap_connector(http)
-    };
+    let connector = builder.enable_http1().wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
@@ -141,18 +132,14 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 impl Upstream {
-    /// Builds the carrier and the upgrade client.
+    /// Builds the pool and the upgrade client.
     pub(crate) fn new(cfg: &UpstreamConfig, allow_http: bool) -> Result<Upstream, TlsError> {
-        let carrier = if cfg.http2 {
-            Carrier::Hyper(Box::new(build(cfg, allow_http, true)?))
-        } else {
-            let tls = tls::client_config(cfg.extra_ca.as_deref(), &[b"http/1.1"])?;
-            let dial = Dial::Net { tls: Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))), allow_http };
-            Carrier::Pool(Pool::new(dial, cfg.connect_timeout, IDLE_TIMEOUT))
-        };
+        let alpn: &[&[u8]] = if cfg.http2 { &[b"h2", b"http/1.1"] } else { &[b"http/1.1"] };
+        let tls = tls::client_config(cfg.extra_ca.as_deref(), alpn)?;
+        let dial = Dial::Net { tls: Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))), allow_http };
         Ok(Upstream {
-            carrier,
-            upgrade_client: build(cfg, allow_http, false)?,
+            pool: Pool::new(dial, cfg.connect_timeout, IDLE_TIMEOUT),
+            upgrade_client: build(cfg, allow_http)?,
             request_timeout: cfg.request_timeout,
             connect_timeout: cfg.connect_timeout,
         })
@@ -166,26 +153,16 @@ impl Upstream {
         upgrade: bool,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let sent = async {
-            match (&self.carrier, upgrade) {
-                // Boxed: the pool's future (2.4 KiB) would otherwise size every request's
-                // future on the default HTTP/2 path too, copied each time it moves.
-                (Carrier::Pool(pool), false) => {
-                    Box::pin(pool.send(req)).await.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))
-                }
-                (carrier, upgrade) => {
-                    let client = match carrier {
-                        Carrier::Hyper(c) if !upgrade => c,
-                        _ => &self.upgrade_client,
-                    };
-                    // Host and port only: the path or query may carry a secret.
-                    let target = Target::of(req.uri());
-                    client
-                        .request(req)
-                        .await
-                        .map(|r| r.map(UpstreamBody::Hyper))
-                        .map_err(|e| self.hyper_error(e, target))
-                }
+            if upgrade {
+                // Host and port only: the path or query may carry a secret.
+                let target = Target::of(req.uri());
+                // Boxed: hyper-util's future would otherwise size every request's future.
+                return Box::pin(self.upgrade_client.request(req))
+                    .await
+                    .map(|r| r.map(UpstreamBody::Hyper))
+                    .map_err(|e| self.hyper_error(e, target));
             }
+            self.pool.send(req).await.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))
         };
         match tokio::time::timeout(self.request_timeout, sent).await {
             Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
