@@ -190,3 +190,24 @@ macro_rules! trace_span {
     };
 }
 pub(crate) use trace_span;
+
+/// A listener's span for one request or delivery, with the fields `access::describe_span`
+/// fills in when the answer is known; the proxy's and the webhook listener's, named once.
+macro_rules! server_span {
+    ($name:literal, $method:expr $(, $($extra:tt)+)?) => {
+        $crate::telemetry::trace_span!(
+            $name,
+            otel.kind = "server",
+            $($($extra)+,)?
+            http.request.method = $method,
+            keyward.tenant = tracing::field::Empty,
+            keyward.provider = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+            keyward.error_code = tracing::field::Empty,
+            http.request.body.size = tracing::field::Empty,
+            http.response.body.size = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+}
+pub(crate) use server_span;

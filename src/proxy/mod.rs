@@ -120,19 +120,7 @@ pub(crate) fn handle(
 ) -> impl std::future::Future<Output = Result<Response<ProxyBody>, Infallible>> {
     async move {
         let rid = request_id();
-        let otel = crate::telemetry::trace_span!(
-            "keyward.proxy",
-            otel.kind = "server",
-            keyward.request_id = %rid,
-            http.request.method = req.method().as_str(),
-            keyward.tenant = tracing::field::Empty,
-            keyward.provider = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            keyward.error_code = tracing::field::Empty,
-            http.request.body.size = tracing::field::Empty,
-            http.response.body.size = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        let otel = crate::telemetry::server_span!("keyward.proxy", req.method().as_str(), keyward.request_id = %rid);
         crate::otlp::continue_trace(&otel, req.headers());
         let span = if otel.is_disabled() {
             tracing::info_span!("request", request_id = %rid)

@@ -213,18 +213,7 @@ pub(crate) fn handle(
         use tracing::Instrument;
         // A provider's `traceparent` is not continued: the caller is outside the trust boundary,
         // so each delivery starts its own trace.
-        let otel = crate::telemetry::trace_span!(
-            "keyward.webhook",
-            otel.kind = "server",
-            http.request.method = req.method().as_str(),
-            keyward.tenant = tracing::field::Empty,
-            keyward.provider = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
-            keyward.error_code = tracing::field::Empty,
-            http.request.body.size = tracing::field::Empty,
-            http.response.body.size = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        );
+        let otel = crate::telemetry::server_span!("keyward.webhook", req.method().as_str());
         let start = state.access.enabled().then(|| {
             let mut s = crate::access::Start::new("webhook", delivery_id(), &peer, &req);
             s.trace_id = crate::otlp::trace_id(&otel);
