@@ -263,22 +263,34 @@ async fn the_mtls_listener_requires_a_client_certificate_and_applies_san_policy(
     assert_eq!((s, h["keyward-error"].to_str().unwrap()), (403, "tenant_not_allowed"));
 }
 
+/// A daemon whose Vapi calls go to `url`, with `upstream` added to its `[upstream]` table,
+/// and acme's Vapi key stored.
+async fn vapi_daemon(pki: &Pki, url: &str, upstream: &str) -> Daemon {
+    let mut d = Daemon::new(DaemonConfig {
+        app: Some(String::new()),
+        extra: pki.upstream("vapi", url).replace("[upstream]\n", &format!("[upstream]\n{upstream}")),
+        ..DaemonConfig::default()
+    });
+    d.start();
+    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
+    d
+}
+
+/// `n` calls one after another, each on a new app connection; every one answered.
+async fn calls_in_a_row(d: &Daemon, n: usize) {
+    for i in 0..n {
+        let (s, _, _) = d.app("GET", &format!("/vapi/assistant/{i}"), &[("keyward-tenant", "acme")], None).await;
+        assert_eq!(s, 200);
+    }
+}
+
 #[tokio::test]
 async fn without_http2_requests_reuse_http1_keep_alive_connections() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let vapi = FakeProvider::start(&pki).await;
-    let mut d = Daemon::new(DaemonConfig {
-        app: Some(String::new()),
-        extra: pki.upstream("vapi", &vapi.url).replace("[upstream]\n", "[upstream]\nhttp2 = false\n"),
-        ..DaemonConfig::default()
-    });
-    d.start();
-    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
-    for i in 0..10 {
-        let (s, _, _) = d.app("GET", &format!("/vapi/assistant/{i}"), &[("keyward-tenant", "acme")], None).await;
-        assert_eq!(s, 200);
-    }
+    let d = vapi_daemon(&pki, &vapi.url, "http2 = false\n").await;
+    calls_in_a_row(&d, 10).await;
     let r = vapi.last();
     assert_eq!(r.version, http::Version::HTTP_11, "the provider offered h2; http2 = false keeps to HTTP/1.1");
     assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
@@ -307,13 +319,7 @@ async fn h2c_on_the_socket_and_h2_upstream_work() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let vapi = FakeProvider::start(&pki).await;
-    let mut d = Daemon::new(DaemonConfig {
-        app: Some(String::new()),
-        extra: pki.upstream("vapi", &vapi.url),
-        ..DaemonConfig::default()
-    });
-    d.start();
-    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
+    let d = vapi_daemon(&pki, &vapi.url, "").await;
     let stream = tokio::net::UnixStream::connect(d.app_sock()).await.unwrap();
     let (mut s, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
@@ -344,17 +350,8 @@ async fn a_provider_without_h2_gets_http1_keep_alive_with_http2_on() {
     let tmp = tempfile::tempdir().unwrap();
     let pki = Pki::new(tmp.path());
     let vapi = FakeProvider::serve(pki.server_config(&[b"http/1.1"]), common::fake::ok_json()).await;
-    let mut d = Daemon::new(DaemonConfig {
-        app: Some(String::new()),
-        extra: pki.upstream("vapi", &vapi.url),
-        ..DaemonConfig::default()
-    });
-    d.start();
-    put(&d, "acme", "vapi", json!({"api_key": VAPI_KEY})).await;
-    for i in 0..5 {
-        let (s, _, _) = d.app("GET", &format!("/vapi/assistant/{i}"), &[("keyward-tenant", "acme")], None).await;
-        assert_eq!(s, 200);
-    }
+    let d = vapi_daemon(&pki, &vapi.url, "").await;
+    calls_in_a_row(&d, 5).await;
     let r = vapi.last();
     assert_eq!(r.version, http::Version::HTTP_11);
     assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_KEY}"));
