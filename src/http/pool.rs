@@ -108,6 +108,8 @@ struct Host {
     idle: Vec<(Box<Conn>, Instant)>,
     /// The host's HTTP/2 connection, when it speaks HTTP/2.
     shared: Option<Shared>,
+    /// Set once the host has chosen HTTP/2: held while a new connection to it is made.
+    h2_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// An HTTP/2 connection every request to its host goes on; its driver is a task of its own,
@@ -236,25 +238,49 @@ impl Pool {
 
     async fn send_h1_or_new(&self, dest: Dest, req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
         let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
+        let on_h2 = |mut h2: http2::SendRequest<ProxyBody>, req| async move {
+            h2.send_request(req).await.map(|r| r.map(PooledBody::shared)).map_err(PoolError::Http)
+        };
+        // A host known to speak HTTP/2 gets one new connection at a time: requests that find
+        // none open (at a burst after the provider closed it) wait for the one being made
+        // instead of each making a TLS handshake of their own.
+        // A request that waited finds the new connection shared, or, if making it failed,
+        // makes its own without waiting its turn (a host that is down costs every waiter
+        // one connect timeout, not one each in a row).
+        let gate = self.h2_gate(&dest);
+        let mut turn = None;
+        if let Some(gate) = &gate {
+            match gate.clone().try_lock_owned() {
+                Ok(t) => turn = Some(t),
+                Err(_) => drop(gate.lock().await),
+            }
+            if let Some(h2) = self.shared(&dest) {
+                drop(turn);
+                return on_h2(h2, req).await.map_err(|e| failed(e, &dest));
+            }
+        }
+        // (A host that chose HTTP/2 once and offers only HTTP/1.1 now has idle ones here.)
         let mut reused = self.checkout(&dest).await;
         let mut req = Some(req);
         loop {
             let fresh = reused.is_none();
             let conn = match reused.take() {
                 Some(c) => c,
-                None => match self.connect(&dest).await {
-                    Ok(Dialed::H1(c)) => c,
-                    Ok(Dialed::H2(mut h2)) => {
-                        let Some(req) = req.take() else { unreachable!("a request is taken once") };
-                        return h2
-                            .send_request(req)
-                            .await
-                            .map(|r| r.map(PooledBody::shared))
-                            .map_err(|e| failed(PoolError::Http(e), &dest));
+                None => {
+                    let dialed = self.connect(&dest).await;
+                    // Made (or failed): the next waiter finds it shared, or tries itself.
+                    turn = None;
+                    match dialed {
+                        Ok(Dialed::H1(c)) => c,
+                        Ok(Dialed::H2(h2)) => {
+                            let Some(req) = req.take() else { unreachable!("a request is taken once") };
+                            return on_h2(h2, req).await.map_err(|e| failed(e, &dest));
+                        }
+                        Err(e) => return Err(failed(e, &dest)),
                     }
-                    Err(e) => return Err(failed(e, &dest)),
-                },
+                }
             };
+            debug_assert!(turn.is_none());
             let Some(r) = req.take() else { unreachable!("a request is taken once") };
             match self.send_h1(conn, &dest, r).await {
                 Ok(resp) => return Ok(resp),
@@ -305,6 +331,12 @@ impl Pool {
         }
     }
 
+    /// The host's turn for a new HTTP/2 connection, once it has been seen to speak HTTP/2.
+    fn h2_gate(&self, dest: &Dest) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let hosts = self.inner.hosts.lock().ok()?;
+        hosts.iter().find(|h| h.key.matches(dest))?.h2_gate.clone()
+    }
+
     /// A sender on the host's HTTP/2 connection, if it has one that is open.
     fn shared(&self, dest: &Dest) -> Option<http2::SendRequest<ProxyBody>> {
         let mut hosts = self.inner.hosts.lock().ok()?;
@@ -343,7 +375,7 @@ impl Pool {
         let at = match hosts.iter().position(|h| h.key.matches(dest)) {
             Some(i) => i,
             None => {
-                hosts.push(Host { key: dest.key(), idle: Vec::new(), shared: None });
+                hosts.push(Host { key: dest.key(), idle: Vec::new(), shared: None, h2_gate: None });
                 hosts.len() - 1
             }
         };
@@ -388,6 +420,7 @@ impl Pool {
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut hosts) = self.inner.hosts.lock() {
             let host = Self::host(&mut hosts, dest);
+            host.h2_gate.get_or_insert_with(Default::default);
             if host.shared.as_ref().is_none_or(|s| s.send.is_closed()) {
                 host.shared = Some(Shared { send, id, sent: 0 });
             }
@@ -850,6 +883,55 @@ mod tests {
         // connection may take a request more than three.
         let (n, closed) = (accepted.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
         assert!((2..=10).contains(&n) && closed >= 1, "{n} connections, {closed} closed, for 10 requests");
+    }
+
+    #[tokio::test]
+    async fn a_burst_after_the_shared_connection_closed_makes_one_new_connection() {
+        // The first connection takes one request and closes; sixteen at once then need a new
+        // one, and wait for a single handshake rather than making sixteen.
+        let (url, pool, accepted, ended) = tls_server(&[b"h2"], 1).await;
+        read_h(pool.send(get(&url)).await.unwrap()).await;
+        for _ in 0..100 {
+            if ended.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ended.load(Ordering::SeqCst), 1, "the server closed the first connection");
+        let at_once = futures_util::future::join_all((0..16).map(|_| pool.send(get(&url)))).await;
+        let ok = at_once.into_iter().filter(|r| r.is_ok()).count();
+        // The new connection also closes after its first request: those after it on that
+        // connection may fail or go on a third; what matters is no handshake per request.
+        assert!(ok >= 1, "{ok} of 16 answered");
+        let n = accepted.load(Ordering::SeqCst);
+        assert!(n <= 4, "{n} connections for a burst of 16: each made its own");
+    }
+
+    #[tokio::test]
+    async fn requests_to_a_host_that_is_down_fail_together_not_one_timeout_after_another() {
+        // A host that chose HTTP/2 once now takes TCP connections and never answers the TLS
+        // handshake: sixteen waiting requests must not each wait a turn (16 × the 2 s connect
+        // timeout) but fail within about two timeouts.
+        let (url, pool, _, _) = tls_server(&[b"h2"], usize::MAX).await;
+        read_h(pool.send(get(&url)).await.unwrap()).await;
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let down = format!("https://localhost:{}", silent.local_addr().unwrap().port());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        {
+            let dest = Dest::of(&down.parse().unwrap()).unwrap();
+            let mut hosts = pool.inner.hosts.lock().unwrap();
+            Pool::host(&mut hosts, &dest).h2_gate = Some(Default::default());
+        }
+        let started = Instant::now();
+        let at_once = futures_util::future::join_all((0..16).map(|_| pool.send(get(&down)))).await;
+        assert!(at_once.iter().all(|r| matches!(r, Err(Failed { error: PoolError::ConnectTimeout, .. }))));
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(7), "{took:?}: the waiters queued one timeout after another");
     }
 
     #[tokio::test]
