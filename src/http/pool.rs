@@ -236,13 +236,6 @@ impl Pool {
         Box::pin(self.send_h1_or_new(dest, req)).await
     }
 
-    /// [`Pool::send`] for a pool that never speaks HTTP/2 (no TLS: the webhook app's), where
-    /// HTTP/1.1 is the only path and so not boxed (one allocation fewer per delivery).
-    pub(crate) async fn send_http1(&self, req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
-        let dest = Dest::of(req.uri()).map_err(|error| Failed { error, target: "the app".into() })?;
-        self.send_h1_or_new(dest, req).await
-    }
-
     async fn send_h1_or_new(&self, dest: Dest, req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
         let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
         let on_h2 = |mut h2: http2::SendRequest<ProxyBody>, req| async move {

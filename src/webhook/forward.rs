@@ -56,7 +56,7 @@ impl AppClient {
 
     /// Sends and waits for the app's response head.
     pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<PooledBody>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.pool.send_http1(req)).await {
+        match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(f)) => match f.error {
