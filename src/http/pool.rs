@@ -203,6 +203,16 @@ impl Conn {
     }
 }
 
+/// What a request finds for its host (`Pool::find`).
+enum Found {
+    /// The host's open HTTP/2 connection, and which one it is.
+    H2(http2::SendRequest<ProxyBody>, u64),
+    /// A host that spoke HTTP/2 and has no open connection: the turn to make one.
+    Gate(Arc<tokio::sync::Mutex<()>>),
+    /// An HTTP/1.1 host, or one not met yet: its newest idle connection, if it has one.
+    Idle(Option<(Box<Conn>, Instant)>),
+}
+
 /// A new connection, as the host's TLS handshake chose.
 enum Dialed {
     H1(Box<Conn>),
@@ -221,46 +231,61 @@ impl Pool {
     pub(crate) async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
         let dest = Dest::of(req.uri()).map_err(|error| Failed { error, target: "the provider".into() })?;
         let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
-        if let Some(mut h2) = self.shared(&dest) {
-            match h2.try_send_request(req).await {
+        let found = match self.find(&dest) {
+            Found::H2(mut h2, id) => match h2.try_send_request(req).await {
                 Ok(resp) => return Ok(resp.map(PooledBody::shared)),
                 Err(mut e) => match e.take_message() {
-                    // Never sent: the connection was closing; a new one may take it.
-                    Some(back) => req = back,
+                    // Never sent: the connection is closing. No later request is handed it
+                    // again (it may not report itself closed yet); a new one may take this.
+                    Some(back) => {
+                        req = back;
+                        self.unshare(&dest, id);
+                        self.find(&dest)
+                    }
                     None => return Err(failed(PoolError::Http(e.into_error()), &dest)),
                 },
-            }
-        }
+            },
+            other => other,
+        };
         // Boxed: HTTP/1.1 and a new connection (its TLS handshake) make a large future, which
         // would otherwise size the request's future on the shared HTTP/2 path too.
-        Box::pin(self.send_h1_or_new(dest, req)).await
+        Box::pin(self.send_h1_or_new(dest, req, found)).await
     }
 
-    async fn send_h1_or_new(&self, dest: Dest, req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
+    async fn send_h1_or_new(
+        &self,
+        dest: Dest,
+        req: Request<ProxyBody>,
+        found: Found,
+    ) -> Result<Response<PooledBody>, Failed> {
         let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
         let on_h2 = |mut h2: http2::SendRequest<ProxyBody>, req| async move {
             h2.send_request(req).await.map(|r| r.map(PooledBody::shared)).map_err(PoolError::Http)
         };
-        // A host known to speak HTTP/2 gets one new connection at a time: requests that find
-        // none open (at a burst after the provider closed it) wait for the one being made
-        // instead of each making a TLS handshake of their own.
-        // A request that waited finds the new connection shared, or, if making it failed,
-        // makes its own without waiting its turn (a host that is down costs every waiter
-        // one connect timeout, not one each in a row).
-        let gate = self.h2_gate(&dest);
         let mut turn = None;
-        if let Some(gate) = &gate {
-            match gate.clone().try_lock_owned() {
-                Ok(t) => turn = Some(t),
-                Err(_) => drop(gate.lock().await),
+        let mut reused = match found {
+            // Another request's new connection, found after this one's was closing.
+            Found::H2(h2, _) => return on_h2(h2, req).await.map_err(|e| failed(e, &dest)),
+            Found::Idle(idle) => self.checkout(&dest, idle).await,
+            // A host known to speak HTTP/2 gets one new connection at a time: requests that
+            // find none open (at a burst after the provider closed it) wait for the one being
+            // made instead of each making a TLS handshake of their own.
+            // A request that waited finds the new connection shared, or, if making it failed,
+            // makes its own without waiting its turn (a host that is down costs every waiter
+            // one connect timeout, not one each in a row).
+            Found::Gate(gate) => {
+                match gate.clone().try_lock_owned() {
+                    Ok(t) => turn = Some(t),
+                    Err(_) => drop(gate.lock().await),
+                }
+                if let Found::H2(h2, _) = self.find(&dest) {
+                    drop(turn);
+                    return on_h2(h2, req).await.map_err(|e| failed(e, &dest));
+                }
+                // (A host that chose HTTP/2 once and offers only HTTP/1.1 now has idle ones.)
+                self.checkout(&dest, None).await
             }
-            if let Some(h2) = self.shared(&dest) {
-                drop(turn);
-                return on_h2(h2, req).await.map_err(|e| failed(e, &dest));
-            }
-        }
-        // (A host that chose HTTP/2 once and offers only HTTP/1.1 now has idle ones here.)
-        let mut reused = self.checkout(&dest).await;
+        };
         let mut req = Some(req);
         loop {
             let fresh = reused.is_none();
@@ -331,33 +356,46 @@ impl Pool {
         }
     }
 
-    /// The host's turn for a new HTTP/2 connection, once it has been seen to speak HTTP/2.
-    fn h2_gate(&self, dest: &Dest) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        let hosts = self.inner.hosts.lock().ok()?;
-        hosts.iter().find(|h| h.key.matches(dest))?.h2_gate.clone()
-    }
-
-    /// A sender on the host's HTTP/2 connection, if it has one that is open.
-    fn shared(&self, dest: &Dest) -> Option<http2::SendRequest<ProxyBody>> {
-        let mut hosts = self.inner.hosts.lock().ok()?;
-        let host = hosts.iter_mut().find(|h| h.key.matches(dest))?;
-        let shared = host.shared.as_mut()?;
-        if shared.send.is_closed() {
+    /// What the host has for a request, under one lock: its open HTTP/2 connection, else,
+    /// for a host that spoke HTTP/2, the turn to make one, else its newest idle HTTP/1.1
+    /// connection (taken out of the list).
+    fn find(&self, dest: &Dest) -> Found {
+        let Ok(mut hosts) = self.inner.hosts.lock() else { return Found::Idle(None) };
+        let Some(host) = hosts.iter_mut().find(|h| h.key.matches(dest)) else { return Found::Idle(None) };
+        if let Some(shared) = host.shared.as_mut() {
+            if !shared.send.is_closed() {
+                shared.sent = shared.sent.wrapping_add(1);
+                return Found::H2(shared.send.clone(), shared.id);
+            }
             host.shared = None;
-            return None;
         }
-        shared.sent = shared.sent.wrapping_add(1);
-        Some(shared.send.clone())
+        match &host.h2_gate {
+            Some(gate) => Found::Gate(gate.clone()),
+            None => Found::Idle(host.idle.pop()),
+        }
     }
 
-    /// The newest idle HTTP/1.1 connection to `dest` that is still usable; stale ones are
-    /// closed.
-    async fn checkout(&self, dest: &Dest) -> Option<Box<Conn>> {
+    /// Stops handing out HTTP/2 connection `id` (unless a newer one has replaced it already).
+    fn unshare(&self, dest: &Dest, id: u64) {
+        let Ok(mut hosts) = self.inner.hosts.lock() else { return };
+        if let Some(host) = hosts.iter_mut().find(|h| h.key.matches(dest)) {
+            if host.shared.as_ref().is_some_and(|s| s.id == id) {
+                host.shared = None;
+            }
+        }
+    }
+
+    /// The newest idle HTTP/1.1 connection to `dest` that is still usable, starting with
+    /// `first` (already taken out of the list) when given; stale ones are closed.
+    async fn checkout(&self, dest: &Dest, mut first: Option<(Box<Conn>, Instant)>) -> Option<Box<Conn>> {
         loop {
-            let (conn, since) = {
-                let mut hosts = self.inner.hosts.lock().ok()?;
-                let host = hosts.iter_mut().find(|h| h.key.matches(dest))?;
-                host.idle.pop()?
+            let (conn, since) = match first.take() {
+                Some(c) => c,
+                None => {
+                    let mut hosts = self.inner.hosts.lock().ok()?;
+                    let host = hosts.iter_mut().find(|h| h.key.matches(dest))?;
+                    host.idle.pop()?
+                }
             };
             if since.elapsed() >= self.inner.idle_timeout {
                 continue;
