@@ -237,6 +237,33 @@ async fn a_tenant_never_gets_another_tenants_credential() {
     }
 }
 
+/// The injection a credential makes once (Vapi, a generic provider) is the credential's:
+/// a replaced key goes out from the next request on, never the one made before.
+#[tokio::test]
+async fn a_replaced_key_is_injected_from_the_next_request_on() {
+    let e = env().await;
+    let hdr = [("keyward-tenant", "acme")];
+    for (round, (vapi, acme)) in
+        [(VAPI_A, ACME_KEY), ("vapi-key-rotated-1", "acme-key-rotated-1"), ("vapi-key-2", "acme-2")]
+            .into_iter()
+            .enumerate()
+    {
+        if round > 0 {
+            put(&e.d, "acme", "vapi", json!({"api_key": vapi})).await;
+            put(&e.d, "acme", "acme", json!({"api_key": acme, "account": "acct-1"})).await;
+        }
+        for _ in 0..3 {
+            assert_eq!(e.d.app("GET", "/vapi/assistant", &hdr, None).await.0, 200);
+            assert_eq!(e.vapi.last().header("authorization").unwrap(), format!("Bearer {vapi}"), "round {round}");
+            assert_eq!(e.d.app("GET", "/acme/things", &hdr, None).await.0, 200);
+            assert_eq!(e.acme.last().header("x-acme-key").unwrap(), format!("Token {acme}"), "round {round}");
+        }
+    }
+    // Another tenant's credential of the same provider keeps its own.
+    assert_eq!(e.d.app("GET", "/vapi/assistant", &[("keyward-tenant", "globex")], None).await.0, 200);
+    assert_eq!(e.vapi.last().header("authorization").unwrap(), format!("Bearer {VAPI_G}"));
+}
+
 #[tokio::test]
 async fn every_error_code_of_the_contract_is_answered_with_json_and_the_header() {
     let tmp = tempfile::tempdir().unwrap();

@@ -8,16 +8,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::vault::{DataKey, KeyId, Keyring, RecordAad, VaultError, WrapSource};
 use keyward_core::ids::{ProviderName, RouteId, RouteKind, TenantId};
-use keyward_core::providers::{FieldError, Providers};
+use keyward_core::providers::{FieldError, Injection, OutboundError, ProviderDef, Providers};
 use keyward_core::secret::Secret;
 use keyward_core::time::rfc3339;
+use zeroize::Zeroizing;
 mod audit;
 mod checkpoint;
 mod integrity;
@@ -49,6 +50,19 @@ pub struct Credential {
     /// Non-secret fields.
     pub public: BTreeMap<String, Value>,
     secrets: BTreeMap<String, Secret>,
+    /// Made on first use, for providers whose injection depends on the credential alone.
+    injection: OnceLock<Arc<MadeInjection>>,
+}
+
+/// A provider's injection for one credential, made once and shared by its requests: no
+/// copy of the secret per request. Its header values and scrub list are wiped when the
+/// last request holding them is done after the credential left the cache.
+pub(crate) struct MadeInjection {
+    /// The provider set it was made with (a reload makes it anew: the cache is refilled).
+    made_by: Weak<ProviderDef>,
+    /// Without its scrub list, which is `scrub`.
+    pub(crate) injection: Injection,
+    pub(crate) scrub: Arc<[Zeroizing<Vec<u8>>]>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -74,6 +88,7 @@ impl Credential {
             status: parsed.status.unwrap_or(CredStatus::Active),
             public: parsed.public,
             secrets: parsed.secrets,
+            injection: OnceLock::new(),
         }
     }
 
@@ -95,6 +110,21 @@ impl Credential {
         if let Some(u) = instance_url {
             self.public.insert("instance_url".into(), Value::String(u));
         }
+        self.injection = OnceLock::new();
+    }
+
+    /// `def`'s injection for this credential, made on first use: only for providers whose
+    /// injection [depends on the credential alone](ProviderDef::injection_per_credential).
+    pub(crate) fn injection(&self, def: &Arc<ProviderDef>) -> Result<Arc<MadeInjection>, OutboundError> {
+        if let Some(made) = self.injection.get().filter(|m| std::ptr::eq(m.made_by.as_ptr(), Arc::as_ptr(def))) {
+            return Ok(made.clone());
+        }
+        let mut injection = def.inject(self, "/", None)?;
+        let scrub = std::mem::take(&mut injection.scrub).into();
+        let made = Arc::new(MadeInjection { made_by: Arc::downgrade(def), injection, scrub });
+        // The first made is kept; one made with a provider set reloaded meanwhile is used once.
+        let _ = self.injection.set(made.clone());
+        Ok(made)
     }
 
     /// A secret field.

@@ -215,6 +215,7 @@ impl Credentials {
             status: rec.status,
             public: rec.fields,
             secrets,
+            injection: std::sync::OnceLock::new(),
         })
     }
 }

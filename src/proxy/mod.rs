@@ -235,5 +235,5 @@ pub(crate) fn fuzz_scrubbed<B>(
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
-    scrub::Scrubbed::new(body, patterns, true)
+    scrub::Scrubbed::new(body, patterns.into(), true)
 }

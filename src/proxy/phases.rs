@@ -11,14 +11,14 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use zeroize::Zeroizing;
 
 use super::{is_websocket, scrub, ProxyState, CLIENT_CREDENTIALS};
-use crate::creds::{CredError, Credential};
+use crate::creds::{CredError, Credential, MadeInjection};
 use crate::error::PublicError;
 use crate::http::target::Target;
 use crate::http::{headers, BoxError, ProxyBody, UpstreamBody};
@@ -26,7 +26,7 @@ use crate::listen::Peer;
 use keyward_core::providers::Injection;
 
 /// Byte strings that must not reach the app in a response.
-type ScrubList = Vec<Zeroizing<Vec<u8>>>;
+type ScrubList = scrub::Patterns;
 
 /// Client policy, then the tenant's rate limit for the provider.
 pub(super) fn authorize(state: &ProxyState, peer: &Peer, target: &Target) -> Result<(), PublicError> {
@@ -173,7 +173,7 @@ impl<'a> Destination<'a> {
 /// app's: `identity`, so every textual answer can be scanned for an echoed secret (an app
 /// asking for gzip would otherwise switch scrubbing off). Audio is not compressible anyway;
 /// JSON costs more bytes on the provider link, which is the price of scanning it.
-pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, websocket: bool) -> HeaderMap {
+pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injected, websocket: bool) -> HeaderMap {
     let listed = headers::connection_listed(from_app);
     let mut out = HeaderMap::with_capacity(from_app.len() + 2);
     for (name, value) in from_app {
@@ -200,15 +200,46 @@ pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injection, webso
         out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    for (n, v) in injection.defaults {
+    match injection {
+        // A shared value's clone shares its bytes (no copy of the secret).
+        Injected::Made(made) => {
+            add(&mut out, made.injection.defaults.iter().cloned(), made.injection.headers.iter().cloned());
+        }
+        Injected::Own(own) => add(&mut out, own.defaults.into_iter(), own.headers.into_iter()),
+    }
+    out
+}
+
+type Header = (HeaderName, HeaderValue);
+
+fn add(out: &mut HeaderMap, defaults: impl Iterator<Item = Header>, headers: impl Iterator<Item = Header>) {
+    for (n, v) in defaults {
         if !out.contains_key(&n) {
             out.insert(n, v);
         }
     }
-    for (n, v) in injection.headers {
+    for (n, v) in headers {
         out.insert(n, v);
     }
-    out
+}
+
+/// A request's injection: the credential's, made once, or one made for this request.
+pub(super) enum Injected {
+    /// The credential's, for a provider that injects from the credential alone.
+    Made(Arc<MadeInjection>),
+    /// Made for this request (its path or access token is part of it).
+    Own(Injection),
+}
+
+impl std::ops::Deref for Injected {
+    type Target = Injection;
+
+    fn deref(&self) -> &Injection {
+        match self {
+            Injected::Made(made) => &made.injection,
+            Injected::Own(own) => own,
+        }
+    }
 }
 
 /// What [`build`] hands to [`send`].
@@ -251,11 +282,18 @@ pub(super) async fn build(
         }
         _ => None,
     };
-    let mut injection = provider.inject(cred, target.path(), token.as_ref())?;
-    let callback = callback_query(state, target, cred, &mut injection)?;
+    let (injection, mut scrub) = if token.is_none() && provider.injection_per_credential() {
+        let made = cred.injection(provider)?;
+        let scrub = ScrubList::Shared(made.scrub.clone());
+        (Injected::Made(made), scrub)
+    } else {
+        let mut own = provider.inject(cred, target.path(), token.as_ref())?;
+        let scrub = ScrubList::Own(std::mem::take(&mut own.scrub));
+        (Injected::Own(own), scrub)
+    };
+    let callback = callback_query(state, target, cred, &mut scrub)?;
     let query = callback.as_deref().map(String::as_str).or(target.query());
     let uri = dest.uri(target.path(), query, &injection)?;
-    let scrub = std::mem::take(&mut injection.scrub);
     let websocket = is_websocket(&req);
     let mut headers = upstream_headers(req.headers(), injection, websocket);
     if state.strip_trace_context {
@@ -283,7 +321,7 @@ fn callback_query(
     state: &ProxyState,
     target: &Target,
     cred: &Credential,
-    injection: &mut keyward_core::providers::Injection,
+    scrub: &mut ScrubList,
 ) -> Result<Option<Zeroizing<String>>, PublicError> {
     let (Some(param), Some(query)) = (target.provider.rules().callback_param(), target.query()) else {
         return Ok(None);
@@ -307,7 +345,7 @@ fn callback_query(
         )));
     };
     if let Some(secret) = keyward_core::providers::FieldSource::secret_field(cred, "webhook_secret") {
-        injection.scrub.push(Zeroizing::new(secret.expose().as_bytes().to_vec()));
+        scrub.to_mut().push(Zeroizing::new(secret.expose().as_bytes().to_vec()));
     }
     let encoded: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
     let encoded = Zeroizing::new(encoded);
@@ -405,7 +443,7 @@ async fn retry_with_fresh_token(
     tokens.invalidate(&target.tenant, target.provider.name.as_str()).await;
     let fresh = Box::pin(tokens.token(&target.tenant, target.provider.name.as_str())).await?;
     let again = target.provider.inject(cred, target.path(), Some(&fresh))?;
-    scrub.extend(again.scrub);
+    scrub.to_mut().extend(again.scrub);
     for (n, v) in again.headers {
         headers.insert(n, v);
     }
@@ -524,13 +562,13 @@ mod tests {
             headers: vec![(header::AUTHORIZATION, HeaderValue::from_static("Bearer injected"))],
             ..Injection::default()
         };
-        let out = upstream_headers(&h, inj, false);
+        let out = upstream_headers(&h, Injected::Own(inj), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["accept-encoding", "authorization", "content-type", "te"]);
         assert_eq!(out["authorization"], "Bearer injected");
         assert_eq!(out["accept-encoding"], "identity", "keyward's choice, not the app's");
-        let ws = upstream_headers(&HeaderMap::new(), Injection::default(), true);
+        let ws = upstream_headers(&HeaderMap::new(), Injected::Own(Injection::default()), true);
         assert_eq!((ws["connection"].as_bytes(), ws["upgrade"].as_bytes()), (&b"upgrade"[..], &b"websocket"[..]));
     }
 

@@ -10,6 +10,7 @@
 //! WebSocket frames from the provider are relayed as they are: see docs/threat-model.md.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -19,6 +20,46 @@ use zeroize::Zeroizing;
 
 pub(crate) use keyward_core::redact::mask;
 use keyward_core::redact::{contains_any, ends_with_partial};
+
+/// The byte strings a response is masked for: a credential's list, shared by its
+/// requests, or one made for a request.
+#[derive(Clone)]
+pub(crate) enum Patterns {
+    /// The credential's ([`crate::creds::MadeInjection`]).
+    Shared(Arc<[Zeroizing<Vec<u8>>]>),
+    /// This request's.
+    Own(Vec<Zeroizing<Vec<u8>>>),
+}
+
+impl Patterns {
+    /// The list to add to (a shared one is copied first: the rare request that adds one).
+    pub(crate) fn to_mut(&mut self) -> &mut Vec<Zeroizing<Vec<u8>>> {
+        if let Patterns::Shared(shared) = self {
+            *self = Patterns::Own(shared.to_vec());
+        }
+        match self {
+            Patterns::Own(own) => own,
+            Patterns::Shared(_) => unreachable!("made own above"),
+        }
+    }
+}
+
+impl std::ops::Deref for Patterns {
+    type Target = [Zeroizing<Vec<u8>>];
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Patterns::Shared(shared) => shared,
+            Patterns::Own(own) => own,
+        }
+    }
+}
+
+impl From<Vec<Zeroizing<Vec<u8>>>> for Patterns {
+    fn from(own: Vec<Zeroizing<Vec<u8>>>) -> Self {
+        Patterns::Own(own)
+    }
+}
 
 /// Masks secrets in response header values. Returns how many headers were changed.
 pub(crate) fn scrub_headers(headers: &mut HeaderMap, patterns: &[Zeroizing<Vec<u8>>]) -> usize {
@@ -62,7 +103,7 @@ pub(crate) fn is_textual(headers: &HeaderMap) -> bool {
 /// A body wrapper that masks secrets as the body streams.
 pub(crate) struct Scrubbed<B> {
     inner: B,
-    patterns: Vec<Zeroizing<Vec<u8>>>,
+    patterns: Patterns,
     carry: BytesMut,
     keep: usize,
     /// Whether data frames are scanned (text), or only trailers (binary).
@@ -72,7 +113,7 @@ pub(crate) struct Scrubbed<B> {
 }
 
 impl<B> Scrubbed<B> {
-    pub(crate) fn new(inner: B, patterns: Vec<Zeroizing<Vec<u8>>>, scan: bool) -> Self {
+    pub(crate) fn new(inner: B, patterns: Patterns, scan: bool) -> Self {
         let keep = patterns.iter().map(|p| p.len()).max().unwrap_or(1).saturating_sub(1);
         Scrubbed { inner, patterns, carry: BytesMut::new(), keep, scan, done: false, trailers: None }
     }
@@ -172,7 +213,7 @@ mod tests {
                 .map(|s| Ok(Frame::data(Bytes::from(*s))))
                 .collect();
         let body = StreamBody::new(futures_util::stream::iter(chunks));
-        let out = Scrubbed::new(body, pats(&["sk-123456"]), true).collect().await.unwrap().to_bytes();
+        let out = Scrubbed::new(body, pats(&["sk-123456"]).into(), true).collect().await.unwrap().to_bytes();
         assert_eq!(&out[..], b"{\"error\":\"bad key ********* was rejected\"}");
     }
 
@@ -187,7 +228,7 @@ mod tests {
                     .map(|s| Ok(Frame::data(Bytes::copy_from_slice(s.as_bytes()))))
                     .collect();
                 let body = StreamBody::new(futures_util::stream::iter(chunks));
-                let out = Scrubbed::new(body, pats(&["sk-123456"]), true).collect().await.unwrap().to_bytes();
+                let out = Scrubbed::new(body, pats(&["sk-123456"]).into(), true).collect().await.unwrap().to_bytes();
                 assert_eq!(&out[..], want.as_bytes(), "split at {i} and {j}");
             }
         }
@@ -200,7 +241,7 @@ mod tests {
         let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
             vec![Ok(Frame::data(Bytes::from_static(b"\x00audio sk-123456"))), Ok(Frame::trailers(t))];
         let body = StreamBody::new(futures_util::stream::iter(frames));
-        let collected = Scrubbed::new(body, pats(&["sk-123456"]), false).collect().await.unwrap();
+        let collected = Scrubbed::new(body, pats(&["sk-123456"]).into(), false).collect().await.unwrap();
         let trailers = collected.trailers().cloned().unwrap();
         assert_eq!(trailers["x-debug"], "used *********");
         assert_eq!(&collected.to_bytes()[..], b"\x00audio sk-123456", "binary data streams untouched");

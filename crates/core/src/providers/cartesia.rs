@@ -46,6 +46,10 @@ impl Provider for Cartesia {
         vec![exact("api.cartesia.ai")]
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         let mut inj = bearer(cred, "api_key")?;
         let version = cred.public_field("version").unwrap_or(DEFAULT_VERSION);

@@ -48,6 +48,10 @@ impl Provider for Deepgram {
         vec![exact("api.deepgram.com"), exact("api.eu.deepgram.com"), exact("agent.deepgram.com")]
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         authorization("Token", need(cred, "api_key")?)
     }

@@ -60,6 +60,10 @@ impl Provider for ElevenLabs {
         rules
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         let key = need(cred, "api_key")?;
         Ok(Injection {

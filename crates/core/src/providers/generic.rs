@@ -44,6 +44,10 @@ impl Provider for Generic {
         rules
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         generic(cred, &self.cfg.inject)
     }

@@ -75,6 +75,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         access_token: Option<&Secret>,
     ) -> Result<Injection, OutboundError>;
 
+    /// Whether [`Provider::inject`] depends on the credential alone (neither the path nor
+    /// an access token): the daemon then makes it once per loaded credential and shares it
+    /// between requests, instead of copying the secret into every request's injection.
+    fn injection_per_credential(&self) -> bool {
+        false
+    }
+
     /// Whether calls carry an OAuth access token that keyward refreshes (Google).
     fn uses_access_token(&self) -> bool {
         false
@@ -340,6 +347,47 @@ mod tests {
         let all = Providers::default_builtin();
         assert_eq!(all.names().collect::<Vec<_>>().len(), BUILTIN.len());
         assert!(all.get("google").is_some_and(|d| d.uses_access_token() && d.is_builtin()));
+    }
+
+    #[test]
+    fn an_injection_made_once_per_credential_is_the_same_for_every_path_and_token() {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let token = Secret::new("ya29.other".into());
+        let mut claimed = 0;
+        for p in BUILTIN.iter().filter(|p| p.injection_per_credential()) {
+            claimed += 1;
+            let schema = p.schema();
+            let secrets: Vec<(&'static str, String)> = schema
+                .fields
+                .iter()
+                .filter(|f| f.secret)
+                .map(|f| (leak(f.name.clone()), format!("s-{}", f.name)))
+                .collect();
+            let secrets: Vec<(&'static str, &str)> = secrets.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let public: Vec<(&'static str, &'static str)> = schema
+                .fields
+                .iter()
+                .filter(|f| !f.secret)
+                .map(|f| (leak(f.name.clone()), leak(format!("p-{}", f.name))))
+                .collect();
+            let cred = fields(&secrets, &public);
+            let seen = |path, tok| {
+                let i = p.inject(&cred, path, tok).unwrap_or_else(|e| panic!("{}: {e}", p.name()));
+                let pairs = |h: &[(http::HeaderName, http::HeaderValue)]| {
+                    h.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect::<Vec<_>>()
+                };
+                let query = i.query.as_ref().map(|(n, v)| (n.clone(), v.to_string()));
+                let scrub: Vec<Vec<u8>> = i.scrub.iter().map(|s| s.to_vec()).collect();
+                (pairs(&i.headers), pairs(&i.defaults), query, i.path.clone(), scrub)
+            };
+            let first = seen("/", None);
+            assert!(!first.0.is_empty() || first.2.is_some(), "{} injects nothing", p.name());
+            assert_eq!(first.3, None, "{} rewrites the path", p.name());
+            for (path, tok) in [("/v1/calls/abc", None), ("/2010-04-01/Accounts/_/Calls.json", Some(&token))] {
+                assert!(first == seen(path, tok), "{}'s injection depends on the request", p.name());
+            }
+        }
+        assert!(claimed >= 8, "{claimed}");
     }
 
     fn listings(provider: &str, cred: &Fields) -> (Vec<(&'static str, String)>, Vec<Listing>) {

@@ -43,6 +43,10 @@ impl Provider for OpenAi {
         true
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         let mut inj = bearer(cred, "api_key")?;
         for (field, header) in [("organization", "openai-organization"), ("project", "openai-project")] {

@@ -169,6 +169,12 @@ impl ProviderDef {
         self.claims_host(&host.to_ascii_lowercase(), port)
     }
 
+    /// Whether the injection is the same for every request with one credential
+    /// ([`Provider::injection_per_credential`]).
+    pub fn injection_per_credential(&self) -> bool {
+        self.rules().injection_per_credential()
+    }
+
     /// The injection for one request to `path` (already validated by the router).
     pub fn inject(
         &self,
@@ -186,24 +192,23 @@ pub(super) fn need<'a>(cred: &'a dyn FieldSource, name: &str) -> Result<&'a Secr
 
 /// A header value marked sensitive (never HPACK-indexed, redacted in hyper's Debug).
 pub(super) fn sensitive(bytes: &[u8]) -> Result<HeaderValue, OutboundError> {
-    let mut v =
-        HeaderValue::from_bytes(bytes).map_err(|_| OutboundError::MissingField("a header-safe secret".into()))?;
-    v.set_sensitive(true);
-    Ok(v)
+    sensitive_joined(&[bytes])
 }
 
-/// `{scheme} {secret}` written once, into the buffer that becomes the header value (every
-/// request injects one). The secret is checked first, so a refused one is never copied.
-fn sensitive_joined(scheme: &str, secret: &str) -> Result<HeaderValue, OutboundError> {
+/// The parts written once, into the buffer that becomes a sensitive header value. The
+/// buffer is wiped when the last clone of the value is dropped (a plain `Bytes` would
+/// free it with the secret still in it). The parts are checked first, so a refused
+/// secret is never copied.
+pub(super) fn sensitive_joined(parts: &[&[u8]]) -> Result<HeaderValue, OutboundError> {
     let header_safe = |b: &u8| (*b >= 0x20 && *b != 0x7f) || *b == b'\t';
-    if !secret.as_bytes().iter().all(header_safe) {
+    if !parts.iter().all(|p| p.iter().all(header_safe)) {
         return Err(OutboundError::MissingField("a header-safe secret".into()));
     }
-    let mut buf = Vec::with_capacity(scheme.len() + 1 + secret.len());
-    buf.extend_from_slice(scheme.as_bytes());
-    buf.push(b' ');
-    buf.extend_from_slice(secret.as_bytes());
-    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from(buf))
+    let mut buf = Zeroizing::new(Vec::with_capacity(parts.iter().map(|p| p.len()).sum()));
+    for p in parts {
+        buf.extend_from_slice(p);
+    }
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .map_err(|_| OutboundError::MissingField("a header-safe secret".into()))?;
     v.set_sensitive(true);
     Ok(v)
@@ -220,7 +225,10 @@ pub(crate) fn bearer_value(secret: &Secret) -> Result<Injection, OutboundError> 
 /// `Authorization: <scheme> <secret>` (Bearer; Deepgram's `Token`), the secret scrubbed.
 pub(crate) fn authorization(scheme: &str, secret: &Secret) -> Result<Injection, OutboundError> {
     Ok(Injection {
-        headers: vec![(http::header::AUTHORIZATION, sensitive_joined(scheme, secret.expose())?)],
+        headers: vec![(
+            http::header::AUTHORIZATION,
+            sensitive_joined(&[scheme.as_bytes(), b" ", secret.expose().as_bytes()])?,
+        )],
         scrub: vec![Zeroizing::new(secret.expose().as_bytes().to_vec())],
         ..Injection::default()
     })
@@ -231,9 +239,8 @@ pub(crate) fn authorization(scheme: &str, secret: &Secret) -> Result<Injection, 
 pub(super) fn basic(user: &str, password: &Secret) -> Result<Injection, OutboundError> {
     let pair = Zeroizing::new(format!("{user}:{}", password.expose()));
     let encoded = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
-    let value = Zeroizing::new(format!("Basic {}", encoded.as_str()));
     Ok(Injection {
-        headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
+        headers: vec![(http::header::AUTHORIZATION, sensitive_joined(&[b"Basic ", encoded.as_bytes()])?)],
         scrub: vec![Zeroizing::new(password.expose().as_bytes().to_vec()), Zeroizing::new(encoded.as_bytes().to_vec())],
         ..Injection::default()
     })

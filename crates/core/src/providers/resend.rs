@@ -32,6 +32,10 @@ impl Provider for Resend {
         vec![exact("api.resend.com")]
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         bearer(cred, "api_key")
     }

@@ -45,6 +45,10 @@ impl Provider for Retell {
         vec![exact("api.retellai.com")]
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         bearer(cred, "api_key")
     }

@@ -46,6 +46,10 @@ impl Provider for Telnyx {
         vec![exact("api.telnyx.com")]
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         bearer(cred, "api_key")
     }

@@ -41,6 +41,10 @@ impl Provider for Vapi {
         true
     }
 
+    fn injection_per_credential(&self) -> bool {
+        true
+    }
+
     fn inject(&self, cred: &dyn FieldSource, _path: &str, _: Option<&Secret>) -> Result<Injection, OutboundError> {
         bearer(cred, "api_key")
     }

@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
 use super::inbound::{ct_eq, hmac_sha256, single, Accepted, Delivery, Reject};
-use super::outbound::{basic, literal_url, sensitive, FieldSource, HostRule, Injection, OutboundError};
+use super::outbound::{basic, literal_url, sensitive_joined, FieldSource, HostRule, Injection, OutboundError};
 use super::{Provider, WebhookKeys};
 use crate::secret::Secret;
 
@@ -194,9 +194,8 @@ static MINTED: std::sync::Mutex<Option<std::collections::HashMap<[u8; 32], Minte
 /// with a new jti (UUIDv4) for each token minted, reused for [`JWT_REUSE`] seconds.
 pub(crate) fn application_jwt(app: &str, pem: &Secret, now: u64) -> Result<Injection, OutboundError> {
     let jwt = minted(app, pem, now)?;
-    let value = Zeroizing::new(format!("Bearer {}", jwt.as_str()));
     Ok(Injection {
-        headers: vec![(http::header::AUTHORIZATION, sensitive(value.as_bytes())?)],
+        headers: vec![(http::header::AUTHORIZATION, sensitive_joined(&[b"Bearer ", jwt.as_bytes()])?)],
         scrub: vec![Zeroizing::new(pem.expose().as_bytes().to_vec()), Zeroizing::new(jwt.as_bytes().to_vec())],
         ..Injection::default()
     })
