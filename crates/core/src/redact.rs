@@ -34,7 +34,13 @@ pub fn contains_any(buf: &[u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
 /// Whether `buf` ends with the start of some pattern (a proper prefix): only then can a
 /// match span into the next chunk of a stream.
 pub fn ends_with_partial(buf: &[u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
-    patterns.iter().any(|p| (1..p.len().min(buf.len() + 1)).any(|k| buf.ends_with(&p[..k])))
+    patterns.iter().any(|p| {
+        let Some(&first) = p.first() else { return false };
+        // Only where the tail holds the pattern's first byte can a prefix of it start: one
+        // memchr pass instead of a comparison for every prefix length (every chunk).
+        let tail = &buf[buf.len().saturating_sub(p.len() - 1)..];
+        memchr::memchr_iter(first, tail).any(|i| p.starts_with(&tail[i..]))
+    })
 }
 
 /// String values of the named JSON fields, anywhere in `body` (for masking echoed secrets).
@@ -79,6 +85,24 @@ mod tests {
         assert!(!ends_with_partial(b"", &p));
         assert!(contains_any(b"a sk-123 b", &p));
         assert!(!contains_any(b"a sk-12 b", &p));
+    }
+
+    #[test]
+    fn a_partial_match_is_any_proper_prefix_at_the_end_for_every_small_case() {
+        // Every buffer and pattern over a two-letter alphabet up to these lengths, against
+        // the definition itself (a repeated letter is where a first-byte scan could slip).
+        let words = |max: usize| {
+            (0..=max).flat_map(|len| {
+                (0..1usize << len).map(move |bits| (0..len).map(|i| b"ab"[bits >> i & 1]).collect::<Vec<u8>>())
+            })
+        };
+        for pat in words(4).filter(|p| !p.is_empty()) {
+            let p = vec![Zeroizing::new(pat.clone())];
+            for buf in words(6) {
+                let defined = (1..pat.len()).any(|k| k <= buf.len() && buf.ends_with(&pat[..k]));
+                assert_eq!(ends_with_partial(&buf, &p), defined, "{buf:?} {pat:?}");
+            }
+        }
     }
 
     #[test]
