@@ -1,7 +1,7 @@
 //! Which headers belong to one hop and never cross keyward, in either direction.
 
 use http::header::CONNECTION;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1, plus the proxy-authentication pair of RFC 9110
 /// §11.7, which authenticates a hop, not the origin). `Host` is not here: it is replaced
@@ -25,26 +25,40 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
 
 /// The header names a `Connection` header lists (hop-by-hop for this message only).
 pub(crate) fn connection_listed(h: &HeaderMap) -> Vec<String> {
+    listed(h).map(str::to_ascii_lowercase).collect()
+}
+
+/// Whether a `Connection` header lists `token` (lower case), without a copy of any.
+pub(crate) fn connection_lists(h: &HeaderMap, token: &str) -> bool {
+    listed(h).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The tokens of every `Connection` header, trimmed, as sent (compare without case).
+fn listed(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|s| !s.is_empty())
-        .collect()
 }
 
 /// Removes every hop-by-hop header, the ones `Connection` names included.
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most responses carry none: one pass over the names instead of nine removals, each
-    // hashing its name (this runs on every response).
-    if !h.keys().any(|n| is_hop_by_hop(n.as_str())) {
+    // One pass over the names finds the hop-by-hop ones present; only those are removed
+    // (this runs on every response, and a keep-alive upstream's carry `Connection` alone):
+    // nine removals by name would parse and hash each.
+    let present: Vec<HeaderName> = h.keys().filter(|n| is_hop_by_hop(n.as_str())).cloned().collect();
+    if present.is_empty() {
         return;
     }
-    for l in connection_listed(h) {
-        h.remove(l.as_str());
+    // What `Connection` lists beyond those (`close` and `keep-alive` name nothing more).
+    let named = |t: &str| t.eq_ignore_ascii_case("close") || HOP_BY_HOP.iter().any(|n| t.eq_ignore_ascii_case(n));
+    let extra: Vec<String> = listed(h).filter(|t| !named(t)).map(str::to_owned).collect();
+    for t in extra {
+        h.remove(t.as_str());
     }
-    for n in HOP_BY_HOP {
+    for n in present {
         h.remove(n);
     }
 }
@@ -74,5 +88,21 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("content-type"));
+
+        // Listed names in any case, several Connection headers, a listed hop-by-hop name.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        h.append("connection", HeaderValue::from_static(" X-One ,Upgrade,"));
+        for n in ["x-one", "upgrade", "keep-alive", "te", "trailer", "proxy-connection", "x-kept"] {
+            h.insert(n, HeaderValue::from_static("v"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        // Only `Connection: close`: it goes, nothing else.
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close"));
+        h.insert("content-length", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|n| n.as_str()).collect::<Vec<_>>(), ["content-length"]);
     }
 }

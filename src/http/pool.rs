@@ -143,6 +143,9 @@ struct Dest {
     tls: bool,
     authority: Authority,
     port: u16,
+    /// Where the host is in `authority`, found once: `Authority::host` searches the
+    /// string on every call, and a request asks for the host a few times.
+    host: std::ops::Range<usize>,
 }
 
 impl Dest {
@@ -155,13 +158,16 @@ impl Dest {
         let authority = uri.authority().filter(|a| !a.host().is_empty()).cloned();
         let authority = authority.ok_or(PoolError::BadTarget("the URI has no host"))?;
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        Ok(Dest { tls, authority, port })
+        let whole = authority.host();
+        let host = whole.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(whole);
+        // `host` is a slice of the authority's string: its offset there.
+        let start = host.as_ptr() as usize - authority.as_str().as_ptr() as usize;
+        Ok(Dest { tls, port, host: start..start + host.len(), authority })
     }
 
     /// Without an IPv6 literal's brackets, as sockets and TLS server names take it.
     fn host(&self) -> &str {
-        let host = self.authority.host();
-        host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+        self.authority.as_str().get(self.host.clone()).unwrap_or_default()
     }
 
     fn key(&self) -> Key {
@@ -987,6 +993,18 @@ mod tests {
         assert_eq!(ended.load(Ordering::SeqCst), 1, "the idle connection was closed");
         assert_eq!(read_h(pool.send(get(&url)).await.unwrap()).await, (http::Version::HTTP_2, 2));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_destination_names_its_host_without_brackets_or_user_info() {
+        for (uri, host, port, shown) in [
+            ("https://api.vapi.ai/x", "api.vapi.ai", 443, "api.vapi.ai:443"),
+            ("http://[::1]:8080/", "::1", 8080, "[::1]:8080"),
+            ("https://user@example.com:9443", "example.com", 9443, "example.com:9443"),
+        ] {
+            let d = Dest::of(&uri.parse().unwrap()).unwrap();
+            assert_eq!((d.host(), d.port, d.to_string().as_str()), (host, port, shown), "{uri}");
+        }
     }
 
     #[tokio::test]

@@ -95,10 +95,10 @@ fn boxed_error(e: PublicError) -> Response<ProxyBody> {
     e.into_response().map(|b| b.map_err(|never| match never {}).boxed_unsync())
 }
 
-/// Header names listed in `Connection` (they are hop-by-hop too).
+/// An HTTP/1.1 WebSocket upgrade (`Connection: upgrade` and `Upgrade: websocket`).
 fn is_websocket(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
-        && headers::connection_listed(req.headers()).iter().any(|t| t == "upgrade")
+        && headers::connection_lists(req.headers(), "upgrade")
         && req
             .headers()
             .get(header::UPGRADE)
