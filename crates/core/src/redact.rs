@@ -5,16 +5,15 @@
 use zeroize::Zeroizing;
 
 /// Masks every occurrence of any pattern in `buf`, in place. Returns whether it did.
-/// Uses memchr's SIMD substring search: this runs on every scanned response chunk.
 pub fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
     let mut hit = false;
     for p in patterns {
         if p.is_empty() || p.len() > buf.len() {
             continue;
         }
-        let finder = memchr::memmem::Finder::new(p.as_slice());
+        let search = Search::new(p, buf.len());
         let mut from = 0;
-        while let Some(i) = buf.get(from..).and_then(|rest| finder.find(rest)) {
+        while let Some(i) = buf.get(from..).and_then(|rest| search.find(rest)) {
             let at = from + i;
             if let Some(s) = buf.get_mut(at..at + p.len()) {
                 s.fill(b'*');
@@ -28,7 +27,46 @@ pub fn mask(buf: &mut [u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
 
 /// Whether any pattern occurs in `buf`: lets a caller skip copying what it would not change.
 pub fn contains_any(buf: &[u8], patterns: &[Zeroizing<Vec<u8>>]) -> bool {
-    patterns.iter().any(|p| !p.is_empty() && p.len() <= buf.len() && memchr::memmem::find(buf, p).is_some())
+    patterns.iter().any(|p| !p.is_empty() && p.len() <= buf.len() && Search::new(p, buf.len()).find(buf).is_some())
+}
+
+/// Up to this many bytes of haystack, a pattern is found by memchr of its first byte and a
+/// comparison at each hit, instead of memchr's SIMD substring searcher: building that
+/// searcher costs ~3,500 instructions per pattern (its two-way factorization and
+/// prefilter), more than scanning a webhook body of a few KiB (docs/benchmarks.md). The
+/// bound keeps the worst case (a haystack made of the pattern's first byte) at
+/// `SCAN_MAX` short SIMD comparisons.
+const SCAN_MAX: usize = 8 * 1024;
+
+/// One pattern's search over haystacks of a known size.
+#[allow(clippy::large_enum_variant)] // a local of one call: never stored, so boxing would only add an allocation
+enum Search<'p> {
+    Scan(&'p [u8]),
+    Finder(memchr::memmem::Finder<'p>),
+}
+
+impl<'p> Search<'p> {
+    /// For a non-empty `pattern` and haystacks of at most `len` bytes.
+    fn new(pattern: &'p [u8], len: usize) -> Self {
+        if len <= SCAN_MAX {
+            Search::Scan(pattern)
+        } else {
+            Search::Finder(memchr::memmem::Finder::new(pattern))
+        }
+    }
+
+    /// Offset of the first occurrence in `hay`.
+    fn find(&self, hay: &[u8]) -> Option<usize> {
+        match self {
+            Search::Finder(f) => f.find(hay),
+            Search::Scan(p) => {
+                let (&first, _) = p.split_first()?;
+                let last_start = hay.len().checked_sub(p.len())?;
+                let starts = hay.get(..=last_start)?;
+                memchr::memchr_iter(first, starts).find(|&i| hay[i..].starts_with(p))
+            }
+        }
+    }
 }
 
 /// Whether `buf` ends with the start of some pattern (a proper prefix): only then can a
@@ -103,6 +141,29 @@ mod tests {
                 assert_eq!(ends_with_partial(&buf, &p), defined, "{buf:?} {pat:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_short_scan_finds_what_the_substring_searcher_finds() {
+        let words = |max: usize| {
+            (0..=max).flat_map(|len| {
+                (0..1usize << len).map(move |bits| (0..len).map(|i| b"ab"[bits >> i & 1]).collect::<Vec<u8>>())
+            })
+        };
+        for pat in words(4).filter(|p| !p.is_empty()) {
+            for hay in words(7) {
+                let expected = memchr::memmem::find(&hay, &pat);
+                assert_eq!(Search::Scan(&pat).find(&hay), expected, "{hay:?} {pat:?}");
+                assert_eq!(Search::new(&pat, usize::MAX).find(&hay), expected);
+            }
+        }
+        // Past the scan's bound the searcher is used, and finds the same.
+        let mut long = vec![b'a'; SCAN_MAX + 10];
+        long.extend_from_slice(b"sk-123");
+        let p = vec![Zeroizing::new(b"sk-123".to_vec())];
+        assert!(contains_any(&long, &p));
+        assert!(mask(&mut long, &p));
+        assert!(long.ends_with(b"******") && !contains_any(&long, &p));
     }
 
     #[test]
