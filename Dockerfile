@@ -11,7 +11,9 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Manifests first so dependency builds are cached across source changes.
-COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
+COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml build.rs ./
+# The code layout the linker follows (build.rs): fewer resident code pages.
+COPY build ./build
 COPY src ./src
 COPY crates ./crates
 COPY bench ./bench
