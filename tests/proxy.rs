@@ -127,9 +127,14 @@ async fn each_provider_receives_exactly_the_header_it_expects() {
         ("keyward-debug", "x"),
     ];
 
-    let (s, _, body) = e.d.app("GET", "/vapi/assistant?limit=1", &hdr, None).await;
+    // A header the app's `Connection` names is for keyward's hop only (any case).
+    let mut with_hop = hdr.to_vec();
+    with_hop.extend([("connection", "keep-alive, X-Hop-Only"), ("x-hop-only", "1"), ("x-end-to-end", "1")]);
+    let (s, _, body) = e.d.app("GET", "/vapi/assistant?limit=1", &with_hop, None).await;
     assert_eq!(s, 200, "{}", String::from_utf8_lossy(&body));
     let r = e.vapi.last();
+    assert!(r.header("x-hop-only").is_none() && r.header("connection").is_none(), "a hop-by-hop header went on");
+    assert_eq!(r.header("x-end-to-end").unwrap(), "1");
     assert_eq!(r.header("authorization").unwrap(), format!("Bearer {VAPI_A}"));
     assert_eq!(r.path_and_query, "/assistant?limit=1");
     assert!(

@@ -170,8 +170,17 @@ async fn sdk_signed_deliveries_reach_the_app_with_keywards_headers() {
         if provider != "twilio" {
             h.push(("content-type".into(), "application/json".into()));
         }
-        // Outside Keyward-* headers are dropped before forwarding.
-        let h = with(h, &[("keyward-verified", "forged"), ("keyward-tenant", "globex")]);
+        // Outside Keyward-* headers are dropped before forwarding, and so is a header the
+        // provider's `Connection` names (that hop ends at keyward).
+        let h = with(
+            h,
+            &[
+                ("keyward-verified", "forged"),
+                ("keyward-tenant", "globex"),
+                ("connection", "X-Hop-Only"),
+                ("x-hop-only", "1"),
+            ],
+        );
         let (s, rh, rb) = e.deliver("POST", path, &h, &body).await;
         assert_eq!(s, 200, "{provider}: {}", String::from_utf8_lossy(&rb));
         assert_eq!(rh["x-app"], "yes", "the app's headers go back to the provider");
@@ -184,6 +193,7 @@ async fn sdk_signed_deliveries_reach_the_app_with_keywards_headers() {
         assert_eq!(r.header("keyward-provider").as_deref(), Some(provider));
         assert_eq!(r.header("keyward-verified").as_deref(), Some("1"));
         assert_eq!(r.headers.get_all("keyward-tenant").iter().count(), 1);
+        assert!(r.header("x-hop-only").is_none(), "{provider}: a hop-by-hop header went on");
         if matches!(provider, "resend" | "stdwh") {
             assert!(r.header("keyward-event-id").unwrap().starts_with("msg_"));
         }

@@ -23,18 +23,14 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&name)
 }
 
-/// The header names a `Connection` header lists (hop-by-hop for this message only).
-pub(crate) fn connection_listed(h: &HeaderMap) -> Vec<String> {
-    listed(h).map(str::to_ascii_lowercase).collect()
-}
-
 /// Whether a `Connection` header lists `token` (lower case), without a copy of any.
 pub(crate) fn connection_lists(h: &HeaderMap, token: &str) -> bool {
     listed(h).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// The tokens of every `Connection` header, trimmed, as sent (compare without case).
-fn listed(h: &HeaderMap) -> impl Iterator<Item = &str> {
+/// The tokens of every `Connection` header, trimmed, as sent (compare without case): the
+/// header names it lists are hop-by-hop for this message only.
+pub(crate) fn listed(h: &HeaderMap) -> impl Iterator<Item = &str> {
     h.get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())

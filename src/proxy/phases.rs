@@ -174,7 +174,8 @@ impl<'a> Destination<'a> {
 /// asking for gzip would otherwise switch scrubbing off). Audio is not compressible anyway;
 /// JSON costs more bytes on the provider link, which is the price of scanning it.
 pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injected, websocket: bool) -> HeaderMap {
-    let listed = headers::connection_listed(from_app);
+    // Borrowed, and no allocation unless the app sent `Connection`.
+    let listed: Vec<&str> = headers::listed(from_app).collect();
     let mut out = HeaderMap::with_capacity(from_app.len() + 2);
     for (name, value) in from_app {
         let n = name.as_str();
@@ -182,7 +183,7 @@ pub(super) fn upstream_headers(from_app: &HeaderMap, injection: Injected, websoc
             || CLIENT_CREDENTIALS.contains(&n)
             || n.starts_with("keyward-")
             || name == header::HOST
-            || listed.iter().any(|l| l == n)
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(n))
             || injection.headers.iter().any(|(n, _)| n == name)
             || name == header::ACCEPT_ENCODING
         {

@@ -23,7 +23,6 @@ use keyward_core::redact::{contains_any, ends_with_partial};
 
 /// The byte strings a response is masked for: a credential's list, shared by its
 /// requests, or one made for a request.
-#[derive(Clone)]
 pub(crate) enum Patterns {
     /// The credential's ([`crate::creds::MadeInjection`]).
     Shared(Arc<[Zeroizing<Vec<u8>>]>),

@@ -34,7 +34,7 @@ pub(crate) use verify::{Rejection, Verified};
 
 use crate::creds::Credentials;
 use crate::error::PublicError;
-use crate::http::headers::{connection_listed, is_hop_by_hop, strip_hop_by_hop};
+use crate::http::headers::{is_hop_by_hop, listed, strip_hop_by_hop};
 use crate::http::{BoxError, ProxyBody};
 use crate::listen::Peer;
 use crate::tls::TlsFiles;
@@ -417,14 +417,14 @@ fn forward<'a>(
         let Ok(uri) = state.app.uri(pq) else {
             return boxed(PublicError::bad_request("the request path cannot be forwarded"));
         };
-        let listed = connection_listed(&headers);
+        let named: Vec<&str> = listed(&headers).collect();
         let mut out = HeaderMap::with_capacity(headers.len() + 4);
         for (name, value) in &headers {
             let n = name.as_str();
             if n.starts_with("keyward-")
                 || is_hop_by_hop(n)
                 || name == header::HOST
-                || listed.iter().any(|l| l == n)
+                || named.iter().any(|l| l.eq_ignore_ascii_case(n))
                 || v.strip.contains(&n)
             {
                 continue;
