@@ -4,8 +4,9 @@
 //! request, spread over ~10 MB of text, kept most of it resident; placed together they
 //! fill a fraction of that (docs/benchmarks.md, "RSS: the binary's code").
 //!
-//! Only where the linker is known to be LLD, which reads the file: rustc ≥ 1.90 links
-//! x86_64-unknown-linux-gnu with its own rust-lld unless a linker is configured. Names the
+//! Only where the linker takes the option (LLD does: rustc ≥ 1.90 links
+//! x86_64-unknown-linux-gnu with its own rust-lld; GNU ld does not), which a test link of
+//! an empty program with it shows before the option is passed on. Names the
 //! file lists but a build no longer has are skipped (the file goes stale slowly: symbol
 //! hashes follow crate metadata, not source text), so a stale file costs layout, never a
 //! build. `KEYWARD_NO_SYMBOL_ORDER=1` turns it off.
@@ -23,20 +24,34 @@ fn main() {
         && env("TARGET") == "x86_64-unknown-linux-gnu"
         && env("KEYWARD_NO_SYMBOL_ORDER").is_empty()
         && env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
-        && !env("CARGO_ENCODED_RUSTFLAGS").contains("linker")
-        && rustc_minor().is_some_and(|m| m >= 90);
+        && !env("CARGO_ENCODED_RUSTFLAGS").contains("linker");
     let file = Path::new(&env("CARGO_MANIFEST_DIR")).join(ORDER);
-    if wanted && file.is_file() {
+    if wanted && file.is_file() && links_with(&file) {
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", file.display());
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
 }
 
-/// The `1.N` of the compiler building this crate.
-fn rustc_minor() -> Option<u32> {
+/// Whether this compiler's linker accepts the ordering file: links an empty program with it.
+fn links_with(order: &Path) -> bool {
+    let Ok(out) = std::env::var("OUT_DIR") else { return false };
+    let dir = Path::new(&out);
+    let src = dir.join("probe.rs");
+    if std::fs::write(&src, "fn main() {}\n").is_err() {
+        return false;
+    }
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let out = Command::new(rustc).arg("-vV").output().ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    let release = text.lines().find_map(|l| l.strip_prefix("release: "))?;
-    release.split('.').nth(1)?.parse().ok()
+    // With the flags the real link gets (a `-C link-arg=-fuse-ld=bfd` among them, say).
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    Command::new(rustc)
+        .args(flags.split('\x1f').filter(|f| !f.is_empty()))
+        .arg(&src)
+        .arg("-o")
+        .arg(dir.join("probe"))
+        .arg("-C")
+        .arg(format!("link-arg=-Wl,--symbol-ordering-file={}", order.display()))
+        .arg("-C")
+        .arg("link-arg=-Wl,--no-warn-symbol-ordering")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
