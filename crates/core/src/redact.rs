@@ -125,15 +125,15 @@ mod tests {
         assert!(!contains_any(b"a sk-12 b", &p));
     }
 
+    /// Every word over a two-letter alphabet up to `max` letters (a repeated letter is where
+    /// a first-byte scan could slip).
+    fn words(max: usize) -> impl Iterator<Item = Vec<u8>> {
+        (0..=max).flat_map(|len| (0..1usize << len).map(move |bits| (0..len).map(|i| b"ab"[bits >> i & 1]).collect()))
+    }
+
     #[test]
     fn a_partial_match_is_any_proper_prefix_at_the_end_for_every_small_case() {
-        // Every buffer and pattern over a two-letter alphabet up to these lengths, against
-        // the definition itself (a repeated letter is where a first-byte scan could slip).
-        let words = |max: usize| {
-            (0..=max).flat_map(|len| {
-                (0..1usize << len).map(move |bits| (0..len).map(|i| b"ab"[bits >> i & 1]).collect::<Vec<u8>>())
-            })
-        };
+        // Every buffer and pattern up to these lengths, against the definition itself.
         for pat in words(4).filter(|p| !p.is_empty()) {
             let p = vec![Zeroizing::new(pat.clone())];
             for buf in words(6) {
@@ -145,11 +145,6 @@ mod tests {
 
     #[test]
     fn the_short_scan_finds_what_the_substring_searcher_finds() {
-        let words = |max: usize| {
-            (0..=max).flat_map(|len| {
-                (0..1usize << len).map(move |bits| (0..len).map(|i| b"ab"[bits >> i & 1]).collect::<Vec<u8>>())
-            })
-        };
         for pat in words(4).filter(|p| !p.is_empty()) {
             for hay in words(7) {
                 let expected = memchr::memmem::find(&hay, &pat);
