@@ -23,8 +23,7 @@ fn main() {
     let wanted = env("PROFILE") == "release"
         && env("TARGET") == "x86_64-unknown-linux-gnu"
         && env("KEYWARD_NO_SYMBOL_ORDER").is_empty()
-        && env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
-        && !env("CARGO_ENCODED_RUSTFLAGS").contains("linker");
+        && env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty();
     let file = Path::new(&env("CARGO_MANIFEST_DIR")).join(ORDER);
     if wanted && file.is_file() && links_with(&file) {
         println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}", file.display());

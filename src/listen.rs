@@ -980,7 +980,7 @@ mod version_tests {
         assert_eq!(res.status(), 200);
     }
 
-    /// A connection that never ends by itself, wakes its task `busy` times a millisecond
+    /// A connection that never ends by itself, wakes its task `wakes` times a millisecond
     /// apart (a connection in use), and records the graceful-close request it gets.
     struct Busy {
         wakes_left: usize,
