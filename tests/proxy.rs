@@ -500,6 +500,36 @@ async fn a_chunked_audio_response_reaches_the_app_chunk_by_chunk() {
     assert_eq!(&rest[..], b"second-chunk");
 }
 
+/// An upload larger than the provider's HTTP/2 flow-control windows (hyper's server grants
+/// 1 MiB): keyward streams it within the windows the provider hands out, two at once on the
+/// one shared connection, and every byte arrives in order.
+#[tokio::test]
+async fn uploads_larger_than_the_http2_windows_arrive_whole() {
+    let e = env().await;
+    let upload = |seed: u8| (0..3 * 1024 * 1024).map(|i: u32| (i % 251) as u8 ^ seed).collect::<Vec<u8>>();
+    let hdr = [("keyward-tenant", "acme"), ("content-type", "audio/wav")];
+    // The first request finds the host speaks HTTP/2 (a burst to a host not met yet makes
+    // one connection per request).
+    let (s, _, _) = e.d.app("GET", "/elevenlabs/v1/models", &hdr[..1], None).await;
+    assert_eq!(s, 200);
+    let (a, b) = tokio::join!(
+        e.d.app("POST", "/elevenlabs/v1/speech-to-text", &hdr, Some(upload(1))),
+        e.d.app("POST", "/elevenlabs/v1/speech-to-text", &hdr, Some(upload(2))),
+    );
+    for (s, _, body) in [&a, &b] {
+        assert_eq!(*s, 200, "{}", String::from_utf8_lossy(body));
+    }
+    let got = e.eleven.requests.lock().unwrap()[1..].to_vec();
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert_eq!(r.version, http::Version::HTTP_2, "the fake provider offers h2");
+        assert_eq!(r.body_len, 3 * 1024 * 1024);
+        let seed = r.body[0];
+        assert!(r.body == upload(seed)[..r.body.len()], "the body arrived altered or out of order");
+    }
+    assert_eq!(e.eleven.connections.load(std::sync::atomic::Ordering::SeqCst), 1, "both on one shared connection");
+}
+
 /// Adapts a tokio mpsc receiver into a Stream without an extra crate.
 fn tokio_stream_compat<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,

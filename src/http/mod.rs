@@ -3,6 +3,7 @@
 //! listener's request-target parser. Nothing here knows credentials or answers a request.
 
 pub(crate) mod body;
+mod h2conn;
 pub(crate) mod headers;
 pub(crate) mod pool;
 pub(crate) mod target;

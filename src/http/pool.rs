@@ -25,12 +25,13 @@ use http::uri::Authority;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
+use super::h2conn::{self, H2Body, Refused};
 
 /// Idle connections kept per host at most; more are closed when they come back.
 const MAX_IDLE_PER_HOST: usize = 256;
@@ -58,6 +59,8 @@ pub(crate) enum PoolError {
     BadTarget(&'static str),
     /// The connection broke or the answer was not HTTP.
     Http(hyper::Error),
+    /// The HTTP/2 connection or stream failed.
+    H2(h2::Error),
 }
 
 impl std::fmt::Display for PoolError {
@@ -67,6 +70,7 @@ impl std::fmt::Display for PoolError {
             PoolError::ConnectTimeout => f.write_str("timed out"),
             PoolError::BadTarget(why) => f.write_str(why),
             PoolError::Http(e) => write!(f, "{e}"),
+            PoolError::H2(e) => write!(f, "{e}"),
         }
     }
 }
@@ -76,6 +80,7 @@ impl std::error::Error for PoolError {
         match self {
             PoolError::Connect(e) | PoolError::Tls(e) => Some(e),
             PoolError::Http(e) => Some(e),
+            PoolError::H2(e) => Some(e),
             _ => None,
         }
     }
@@ -115,7 +120,7 @@ struct Host {
 /// An HTTP/2 connection every request to its host goes on; its driver is a task of its own,
 /// since many requests' streams are on it at once.
 struct Shared {
-    send: http2::SendRequest<ProxyBody>,
+    send: h2conn::Sender,
     /// Told apart from a later connection to the same host, for the idle watch.
     id: u64,
     /// Requests sent on it: the idle watch sees the count unchanged over an idle timeout,
@@ -212,7 +217,7 @@ impl Conn {
 /// What a request finds for its host (`Pool::find`).
 enum Found {
     /// The host's open HTTP/2 connection, and which one it is.
-    H2(http2::SendRequest<ProxyBody>, u64),
+    H2(h2conn::Sender, u64),
     /// A host that spoke HTTP/2 and has no open connection: the turn to make one.
     Gate(Arc<tokio::sync::Mutex<()>>),
     /// An HTTP/1.1 host, or one not met yet: its newest idle connection, if it has one.
@@ -222,7 +227,7 @@ enum Found {
 /// A new connection, as the host's TLS handshake chose.
 enum Dialed {
     H1(Box<Conn>),
-    H2(http2::SendRequest<ProxyBody>),
+    H2(h2conn::Sender),
 }
 
 impl Pool {
@@ -238,18 +243,16 @@ impl Pool {
         let dest = Dest::of(req.uri()).map_err(|error| Failed { error, target: "the provider".into() })?;
         let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
         let found = match self.find(&dest) {
-            Found::H2(mut h2, id) => match h2.try_send_request(req).await {
+            Found::H2(h2, id) => match h2conn::send(h2, req).await {
                 Ok(resp) => return Ok(resp.map(PooledBody::shared)),
-                Err(mut e) => match e.take_message() {
-                    // Never sent: the connection is closing. No later request is handed it
-                    // again (it may not report itself closed yet); a new one may take this.
-                    Some(back) => {
-                        req = back;
-                        self.unshare(&dest, id);
-                        self.find(&dest)
-                    }
-                    None => return Err(failed(PoolError::Http(e.into_error()), &dest)),
-                },
+                // Never sent: the connection is closing. No later request is handed it
+                // again (its task may not have ended yet); a new one may take this.
+                Err(Refused::Closing(_, back)) => {
+                    req = back;
+                    self.unshare(&dest, id);
+                    self.find(&dest)
+                }
+                Err(Refused::Failed(e)) => return Err(failed(PoolError::H2(e), &dest)),
             },
             other => other,
         };
@@ -265,8 +268,10 @@ impl Pool {
         found: Found,
     ) -> Result<Response<PooledBody>, Failed> {
         let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
-        let on_h2 = |mut h2: http2::SendRequest<ProxyBody>, req| async move {
-            h2.send_request(req).await.map(|r| r.map(PooledBody::shared)).map_err(PoolError::Http)
+        let on_h2 = |h2, req| async move {
+            h2conn::send(h2, req).await.map(|r| r.map(PooledBody::shared)).map_err(|e| match e {
+                Refused::Closing(e, _) | Refused::Failed(e) => PoolError::H2(e),
+            })
         };
         let mut turn = None;
         let mut reused = match found {
@@ -349,8 +354,9 @@ impl Pool {
             Ok(resp) => {
                 let (parts, body) = resp.into_parts();
                 let held = Held { conn, dest: dest.clone(), pool: self.clone() };
-                let mut pooled = PooledBody { body, held: Some(held) };
-                if pooled.body.is_end_stream() {
+                let end = body.is_end_stream();
+                let mut pooled = PooledBody { body: Carried::H1(body), held: Some(held) };
+                if end {
                     pooled.release();
                 }
                 Ok(Response::from_parts(parts, pooled))
@@ -368,12 +374,11 @@ impl Pool {
     fn find(&self, dest: &Dest) -> Found {
         let Ok(mut hosts) = self.inner.hosts.lock() else { return Found::Idle(None) };
         let Some(host) = hosts.iter_mut().find(|h| h.key.matches(dest)) else { return Found::Idle(None) };
+        // (Its task takes a closed connection out of here; a request that finds one
+        // closing before that comes back unsent and goes on a new one.)
         if let Some(shared) = host.shared.as_mut() {
-            if !shared.send.is_closed() {
-                shared.sent = shared.sent.wrapping_add(1);
-                return Found::H2(shared.send.clone(), shared.id);
-            }
-            host.shared = None;
+            shared.sent = shared.sent.wrapping_add(1);
+            return Found::H2(shared.send.clone(), shared.id);
         }
         match &host.h2_gate {
             Some(gate) => Found::Gate(gate.clone()),
@@ -444,11 +449,7 @@ impl Pool {
             .await
             .map_err(|_| PoolError::ConnectTimeout)??;
         if h2 {
-            let (send, driver) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(PoolError::Http)?;
+            let (send, driver) = h2conn::handshake(stream).await.map_err(PoolError::H2)?;
             self.share(dest, send.clone(), driver);
             return Ok(Dialed::H2(send));
         }
@@ -459,24 +460,33 @@ impl Pool {
     /// Makes a new HTTP/2 connection the host's (unless another request's new one got there
     /// first and is open: then this one carries only its own request and closes after it),
     /// and drives it in a task that also lets it go after an idle timeout without requests.
-    fn share(&self, dest: &Dest, send: http2::SendRequest<ProxyBody>, driver: H2Driver) {
+    fn share(&self, dest: &Dest, send: h2conn::Sender, driver: h2conn::Driver<Stream>) {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Ok(mut hosts) = self.inner.hosts.lock() {
             let host = Self::host(&mut hosts, dest);
             host.h2_gate.get_or_insert_with(Default::default);
-            if host.shared.as_ref().is_none_or(|s| s.send.is_closed()) {
+            if host.shared.is_none() {
                 host.shared = Some(Shared { send, id, sent: 0 });
             }
         }
         let pool = Arc::downgrade(&self.inner);
         let (dest, after) = (dest.clone(), self.inner.idle_timeout);
         tokio::spawn(async move {
-            let mut driver = std::pin::pin!(driver);
+            let mut driver = std::pin::pin!(h2conn::Batched::new(driver));
             let mut watch = IdleWatch::default();
             loop {
                 tokio::select! {
-                    _ = driver.as_mut() => return,
+                    ended = driver.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, "an HTTP/2 connection to a provider ended");
+                        }
+                        // Closed: requests now go on a new connection.
+                        if let Some(inner) = pool.upgrade() {
+                            Pool { inner }.unshare(&dest, id);
+                        }
+                        return;
+                    }
                     _ = tokio::time::sleep(after / IdleWatch::LOOKS) => {
                         if !Self::still_used(&pool, &dest, id, &mut watch) {
                             // No longer handed out; in-flight streams finish, then it closes.
@@ -530,8 +540,6 @@ impl Pool {
         }
     }
 }
-
-type H2Driver = http2::Connection<TokioIo<Stream>, ProxyBody, TokioExecutor>;
 
 /// Looks at a shared connection's request count a few times per idle timeout: idle once
 /// the count stood still for a whole timeout (let go within 1¼ timeouts of its last use).
@@ -591,13 +599,19 @@ struct Held {
 /// to the pool when it ends; dropped early, it closes the connection (the rest of the answer
 /// would still be on it). Over HTTP/2 the connection's own task drives it.
 pub(crate) struct PooledBody {
-    body: Incoming,
+    body: Carried,
     held: Option<Held>,
 }
 
+/// Which protocol a response body comes over.
+enum Carried {
+    H1(Incoming),
+    H2(H2Body),
+}
+
 impl PooledBody {
-    fn shared(body: Incoming) -> PooledBody {
-        PooledBody { body, held: None }
+    fn shared(body: H2Body) -> PooledBody {
+        PooledBody { body: Carried::H2(body), held: None }
     }
 
     fn release(&mut self) {
@@ -611,30 +625,42 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(held) = &mut this.held {
-            // Reads the next chunk into the body's channel (or learns the peer closed).
-            held.conn.drive(cx);
-        }
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let (polled, end) = match &mut this.body {
+            Carried::H2(b) => return Pin::new(b).poll_frame(cx),
+            Carried::H1(b) => {
+                if let Some(held) = &mut this.held {
+                    // Reads the next chunk into the body's channel (or learns the peer closed).
+                    held.conn.drive(cx);
+                }
+                let polled = Pin::new(&mut *b).poll_frame(cx);
+                (polled, b.is_end_stream())
+            }
+        };
         match &polled {
             Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            Poll::Ready(Some(Ok(_))) if end => this.release(),
             Poll::Ready(Some(Err(_))) => this.held = None,
             _ => {}
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match &self.body {
+            Carried::H1(b) => b.is_end_stream(),
+            Carried::H2(b) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.body {
+            Carried::H1(b) => b.size_hint(),
+            Carried::H2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -869,7 +895,7 @@ mod tests {
                         }
                         async move { Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     let mut conn = std::pin::pin!(conn);
                     let mut stop_rx = stop_rx;

@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use std::path::PathBuf;
 
-use super::body::ProxyBody;
+use super::body::{BoxError, ProxyBody};
 use super::pool::{Dial, Pool, PoolError, PooledBody};
 use crate::tls::{self, TlsError};
 
@@ -70,12 +70,14 @@ pub(crate) enum UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Hyper(b) => {
+                Pin::new(b).poll_frame(cx).map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+            }
         }
     }
 
@@ -184,7 +186,7 @@ impl Upstream {
                     self.connect_timeout
                 ))
             }
-            PoolError::Http(_) => {
+            PoolError::Http(_) | PoolError::H2(_) => {
                 UpstreamError::Connect(format!("{target} closed the connection or sent an invalid response: {why}"))
             }
         }

@@ -487,7 +487,7 @@ pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
     }
     // Binary bodies stream untouched, but their trailers are still masked.
     let scan = scrub::is_scannable(&parts.headers);
-    let body = scrub::Scrubbed::new(body.map_err(|e| Box::new(e) as BoxError), scrub, scan).boxed_unsync();
+    let body = scrub::Scrubbed::new(body, scrub, scan).boxed_unsync();
     Response::from_parts(parts, body)
 }
 

@@ -63,7 +63,7 @@ impl AppClient {
                 PoolError::Connect(_) | PoolError::ConnectTimeout | PoolError::Tls(_) | PoolError::BadTarget(_) => {
                     Err(UpstreamError::Connect("could not connect to the app (webhooks.forward_to)".into()))
                 }
-                PoolError::Http(_) => {
+                PoolError::Http(_) | PoolError::H2(_) => {
                     Err(UpstreamError::Connect("the app closed the connection or sent an invalid response".into()))
                 }
             },

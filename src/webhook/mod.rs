@@ -35,7 +35,7 @@ pub(crate) use verify::{Rejection, Verified};
 use crate::creds::Credentials;
 use crate::error::PublicError;
 use crate::http::headers::{is_hop_by_hop, listed, strip_hop_by_hop};
-use crate::http::{BoxError, ProxyBody};
+use crate::http::ProxyBody;
 use crate::listen::Peer;
 use crate::tls::TlsFiles;
 use keyward_core::ids::TenantId;
@@ -495,7 +495,7 @@ fn forward<'a>(
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+        Response::from_parts(parts, body.boxed_unsync())
     }
 }
 
