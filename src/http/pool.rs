@@ -862,7 +862,8 @@ mod tests {
     /// A TLS server offering `alpn` with a self-signed certificate for `localhost`; each
     /// connection serves `per_conn` requests and then closes gracefully (GOAWAY on HTTP/2).
     /// Counts connections accepted and connections ended; the pool trusts the certificate.
-    async fn tls_server(alpn: &[&[u8]], per_conn: usize) -> (String, Pool, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// A TLS server side for `localhost` offering `alpn`, and a pool that trusts it.
+    fn tls_pair(alpn: &[&[u8]]) -> (tokio_rustls::TlsAcceptor, Pool) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca = dir.path().join("ca.pem");
@@ -874,7 +875,15 @@ mod tests {
             .with_single_cert(vec![cert.cert.der().clone()], key)
             .unwrap();
         server.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let dial = Dial::Net { tls: Some(tokio_rustls::TlsConnector::from(Arc::new(client))), allow_http: false };
+        (
+            tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+            Pool::new(dial, Duration::from_secs(2), Duration::from_millis(400)),
+        )
+    }
+
+    async fn tls_server(alpn: &[&[u8]], per_conn: usize) -> (String, Pool, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (acceptor, pool) = tls_pair(alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -910,10 +919,44 @@ mod tests {
                 });
             }
         });
-        std::mem::forget(dir);
-        let dial = Dial::Net { tls: Some(tokio_rustls::TlsConnector::from(Arc::new(client))), allow_http: false };
-        let pool = Pool::new(dial, Duration::from_secs(2), Duration::from_millis(400));
         (format!("https://localhost:{port}"), pool, accepted, ended)
+    }
+
+    /// A request given up while its body is still going out (the app went away, a timeout)
+    /// resets its HTTP/2 stream: the body's task does not hold the stream, and the
+    /// provider's window, open for ever.
+    #[tokio::test]
+    async fn a_request_given_up_before_its_answer_resets_its_stream() {
+        let (acceptor, pool) = tls_pair(&[b"h2"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<(Bytes, Option<h2::Reason>)>();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let mut conn = h2::server::handshake(tls).await.unwrap();
+            let (req, _respond) = conn.accept().await.unwrap().unwrap();
+            // Never answers; reads the body while the connection runs.
+            tokio::spawn(async move {
+                let mut body = req.into_body();
+                let first = body.data().await.unwrap().unwrap();
+                let then = body.data().await;
+                let _ = seen_tx.send((first, then.and_then(|r| r.err()).and_then(|e| e.reason())));
+            });
+            while conn.accept().await.is_some() {}
+        });
+        let chunks = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"first chunk")))]),
+            futures_util::stream::pending(),
+        );
+        let mut req = Request::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = format!("https://localhost:{port}/upload").parse().unwrap();
+        let gave_up = tokio::time::timeout(Duration::from_millis(300), pool.send(req)).await;
+        assert!(gave_up.is_err(), "the server never answers");
+        let (first, then) = tokio::time::timeout(Duration::from_secs(3), seen_rx).await.unwrap().unwrap();
+        assert_eq!(first, Bytes::from_static(b"first chunk"));
+        assert_eq!(then, Some(h2::Reason::CANCEL), "the stream was reset, not left open");
     }
 
     async fn read_h(resp: Response<PooledBody>) -> (http::Version, usize) {
