@@ -189,20 +189,31 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Resolves when the request was given up; never once its response head came (the sender
+/// is then dropped without a word).
+struct GivenUp(Option<oneshot::Receiver<()>>);
+
+impl GivenUp {
+    async fn wait(&mut self) {
+        if let Some(rx) = self.0.as_mut() {
+            if rx.await.is_ok() {
+                return;
+            }
+            self.0 = None;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
 /// Streams a request body onto its HTTP/2 stream within the provider's flow-control window.
-async fn pipe(mut body: ProxyBody, mut stream: h2::SendStream<Bytes>, mut cancel: oneshot::Receiver<()>) {
-    // Watched until the response head came (the sender is then dropped without a word).
-    let mut watching = true;
+async fn pipe(mut body: ProxyBody, mut stream: h2::SendStream<Bytes>, cancel: oneshot::Receiver<()>) {
+    let mut given_up = GivenUp(Some(cancel));
     loop {
         let frame = tokio::select! {
             biased;
-            given_up = &mut cancel, if watching => {
-                if given_up.is_ok() {
-                    stream.send_reset(h2::Reason::CANCEL);
-                    return;
-                }
-                watching = false;
-                continue;
+            _ = given_up.wait() => {
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
             }
             // The provider reset the stream: the rest of the body has nowhere to go.
             _ = std::future::poll_fn(|cx| stream.poll_reset(cx)) => return,
@@ -232,13 +243,9 @@ async fn pipe(mut body: ProxyBody, mut stream: h2::SendStream<Bytes>, mut cancel
             stream.reserve_capacity(data.len());
             let granted = tokio::select! {
                 biased;
-                given_up = &mut cancel, if watching => {
-                    if given_up.is_ok() {
-                        stream.send_reset(h2::Reason::CANCEL);
-                        return;
-                    }
-                    watching = false;
-                    continue;
+                _ = given_up.wait() => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    return;
                 }
                 c = std::future::poll_fn(|cx| stream.poll_capacity(cx)) => c,
             };
