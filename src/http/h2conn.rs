@@ -2,11 +2,10 @@
 //!
 //! Why not hyper's HTTP/2 client: it hands each request through a channel to the
 //! connection's task, which spawns a task of its own per request to await the response and
-//! send it back through a second channel, and removes connection headers one lookup each.
-//! Here the request's own task opens the stream and awaits the response head; the
-//! connection's task (`Pool::share`) only does the connection's I/O. A request body, when
-//! there is one, is streamed by a task of its own, as hyper does, so that the response can
-//! come back while the body is still going out.
+//! send it back through a second channel. Here the request's own task opens the stream and
+//! awaits the response head; the connection's task (`Pool::share`) only does the
+//! connection's I/O. A request body, when there is one, is streamed by a task of its own, as
+//! hyper does, so that the response can come back while the body is still going out.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -106,7 +105,9 @@ pub(crate) fn send(
             return Err(Refused::Closing(e, req));
         }
         let (mut parts, body) = req.into_parts();
-        strip_connection_headers(&mut parts.headers);
+        // HTTP/2 has no place for hop-by-hop headers (RFC 9113 §8.2.2) and h2 refuses a
+        // request carrying one. The proxy has stripped them already, so this finds none.
+        super::headers::strip_hop_by_hop(&mut parts.headers);
         if let Some(len) = body.size_hint().exact() {
             if (len != 0 || has_payload_semantics(&parts.method)) && !parts.headers.contains_key(header::CONTENT_LENGTH)
             {
@@ -128,42 +129,6 @@ pub(crate) fn send(
         }
         let remaining = content_length(resp.headers());
         Ok(resp.map(|recv| H2Body { recv, remaining, data_done: false }))
-    }
-}
-
-/// Headers HTTP/2 has no place for (RFC 9113 §8.2.2); h2 refuses a request carrying one.
-/// keyward strips hop-by-hop headers before this, so normally nothing is here: one pass over
-/// the names instead of a lookup for each.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    let illegal = |n: &header::HeaderName, v: &HeaderValue| {
-        n == header::CONNECTION
-            || n == header::TRANSFER_ENCODING
-            || n == header::UPGRADE
-            || n == "keep-alive"
-            || n == "proxy-connection"
-            || (n == header::TE && v != "trailers")
-    };
-    if !headers.iter().any(|(n, v)| illegal(n, v)) {
-        return;
-    }
-    let listed: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
-        .collect();
-    for n in [header::CONNECTION, header::TRANSFER_ENCODING, header::UPGRADE] {
-        headers.remove(n);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
-    }
-    for n in listed {
-        headers.remove(n.as_str());
     }
 }
 
@@ -321,24 +286,6 @@ fn ended(e: h2::Error) -> Option<Result<Frame<Bytes>, BoxError>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_headers_and_the_ones_they_name_go_te_trailers_stays() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-hop, Keep-Alive"));
-        h.insert("x-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_connection_headers(&mut h);
-        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["te", "x-kept"]);
-        h.insert(header::TE, HeaderValue::from_static("gzip"));
-        strip_connection_headers(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
-    }
 
     #[test]
     fn a_get_gets_no_content_length_a_post_does() {
