@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Uri, Version};
+use http::{HeaderMap, HeaderName, Uri, Version};
 use percent_encoding::percent_decode_str;
 
 use keyward_core::ids::TenantId;
@@ -51,10 +51,11 @@ pub(crate) enum RouteError {
     HostNotAllowed(String),
 }
 
-const TENANT_HEADER: &str = "keyward-tenant";
+/// A name made once: looking a header up by `&str` parses and validates the name each time.
+const TENANT_HEADER: HeaderName = HeaderName::from_static("keyward-tenant");
 
 fn header_tenant(headers: &HeaderMap) -> Result<Option<TenantId>, RouteError> {
-    let mut values = headers.get_all(TENANT_HEADER).iter();
+    let mut values = headers.get_all(&TENANT_HEADER).iter();
     let Some(v) = values.next() else { return Ok(None) };
     if values.next().is_some() {
         return Err(RouteError::BadRequest("Keyward-Tenant appears more than once".into()));
