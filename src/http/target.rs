@@ -75,9 +75,12 @@ fn check_dot_segments(path: &str) -> Result<(), RouteError> {
     if b.windows(3).any(|w| w[0] == b'%' && w[1] == b'2' && (w[2] | 0x20) == b'f') {
         return Err(RouteError::BadRequest("the path contains an encoded slash (%2F); keyward refuses it".into()));
     }
-    for seg in path.split('/') {
-        // Borrowed when nothing in the segment is encoded (the usual case): no copy.
-        let decoded: std::borrow::Cow<'_, [u8]> = percent_decode_str(seg).into();
+    // Segments split by byte, not by `str::split('/')`, whose searcher cost ~100
+    // instructions a segment; one is decoded only when it holds a `%` (the usual case
+    // borrows it as it is).
+    for seg in b.split(|c| *c == b'/') {
+        let decoded: std::borrow::Cow<'_, [u8]> =
+            if seg.contains(&b'%') { percent_encoding::percent_decode(seg).into() } else { seg.into() };
         if decoded.contains(&0) {
             return Err(RouteError::BadRequest("the path contains NUL".into()));
         }
