@@ -22,6 +22,11 @@ pub(crate) enum BodyError {
     Unreadable,
 }
 
+/// The length a message's `Content-Length` declares, when it is a number.
+pub(crate) fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
 /// Reads a whole request body of at most `limit` bytes into zeroized memory (admin bodies
 /// carry secrets). A `Content-Length` over the limit is refused before reading. Chunks are
 /// copied into one buffer sized from `Content-Length` (grown by moving into a new zeroized
@@ -32,11 +37,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(req.headers());
     if declared.is_some_and(|len| len > limit) {
         return Err(BodyError::TooLarge(limit));
     }

@@ -12,14 +12,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use super::body::{BoxError, ProxyBody};
+use super::body::{content_length, BoxError, ProxyBody};
 
 /// The sending half every request to one host clones.
 pub(crate) type Sender = h2::client::SendRequest<Bytes>;
@@ -136,10 +136,6 @@ pub(crate) fn send(
 /// `Content-Length: 0`, as hyper does).
 fn has_payload_semantics(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT)
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Tells the body's task to reset the stream when the request is given up (a timeout, the

@@ -333,9 +333,7 @@ fn route<'a>(
 
         // Read the whole body, bounded: nothing is buffered past the limit.
         let (parts, body) = req.into_parts();
-        if let Some(len) =
-            parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(len) = crate::http::body::content_length(&parts.headers) {
             if len > state.max_body {
                 return boxed(PublicError::too_large(state.max_body));
             }
