@@ -51,6 +51,7 @@ pub mod hardening;
 mod http;
 mod listen;
 mod live;
+pub mod malloc;
 mod metrics;
 mod migrate;
 mod oauth;

@@ -14,6 +14,8 @@ const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the runtime's threads: this may execute the program again (see the module).
+    let malloc_note = matches!(cli.command, Command::Serve).then(keyward::malloc::apply).flatten();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -22,7 +24,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve => runtime.block_on(serve(cli.config)),
+        Command::Serve => runtime.block_on(serve(cli.config, malloc_note)),
         Command::CheckConfig => check_config(cli.config),
         Command::Admin(keyward::cli::AdminCmd::Token(keyward::cli::TokenCmd::New { name, role, out })) => {
             admin_token_new(&name, &role, out.as_deref())
@@ -147,7 +149,7 @@ fn check_config(path: Option<std::path::PathBuf>) -> ExitCode {
     }
 }
 
-async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
+async fn serve(path: Option<std::path::PathBuf>, malloc_note: Option<String>) -> ExitCode {
     let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -165,6 +167,9 @@ async fn serve(path: Option<std::path::PathBuf>) -> ExitCode {
         "memory hygiene"
     );
     if let Some(note) = &hygiene.mlock_note {
+        tracing::warn!("{note}");
+    }
+    if let Some(note) = &malloc_note {
         tracing::warn!("{note}");
     }
     for w in config.danger_warnings() {

@@ -290,6 +290,46 @@ async fn core_dumps_are_off_in_the_running_daemon() {
     }
 }
 
+/// `keyward serve` runs with glibc's per-thread cache enlarged (src/malloc.rs): it sets
+/// the tunable and executes itself again as the same process, keeping the operator's own
+/// tunables and never overriding their cache size.
+#[tokio::test]
+async fn serve_runs_with_the_larger_allocation_cache_and_keeps_the_operators_tunables() {
+    // What follows `GLIBC_TUNABLES=` in the process's initial environment. glibc's loader
+    // parses the value in place there, writing a NUL over each `:`, so the tunables are the
+    // NUL-separated pieces up to the next `NAME=` entry.
+    let tunables = |d: &Daemon| -> Vec<String> {
+        let raw = std::fs::read(format!("/proc/{}/environ", d.pid())).unwrap();
+        let entries: Vec<String> = raw.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        let Some(at) = entries.iter().position(|e| e.starts_with("GLIBC_TUNABLES=")) else { return vec![] };
+        let mut out = vec![entries[at]["GLIBC_TUNABLES=".len()..].to_string()];
+        out.extend(entries[at + 1..].iter().take_while(|e| e.starts_with("glibc.")).cloned());
+        out
+    };
+    let with = |v: &str| DaemonConfig { env: vec![("GLIBC_TUNABLES".into(), v.into())], ..DaemonConfig::default() };
+
+    // The spawned pid serves (the same process after the re-execution) and works.
+    let mut d = Daemon::new(with("glibc.malloc.mmap_threshold=131072"));
+    d.start();
+    assert_eq!(
+        tunables(&d),
+        ["glibc.malloc.mmap_threshold=131072", "glibc.malloc.tcache_count=256"],
+        "the operator's tunable is kept and the cache size added"
+    );
+    let (s, _) =
+        d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(r#"{"api_key":"k-000000000000000000"}"#)).await;
+    assert_eq!(s, 200);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.pid())).unwrap();
+    assert!(cmdline.starts_with(BIN.as_bytes()), "argv[0] is kept: {}", String::from_utf8_lossy(&cmdline));
+    assert!(!d.logs().contains("re-executing"), "no warning when it worked");
+    drop(d);
+
+    // An operator's own cache size wins.
+    let mut d = Daemon::new(with("glibc.malloc.tcache_count=7"));
+    d.start();
+    assert_eq!(tunables(&d), ["glibc.malloc.tcache_count=7"]);
+}
+
 /// The short version of bench/kill9-stress: acknowledged writes survive SIGKILL.
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
