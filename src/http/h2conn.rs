@@ -104,18 +104,25 @@ pub(crate) fn send(
         if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
             return Err(Refused::Closing(e, req));
         }
-        let (mut parts, body) = req.into_parts();
-        // HTTP/2 has no place for hop-by-hop headers (RFC 9113 §8.2.2) and h2 refuses a
-        // request carrying one. The proxy has stripped them already, so this finds none.
-        super::headers::strip_hop_by_hop(&mut parts.headers);
-        if let Some(len) = body.size_hint().exact() {
-            if (len != 0 || has_payload_semantics(&parts.method)) && !parts.headers.contains_key(header::CONTENT_LENGTH)
-            {
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        // A block of its own: the parts are gone once sent, and a binding that lived to the
+        // end of the function would keep their 224 bytes in the future while it waits.
+        let (response, stream, body, eos) = {
+            let (mut parts, body) = req.into_parts();
+            // HTTP/2 has no place for hop-by-hop headers (RFC 9113 §8.2.2) and h2 refuses a
+            // request carrying one. The proxy has stripped them already, so this finds none.
+            super::headers::strip_hop_by_hop(&mut parts.headers);
+            if let Some(len) = body.size_hint().exact() {
+                if (len != 0 || has_payload_semantics(&parts.method))
+                    && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                {
+                    parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+                }
             }
-        }
-        let eos = body.is_end_stream();
-        let (response, stream) = sender.send_request(Request::from_parts(parts, ()), eos).map_err(Refused::Failed)?;
+            let eos = body.is_end_stream();
+            let (response, stream) =
+                sender.send_request(Request::from_parts(parts, ()), eos).map_err(Refused::Failed)?;
+            (response, stream, body, eos)
+        };
         let mut cancel = None;
         if !eos {
             let (tx, rx) = oneshot::channel();

@@ -239,26 +239,35 @@ impl Pool {
     /// connection, or an idle HTTP/1.1 one, or a new one. A request that an existing
     /// connection turned out unable to take (the peer had closed it) goes once more on a
     /// new connection.
-    pub(crate) async fn send(&self, mut req: Request<ProxyBody>) -> Result<Response<PooledBody>, Failed> {
-        let dest = Dest::of(req.uri()).map_err(|error| Failed { error, target: "the provider".into() })?;
-        let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
-        let found = match self.find(&dest) {
-            Found::H2(h2, id) => match h2conn::send(h2, req).await {
-                Ok(resp) => return Ok(resp.map(PooledBody::shared)),
-                // Never sent: the connection is closing. No later request is handed it
-                // again (its task may not have ended yet); a new one may take this.
-                Err(Refused::Closing(_, back)) => {
-                    req = back;
-                    self.unshare(&dest, id);
-                    self.find(&dest)
-                }
-                Err(Refused::Failed(e)) => return Err(failed(PoolError::H2(e), &dest)),
-            },
-            other => other,
-        };
-        // Boxed: HTTP/1.1 and a new connection (its TLS handshake) make a large future, which
-        // would otherwise size the request's future on the shared HTTP/2 path too.
-        Box::pin(self.send_h1_or_new(dest, req, found)).await
+    ///
+    /// Not an `async fn`, for the reason `proxy::handle` gives: the request would be kept
+    /// twice in the future.
+    #[allow(clippy::manual_async_fn)] // on purpose, as said above
+    pub(crate) fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, Failed>> + Send + '_ {
+        async move {
+            let dest = Dest::of(req.uri()).map_err(|error| Failed { error, target: "the provider".into() })?;
+            let failed = |error, dest: &Dest| Failed { error, target: dest.to_string() };
+            let found = match self.find(&dest) {
+                Found::H2(h2, id) => match h2conn::send(h2, req).await {
+                    Ok(resp) => return Ok(resp.map(PooledBody::shared)),
+                    // Never sent: the connection is closing. No later request is handed it
+                    // again (its task may not have ended yet); a new one may take this.
+                    Err(Refused::Closing(_, back)) => {
+                        req = back;
+                        self.unshare(&dest, id);
+                        self.find(&dest)
+                    }
+                    Err(Refused::Failed(e)) => return Err(failed(PoolError::H2(e), &dest)),
+                },
+                other => other,
+            };
+            // Boxed: HTTP/1.1 and a new connection (its TLS handshake) make a large future, which
+            // would otherwise size the request's future on the shared HTTP/2 path too.
+            Box::pin(self.send_h1_or_new(dest, req, found)).await
+        }
     }
 
     async fn send_h1_or_new(

@@ -7,6 +7,7 @@
 //! following. A hyper-util client, HTTP/1.1 only, carries WebSocket upgrades (rare, and
 //! its connection is handed over to the tunnel).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -149,27 +150,35 @@ impl Upstream {
 
     /// Sends one request and waits for the response head (bounded by the request
     /// timeout); the body streams afterwards.
-    pub(crate) async fn send(
+    ///
+    /// Made of combinators, not an `async` block: a block keeps the request it was given
+    /// beside the future it hands it to (rustc never lays the two over each other), and this
+    /// future sits inside every request's.
+    pub(crate) fn send(
         &self,
         req: Request<ProxyBody>,
         upgrade: bool,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let sent = async {
-            if upgrade {
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + '_ {
+        use futures_util::future::{Either, FutureExt};
+        let sent = if upgrade {
+            // Boxed, with its mapping: hyper-util's future would otherwise size every
+            // request's future, and upgrades are rare.
+            Either::Left(Box::pin(async move {
                 // Host and port only: the path or query may carry a secret.
                 let target = Target::of(req.uri());
-                // Boxed: hyper-util's future would otherwise size every request's future.
-                return Box::pin(self.upgrade_client.request(req))
+                self.upgrade_client
+                    .request(req)
                     .await
                     .map(|r| r.map(UpstreamBody::Hyper))
-                    .map_err(|e| self.hyper_error(e, target));
-            }
-            self.pool.send(req).await.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))
+                    .map_err(|e| self.hyper_error(e, target))
+            }))
+        } else {
+            Either::Right(
+                self.pool.send(req).map(|r| r.map(|r| r.map(UpstreamBody::Pooled)).map_err(|e| self.pool_error(e))),
+            )
         };
-        match tokio::time::timeout(self.request_timeout, sent).await {
-            Err(_) => Err(UpstreamError::Timeout(self.request_timeout)),
-            Ok(r) => r,
-        }
+        let timeout = self.request_timeout;
+        tokio::time::timeout(timeout, sent).map(move |r| r.unwrap_or(Err(UpstreamError::Timeout(timeout))))
     }
 
     fn pool_error(&self, failed: super::pool::Failed) -> UpstreamError {

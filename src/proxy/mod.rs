@@ -3,8 +3,8 @@
 //! the answer back (CONTRACT.md §4).
 //!
 //! Path of a request: [`route`] (pure: tenant, provider, path), then the phases of
-//! [`phases`]: authorize → resolve → build → send → respond. WebSocket upgrades take the
-//! same path and then become a byte tunnel.
+//! [`phases`]: authorize → resolve → destination → token → build → send → respond.
+//! WebSocket upgrades take the same path and then become a byte tunnel.
 
 mod phases;
 mod scrub;
@@ -165,6 +165,8 @@ pub(crate) fn handle(
     }
 }
 
+/// Routing, then the phases in order. One future for both: each level of future keeps the
+/// app's request (264 bytes) again, and the whole is copied once more per level.
 #[allow(clippy::manual_async_fn)] // on purpose: see `handle`
 fn proxy<'a>(
     state: &'a ProxyState,
@@ -181,29 +183,16 @@ fn proxy<'a>(
         if req.uri().path() == "/v1/webhooks/verify" {
             return Box::pin(crate::webhook::verify_api::handle(&state.creds, &state.policy(), peer, req)).await;
         }
-        let providers = state.creds.providers();
-        let target = route::route(req.version(), req.uri(), req.headers(), &providers)?;
+        let target = route::route(req.version(), req.uri(), req.headers(), &state.creds.providers())?;
         facts.tenant = Some(target.tenant.clone());
         facts.provider = Some(target.provider.name.clone());
-        forward(state, peer, &target, req, facts).await
-    }
-}
-
-/// The phases, in order.
-#[allow(clippy::manual_async_fn)] // on purpose: see `handle`
-fn forward<'a>(
-    state: &'a ProxyState,
-    peer: &'a Peer,
-    target: &'a route::Target,
-    req: Request<Incoming>,
-    facts: &'a mut crate::access::Facts,
-) -> impl std::future::Future<Output = Result<Response<ProxyBody>, PublicError>> + 'a {
-    async move {
-        phases::authorize(state, peer, target)?;
-        let (cred, took) = phases::resolve(state, target).await?;
+        phases::authorize(state, peer, &target)?;
+        let (cred, took) = phases::resolve(state, &target).await?;
         facts.resolve = Some(took);
-        let prepared = phases::build(state, target, &cred, req, facts.bytes_in.clone()).await?;
-        let sent = phases::send(state, target, &cred, prepared).await?;
+        let dest = phases::destination(&target, &cred)?;
+        let token = phases::token(state, &target).await?;
+        let prepared = phases::build(state, &target, &cred, &dest, token, req, facts.bytes_in.clone())?;
+        let sent = phases::send(state, &target, &cred, prepared).await?;
         facts.upstream = Some(sent.upstream_elapsed);
         facts.upstream_status = Some(sent.response.status().as_u16());
         Ok(phases::respond(sent))

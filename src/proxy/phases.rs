@@ -1,8 +1,9 @@
 //! One app request as named phases (pingora's `ProxyHttp` is the model):
 //! [`authorize`] (client policy, rate limit) → [`resolve`] (the tenant's credential) →
-//! [`build`] (where it goes, the injection, the upstream request) → [`send`] (with the
-//! token-refresh retry) → [`respond`] (hop-by-hop hygiene and scrubbing, or the WebSocket
-//! tunnel). Each phase returns a typed value the next one takes, so a phase cannot be
+//! [`destination`] (where it goes, checked against the credential's hosts) → [`token`]
+//! (Google's access token, where the provider injects one) → [`build`] (the injection, the
+//! upstream request) → [`send`] (with the token-refresh retry) → [`respond`] (hop-by-hop
+//! hygiene and scrubbing, or the WebSocket tunnel). Each phase returns a typed value the next one takes, so a phase cannot be
 //! skipped and each can be tested alone.
 
 use std::borrow::Cow;
@@ -24,6 +25,7 @@ use crate::http::target::Target;
 use crate::http::{headers, BoxError, ProxyBody, UpstreamBody};
 use crate::listen::Peer;
 use keyward_core::providers::Injection;
+use keyward_core::secret::Secret;
 
 /// Byte strings that must not reach the app in a response.
 type ScrubList = scrub::Patterns;
@@ -246,43 +248,57 @@ impl std::ops::Deref for Injected {
 /// What [`build`] hands to [`send`].
 pub(super) struct Prepared {
     request: Request<ProxyBody>,
-    /// A copy for one retry with a fresh access token, when the request can be replayed.
-    retry: Option<(Method, Uri, HeaderMap)>,
+    /// A copy for one retry with a fresh access token, when the request can be replayed;
+    /// boxed, since only Google's requests have one and every request's future holds this.
+    retry: Option<Box<(Method, Uri, HeaderMap)>>,
     /// The app side of a WebSocket upgrade.
     client_upgrade: Option<OnUpgrade>,
     scrub: ScrubList,
 }
 
-/// Checks the destination against the credential's hosts, injects and builds the
-/// upstream request.
-pub(super) async fn build(
-    state: &ProxyState,
-    target: &Target,
-    cred: &Credential,
-    mut req: Request<Incoming>,
-    count_in: Option<Arc<std::sync::atomic::AtomicU64>>,
-) -> Result<Prepared, PublicError> {
-    let provider = &target.provider;
+/// A Google access token for the tenant, for a provider that injects one; `None` for
+/// every other provider (no await then).
+pub(super) async fn token(state: &ProxyState, target: &Target) -> Result<Option<Secret>, PublicError> {
+    match &state.tokens {
+        // Boxed: the token manager's future is ~5.8 KiB (a refresh may run inside it), and
+        // inlined it would sit in every request's future, paid per in-flight request even
+        // for providers without tokens (1,000 connections: +3 MiB RSS).
+        Some(src) if target.provider.uses_access_token() => {
+            Ok(Some(Box::pin(src.token(&target.tenant, target.provider.name.as_str())).await?))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Where the call goes, once checked against the credential's hosts (before any token is
+/// fetched for it).
+pub(super) fn destination<'a>(target: &'a Target, cred: &'a Credential) -> Result<Destination<'a>, PublicError> {
     let dest = Destination::of(target, cred);
-    if !provider.allows(cred, &dest.host, dest.port) {
+    if !target.provider.allows(cred, &dest.host, dest.port) {
         return Err(PublicError::new(
             StatusCode::FORBIDDEN,
             "host_not_allowed",
             format!(
                 "{}:{} is not a host this tenant's {} credential may be sent to",
-                dest.host, dest.port, provider.name
+                dest.host, dest.port, target.provider.name
             ),
         ));
     }
-    // Boxed: the token manager's future is ~5.8 KiB (a refresh may run inside it), and
-    // inlined it would sit in every request's future, paid per in-flight request even for
-    // providers without tokens (1,000 connections: +3 MiB RSS).
-    let token = match &state.tokens {
-        Some(src) if provider.uses_access_token() => {
-            Some(Box::pin(src.token(&target.tenant, provider.name.as_str())).await?)
-        }
-        _ => None,
-    };
+    Ok(dest)
+}
+
+/// Injects and builds the upstream request. Not async: a future would keep the app's
+/// request (264 bytes) a second time beside the caller's.
+pub(super) fn build(
+    state: &ProxyState,
+    target: &Target,
+    cred: &Credential,
+    dest: &Destination<'_>,
+    token: Option<Secret>,
+    mut req: Request<Incoming>,
+    count_in: Option<Arc<std::sync::atomic::AtomicU64>>,
+) -> Result<Prepared, PublicError> {
+    let provider = &target.provider;
     let (injection, mut scrub) = if token.is_none() && provider.injection_per_credential() {
         let made = cred.injection(provider)?;
         let scrub = ScrubList::Shared(made.scrub.clone());
@@ -304,7 +320,7 @@ pub(super) async fn build(
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let retry = (provider.uses_access_token() && replayable(&parts.method, &parts.headers))
-        .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        .then(|| Box::new((parts.method.clone(), uri.clone(), headers.clone())));
     let body = crate::access::count_body(body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(), count_in);
     let mut request = Request::new(body);
     *request.method_mut() = parts.method;
@@ -423,7 +439,7 @@ pub(super) fn send<'a>(
         );
         drop(span);
         if let (StatusCode::UNAUTHORIZED, Some(retry)) = (response.status(), p.retry) {
-            if let Some(again) = Box::pin(retry_with_fresh_token(state, target, cred, retry, &mut p.scrub)).await? {
+            if let Some(again) = Box::pin(retry_with_fresh_token(state, target, cred, *retry, &mut p.scrub)).await? {
                 response = again;
             }
         }
