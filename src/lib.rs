@@ -13,9 +13,9 @@
 //! never from a layer above, and no import cycle may join two modules; `tests/layers.rs`
 //! reads this list and fails on either.
 //!
-//! 1. **foundation**: [`hardening`], [`shutdown`], [`telemetry`], [`metrics`] — memory
-//!    hygiene, signals and drain, logging, the Prometheus registry (figures from above
-//!    arrive through `metrics::DerivedSource`).
+//! 1. **foundation**: [`hardening`], [`malloc`], [`shutdown`], [`telemetry`], [`metrics`] —
+//!    memory hygiene, glibc's allocation cache, signals and drain, logging, the Prometheus
+//!    registry (figures from above arrive through `metrics::DerivedSource`).
 //! 2. **keys and transport**: [`vault`], [`tls`], [`otlp`] — the master keyring and
 //!    sealing; rustls configurations; the OpenTelemetry exporter and trace-context
 //!    propagation.
