@@ -3,8 +3,8 @@
 //! [`destination`] (where it goes, checked against the credential's hosts) → [`token`]
 //! (Google's access token, where the provider injects one) → [`build`] (the injection, the
 //! upstream request) → [`send`] (with the token-refresh retry) → [`respond`] (hop-by-hop
-//! hygiene and scrubbing, or the WebSocket tunnel). Each phase returns a typed value the next one takes, so a phase cannot be
-//! skipped and each can be tested alone.
+//! hygiene and scrubbing, or the WebSocket tunnel). Each phase returns a typed value the
+//! next one takes, so a phase cannot be skipped and each can be tested alone.
 
 use std::borrow::Cow;
 use std::sync::Arc;
