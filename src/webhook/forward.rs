@@ -2,6 +2,7 @@
 //! socket) over keep-alive connections driven in the delivery's own task
 //! ([`crate::http::pool`]), and relaying the app's answer.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,10 +55,16 @@ impl AppClient {
         format!("{}{path_and_query}", self.base).parse()
     }
 
-    /// Sends and waits for the app's response head.
-    pub(crate) async fn send(&self, req: Request<ProxyBody>) -> Result<Response<PooledBody>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
-            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+    /// Sends and waits for the app's response head. Combinators, not an `async fn`, for
+    /// the reason `Upstream::send` gives: the request would sit in the future twice.
+    pub(crate) fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + '_ {
+        use futures_util::FutureExt;
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.pool.send(req)).map(move |sent| match sent {
+            Err(_) => Err(UpstreamError::Timeout(timeout)),
             Ok(Ok(r)) => Ok(r),
             Ok(Err(f)) => match f.error {
                 PoolError::Connect(_) | PoolError::ConnectTimeout | PoolError::Tls(_) | PoolError::BadTarget(_) => {
@@ -67,7 +74,7 @@ impl AppClient {
                     Err(UpstreamError::Connect("the app closed the connection or sent an invalid response".into()))
                 }
             },
-        }
+        })
     }
 }
 
