@@ -129,7 +129,17 @@ async fn signed_checkpoints_travel_with_the_stream_and_expose_a_truncated_chain(
     let entry = entry.expect("no checkpoint entry within 5 s");
     let recorded: Value = serde_json::from_str(entry["target"].as_str().unwrap()).unwrap();
     assert_eq!(recorded["seq"].as_u64(), Some(entry["seq"].as_u64().unwrap() - 1), "it signs the head before it");
-    assert!(d.logs().contains("audit checkpoint") && d.logs().contains(recorded["signature"].as_str().unwrap()));
+    // The daemon logs the checkpoint after committing its entry: the line may trail it.
+    let logged = |d: &Daemon| {
+        d.logs().contains("audit checkpoint") && d.logs().contains(recorded["signature"].as_str().unwrap())
+    };
+    for _ in 0..50 {
+        if logged(&d) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged(&d));
     // Nothing new: no more checkpoints.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let (_, v) = d.admin("GET", "/v1/audit?limit=1000", None).await;
