@@ -487,7 +487,9 @@ pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_keyward(&mut parts.headers);
     scrub::scrub_headers(&mut parts.headers, &scrub);
-    if !scrub::is_identity(&parts.headers) && scrub::is_textual(&parts.headers) {
+    // Each looked up once: the two decide both the refusal and the scan.
+    let (identity, textual) = (scrub::is_identity(&parts.headers), scrub::is_textual(&parts.headers));
+    if !identity && textual {
         // Asked for identity and compressed anyway: it cannot be scanned, so it is not relayed.
         tracing::warn!(
             status = parts.status.as_u16(),
@@ -502,8 +504,7 @@ pub(super) fn respond(sent: Sent) -> Response<ProxyBody> {
         .map(|b| b.map_err(|never| match never {}).boxed_unsync());
     }
     // Binary bodies stream untouched, but their trailers are still masked.
-    let scan = scrub::is_scannable(&parts.headers);
-    let body = scrub::Scrubbed::new(body, scrub, scan).boxed_unsync();
+    let body = scrub::Scrubbed::new(body, scrub, identity && textual).boxed_unsync();
     Response::from_parts(parts, body)
 }
 
