@@ -166,7 +166,12 @@ impl ProviderDef {
             };
             return matches(&self.base_url(Some(cred)));
         }
-        self.claims_host(&host.to_ascii_lowercase(), port)
+        // Destinations come lower-cased already: copied only when one does not.
+        let lower = match host.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => std::borrow::Cow::Owned(host.to_ascii_lowercase()),
+            false => std::borrow::Cow::Borrowed(host),
+        };
+        self.claims_host(&lower, port)
     }
 
     /// Whether the injection is the same for every request with one credential
