@@ -167,9 +167,26 @@ impl Collector for Derived {
     }
 }
 
+/// Each [`Metrics`] has its own, so that a thread's cache of counters (below) never hands
+/// one registry's counter to another (tests build many in one process).
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// How many label sets a thread keeps: providers × statuses seen lately.
+const CACHED: usize = 32;
+
+thread_local! {
+    /// The `proxy_requests` counters this thread used last, with the registry's id. A
+    /// request finds its counter by comparing a pointer and two small values instead of
+    /// hashing its labels with SipHash under the family's lock (every request). The family
+    /// never drops a counter, so a cached clone stays the one `/metrics` shows.
+    static REQUEST_COUNTERS: std::cell::RefCell<Vec<(u64, RequestLabels, Counter)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Every metric keyward exports.
 #[derive(Debug)]
 pub(crate) struct Metrics {
+    id: u64,
     registry: Registry,
     /// Outbound requests answered, by provider and status.
     pub proxy_requests: Family<RequestLabels, Counter>,
@@ -226,6 +243,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(Derived { sources }));
         Metrics {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             registry,
             proxy_requests,
             proxy_requests_by_tenant,
@@ -233,6 +251,27 @@ impl Metrics {
             credential_resolve,
             webhook_verifications,
         }
+    }
+
+    /// Counts one answered request in `proxy_requests`.
+    pub(crate) fn count_request(&self, labels: RequestLabels) {
+        // The same label set: the same shared name (held by the entry, so its address is
+        // not reused), status and error code.
+        let same = |l: &RequestLabels, m: &RequestLabels| {
+            Arc::ptr_eq(&l.provider.0, &m.provider.0) && l.status == m.status && l.error == m.error
+        };
+        REQUEST_COUNTERS.with_borrow_mut(|cache| {
+            if let Some((_, _, counter)) = cache.iter().find(|(id, l, _)| *id == self.id && same(l, &labels)) {
+                counter.inc();
+                return;
+            }
+            let counter = self.proxy_requests.get_or_create(&labels).clone();
+            counter.inc();
+            if cache.len() == CACHED {
+                cache.remove(0);
+            }
+            cache.push((self.id, labels, counter));
+        });
     }
 
     /// The counters an operator reads at a glance (requests, webhook verifications, cache,
@@ -287,5 +326,39 @@ impl Metrics {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, labels: &str) -> &'a str {
+        let start = format!("keyward_proxy_requests_total{{{labels}}} ");
+        text.lines().find_map(|l| l.strip_prefix(start.as_str())).unwrap_or("absent")
+    }
+
+    #[test]
+    fn cached_counters_count_in_their_own_registry_and_survive_eviction() {
+        let (a, b) = (Metrics::new(false, vec![]), Metrics::new(false, vec![]));
+        let vapi = || Name(Arc::from("vapi"));
+        let labels = |provider: Name, status| RequestLabels { provider, status, error: "" };
+        let shared = vapi();
+        for _ in 0..3 {
+            a.count_request(labels(shared.clone(), 200));
+        }
+        b.count_request(labels(shared.clone(), 200));
+        // Another `Arc` with the same text is the same label set.
+        a.count_request(labels(vapi(), 200));
+        // More label sets than the cache holds, then the first one again.
+        for status in 300..300 + 2 * CACHED as u16 {
+            a.count_request(labels(shared.clone(), status));
+        }
+        a.count_request(labels(shared.clone(), 200));
+        let (ta, tb) = (a.render(), b.render());
+        assert_eq!(line(&ta, r#"provider="vapi",status="200",error="""#), "5");
+        assert_eq!(line(&tb, r#"provider="vapi",status="200",error="""#), "1");
+        assert_eq!(line(&ta, r#"provider="vapi",status="301",error="""#), "1");
+        assert_eq!(line(&tb, r#"provider="vapi",status="301",error="""#), "absent");
     }
 }

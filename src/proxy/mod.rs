@@ -156,7 +156,7 @@ pub(crate) fn handle(
             status,
             error,
         };
-        state.metrics.proxy_requests.get_or_create(&labels).inc();
+        state.metrics.count_request(labels);
         if !otel.is_disabled() {
             crate::access::describe_span(&otel, &facts, status, error);
         }
