@@ -161,7 +161,7 @@ impl Dest {
             _ => return Err(PoolError::BadTarget("the URI has no http or https scheme")),
         };
         let authority = uri.authority().ok_or(PoolError::BadTarget("the URI has no host"))?;
-        let (whole, port) = host_and_port(authority.as_str());
+        let (whole, port) = super::target::host_and_port(authority.as_str());
         if whole.is_empty() {
             return Err(PoolError::BadTarget("the URI has no host"));
         }
@@ -180,20 +180,6 @@ impl Dest {
     fn key(&self) -> Key {
         Key { tls: self.tls, host: self.host().to_string(), port: self.port }
     }
-}
-
-/// The host (an IPv6 literal with its brackets) and port of an authority `http` has parsed,
-/// as `Authority::host` and `port_u16` give them, in one pass: those search the string again
-/// with `char` patterns on each call, ~1,000 instructions a request (docs/benchmarks.md).
-fn host_and_port(authority: &str) -> (&str, Option<u16>) {
-    let after_user = memchr::memrchr(b'@', authority.as_bytes()).map_or(authority, |i| &authority[i + 1..]);
-    let end = if after_user.starts_with('[') {
-        memchr::memchr(b']', after_user.as_bytes()).map_or(after_user.len(), |i| i + 1)
-    } else {
-        memchr::memchr(b':', after_user.as_bytes()).unwrap_or(after_user.len())
-    };
-    let (host, rest) = after_user.split_at(end);
-    (host, rest.strip_prefix(':').and_then(|p| p.parse().ok()))
 }
 
 impl std::fmt::Display for Dest {
@@ -1098,27 +1084,6 @@ mod tests {
         ] {
             let d = Dest::of(&uri.parse().unwrap()).unwrap();
             assert_eq!((d.host(), d.port, d.to_string().as_str()), (host, port, shown), "{uri}");
-        }
-    }
-
-    #[test]
-    fn host_and_port_agree_with_http_on_every_authority_shape() {
-        for a in [
-            "api.vapi.ai",
-            "api.vapi.ai:8443",
-            "host:",
-            "host:99999",
-            "[::1]",
-            "[::1]:8080",
-            "[fe80::1%25eth0]:1",
-            "user@host",
-            "user:pw@host",
-            "user:pw@[::1]:7",
-            "a@b@host:9",
-            "127.0.0.1:0",
-        ] {
-            let parsed: http::uri::Authority = a.parse().unwrap();
-            assert_eq!(host_and_port(parsed.as_str()), (parsed.host(), parsed.port_u16()), "{a}");
         }
     }
 
