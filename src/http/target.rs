@@ -103,6 +103,7 @@ fn lookup(providers: &Providers, name: &str) -> Result<Arc<ProviderDef>, RouteEr
 /// The host (an IPv6 literal with its brackets) and port of an authority `http` has parsed,
 /// as `Authority::host` and `port_u16` give them, in one pass: those search the string again
 /// with `char` patterns on each call, ~1,000 instructions a request (docs/benchmarks.md).
+/// The pool's destinations and the router's absolute form both take it from here.
 pub(crate) fn host_and_port(authority: &str) -> (&str, Option<u16>) {
     let after_user = memchr::memrchr(b'@', authority.as_bytes()).map_or(authority, |i| &authority[i + 1..]);
     let end = if after_user.starts_with('[') {
@@ -127,8 +128,9 @@ pub(crate) fn route(
     // Absolute form (HTTP/1.x only: HTTP/2 requests always carry an authority).
     if version <= Version::HTTP_11 {
         if let Some(auth) = uri.authority() {
-            let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-            let port = auth.port_u16().unwrap_or(443);
+            let (host, port) = host_and_port(auth.as_str());
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+            let port = port.unwrap_or(443);
             let tenant = header_tenant(headers)?.ok_or_else(|| {
                 RouteError::BadRequest("an absolute-form (HTTP_PROXY) request needs a Keyward-Tenant header".into())
             })?;
