@@ -119,12 +119,12 @@ impl<'a> Destination<'a> {
     /// rewrite and query parameter applied. Written into one buffer that becomes the URI
     /// without another copy (this runs for every request).
     fn uri(&self, path: &str, query: Option<&str>, injection: &Injection) -> Result<Uri, PublicError> {
-        use std::fmt::Write;
         let path = injection.path.as_deref().unwrap_or(path);
         let query = query.unwrap_or_default();
         let default_port = if self.scheme == "https" { 443 } else { 80 };
         let port_len = if self.port == default_port { 0 } else { 2 + self.port.checked_ilog10().unwrap_or(0) as usize };
-        let brackets = if self.host.contains(':') { 2 } else { 0 };
+        let ipv6 = self.host.contains(':');
+        let brackets = if ipv6 { 2 } else { 0 };
         // Exact unless a query parameter is injected: a `String` whose length is its
         // capacity becomes the URI's bytes without a second allocation.
         let mut s = String::with_capacity(
@@ -139,7 +139,7 @@ impl<'a> Destination<'a> {
         );
         s.push_str(self.scheme);
         s.push_str("://");
-        if self.host.contains(':') {
+        if ipv6 {
             s.push('[');
             s.push_str(&self.host);
             s.push(']');
@@ -147,7 +147,7 @@ impl<'a> Destination<'a> {
             s.push_str(&self.host);
         }
         if self.port != default_port {
-            let _ = write!(s, ":{}", self.port);
+            crate::http::target::push_port(&mut s, self.port);
         }
         s.push_str(&self.prefix);
         s.push_str(path);
@@ -551,6 +551,15 @@ mod tests {
         assert_eq!(uri.to_string(), "https://api.example/calls?key=a+b%26c");
         let uri = dest("http", "::1", 8080, "").uri("/a", None, &Injection::default()).unwrap();
         assert_eq!(uri.to_string(), "http://[::1]:8080/a");
+        for (port, text) in [(1, "https://a.example:1/"), (10, "https://a.example:10/"), (80, "https://a.example:80/")]
+        {
+            assert_eq!(
+                dest("https", "a.example", port, "").uri("/", None, &Injection::default()).unwrap().to_string(),
+                text
+            );
+        }
+        let uri = dest("http", "a.example", 65535, "").uri("/", None, &Injection::default()).unwrap();
+        assert_eq!(uri.port_u16(), Some(65535));
         let rewritten = Injection { path: Some("/2010-04-01/Accounts/AC1/Calls.json".into()), ..Injection::default() };
         let uri = dest("https", "api.twilio.com", 443, "").uri("/2010-04-01/Accounts/_/Calls.json", None, &rewritten);
         assert_eq!(uri.unwrap().path(), "/2010-04-01/Accounts/AC1/Calls.json");
@@ -568,11 +577,14 @@ mod tests {
             ("xi-api-key", "app"),
             ("keyward-tenant", "acme"),
             ("host", "localhost"),
-            ("connection", "x-hop"),
+            ("connection", "X-Hop, keep-alive"),
             ("x-hop", "1"),
             ("te", "trailers"),
             ("content-type", "application/json"),
             ("accept-encoding", "gzip, br"),
+            ("x-multi", "first"),
+            ("x-multi", "second"),
+            ("keyward-request-id", "r1"),
         ] {
             h.append(HeaderName::from_static(n), HeaderValue::from_static(v));
         }
@@ -583,7 +595,9 @@ mod tests {
         let out = upstream_headers(&h, Injected::Own(inj), false);
         let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
-        assert_eq!(names, ["accept-encoding", "authorization", "content-type", "te"]);
+        assert_eq!(names, ["accept-encoding", "authorization", "content-type", "te", "x-multi"]);
+        let multi: Vec<&[u8]> = out.get_all("x-multi").iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(multi, [&b"first"[..], &b"second"[..]], "repeated values kept, in order");
         assert_eq!(out["authorization"], "Bearer injected");
         assert_eq!(out["accept-encoding"], "identity", "keyward's choice, not the app's");
         let ws = upstream_headers(&HeaderMap::new(), Injected::Own(Injection::default()), true);

@@ -187,8 +187,7 @@ pub(crate) fn signed_url(base: &Url, trusted: bool, req_headers: &HeaderMap, pat
         (None, Some(h), port) => {
             url.push_str(h);
             if let Some(p) = port {
-                use std::fmt::Write;
-                let _ = write!(url, ":{p}");
+                crate::http::target::push_port(&mut url, p);
             }
         }
         (None, None, _) => {}
