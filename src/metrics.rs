@@ -174,13 +174,60 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 /// How many label sets a thread keeps: providers × statuses seen lately.
 const CACHED: usize = 32;
 
+/// A thread's cache of one family's counters: registry id, label set, counter.
+type CounterCache<L> = std::cell::RefCell<Vec<(u64, L, Counter)>>;
+
 thread_local! {
     /// The `proxy_requests` counters this thread used last, with the registry's id. A
     /// request finds its counter by comparing a pointer and two small values instead of
     /// hashing its labels with SipHash under the family's lock (every request). The family
     /// never drops a counter, so a cached clone stays the one `/metrics` shows.
-    static REQUEST_COUNTERS: std::cell::RefCell<Vec<(u64, RequestLabels, Counter)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static REQUEST_COUNTERS: CounterCache<RequestLabels> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for `webhook_verifications` (every delivery).
+    static WEBHOOK_COUNTERS: CounterCache<WebhookLabels> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Labels a thread's cache can tell apart without hashing.
+trait CheapEq {
+    /// The same label set: the same shared name (held by the cache entry, so its address
+    /// is not reused) and the same small values.
+    fn same(&self, other: &Self) -> bool;
+}
+
+impl CheapEq for RequestLabels {
+    fn same(&self, m: &Self) -> bool {
+        Arc::ptr_eq(&self.provider.0, &m.provider.0) && self.status == m.status && self.error == m.error
+    }
+}
+
+impl CheapEq for WebhookLabels {
+    fn same(&self, m: &Self) -> bool {
+        Arc::ptr_eq(&self.provider.0, &m.provider.0) && self.result == m.result && self.reason == m.reason
+    }
+}
+
+/// Increments `labels`' counter in `family`, found in this thread's `cache` when it was used
+/// lately (a name that is equal but not shared misses once, and is cached as well).
+fn inc_cached<L>(
+    cache: &'static std::thread::LocalKey<CounterCache<L>>,
+    id: u64,
+    family: &Family<L, Counter>,
+    labels: L,
+) where
+    L: CheapEq + Clone + std::hash::Hash + Eq,
+{
+    cache.with_borrow_mut(|cache| {
+        if let Some((_, _, counter)) = cache.iter().find(|(i, l, _)| *i == id && l.same(&labels)) {
+            counter.inc();
+            return;
+        }
+        let counter = family.get_or_create(&labels).clone();
+        counter.inc();
+        if cache.len() == CACHED {
+            cache.remove(0);
+        }
+        cache.push((id, labels, counter));
+    });
 }
 
 /// Every metric keyward exports.
@@ -255,23 +302,12 @@ impl Metrics {
 
     /// Counts one answered request in `proxy_requests`.
     pub(crate) fn count_request(&self, labels: RequestLabels) {
-        // The same label set: the same shared name (held by the entry, so its address is
-        // not reused), status and error code.
-        let same = |l: &RequestLabels, m: &RequestLabels| {
-            Arc::ptr_eq(&l.provider.0, &m.provider.0) && l.status == m.status && l.error == m.error
-        };
-        REQUEST_COUNTERS.with_borrow_mut(|cache| {
-            if let Some((_, _, counter)) = cache.iter().find(|(id, l, _)| *id == self.id && same(l, &labels)) {
-                counter.inc();
-                return;
-            }
-            let counter = self.proxy_requests.get_or_create(&labels).clone();
-            counter.inc();
-            if cache.len() == CACHED {
-                cache.remove(0);
-            }
-            cache.push((self.id, labels, counter));
-        });
+        inc_cached(&REQUEST_COUNTERS, self.id, &self.proxy_requests, labels);
+    }
+
+    /// Counts one webhook delivery verified or rejected in `webhook_verifications`.
+    pub(crate) fn count_webhook(&self, labels: WebhookLabels) {
+        inc_cached(&WEBHOOK_COUNTERS, self.id, &self.webhook_verifications, labels);
     }
 
     /// The counters an operator reads at a glance (requests, webhook verifications, cache,

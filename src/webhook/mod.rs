@@ -130,7 +130,7 @@ impl WebhookState {
             result: if reason.is_some() { "rejected" } else { "verified" },
             reason: reason.unwrap_or(""),
         };
-        self.metrics.webhook_verifications.get_or_create(&labels).inc();
+        self.metrics.count_webhook(labels);
     }
 }
 

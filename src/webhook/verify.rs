@@ -124,7 +124,7 @@ pub(crate) async fn verify_for(
             replay
                 .reserve(
                     tenant.as_str(),
-                    format!("{}/{}/{k}", provider.name, tenant),
+                    [provider.name.as_str(), "/", tenant.as_str(), "/", k].concat(),
                     std::time::Duration::from_secs(accepted.replay_keep),
                 )
                 .await
