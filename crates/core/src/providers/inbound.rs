@@ -10,7 +10,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -70,7 +70,10 @@ pub struct Accepted {
 }
 
 /// The one value of a header; absent, empty or duplicated is an error (§1.2).
-pub(crate) fn single<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, Reject> {
+pub(crate) fn single<N>(h: &HeaderMap, name: N) -> Result<&str, Reject>
+where
+    N: http::header::AsHeaderName + std::fmt::Display + Copy,
+{
     let mut it = h.get_all(name).iter();
     let v = it.next().ok_or_else(|| Reject::BadSignature(format!("no {name} header")))?;
     if it.next().is_some() {
@@ -164,15 +167,24 @@ pub(crate) fn whsec_key(k: &[u8]) -> Option<Vec<u8>> {
 
 /// Standard Webhooks with `svix-*` preferred over `webhook-*` names.
 pub fn standard_webhooks(d: &Delivery<'_>, keys: &[&[u8]], tolerance: u64) -> Result<Accepted, Reject> {
-    // Named as constants, not formatted from the prefix: four `format!` calls a delivery.
-    const SVIX: [&str; 3] = ["svix-id", "svix-timestamp", "svix-signature"];
-    const WEBHOOK: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+    // Names made once, not formatted from the prefix (four `format!` calls a delivery) nor
+    // parsed from `&str` on each lookup.
+    static SVIX: [HeaderName; 3] = [
+        HeaderName::from_static("svix-id"),
+        HeaderName::from_static("svix-timestamp"),
+        HeaderName::from_static("svix-signature"),
+    ];
+    static WEBHOOK: [HeaderName; 3] = [
+        HeaderName::from_static("webhook-id"),
+        HeaderName::from_static("webhook-timestamp"),
+        HeaderName::from_static("webhook-signature"),
+    ];
     let [id_name, ts_name, sig_name] =
-        if d.headers.contains_key(SVIX[0]) || d.headers.contains_key(SVIX[2]) { SVIX } else { WEBHOOK };
+        if d.headers.contains_key(&SVIX[0]) || d.headers.contains_key(&SVIX[2]) { &SVIX } else { &WEBHOOK };
     let id = single(d.headers, id_name)?;
     let ts_s = single(d.headers, ts_name)?;
     let sigs = single(d.headers, sig_name)?;
-    let ts = timestamp(ts_s, ts_name)?;
+    let ts = timestamp(ts_s, ts_name.as_str())?;
     let decoded_keys: Vec<Vec<u8>> = keys.iter().filter_map(|k| whsec_key(k)).collect();
     if decoded_keys.is_empty() {
         return Err(Reject::BadSignature("the webhook secret is not a valid whsec_ key".into()));
