@@ -25,7 +25,6 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
-use percent_encoding::percent_decode_str;
 use url::Url;
 
 pub(crate) use forward::{AppClient, ForwardTo};
@@ -298,7 +297,14 @@ fn route<'a>(
             }
         }
         // Segments are decoded (a plain one is borrowed, not copied); exactly two or three.
-        let mut segs = req.uri().path().split('/').skip(1).map(|s| percent_decode_str(s).decode_utf8_lossy());
+        // Split by byte: `str::split('/')` sets up a searcher per segment.
+        let mut segs = req
+            .uri()
+            .path()
+            .as_bytes()
+            .split(|b| *b == b'/')
+            .skip(1)
+            .map(|s| percent_encoding::percent_decode(s).decode_utf8_lossy());
         let (provider, tenant) = match (segs.next(), segs.next(), segs.next(), segs.next()) {
             (Some(w), Some(p), t, None) if w == "webhooks" => (p, t),
             _ => {

@@ -102,10 +102,10 @@ impl ReplayCache {
             seen = b.seen.contains_key(&key);
         }
         st.total -= purged;
-        if seen || st.inflight.contains(&key) {
+        // One lookup for both: `insert` says whether the key was already in flight.
+        if seen || !st.inflight.insert(key.clone()) {
             return Err(Replayed);
         }
-        st.inflight.insert(key.clone());
         Ok(Reservation { cache: self.clone(), scope: scope.to_string(), key, keep, committed: false })
     }
 
