@@ -14,6 +14,7 @@ use http::{HeaderMap, HeaderName};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
 
 /// One delivery as received.
 #[derive(Debug, Clone, Copy)]
@@ -158,11 +159,12 @@ pub(crate) fn lower_hex(s: &str, n: usize) -> Option<Vec<u8>> {
 // Standard Webhooks (§7): Resend (svix-* names) and generic providers
 // ---------------------------------------------------------------------------------------
 
-/// Decodes a `whsec_` key (prefix optional, standard alphabet, padding optional).
-pub(crate) fn whsec_key(k: &[u8]) -> Option<Vec<u8>> {
+/// Decodes a `whsec_` key (prefix optional, standard alphabet, padding optional), into
+/// memory wiped on drop: the decoded bytes are the secret itself.
+pub(crate) fn whsec_key(k: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
     let s = std::str::from_utf8(k).ok()?;
     let s = s.strip_prefix("whsec_").unwrap_or(s);
-    super::resend::WHSEC_B64.decode(s).ok()
+    super::resend::WHSEC_B64.decode(s).ok().map(Zeroizing::new)
 }
 
 /// Standard Webhooks with `svix-*` preferred over `webhook-*` names.
@@ -185,7 +187,7 @@ pub fn standard_webhooks(d: &Delivery<'_>, keys: &[&[u8]], tolerance: u64) -> Re
     let ts_s = single(d.headers, ts_name)?;
     let sigs = single(d.headers, sig_name)?;
     let ts = timestamp(ts_s, ts_name.as_str())?;
-    let decoded_keys: Vec<Vec<u8>> = keys.iter().filter_map(|k| whsec_key(k)).collect();
+    let decoded_keys: Vec<Zeroizing<Vec<u8>>> = keys.iter().filter_map(|k| whsec_key(k)).collect();
     if decoded_keys.is_empty() {
         return Err(Reject::BadSignature("the webhook secret is not a valid whsec_ key".into()));
     }
@@ -314,6 +316,16 @@ mod tests {
         pairs.extend_from_slice(extra);
         let h = headers(&pairs);
         standard_webhooks(&Delivery { method: "POST", url: "https://x", headers: &h, body: SW_BODY, now }, keys, 300)
+    }
+
+    #[test]
+    fn a_decoded_whsec_key_is_wiped_when_dropped() {
+        // The base64 form lives in the zeroized credential; the raw key it decodes to is the
+        // secret itself and must not be left in freed heap memory either.
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let key = whsec_key(SW_SECRET).expect("the public vector's key decodes");
+        wiped_on_drop(&key);
+        assert_eq!(key.len(), 24);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use url::Url;
+use zeroize::Zeroizing;
 
 use super::fields::{FieldDef, ParsedFields, Rule, Schema};
 use super::inbound::{standard_webhooks, Accepted, Delivery, Reject};
@@ -68,7 +69,7 @@ pub(crate) fn whsec(s: &str) -> bool {
     b.len() - body.len() <= 2
         && !body.is_empty()
         && body.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
-        && WHSEC_B64.decode(b).is_ok()
+        && WHSEC_B64.decode(b).map(Zeroizing::new).is_ok()
 }
 
 fn remarks(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
@@ -77,7 +78,12 @@ fn remarks(p: &mut ParsedFields) -> Result<(), (Option<&'static str>, String)> {
     }
     for f in ["webhook_secret", "webhook_secret_previous"] {
         if let Some(s) = p.secrets.get(f) {
-            let len = s.expose().strip_prefix("whsec_").and_then(|b| WHSEC_B64.decode(b).ok()).map_or(0, |k| k.len());
+            // Decoded into memory wiped on drop: the decoded bytes are the secret itself.
+            let len = s
+                .expose()
+                .strip_prefix("whsec_")
+                .and_then(|b| WHSEC_B64.decode(b).ok().map(Zeroizing::new))
+                .map_or(0, |k| k.len());
             if len < 24 {
                 p.warnings.push(format!("resend.{f} decodes to {len} bytes; Standard Webhooks asks for at least 24"));
             }
