@@ -313,8 +313,8 @@ async fn serve_runs_with_the_larger_allocation_cache_and_keeps_the_operators_tun
     d.start();
     assert_eq!(
         tunables(&d),
-        ["glibc.malloc.mmap_threshold=131072", "glibc.malloc.tcache_count=256"],
-        "the operator's tunable is kept and the cache size added"
+        ["glibc.malloc.mmap_threshold=131072", "glibc.malloc.tcache_count=256", "glibc.malloc.tcache_max=512"],
+        "the operator's tunable is kept and the cache's size added"
     );
     let (s, _) =
         d.admin("PUT", "/v1/tenants/acme/credentials/vapi", Some(r#"{"api_key":"k-000000000000000000"}"#)).await;
