@@ -328,6 +328,60 @@ mod tests {
         assert_eq!(key.len(), 24);
     }
 
+    /// The attacker's view of the test above: after a verification, this process's
+    /// writable memory is searched for the raw key, as a core dump or a read of freed
+    /// memory would see it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn no_decoded_whsec_key_is_left_in_memory_after_a_verification() {
+        use std::io::{Read, Seek, SeekFrom};
+        use zeroize::Zeroize;
+        const LEN: usize = 96;
+        // The raw key is held only inverted here, so that the search itself keeps no copy
+        // of it; the plain bytes exist once, to be encoded, in memory wiped on drop.
+        let inverted: Vec<u8> = (0..LEN as u32).map(|i| !(i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let mut plain = Zeroizing::new(inverted.iter().map(|b| !b).collect::<Vec<u8>>());
+        let secret = format!("whsec_{}", STANDARD.encode(plain.as_slice()));
+        plain.zeroize();
+        drop(plain);
+        // Maps and the read buffer first: nothing the search allocates after the
+        // verification may land in the key's freed chunk and overwrite it.
+        let mut maps = String::new();
+        std::fs::File::open("/proc/self/maps").unwrap().read_to_string(&mut maps).unwrap();
+        let regions: Vec<(u64, u64)> = maps
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("rw-p"))
+            .filter_map(|l| {
+                let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+                Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+            })
+            .collect();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut mem = std::fs::File::open("/proc/self/mem").unwrap();
+
+        let err = sw(SW_SIG, 1614265330, &[], &[secret.as_bytes()]).unwrap_err();
+        assert_eq!(err.code(), "bad_signature", "the key decoded and was tried");
+
+        // glibc writes its free-list links over a freed chunk's first 16 bytes: the rest of
+        // the key is what would survive there.
+        let tail = &inverted[16..];
+        let mut found = false;
+        for &(start, end) in &regions {
+            let mut at = start;
+            while at < end && !found {
+                let n = ((end - at) as usize).min(buf.len());
+                if mem.seek(SeekFrom::Start(at)).is_err() || mem.read_exact(&mut buf[..n]).is_err() {
+                    break;
+                }
+                found = buf[..n].windows(tail.len()).any(|w| w.iter().zip(tail).all(|(m, i)| *m == !i));
+                // Overlap the next read so that a copy across the boundary is seen.
+                at += (n - tail.len().min(n)).max(1) as u64;
+            }
+        }
+        buf.zeroize();
+        assert!(!found, "the decoded key (bytes 16..) is still in this process's memory");
+    }
+
     #[test]
     fn standard_webhooks_public_vectors() {
         // sw-1, sw-2 (key without prefix), sw-3, sw-4.
