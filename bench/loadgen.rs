@@ -8,6 +8,7 @@
 //!             [--sign stdwh:SECRET|twilio:TOKEN:URL|telnyx:SEED|vonage:SECRET:API_KEY] [--json FILE]
 //! loadgen gencert DIR          # ca.pem, server.pem, server.key for the local upstream
 //! loadgen hmac                 # raw HMAC-SHA256 cost, 1 KiB and 64 KiB
+//! loadgen relay LISTEN TO       # a proxy that does nothing: bytes both ways, the floor
 //! ```
 //!
 //! With `--rate`, requests are sent open-loop on a fixed schedule and latency is measured
@@ -376,6 +377,35 @@ fn hmac_cost() {
     println!("{}", serde_json::Value::Object(out));
 }
 
+/// A TCP relay with no work in it: each accepted connection gets a connection to `to`
+/// and one blocking thread per direction that writes what it reads. What a proxy costs
+/// and adds in latency on this machine before it parses, verifies or injects anything:
+/// the same hops, wake-ups and socket copies as keyward's, and nothing else (TLS passes
+/// through unopened). One thread a direction because a blocked `read` is the fewest
+/// syscalls a hop can take (no poll before it).
+fn relay(listen: &str, to: &str) {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    fn pipe(mut from: TcpStream, mut into: TcpStream) {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if into.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = into.shutdown(Shutdown::Write);
+    }
+    let listener = TcpListener::bind(listen).expect("relay: bind");
+    for client in listener.incoming().flatten() {
+        let Ok(upstream) = TcpStream::connect(to) else { continue };
+        let _ = client.set_nodelay(true);
+        let _ = upstream.set_nodelay(true);
+        let (c2, u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        std::thread::spawn(move || pipe(client, upstream));
+        std::thread::spawn(move || pipe(u2, c2));
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -387,7 +417,8 @@ fn main() {
             let pk = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]).verifying_key();
             println!("{}", base64::engine::general_purpose::STANDARD.encode(pk.to_bytes()));
         }
+        Some("relay") => relay(args.get(2).expect("LISTEN"), args.get(3).expect("TO")),
         Some("run") => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(args)),
-        _ => eprintln!("usage: loadgen run|gencert|hmac|telnyx-public …"),
+        _ => eprintln!("usage: loadgen run|gencert|hmac|telnyx-public|relay …"),
     }
 }
