@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The per-request budget from `bench/run --budget`: perf counters of the proxy process
 divided by the requests the load generator completed, keyward beside nginx, and the top of
-each one's profile. Writes OUT/budget.json and prints a Markdown table."""
+each one's profile. Writes OUT/budget.json and prints a Markdown table. With `wh` after OUT:
+the webhook path at 500/s, keyward beside the zero-work relay (BUDGET_ONLY=webhooks)."""
 import json, os, sys
 
 out = sys.argv[1]
@@ -10,9 +11,13 @@ NAMES = {
     "raw_syscalls:sys_enter": "syscalls", "probe_libc:malloc": "malloc", "probe_libc:calloc": "calloc",
     "probe_libc:realloc": "realloc",
 }
+if sys.argv[2:] == ["wh"]:
+    MODES, BESIDE = (("wh", "webhook at 500/s, Standard Webhooks 1 KiB, 8 connections"),), "relay"
+else:
+    MODES, BESIDE = (("rate", "2,000 req/s, 16 connections"), ("sat", "saturation, 64 connections")), "nginx"
 rows, tops = {}, {}
-for mode in ("rate", "sat"):
-    for who in ("keyward", "nginx"):
+for mode, _ in MODES:
+    for who in ("keyward", BESIDE):
         name = f"budget-{who}-{mode}"
         per = {}
         for run in (name + ".cpu", name):
@@ -39,10 +44,10 @@ for mode in ("rate", "sat"):
         top = os.path.join(out, name + ".top")
         tops[name] = open(top).read().splitlines()[:15] if os.path.exists(top) else []
 json.dump({"per_request": rows, "top": tops}, open(os.path.join(out, "budget.json"), "w"), indent=2)
-keys = ["CPU µs", "user CPU µs", "kernel CPU µs", "syscalls", "context switches", "allocations", "read", "recvfrom", "write", "writev", "sendto", "sendmsg", "epoll_wait", "futex", "sched_yield"]
-for mode, title in (("rate", "2,000 req/s, 16 connections"), ("sat", "saturation, 64 connections")):
-    k, n = rows[f"budget-keyward-{mode}"], rows[f"budget-nginx-{mode}"]
-    print(f"\n| per request, {title} | keyward | nginx | keyward / nginx |\n| --- | ---: | ---: | ---: |")
+keys = ["CPU µs", "user CPU µs", "kernel CPU µs", "syscalls", "context switches", "migrations", "allocations", "read", "recvfrom", "write", "writev", "sendto", "sendmsg", "epoll_wait", "futex", "sched_yield"]
+for mode, title in MODES:
+    k, n = rows[f"budget-keyward-{mode}"], rows[f"budget-{BESIDE}-{mode}"]
+    print(f"\n| per request, {title} | keyward | {BESIDE} | keyward / {BESIDE} |\n| --- | ---: | ---: | ---: |")
     for key in keys:
         a, b = k.get(key, 0), n.get(key, 0)
         ratio = f"{a / b:.2f}" if b else "—"

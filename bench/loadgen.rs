@@ -9,6 +9,7 @@
 //! loadgen gencert DIR          # ca.pem, server.pem, server.key for the local upstream
 //! loadgen hmac                 # raw HMAC-SHA256 cost, 1 KiB and 64 KiB
 //! loadgen relay LISTEN TO       # a proxy that does nothing: bytes both ways, the floor
+//! loadgen cold KIB GAP…         # what a gap (µs asleep, or spin:µs awake) costs a warm working set
 //! ```
 //!
 //! With `--rate`, requests are sent open-loop on a fixed schedule and latency is measured
@@ -406,6 +407,60 @@ fn relay(listen: &str, to: &str) {
     }
 }
 
+/// How much of a warm working set survives an idle gap on this machine: walk `kib` KiB of
+/// resident memory (one dependent load per 64-byte line, in a shuffled order so the
+/// prefetcher cannot hide a miss) back to back, and after each gap: asleep (the vCPU idles,
+/// as a server's does between requests at low load) or spinning (it stays on the CPU, so
+/// only what else shares the core can evict). On a dedicated core a gap of a few hundred µs
+/// leaves L1/L2 warm; where the walk after a gap is slower, that is what each wake-up of a
+/// server pays for its own code and data (see docs/benchmarks.md, "--floor").
+fn cold(kib: usize, gaps: &[(u64, bool)]) {
+    let lines = kib * 1024 / 64;
+    // next[i] is the line after line i in a random cycle: the loads depend on each other.
+    let mut order: Vec<usize> = (0..lines).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..lines).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    let mut next = vec![0usize; lines * 8];
+    for w in 0..lines {
+        next[order[w] * 8] = order[(w + 1) % lines] * 8;
+    }
+    for &(gap, spin) in std::iter::once(&(0, false)).chain(gaps) {
+        let mut times: Vec<f64> = (0..2000)
+            .map(|_| {
+                let until = Instant::now() + Duration::from_micros(gap);
+                if spin {
+                    while Instant::now() < until {}
+                } else if gap > 0 {
+                    std::thread::sleep(Duration::from_micros(gap));
+                }
+                let t0 = Instant::now();
+                let mut at = next[0];
+                for _ in 0..lines {
+                    at = next[at];
+                }
+                std::hint::black_box(at);
+                t0.elapsed().as_secs_f64() * 1e6
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let (p50, p90) = (times[times.len() / 2], times[times.len() * 9 / 10]);
+        println!(
+            "| {kib} KiB | {} | {p50:.1} | {p90:.1} | {:.1} |",
+            match (gap, spin) {
+                (0, _) => "none (back to back)".to_string(),
+                (_, true) => format!("{gap} µs spinning"),
+                (_, false) => format!("{gap} µs asleep"),
+            },
+            p50 * 1000.0 / lines as f64
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -418,7 +473,17 @@ fn main() {
             println!("{}", base64::engine::general_purpose::STANDARD.encode(pk.to_bytes()));
         }
         Some("relay") => relay(args.get(2).expect("LISTEN"), args.get(3).expect("TO")),
+        Some("cold") => {
+            let gaps: Vec<(u64, bool)> = args[3..]
+                .iter()
+                .map(|g| match g.strip_prefix("spin:") {
+                    Some(us) => (us.parse().expect("spin:µs"), true),
+                    None => (g.parse().expect("GAP µs"), false),
+                })
+                .collect();
+            cold(args.get(2).expect("KIB").parse().expect("KIB"), &gaps)
+        }
         Some("run") => tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(run(args)),
-        _ => eprintln!("usage: loadgen run|gencert|hmac|telnyx-public|relay …"),
+        _ => eprintln!("usage: loadgen run|gencert|hmac|telnyx-public|relay|cold …"),
     }
 }
