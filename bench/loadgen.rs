@@ -432,8 +432,8 @@ fn cold(kib: usize, gaps: &[(u64, bool)]) {
     for &(gap, spin) in std::iter::once(&(0, false)).chain(gaps) {
         let mut times: Vec<f64> = (0..2000)
             .map(|_| {
-                let until = Instant::now() + Duration::from_micros(gap);
                 if spin {
+                    let until = Instant::now() + Duration::from_micros(gap);
                     while Instant::now() < until {}
                 } else if gap > 0 {
                     std::thread::sleep(Duration::from_micros(gap));
