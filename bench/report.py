@@ -54,6 +54,17 @@ for size in (1024, 65536):
         p99 = get(f"{scheme}-{size}-rate", "p99_us")
         ratios[f"{scheme}_{size}_added_p99_us"] = (p99 - base) if p99 is not None and base is not None else None
 
+# Issue 16's figures: CPU per request and peak RSS against nginx at both loads and over
+# both listeners, added p99 and p99.9 at 2,000 req/s, the webhook path's added p99 at 1 KiB
+# and Twilio at 64 KiB against the 6,268/s the issue started from.
+for who in ("tcp", "unix"):
+    for mode in ("rate", "sat"):
+        ratios[f"keyward_{who}_cpu_over_nginx_{mode}"] = ratio(get(f"keyward-{who}-{mode}", "cpu_us_per_request"), get(f"nginx-{mode}", "cpu_us_per_request"))
+for who in ("keyward-tcp", "keyward-unix", "nginx"):
+    ratios[f"{who.replace('-', '_')}_added_p999_us"] = (get(f"{who}-rate", "p999_us", 0) - get("direct-rate", "p999_us", 0)) if f"{who}-rate" in runs else None
+ratios["keyward_rss_over_nginx_rate"] = ratio(get("keyward-tcp-rate", "peak_rss_kib"), get("nginx-rate", "peak_rss_kib"))
+ratios["twilio_65536_sat_over_6268"] = ratio(get("twilio-65536-sat", "rps"), 6268)
+
 targets = {
     "throughput >= nginx": (ratios["keyward_tcp_over_nginx_throughput"] or 0) >= 1.0,
     "added p99 < 300 us (moderate load)": (ratios["keyward_tcp_added_p99_us"] or 10**9) < 300,
@@ -62,6 +73,15 @@ targets = {
     "cache hit < 1 us": (get("store", "cache_hit_ns", 10**9)) < 1000,
     "cold lookup < 50 us": (get("store", "cold_lookup_us", 10**9)) < 50,
     "fleet invalidation p99 < 100 ms": (get("fleet", "invalidation_p99_ms", 10**9)) < 100,
+    # Issue 16 (the doc's "Issue 16's targets" says which are under this VM's floor).
+    "issue 16: CPU/request <= 0.8 x nginx at saturation (TCP and Unix)": all((ratios[f"keyward_{w}_cpu_over_nginx_sat"] or 9) <= 0.8 for w in ("tcp", "unix")),
+    "issue 16: CPU/request <= 0.8 x nginx at 2,000 req/s (TCP and Unix)": all((ratios[f"keyward_{w}_cpu_over_nginx_rate"] or 9) <= 0.8 for w in ("tcp", "unix")),
+    "issue 16: added p99 at 2,000 req/s <= nginx's": ratios["keyward_tcp_added_p99_us"] is not None and ratios["nginx_added_p99_us"] is not None
+        and ratios["keyward_tcp_added_p99_us"] <= ratios["nginx_added_p99_us"],
+    "issue 16: webhook added p99 <= 150 us at 1 KiB (both schemes)": all((ratios[f"{s}_1024_added_p99_us"] or 10**9) <= 150 for s in ("stdwh", "twilio")),
+    "issue 16: Twilio 64 KiB at saturation >= 2 x 6,268/s": (ratios["twilio_65536_sat_over_6268"] or 0) >= 2,
+    "issue 16: peak RSS at 2,000 req/s <= nginx's worker": (ratios["keyward_rss_over_nginx_rate"] or 9) <= 1,
+    "issue 16: RSS with 1,000 connections <= 24 MiB": 0 < ratios["keyward_1000_connections_rss_mib"] <= 24,
 }
 
 results = {
